@@ -1,0 +1,221 @@
+"""Blobs: served from the store when cached, otherwise downloaded once and streamed.
+
+A miss starts one `Download` per digest. It runs as its own task (so it finishes and fills
+the cache even if the client that started it goes away), writes into a temp file, and every
+client of that digest, the first included, streams from that growing file. The last byte
+of any response is held back until the download is verified and committed, so a client can
+never complete a transfer of bad bytes: on failure every reader is aborted instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+from mirror import errors
+from mirror.cache.store import BlobWriter, FilesystemStore, IntegrityError
+from mirror.errors import RegistryError
+from mirror.reference import Digest
+from mirror.upstream.client import UpstreamClient, UpstreamError
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CachedBlob:
+    path: Path
+    size: int
+
+
+class State(Enum):
+    STARTING = "starting"  # waiting for the upstream's response headers
+    RUNNING = "running"  # bytes are arriving
+    COMMITTED = "committed"  # verified and visible in the store
+    FAILED = "failed"
+
+
+class Download:
+    """One upstream download of one blob, shared by every client that wants it."""
+
+    def __init__(self, digest: Digest, final_path: Path) -> None:
+        self.digest = digest
+        self.size: int | None = None
+        self.written = 0
+        self.state = State.STARTING
+        self.error: RegistryError | None = None
+        self._final_path = final_path
+        self._tmp_path: Path | None = None
+        self._changed = asyncio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # --- producer side (the download task) ------------------------------------------------
+
+    def started(self, writer: BlobWriter, size: int | None) -> None:
+        self._tmp_path = writer.path
+        self.size = size
+        self.state = State.RUNNING
+        self._notify()
+
+    def progressed(self, written: int) -> None:
+        self.written = written
+        self._notify()
+
+    def committed(self) -> None:
+        self.state = State.COMMITTED
+        self._notify()
+
+    def failed(self, error: RegistryError) -> None:
+        self.state = State.FAILED
+        self.error = error
+        self._notify()
+
+    # --- consumer side (client responses) -------------------------------------------------
+
+    async def wait_started(self) -> None:
+        """Wait for the upstream's answer; raises its error if it refused or failed."""
+        while self.state is State.STARTING:
+            await self._changed.wait()
+        if self.state is State.FAILED:
+            assert self.error is not None
+            raise self.error
+
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+        """Yield bytes [start, end) as they arrive (end None: to the end of the blob).
+
+        Raises the download's error if it fails; the caller must then abort its response.
+        """
+        fd = self._open()
+        try:
+            pos = start
+            stop = end if end is not None else self.size
+            while True:
+                changed = self._changed
+                if self.state is State.FAILED:
+                    assert self.error is not None
+                    raise self.error
+                committed = self.state is State.COMMITTED
+                limit = self.written
+                if stop is not None:
+                    # Hold back the response's last byte until the blob is verified.
+                    limit = min(limit, stop if committed else stop - 1)
+                if pos < limit:
+                    data = os.pread(fd, min(limit - pos, READ_CHUNK_BYTES), pos)
+                    if not data:
+                        raise RegistryError(errors.INTERNAL, "blob file shorter than expected")
+                    pos += len(data)
+                    yield data
+                    continue
+                if committed:
+                    return
+                await changed.wait()
+        finally:
+            os.close(fd)
+
+    def _open(self) -> int:
+        """Open whichever file holds the bytes now. Runs without yielding, so the state
+        cannot change between the check and the open."""
+        if self.state is State.COMMITTED:
+            return os.open(self._final_path, os.O_RDONLY)
+        if self.state is State.FAILED or self._tmp_path is None:
+            assert self.error is not None
+            raise self.error
+        return os.open(self._tmp_path, os.O_RDONLY)
+
+
+class BlobCache:
+    """The blob side of the pull-through cache."""
+
+    def __init__(self, store: FilesystemStore, upstream: UpstreamClient) -> None:
+        self._store = store
+        self._upstream = upstream
+        self._downloads: dict[Digest, Download] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def cached(self, digest: Digest) -> CachedBlob | None:
+        size = self._store.blob_size(digest)
+        if size is None:
+            return None
+        return CachedBlob(self._store.blob_path(digest), size)
+
+    async def size(self, repo: str, digest: Digest) -> int | None:
+        """The blob's size without downloading it: from the cache, from a download in
+        flight, or from an upstream HEAD."""
+        if cached := self.cached(digest):
+            return cached.size
+        download = self._downloads.get(digest)
+        if download is not None and download.state is not State.FAILED:
+            await download.wait_started()
+            if download.size is not None:
+                return download.size
+        return await self._upstream.head_blob(repo, digest)
+
+    def fetch(self, repo: str, digest: Digest) -> Download:
+        """Join the download of `digest` in flight, or start one."""
+        download = self._downloads.get(digest)
+        if download is None:
+            download = Download(digest, self._store.blob_path(digest))
+            self._downloads[digest] = download
+            task = asyncio.create_task(self._run(repo, download), name=f"download {digest}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return download
+
+    async def close(self) -> None:
+        """Abort every download (shutdown): readers are cut off, temp files removed."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self, repo: str, download: Download) -> None:
+        digest = download.digest
+        try:
+            async with self._upstream.open_blob(repo, digest) as stream:
+                writer = self._store.blob_writer(digest)
+                try:
+                    download.started(writer, stream.size)
+                    async for chunk in stream.chunks:
+                        writer.write(chunk)
+                        download.progressed(writer.written)
+                    await writer.commit(stream.size)
+                except BaseException:
+                    writer.abort()
+                    raise
+            download.committed()
+        except IntegrityError as exc:
+            log.error(
+                "upstream integrity error: %s from %s for %s: %s; discarded",
+                digest,
+                self._upstream.name,
+                repo,
+                exc,
+            )
+            download.failed(
+                UpstreamError(
+                    errors.UPSTREAM_BAD_GATEWAY,
+                    f"upstream {self._upstream.name} sent bytes that do not match {digest}",
+                )
+            )
+        except RegistryError as exc:
+            download.failed(exc)
+        except asyncio.CancelledError:
+            download.failed(
+                UpstreamError(errors.UPSTREAM_UNAVAILABLE, "the mirror is shutting down")
+            )
+            raise
+        except Exception as exc:
+            log.exception("download of %s failed unexpectedly", digest)
+            download.failed(
+                RegistryError(errors.INTERNAL, f"download failed: {type(exc).__name__}")
+            )
+        finally:
+            self._downloads.pop(digest, None)

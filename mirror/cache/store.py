@@ -1,0 +1,159 @@
+"""The content-addressed store: blobs and manifests on disk, keyed by digest.
+
+Nothing becomes visible here unless its digest was verified: bytes go to a temp file under
+`<data_dir>/tmp/` while they are hashed, are fsynced, and only then renamed into place. A
+crash leaves at most a temp file, which the next start removes. Manifests are kept as the
+exact upstream bytes, with their media type beside them.
+
+Layout under the data dir:
+    blobs/<algorithm>/<first two hex>/<hex>
+    manifests/<algorithm>/<first two hex>/<hex>        the exact bytes
+    manifests/<algorithm>/<first two hex>/<hex>.type   their media type
+    tmp/                                               in-progress writes
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirror.reference import Digest
+
+log = logging.getLogger(__name__)
+
+
+class IntegrityError(Exception):
+    """Bytes did not match the digest (or size) they were fetched for."""
+
+
+@dataclass(frozen=True)
+class StoredManifest:
+    data: bytes
+    media_type: str
+    digest: Digest
+
+
+class BlobWriter:
+    """Writes one blob to a temp file while hashing it; `commit` verifies and publishes."""
+
+    def __init__(self, tmp_path: Path, final_path: Path, digest: Digest) -> None:
+        self.path = tmp_path
+        self._final = final_path
+        self._digest = digest
+        self._hash = hashlib.new(digest.algorithm)
+        self._fd: int | None = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.written = 0
+
+    def write(self, chunk: bytes) -> None:
+        assert self._fd is not None, "write after commit or abort"
+        view = memoryview(chunk)
+        while view:
+            done = os.write(self._fd, view)
+            view = view[done:]
+        self._hash.update(chunk)
+        self.written += len(chunk)
+
+    async def commit(self, expected_size: int | None) -> None:
+        """Verify size and digest, fsync, then rename into place. On mismatch the temp file
+        is removed and IntegrityError raised: the bytes never become visible."""
+        assert self._fd is not None, "commit after commit or abort"
+        actual = self._hash.hexdigest()
+        if expected_size is not None and self.written != expected_size:
+            self.abort()
+            raise IntegrityError(f"expected {expected_size} bytes, got {self.written}")
+        if actual != self._digest.hex:
+            self.abort()
+            raise IntegrityError(f"content hashes to {self._digest.algorithm}:{actual}")
+        fd = self._fd
+        await asyncio.to_thread(os.fsync, fd)
+        os.close(fd)
+        self._fd = None
+        self._final.parent.mkdir(parents=True, exist_ok=True)
+        self.path.rename(self._final)
+
+    def abort(self) -> None:
+        """Discard the temp file; safe to call more than once."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.path.unlink(missing_ok=True)
+
+
+class FilesystemStore:
+    """Blobs and manifests under one data directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / "tmp"
+        for sub in ("blobs", "manifests", "tmp"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+
+    def remove_temp_files(self) -> int:
+        """Remove leftovers of writes that never committed (a crash, a kill -9)."""
+        removed = 0
+        for path in self.tmp.iterdir():
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+    # --- blobs ----------------------------------------------------------------------------
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.root / "blobs" / digest.algorithm / digest.hex[:2] / digest.hex
+
+    def blob_size(self, digest: Digest) -> int | None:
+        """Size of a committed blob, or None if it is not cached."""
+        try:
+            return self.blob_path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def blob_writer(self, digest: Digest) -> BlobWriter:
+        return BlobWriter(self._temp_path(digest), self.blob_path(digest), digest)
+
+    # --- manifests ------------------------------------------------------------------------
+
+    def _manifest_path(self, digest: Digest) -> Path:
+        return self.root / "manifests" / digest.algorithm / digest.hex[:2] / digest.hex
+
+    def read_manifest(self, digest: Digest) -> StoredManifest | None:
+        path = self._manifest_path(digest)
+        try:
+            data = path.read_bytes()
+            media_type = path.with_name(path.name + ".type").read_text().strip()
+        except FileNotFoundError:
+            return None
+        return StoredManifest(data=data, media_type=media_type, digest=digest)
+
+    async def write_manifest(self, manifest: StoredManifest) -> None:
+        """Store verified manifest bytes. The media type is written first, so a visible
+        manifest always has its type."""
+        digest = manifest.digest
+        actual = hashlib.new(digest.algorithm, manifest.data).hexdigest()
+        if actual != digest.hex:
+            raise IntegrityError(f"manifest hashes to {digest.algorithm}:{actual}")
+        path = self._manifest_path(digest)
+        await asyncio.to_thread(
+            self._publish, path.with_name(path.name + ".type"), manifest.media_type.encode(), digest
+        )
+        await asyncio.to_thread(self._publish, path, manifest.data, digest)
+
+    def _publish(self, final: Path, data: bytes, digest: Digest) -> None:
+        tmp = self._temp_path(digest)
+        try:
+            with tmp.open("xb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp.rename(final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _temp_path(self, digest: Digest) -> Path:
+        return self.tmp / f"{digest.hex}.{secrets.token_hex(6)}.part"

@@ -1,0 +1,81 @@
+"""The `mirror` command: `serve` and `check-config`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from mirror import __version__, config
+from mirror.server.app import create_app
+
+# Seconds to let open requests finish on SIGTERM/Ctrl-C; downloads are aborted before that.
+SHUTDOWN_TIMEOUT = 5.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    overrides = {
+        key: getattr(args, key, None) for key in ("listen", "upstream", "data_dir", "redis_url")
+    }
+    try:
+        loaded = config.load(config_file=args.config, overrides=overrides)
+    except config.ConfigError as exc:
+        print(f"mirror: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        source = loaded.file if loaded.file is not None else "built-in defaults"
+        print(f"# effective configuration (file: {source})")
+        print(config.render(loaded), end="")
+        return 0
+    return _serve(loaded.config)
+
+
+def _serve(cfg: config.Config) -> int:
+    logging.basicConfig(
+        level=cfg.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    web.run_app(
+        create_app(cfg),
+        host=cfg.listen.host,
+        port=cfg.listen.port,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        print=lambda *a: logging.getLogger("mirror").info("listening on %s", cfg.listen),
+        access_log_format='%a "%r" %s %b %Tfs',
+    )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mirror", description="A pull-through caching mirror for Docker and OCI registries."
+    )
+    parser.add_argument("--version", action="version", version=f"mirror {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the mirror")
+    _config_flag(serve)
+    serve.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (0.0.0.0:5000)")
+    serve.add_argument(
+        "--upstream", metavar="URL", help="registry to mirror (https://registry-1.docker.io)"
+    )
+    serve.add_argument("--data-dir", metavar="DIR", help="where the cache lives (./data)")
+    serve.add_argument("--redis-url", metavar="URL", help="Redis for tag metadata (optional)")
+
+    check = commands.add_parser("check-config", help="validate and print the effective config")
+    _config_flag(check)
+    return parser
+
+
+def _config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="config file (default: ./mirror.toml if present)",
+    )

@@ -1,0 +1,88 @@
+"""Repository names, tags and digests: the spec's grammars, checked before anything touches
+disk or the upstream.
+
+Everything the mirror derives a file path or an upstream URL from passes through here, so a
+value that gets past these parsers cannot contain `/..`, NUL, upper-case hex or any other
+surprise.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mirror import errors
+from mirror.errors import RegistryError
+
+# OCI distribution-spec: path components separated by "/", each lower-case alphanumerics
+# joined by ".", "_", "__" or runs of "-".
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+# OCI image-spec descriptor grammar: algorithm ":" encoded.
+_DIGEST_RE = re.compile(r"([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
+# Docker clients reject references over 255 characters including the host part.
+MAX_NAME_LENGTH = 255
+
+#: Algorithms the mirror can verify, with the exact length of their lower-case hex encoding.
+SUPPORTED_ALGORITHMS = {"sha256": 64, "sha512": 128}
+
+
+def parse_name(name: str) -> str:
+    """Return `name` if it is a valid repository name, else raise NAME_INVALID."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise RegistryError(
+            errors.NAME_INVALID, f"repository name is longer than {MAX_NAME_LENGTH} characters"
+        )
+    if not _NAME_RE.fullmatch(name):
+        raise RegistryError(errors.NAME_INVALID, "invalid repository name", detail={"name": name})
+    return name
+
+
+def parse_tag(tag: str) -> str:
+    """Return `tag` if it matches the tag grammar, else raise TAG_INVALID."""
+    if not _TAG_RE.fullmatch(tag):
+        raise RegistryError(errors.TAG_INVALID, "invalid tag", detail={"tag": tag[:200]})
+    return tag
+
+
+@dataclass(frozen=True, order=True)
+class Digest:
+    """A content digest the mirror can verify (sha256 or sha512, lower-case hex)."""
+
+    algorithm: str
+    hex: str
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}:{self.hex}"
+
+    @classmethod
+    def parse(cls, value: str) -> Digest:
+        """Parse and validate; a grammatical digest with an unknown algorithm is refused
+        clearly, because the mirror could not verify bytes against it."""
+        match = _DIGEST_RE.fullmatch(value)
+        if not match:
+            raise RegistryError(
+                errors.DIGEST_INVALID, "invalid digest", detail={"digest": value[:200]}
+            )
+        algorithm, encoded = match.groups()
+        length = SUPPORTED_ALGORITHMS.get(algorithm)
+        if length is None:
+            raise RegistryError(
+                errors.DIGEST_INVALID,
+                f"unsupported digest algorithm {algorithm!r}; "
+                f"supported: {', '.join(sorted(SUPPORTED_ALGORITHMS))}",
+                detail={"digest": value[:200]},
+            )
+        if len(encoded) != length or not re.fullmatch(r"[a-f0-9]+", encoded):
+            raise RegistryError(
+                errors.DIGEST_INVALID,
+                f"{algorithm} digests are {length} lower-case hex characters",
+                detail={"digest": value[:200]},
+            )
+        return cls(algorithm, encoded)
+
+
+def is_digest(reference: str) -> bool:
+    """A manifest reference is a digest exactly when it contains ':' (tags never do)."""
+    return ":" in reference

@@ -1,0 +1,115 @@
+"""Response building blocks: byte ranges, zero-copy file slices, content headers."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+
+from mirror import errors
+from mirror.errors import RegistryError
+from mirror.reference import Digest
+
+_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+# Digest-addressed content never changes.
+IMMUTABLE_CACHE_CONTROL = "max-age=31536000"
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int  # exclusive
+
+    def content_range(self, size: int) -> str:
+        return f"bytes {self.start}-{self.end - 1}/{size}"
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """The single byte range a `Range` header asks for, or None to send the whole body.
+
+    A header that is absent, malformed or asks for several ranges is ignored (RFC 9110
+    lets a server answer 200 instead); a well-formed range that starts past the end is
+    refused with 416.
+    """
+    if not header:
+        return None
+    match = _RANGE_RE.fullmatch(header.strip())
+    if not match:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:  # suffix range: the last N bytes
+        length = int(last)
+        if length == 0:
+            raise _unsatisfiable(size)
+        return ByteRange(max(0, size - length), size)
+    start = int(first)
+    end = size if not last else min(int(last) + 1, size)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise _unsatisfiable(size)
+    return ByteRange(start, end)
+
+
+def _unsatisfiable(size: int) -> RegistryError:
+    return RegistryError(
+        errors.RANGE_NOT_SATISFIABLE,
+        f"requested range not satisfiable for a blob of {size} bytes",
+        headers={"Content-Range": f"bytes */{size}"},
+    )
+
+
+def content_headers(digest: Digest, media_type: str) -> dict[str, str]:
+    return {
+        "Content-Type": media_type,
+        "Docker-Content-Digest": str(digest),
+        "ETag": f'"{digest}"',
+    }
+
+
+def etag_matches(request: web.Request, digest: Digest) -> bool:
+    """True when the client already holds this content (`If-None-Match`)."""
+    header = request.headers.get("If-None-Match")
+    if not header:
+        return False
+    wanted = str(digest)
+    return any(
+        tag.strip().removeprefix("W/").strip('"') in (wanted, "*") for tag in header.split(",")
+    )
+
+
+class FileSliceResponse(web.StreamResponse):
+    """Sends part of a file with sendfile(2): the bytes never pass through Python."""
+
+    def __init__(
+        self, path: Path, offset: int, count: int, *, status: int, headers: dict[str, str]
+    ) -> None:
+        super().__init__(status=status, headers=headers)
+        self._path = path
+        self._offset = offset
+        self._count = count
+        self.content_length = count
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        writer = await super().prepare(request)
+        if request.method == "HEAD" or self._count == 0:
+            return writer
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("client went away")
+        with self._path.open("rb") as fh:
+            await asyncio.get_running_loop().sendfile(transport, fh, self._offset, self._count)
+        return writer
+
+
+def abort(request: web.Request) -> None:
+    """Cut the client's connection mid-body, so it sees a failed transfer rather than a
+    complete one with bad bytes."""
+    if request.transport is not None:
+        request.transport.abort()

@@ -1,0 +1,228 @@
+"""The pull side of the Registry HTTP API v2. Routes parse and validate, then delegate to the
+caches; every failure is a `RegistryError` that the error middleware renders."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import aclosing
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from aiohttp import web
+
+from mirror import errors, mediatypes
+from mirror.cache.blobs import BlobCache, CachedBlob, Download
+from mirror.cache.manifests import ManifestCache
+from mirror.config import DOCKER_HUB_HOSTS, Config
+from mirror.errors import RegistryError
+from mirror.reference import Digest, is_digest, parse_name, parse_tag
+from mirror.server import responses
+from mirror.upstream.client import UpstreamClient
+
+log = logging.getLogger(__name__)
+
+READ_METHODS = frozenset({"GET", "HEAD"})
+# Enough for any real repository; a bigger `n` is refused rather than passed upstream.
+MAX_TAGS_PAGE = 10_000
+
+_NAME = "{name:.+}"  # the name may contain "/"; the endpoint suffix anchors the match
+
+
+class RegistryRoutes:
+    """Handlers for `/v2/...`, bound to one set of caches."""
+
+    def __init__(
+        self,
+        config: Config,
+        blobs: BlobCache,
+        manifests: ManifestCache,
+        upstream: UpstreamClient,
+    ) -> None:
+        self._library_prefix = config.library_prefix
+        self._blobs = blobs
+        self._manifests = manifests
+        self._upstream = upstream
+        # `ns` values that mean "the upstream": docker.io (which this upstream stands for,
+        # and what containerd sends for Docker Hub images) and the upstream's own host.
+        self._namespaces = DOCKER_HUB_HOSTS | {upstream.name.lower()}
+
+    def register(self, router: web.UrlDispatcher) -> None:
+        router.add_route("GET", "/v2", self.ping)
+        router.add_route("GET", "/v2/", self.ping)
+        router.add_route("*", f"/v2/{_NAME}/blobs/uploads/{{rest:.*}}", self.refuse_push)
+        router.add_route("*", f"/v2/{_NAME}/blobs/uploads", self.refuse_push)
+        router.add_route("*", f"/v2/{_NAME}/manifests/{{reference}}", self.manifest)
+        router.add_route("*", f"/v2/{_NAME}/blobs/{{digest}}", self.blob)
+        router.add_route("*", f"/v2/{_NAME}/tags/list", self.tags)
+
+    # --- handlers -------------------------------------------------------------------------
+
+    async def ping(self, request: web.Request) -> web.Response:
+        self._check_namespace(request)
+        return web.json_response({})
+
+    async def refuse_push(self, request: web.Request) -> web.Response:
+        raise _read_only()
+
+    async def manifest(self, request: web.Request) -> web.StreamResponse:
+        self._check_read(request)
+        repo = self._repository(request)
+        reference = request.match_info["reference"]
+        if is_digest(reference):
+            manifest = await self._manifests.by_digest(repo, Digest.parse(reference))
+            return _manifest_response(
+                request, manifest.digest, manifest.media_type, len(manifest.data), manifest.data
+            )
+        tag = parse_tag(reference)
+        accept = mediatypes.accepted_types(request.headers.getall("Accept", []))
+        if request.method == "HEAD":
+            ref = await self._manifests.resolve_tag(repo, tag, accept)
+            return _manifest_response(request, ref.digest, ref.media_type, ref.size, None)
+        manifest = await self._manifests.by_tag(repo, tag, accept)
+        return _manifest_response(
+            request, manifest.digest, manifest.media_type, len(manifest.data), manifest.data
+        )
+
+    async def blob(self, request: web.Request) -> web.StreamResponse:
+        self._check_read(request)
+        repo = self._repository(request)
+        digest = Digest.parse(request.match_info["digest"])
+        if cached := self._blobs.cached(digest):
+            return _cached_blob_response(request, digest, cached)
+        if request.method == "HEAD":
+            size = await self._blobs.size(repo, digest)
+            response = web.StreamResponse(headers=_blob_headers(digest))
+            if size is not None:
+                response.content_length = size
+            return response
+        download = self._blobs.fetch(repo, digest)
+        await download.wait_started()
+        return await _stream_download(request, download)
+
+    async def tags(self, request: web.Request) -> web.Response:
+        self._check_read(request)
+        name = parse_name(request.match_info["name"])
+        repo = self._normalise(name)
+        query: list[tuple[str, str]] = []
+        if (n := request.query.get("n")) is not None:
+            if not n.isdigit() or int(n) > MAX_TAGS_PAGE:
+                raise RegistryError(
+                    errors.PAGINATION_NUMBER_INVALID,
+                    f"n must be an integer from 0 to {MAX_TAGS_PAGE}",
+                )
+            query.append(("n", n))
+        if (last := request.query.get("last")) is not None:
+            query.append(("last", parse_tag(last)))
+        page = await self._upstream.get_tags(repo, query)
+        headers = {}
+        if page.link and (link := _rewrite_link(page.link, name, request.query.get("ns"))):
+            headers["Link"] = link
+        return web.Response(body=page.body, content_type="application/json", headers=headers)
+
+    # --- validation -----------------------------------------------------------------------
+
+    def _check_read(self, request: web.Request) -> None:
+        if request.method not in READ_METHODS:
+            raise _read_only()
+        self._check_namespace(request)
+
+    def _check_namespace(self, request: web.Request) -> None:
+        ns = request.query.get("ns")
+        if ns is not None and ns.lower() not in self._namespaces:
+            raise RegistryError(
+                errors.NAME_UNKNOWN,
+                f"registry {ns[:255]!r} is not served by this mirror; it serves docker.io "
+                f"(upstream {self._upstream.name})",
+            )
+
+    def _repository(self, request: web.Request) -> str:
+        return self._normalise(parse_name(request.match_info["name"]))
+
+    def _normalise(self, name: str) -> str:
+        """Docker Hub's official images live under library/: `alpine` is `library/alpine`."""
+        if self._library_prefix and "/" not in name:
+            return f"library/{name}"
+        return name
+
+
+def _read_only() -> RegistryError:
+    return RegistryError(
+        errors.UNSUPPORTED,
+        "this registry is a read-only pull-through mirror: push and delete are not supported",
+    )
+
+
+def _manifest_response(
+    request: web.Request, digest: Digest, media_type: str, size: int, data: bytes | None
+) -> web.StreamResponse:
+    headers = responses.content_headers(digest, media_type)
+    if responses.etag_matches(request, digest):
+        return web.Response(status=304, headers=headers)
+    if data is None or request.method == "HEAD":
+        response = web.StreamResponse(headers=headers)
+        response.content_length = size
+        return response
+    return web.Response(body=data, headers=headers)
+
+
+def _blob_headers(digest: Digest) -> dict[str, str]:
+    return {
+        **responses.content_headers(digest, mediatypes.BLOB_CONTENT_TYPE),
+        "Accept-Ranges": "bytes",
+        "Cache-Control": responses.IMMUTABLE_CACHE_CONTROL,
+    }
+
+
+def _cached_blob_response(
+    request: web.Request, digest: Digest, blob: CachedBlob
+) -> web.StreamResponse:
+    headers = _blob_headers(digest)
+    if responses.etag_matches(request, digest):
+        return web.Response(status=304, headers=headers)
+    rng = responses.parse_range(request.headers.get("Range"), blob.size)
+    if rng is None:
+        return responses.FileSliceResponse(blob.path, 0, blob.size, status=200, headers=headers)
+    headers["Content-Range"] = rng.content_range(blob.size)
+    return responses.FileSliceResponse(
+        blob.path, rng.start, rng.end - rng.start, status=206, headers=headers
+    )
+
+
+async def _stream_download(request: web.Request, download: Download) -> web.StreamResponse:
+    """Stream a blob that is still arriving from upstream; abort the connection if the
+    download fails, so the client never mistakes a partial or bad body for a good one."""
+    size = download.size
+    headers = _blob_headers(download.digest)
+    start, end, status = 0, None, 200
+    if size is not None:
+        rng = responses.parse_range(request.headers.get("Range"), size)
+        if rng is not None:
+            start, end, status = rng.start, rng.end, 206
+            headers["Content-Range"] = rng.content_range(size)
+    response = web.StreamResponse(status=status, headers=headers)
+    if size is not None:
+        response.content_length = (end if end is not None else size) - start
+    else:
+        response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        async with aclosing(download.read(start, end)) as chunks:
+            async for chunk in chunks:
+                await response.write(chunk)
+    except RegistryError as exc:
+        log.warning("aborting client of %s: %s", download.digest, exc)
+        responses.abort(request)
+        return response
+    await response.write_eof()
+    return response
+
+
+def _rewrite_link(link: str, name: str, ns: str | None) -> str | None:
+    """Point the upstream's pagination `Link` at the mirror: its own path for the name the
+    client used, only `n` and `last` kept, and `ns` added back (distribution drops it)."""
+    target = link.split(";", 1)[0].strip().strip("<>")
+    kept = [(k, v) for k, v in parse_qsl(urlsplit(target).query) if k in ("n", "last")]
+    if not kept:
+        return None
+    if ns is not None:
+        kept.append(("ns", ns))
+    return f'</v2/{name}/tags/list?{urlencode(kept)}>; rel="next"'

@@ -1,0 +1,195 @@
+"""Upstream authentication: `WWW-Authenticate` challenges, bearer tokens and Basic auth.
+
+Registries say how to authenticate in their 401 challenge. For Bearer (Docker Hub, ghcr.io,
+quay.io) the mirror asks the challenge's realm for a token covering exactly one repository
+scope and reuses it until shortly before it expires, so a pull of many blobs costs one token
+request. Concurrent requests for the same scope share one token fetch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+# A token this close to expiry is renewed before use rather than risked.
+RENEW_MARGIN_SECONDS = 30.0
+# Per the token spec, a missing expires_in means 60 seconds.
+DEFAULT_TOKEN_LIFETIME = 60.0
+MAX_TOKEN_RESPONSE_BYTES = 64 * 1024
+
+_PARAM_RE = re.compile(r'\s*([A-Za-z][A-Za-z0-9_-]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s*,?')
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One challenge from a `WWW-Authenticate` header."""
+
+    scheme: str  # lower-cased: "bearer" or "basic"
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def realm(self) -> str | None:
+        return self.params.get("realm")
+
+
+def parse_challenges(header: str) -> list[Challenge]:
+    """Parse a `WWW-Authenticate` value leniently: several challenges, quoted or bare
+    values, missing `service`/`scope` (Artifact Registry and quay.io omit them)."""
+    challenges: list[Challenge] = []
+    rest = header.strip()
+    while rest:
+        scheme_match = re.match(r"([A-Za-z][A-Za-z0-9_-]*)\s*", rest)
+        if not scheme_match:
+            break
+        scheme = scheme_match.group(1).lower()
+        rest = rest[scheme_match.end() :]
+        params: dict[str, str] = {}
+        while True:
+            match = _PARAM_RE.match(rest)
+            if not match:
+                break
+            key, value = match.group(1).lower(), match.group(2)
+            if value.startswith('"'):
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            params[key] = value
+            rest = rest[match.end() :]
+        challenges.append(Challenge(scheme, params))
+        rest = rest.lstrip(", ")
+    return challenges
+
+
+def basic_header(username: str, password: str) -> str:
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return f"Basic {token}"
+
+
+@dataclass
+class _Token:
+    value: str
+    expires_at: float  # time.monotonic()
+
+
+class TokenError(Exception):
+    """The token realm refused or failed; the message is safe to show a client."""
+
+
+class Authenticator:
+    """Holds one upstream's credentials, its last challenge and its token cache.
+
+    Tokens are cached per scope; the challenge learnt from the first 401 lets later scopes
+    fetch their token up front instead of paying a 401 round trip each.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        username: str | None,
+        password: str | None,
+    ) -> None:
+        self._session = session
+        self._username = username
+        self._password = password
+        self._challenge: Challenge | None = None
+        self._tokens: dict[str, _Token] = {}
+        self._fetches: dict[str, asyncio.Future[_Token]] = {}
+
+    @property
+    def has_credentials(self) -> bool:
+        return self._username is not None
+
+    async def authorization(self, scope: str | None) -> str | None:
+        """The `Authorization` value to send for `scope`, or None when none is known to
+        be needed yet (no challenge seen so far)."""
+        challenge = self._challenge
+        if challenge is None:
+            return None
+        if challenge.scheme == "basic":
+            return self._basic()
+        if challenge.scheme == "bearer":
+            token = await self._token(challenge, scope)
+            return f"Bearer {token.value}"
+        return None
+
+    def learn(self, www_authenticate: str) -> bool:
+        """Remember the challenge from a 401; False when it is not one the mirror can
+        answer (unknown scheme, Bearer without realm, Basic without credentials)."""
+        for challenge in parse_challenges(www_authenticate):
+            if challenge.scheme == "bearer" and challenge.realm:
+                self._challenge = challenge
+                return True
+            if challenge.scheme == "basic" and self.has_credentials:
+                self._challenge = challenge
+                return True
+        return False
+
+    def forget(self, scope: str | None) -> None:
+        """Drop the cached token for a scope after the registry rejected it."""
+        self._tokens.pop(scope or "", None)
+
+    def _basic(self) -> str | None:
+        if self._username is None:
+            return None
+        return basic_header(self._username, self._password or "")
+
+    async def _token(self, challenge: Challenge, scope: str | None) -> _Token:
+        key = scope or ""
+        cached = self._tokens.get(key)
+        if cached is not None and cached.expires_at - RENEW_MARGIN_SECONDS > time.monotonic():
+            return cached
+        pending = self._fetches.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._fetch(challenge, scope))
+            self._fetches[key] = pending
+            pending.add_done_callback(lambda _: self._fetches.pop(key, None))
+        token = await asyncio.shield(pending)
+        self._tokens[key] = token
+        return token
+
+    async def _fetch(self, challenge: Challenge, scope: str | None) -> _Token:
+        realm = challenge.realm
+        assert realm is not None
+        query: list[tuple[str, str]] = []
+        if service := challenge.params.get("service"):
+            query.append(("service", service))
+        if scope:
+            query.append(("scope", scope))
+        headers = {}
+        if basic := self._basic():
+            headers["Authorization"] = basic
+        started = time.monotonic()
+        async with self._session.get(realm, params=query, headers=headers) as resp:
+            if resp.status != 200:
+                raise TokenError(f"token realm answered {resp.status}")
+            body = await resp.content.read(MAX_TOKEN_RESPONSE_BYTES + 1)
+        if len(body) > MAX_TOKEN_RESPONSE_BYTES:
+            raise TokenError("token response too large")
+        return _parse_token(body, started)
+
+
+def _parse_token(body: bytes, received_at: float) -> _Token:
+    """Read a token response. Expiry counts from when we asked, not from `issued_at`, so a
+    skewed upstream clock cannot make every token look expired (or immortal)."""
+    try:
+        data: Any = json.loads(body)
+    except ValueError:
+        raise TokenError("token realm answered with invalid JSON") from None
+    if not isinstance(data, dict):
+        raise TokenError("token realm answered with unexpected JSON")
+    value = data.get("token") or data.get("access_token")
+    if not isinstance(value, str) or not value:
+        raise TokenError("token realm answered without a token")
+    lifetime = data.get("expires_in")
+    if not isinstance(lifetime, int | float) or lifetime <= 0:
+        lifetime = DEFAULT_TOKEN_LIFETIME
+    return _Token(value=value, expires_at=received_at + float(lifetime))
