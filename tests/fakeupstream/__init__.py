@@ -1,0 +1,45 @@
+"""Fake Docker Hub (registry + token server + CDN) and generated images for mirror tests."""
+
+from .images import (
+    DOCKER_CONFIG,
+    DOCKER_LAYER,
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    INDEX_MEDIA_TYPES,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    Blob,
+    Manifest,
+    make_image,
+    make_index,
+    make_layer,
+    random_layer,
+    sha256_digest,
+)
+from .registry import CHUNK_SIZE, SERVICE, FakeRegistry, Fault, RecordedRequest
+
+__all__ = [
+    "CHUNK_SIZE",
+    "DOCKER_CONFIG",
+    "DOCKER_LAYER",
+    "DOCKER_MANIFEST",
+    "DOCKER_MANIFEST_LIST",
+    "INDEX_MEDIA_TYPES",
+    "OCI_CONFIG",
+    "OCI_INDEX",
+    "OCI_LAYER",
+    "OCI_MANIFEST",
+    "SERVICE",
+    "Blob",
+    "FakeRegistry",
+    "Fault",
+    "Manifest",
+    "RecordedRequest",
+    "make_image",
+    "make_index",
+    "make_layer",
+    "random_layer",
+    "sha256_digest",
+]

@@ -1,0 +1,123 @@
+"""Configuration: defaults < mirror.toml < MIRROR_* < flags, and errors that name the key."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mirror import config
+from mirror.config import ConfigError
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mirror", *args],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        cwd=cwd,
+        timeout=30,
+    )
+
+
+def test_defaults_serve_docker_hub_with_the_library_prefix(tmp_path: Path) -> None:
+    loaded = config.load(config_file=None, environ={})
+    cfg = loaded.config
+    assert str(cfg.listen) == "0.0.0.0:5000"
+    assert cfg.upstream == "https://registry-1.docker.io"
+    assert cfg.library_prefix is True
+    assert cfg.redis_url is None
+
+
+def test_library_prefix_auto_is_off_for_other_upstreams() -> None:
+    cfg = config.load(environ={}, overrides={"upstream": "https://ghcr.io"}).config
+    assert cfg.library_prefix is False
+
+
+def test_layers_override_in_order(tmp_path: Path) -> None:
+    file = tmp_path / "m.toml"
+    file.write_text('listen = "127.0.0.1:6000"\nread_timeout = 7\nlog_level = "debug"\n')
+    loaded = config.load(
+        config_file=file,
+        environ={"MIRROR_READ_TIMEOUT": "9", "MIRROR_LOG_LEVEL": "warning"},
+        overrides={"log_level": "error", "listen": None},
+    )
+    assert str(loaded.config.listen) == "127.0.0.1:6000"
+    assert loaded.config.read_timeout == 9.0
+    assert loaded.config.log_level == "error"
+    assert loaded.sources["listen"] == str(file)
+    assert loaded.sources["read_timeout"] == "MIRROR_READ_TIMEOUT"
+    assert loaded.sources["log_level"] == "--log-level"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('listen = "nowhere"', "listen (from"),
+        ("listen = 5000", "listen (from"),
+        ('upstream = "ftp://x"', "upstream (from"),
+        ('upstream = "https://u:p@x"', "credentials do not belong in the URL"),
+        ("read_timeout = -1", "read_timeout (from"),
+        ('library_prefix = "maybe"', "library_prefix (from"),
+        ('redis_url = "http://x"', "redis_url (from"),
+        ('colour = "blue"', "unknown key 'colour'"),
+        ("listen = ", "not valid TOML"),
+    ],
+)
+def test_bad_file_values_name_the_key(tmp_path: Path, content: str, message: str) -> None:
+    file = tmp_path / "m.toml"
+    file.write_text(content + "\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.load(config_file=file, environ={})
+
+
+def test_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="connect_timeout \\(from MIRROR_CONNECT_TIMEOUT\\)"):
+        config.load(environ={"MIRROR_CONNECT_TIMEOUT": "soon"})
+
+
+def test_missing_explicit_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load(config_file=tmp_path / "absent.toml", environ={})
+
+
+def test_shipped_mirror_toml_documents_every_key_and_loads() -> None:
+    shipped = Path(__file__).parent.parent / "mirror.toml"
+    text = shipped.read_text()
+    for key in config.SETTINGS:
+        assert f"\n{key} = " in text, f"mirror.toml does not document {key}"
+    loaded = config.load(config_file=shipped, environ={})
+    defaults = config.load(config_file=None, environ={}, overrides={})
+    assert loaded.config == defaults.config
+
+
+def test_check_config_prints_effective_config_with_secrets_masked(tmp_path: Path) -> None:
+    (tmp_path / "mirror.toml").write_text(
+        'upstream_username = "bot"\nredis_url = "redis://:hunter2@127.0.0.1:6379/0"\n'
+    )
+    result = run_cli("check-config", env={"MIRROR_UPSTREAM_PASSWORD": "s3cret"}, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert 'upstream_username = "bot"' in result.stdout
+    assert 'upstream_password = "********"  # MIRROR_UPSTREAM_PASSWORD' in result.stdout
+    assert "s3cret" not in result.stdout
+    assert "hunter2" not in result.stdout
+    assert "mirror.toml" in result.stdout
+
+
+def test_check_config_exits_non_zero_naming_the_bad_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('data_dir = ""\n')
+    result = run_cli("check-config", "--config", str(bad), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "data_dir" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_a_bad_flag_value(tmp_path: Path) -> None:
+    result = run_cli("serve", "--listen", "127.0.0.1:99999", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "listen (from --listen): port 99999 is out of range" in result.stderr
