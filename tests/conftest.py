@@ -87,9 +87,7 @@ def alpine(upstream: FakeRegistry) -> Manifest:
 @pytest.fixture
 def multiarch(upstream: FakeRegistry) -> Manifest:
     """library/multi:1, a manifest list of linux/amd64 and linux/arm64 images."""
-    index = make_index(
-        [make_image(arch="amd64", seed=1), make_image(arch="arm64", seed=1)]
-    )
+    index = make_index([make_image(arch="amd64", seed=1), make_image(arch="arm64", seed=1)])
     upstream.push_image("library/multi", "1", index)
     return index
 

@@ -92,7 +92,10 @@ async def test_one_segment_names_get_the_library_prefix(
     assert resp.status == 200
     assert await resp.read() == alpine.data
     paths = {r.path for r in upstream.filter_requests(kind="manifest")}
-    assert paths == {"/v2/library/alpine/manifests/3.19", f"/v2/library/alpine/manifests/{alpine.digest}"}
+    assert paths == {
+        "/v2/library/alpine/manifests/3.19",
+        f"/v2/library/alpine/manifests/{alpine.digest}",
+    }
 
 
 async def test_library_prefix_can_be_switched_off(
@@ -150,9 +153,7 @@ async def test_platform_manifests_of_an_index_are_served_by_digest(
             assert await blob_resp.read() == blob.data
 
 
-async def test_oci_images_keep_their_media_type(
-    mirror: Client, upstream: FakeRegistry
-) -> None:
+async def test_oci_images_keep_their_media_type(mirror: Client, upstream: FakeRegistry) -> None:
     image = make_image(oci=True, seed=7)
     upstream.push_image("org/oci", "v1", image)
     resp = await mirror.get("/v2/org/oci/manifests/v1", headers={"Accept": OCI_MANIFEST})
@@ -274,7 +275,7 @@ async def test_tags_list_passes_pagination_through_and_rewrites_link(
 async def test_containerd_ns_parameter_is_accepted_for_docker_hub(
     mirror: Client, alpine: Manifest
 ) -> None:
-    resp = await mirror.get(f"/v2/library/alpine/manifests/3.19?ns=docker.io")
+    resp = await mirror.get("/v2/library/alpine/manifests/3.19?ns=docker.io")
     assert resp.status == 200
     blob = alpine.layers[0]
     resp = await mirror.get(f"/v2/library/alpine/blobs/{blob.digest}?ns=docker.io")

@@ -1,0 +1,101 @@
+"""Bad input gets the spec's JSON error and a 4xx, before anything touches disk or upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Client, files_under
+from tests.fakeupstream import FakeRegistry
+
+SHA = "sha256:" + "a" * 64
+
+
+async def raw_request(mirror: Client, method: str, target: str) -> tuple[int, bytes]:
+    """Send a request line exactly as written (no client-side path normalisation)."""
+    server = mirror.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        f"{method} {target} HTTP/1.1\r\nHost: mirror\r\nConnection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    response = await reader.read()
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, body
+
+
+BAD_REQUESTS = [
+    ("/v2/Alpine/manifests/latest", 400, "NAME_INVALID"),
+    ("/v2/library//alpine/manifests/latest", 400, "NAME_INVALID"),
+    ("/v2/" + "a" * 300 + "/manifests/latest", 400, "NAME_INVALID"),
+    ("/v2/library/%2e%2e/manifests/latest", 400, "NAME_INVALID"),
+    ("/v2/library/%2E%2E/%2E%2E/blobs/" + SHA, 400, "NAME_INVALID"),
+    ("/v2/library/alpine%00/manifests/latest", 400, "NAME_INVALID"),
+    ("/v2/../../etc/passwd/manifests/latest", 400, "NAME_INVALID"),
+    ("/v2/library/alpine/manifests/bad!tag", 400, "TAG_INVALID"),
+    ("/v2/library/alpine/manifests/.hidden", 400, "TAG_INVALID"),
+    ("/v2/library/alpine/manifests/" + "t" * 129, 400, "TAG_INVALID"),
+    ("/v2/library/alpine/manifests/sha256:abc", 400, "DIGEST_INVALID"),
+    ("/v2/library/alpine/blobs/sha256:xyz", 400, "DIGEST_INVALID"),
+    ("/v2/library/alpine/blobs/sha256:" + "A" * 64, 400, "DIGEST_INVALID"),
+    ("/v2/library/alpine/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", 400, "DIGEST_INVALID"),
+    ("/v2/library/alpine/blobs/..%2F..%2Fetc", 400, "DIGEST_INVALID"),
+    ("/v2/library/alpine/blobs/latest", 400, "DIGEST_INVALID"),
+    ("/v2/library/alpine/tags/list?n=abc", 400, "PAGINATION_NUMBER_INVALID"),
+    ("/v2/library/alpine/tags/list?n=99999999999999999999", 400, "PAGINATION_NUMBER_INVALID"),
+    ("/v2/library/alpine/tags/list?n=-1", 400, "PAGINATION_NUMBER_INVALID"),
+    ("/v2/library/alpine/tags/list?last=a/b", 400, "TAG_INVALID"),
+    ("/v2/_catalog", 404, "NOT_FOUND"),
+    ("/v2/library/alpine/referrers/" + SHA, 404, "NOT_FOUND"),
+    ("/etc/passwd", 404, "NOT_FOUND"),
+]
+
+
+@pytest.mark.parametrize(("target", "status", "code"), BAD_REQUESTS)
+async def test_bad_requests_get_json_errors_and_touch_nothing(
+    mirror: Client, upstream: FakeRegistry, data_dir: Path, target: str, status: int, code: str
+) -> None:
+    before = files_under(data_dir)
+    got_status, body = await raw_request(mirror, "GET", target)
+    assert got_status == status, body
+    assert json.loads(body)["errors"][0]["code"] == code
+    assert files_under(data_dir) == before == set()
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("PUT", "/v2/library/alpine/manifests/latest"),
+        ("DELETE", "/v2/library/alpine/manifests/" + SHA),
+        ("POST", "/v2/library/alpine/blobs/uploads/"),
+        ("PATCH", "/v2/library/alpine/blobs/uploads/4b2f9c1e"),
+        ("PUT", "/v2/library/alpine/blobs/uploads/4b2f9c1e?digest=" + SHA),
+        ("DELETE", "/v2/library/alpine/blobs/" + SHA),
+        ("POST", "/v2/"),
+    ],
+)
+async def test_push_and_delete_are_refused_as_read_only(
+    mirror: Client, upstream: FakeRegistry, method: str, path: str
+) -> None:
+    resp = await mirror.request(method, path, data=b"{}")
+    assert resp.status == 405
+    error = (await resp.json())["errors"][0]
+    assert error["code"] == "UNSUPPORTED"
+    assert upstream.requests == []
+
+
+async def test_read_only_message_says_so(mirror: Client) -> None:
+    resp = await mirror.put("/v2/library/alpine/manifests/latest", data=b"{}")
+    assert "read-only" in (await resp.json())["errors"][0]["message"]
+
+
+async def test_head_errors_have_status_and_no_body(mirror: Client) -> None:
+    resp = await mirror.head("/v2/Alpine/manifests/latest")
+    assert resp.status == 400
+    assert await resp.read() == b""

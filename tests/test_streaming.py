@@ -1,0 +1,148 @@
+"""Blobs on a miss: streamed while they download, one download however many clients ask,
+and never a completed response with bad bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import Client, answered, files_under
+from tests.fakeupstream import Blob, FakeRegistry, Fault, random_layer
+
+MB = 1024 * 1024
+
+
+async def read_digest(mirror: Client, path: str) -> str:
+    """GET a blob and hash it as it streams (20 clients x 50 MB would not fit in a list)."""
+    digest = hashlib.sha256()
+    async with mirror.get(path) as resp:
+        assert resp.status == 200
+        async for chunk in resp.content.iter_chunked(MB):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def cached_blobs(data_dir: Path) -> set[str]:
+    return {p for p in files_under(data_dir) if p.startswith("blobs/")}
+
+
+async def wait_for(condition: object, timeout: float = 10.0) -> None:
+    assert callable(condition)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def big_blob(upstream: FakeRegistry) -> Blob:
+    blob = random_layer(50 * MB, seed=50)
+    upstream.push_blob("library/big", blob)
+    return blob
+
+
+@pytest.mark.slow
+async def test_twenty_concurrent_clients_of_a_cold_blob_cause_one_upstream_download(
+    mirror: Client, upstream: FakeRegistry, big_blob: Blob
+) -> None:
+    # Slow the CDN down a little so all twenty really overlap with the download.
+    upstream.add_fault(Fault("slow", server="cdn", chunk_delay=0.001))
+    path = f"/v2/library/big/blobs/{big_blob.digest}"
+    digests = await asyncio.gather(*(read_digest(mirror, path) for _ in range(20)))
+    assert digests == [big_blob.digest] * 20
+    assert answered(upstream, kind="blob", method="GET") == 1
+    assert upstream.count(server="cdn") == 1
+
+
+async def test_first_bytes_reach_the_client_before_the_download_ends(
+    mirror: Client, upstream: FakeRegistry, data_dir: Path
+) -> None:
+    blob = random_layer(2 * MB, seed=2)
+    upstream.push_blob("library/slow", blob)
+    upstream.add_fault(Fault("slow", server="cdn", chunk_delay=0.03))
+    async with mirror.get(f"/v2/library/slow/blobs/{blob.digest}") as resp:
+        first = await resp.content.readany()
+        assert first and blob.data.startswith(first)
+        assert cached_blobs(data_dir) == set(), "bytes must stream before the blob is committed"
+        rest = await resp.read()
+    assert first + rest == blob.data
+    assert len(cached_blobs(data_dir)) == 1
+
+
+async def test_download_finishes_and_is_cached_when_its_client_goes_away(
+    mirror: Client, upstream: FakeRegistry, data_dir: Path
+) -> None:
+    blob = random_layer(2 * MB, seed=4)
+    upstream.push_blob("library/left", blob)
+    upstream.add_fault(Fault("slow", server="cdn", chunk_delay=0.01))
+    resp = await mirror.get(f"/v2/library/left/blobs/{blob.digest}")
+    await resp.content.readany()
+    resp.close()
+    await wait_for(lambda: len(cached_blobs(data_dir)) == 1)
+    upstream.reset_counts()
+    assert await read_digest(mirror, f"/v2/library/left/blobs/{blob.digest}") == blob.digest
+    assert upstream.requests == []
+
+
+async def test_head_of_a_blob_in_flight_needs_no_upstream_request(
+    mirror: Client, upstream: FakeRegistry
+) -> None:
+    blob = random_layer(2 * MB, seed=5)
+    upstream.push_blob("library/inflight", blob)
+    upstream.add_fault(Fault("slow", server="cdn", chunk_delay=0.02))
+    path = f"/v2/library/inflight/blobs/{blob.digest}"
+    async with mirror.get(path) as resp:
+        await resp.content.readany()
+        head = await mirror.head(path)
+        assert head.status == 200
+        assert int(head.headers["Content-Length"]) == blob.size
+        assert head.headers["Docker-Content-Digest"] == blob.digest
+        await resp.read()
+    assert answered(upstream, kind="blob", method="HEAD") == 0
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "truncate"])
+async def test_bad_upstream_bytes_abort_every_client_and_are_not_cached(
+    mirror: Client, upstream: FakeRegistry, data_dir: Path, fault: str
+) -> None:
+    blob = random_layer(3 * MB, seed=6)
+    upstream.push_blob("library/bad", blob)
+    upstream.add_fault(Fault(fault, server="cdn", chunk_delay=0.002))  # type: ignore[arg-type]
+    path = f"/v2/library/bad/blobs/{blob.digest}"
+
+    async def pull() -> bytes:
+        async with mirror.get(path) as resp:
+            assert resp.status == 200
+            return await resp.read()
+
+    results = await asyncio.gather(*(pull() for _ in range(3)), return_exceptions=True)
+    for result in results:
+        assert isinstance(result, aiohttp.ClientPayloadError), result
+    assert cached_blobs(data_dir) == set()
+    assert files_under(data_dir / "tmp") == set()
+
+    # The fault was one-shot: the next pull downloads afresh and succeeds.
+    assert await read_digest(mirror, path) == blob.digest
+    assert answered(upstream, kind="blob", method="GET") == 2
+    assert len(cached_blobs(data_dir)) == 1
+
+
+async def test_range_on_a_blob_still_downloading_is_served_from_the_growing_file(
+    mirror: Client, upstream: FakeRegistry
+) -> None:
+    blob = random_layer(2 * MB, seed=8)
+    upstream.push_blob("library/ranged", blob)
+    upstream.add_fault(Fault("slow", server="cdn", chunk_delay=0.01))
+    path = f"/v2/library/ranged/blobs/{blob.digest}"
+    async with mirror.get(path) as first:
+        head = await first.content.readany()
+        part = await mirror.get(path, headers={"Range": "bytes=1048576-"})
+        assert part.status == 206
+        assert part.headers["Content-Range"] == f"bytes {MB}-{blob.size - 1}/{blob.size}"
+        assert await part.read() == blob.data[MB:]
+        assert head + await first.read() == blob.data
+    assert answered(upstream, kind="blob", method="GET") == 1
