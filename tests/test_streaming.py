@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -30,12 +31,11 @@ def cached_blobs(data_dir: Path) -> set[str]:
     return {p for p in files_under(data_dir) if p.startswith("blobs/")}
 
 
-async def wait_for(condition: object, timeout: float = 10.0) -> None:
-    assert callable(condition)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
+async def wait_for(condition: Callable[[], bool]) -> None:
+    """Poll until `condition` holds; fail after 10 s."""
+    async with asyncio.timeout(10):
+        while not condition():
+            await asyncio.sleep(0.02)
 
 
 @pytest.fixture
