@@ -34,7 +34,7 @@ def cached_blobs(data_dir: Path) -> set[str]:
 async def wait_for(condition: Callable[[], bool]) -> None:
     """Poll until `condition` holds; fail after 10 s."""
     async with asyncio.timeout(10):
-        while not condition():
+        while not condition():  # noqa: ASYNC110 (polls the filesystem)
             await asyncio.sleep(0.02)
 
 
