@@ -102,21 +102,18 @@ class UpstreamClient:
 
     async def head_manifest(self, repo: str, reference: str, accept: str) -> ManifestHead | None:
         """Resolve a reference with HEAD (free on Docker Hub). None when the upstream's HEAD
-        cannot tell (405, or no digest/length), so the caller falls back to GET."""
+        cannot tell (405, or no digest, length or type), so the caller falls back to GET."""
         path = f"/v2/{repo}/manifests/{reference}"
         async with self._request("HEAD", path, repo, headers={"Accept": accept}) as resp:
             if resp.status == 405:
                 return None
             self._raise_for_status(resp, errors.MANIFEST_UNKNOWN)
             digest = _parse_digest(resp.headers.get("Docker-Content-Digest"))
-            length = resp.headers.get("Content-Length")
-            if digest is None or length is None or not length.isdigit():
+            length = resp.headers.get("Content-Length", "")
+            media_type = bare_type(resp.headers.get("Content-Type", ""))
+            if digest is None or not length.isdigit() or not media_type:
                 return None
-            return ManifestHead(
-                digest=digest,
-                media_type=bare_type(resp.headers.get("Content-Type", "")),
-                size=int(length),
-            )
+            return ManifestHead(digest=digest, media_type=media_type, size=int(length))
 
     async def get_manifest(
         self, repo: str, reference: str, accept: str, *, algorithm: str | None = None
