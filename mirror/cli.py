@@ -13,7 +13,7 @@ from aiohttp import web
 from mirror import __version__, config
 from mirror.server.app import create_app
 
-# Seconds to let open requests finish on SIGTERM/Ctrl-C; downloads are aborted before that.
+# Seconds open requests get to finish on SIGTERM/Ctrl-C (downloads are aborted at once).
 SHUTDOWN_TIMEOUT = 5.0
 
 
@@ -44,7 +44,9 @@ def _serve(cfg: config.Config) -> int:
         create_app(cfg),
         host=cfg.listen.host,
         port=cfg.listen.port,
-        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        # aiohttp waits this long twice (for handlers, then again after cancelling them),
+        # so halve it: a client that stopped reading cannot hold shutdown past the budget.
+        shutdown_timeout=SHUTDOWN_TIMEOUT / 2,
         print=lambda *a: logging.getLogger("mirror").info("listening on %s", cfg.listen),
         access_log_format='%a "%r" %s %b %Tfs',
     )
