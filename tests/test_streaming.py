@@ -38,6 +38,17 @@ async def wait_for(condition: Callable[[], bool]) -> None:
             await asyncio.sleep(0.02)
 
 
+def slow_blob(
+    upstream: FakeRegistry, repo: str, *, seed: int, chunk_delay: float, size: int = 2 * MB
+) -> tuple[Blob, str]:
+    """Push a blob whose CDN download is slowed, so a test can act while it is in flight;
+    returns it and its path on the mirror."""
+    blob = random_layer(size, seed=seed)
+    upstream.push_blob(repo, blob)
+    upstream.add_fault(Fault("slow", server="cdn", chunk_delay=chunk_delay))
+    return blob, f"/v2/{repo}/blobs/{blob.digest}"
+
+
 @pytest.fixture
 def big_blob(upstream: FakeRegistry) -> Blob:
     blob = random_layer(50 * MB, seed=50)
@@ -61,10 +72,8 @@ async def test_twenty_concurrent_clients_of_a_cold_blob_cause_one_upstream_downl
 async def test_first_bytes_reach_the_client_before_the_download_ends(
     mirror: Client, upstream: FakeRegistry, data_dir: Path
 ) -> None:
-    blob = random_layer(2 * MB, seed=2)
-    upstream.push_blob("library/slow", blob)
-    upstream.add_fault(Fault("slow", server="cdn", chunk_delay=0.03))
-    async with mirror.get(f"/v2/library/slow/blobs/{blob.digest}") as resp:
+    blob, path = slow_blob(upstream, "library/slow", seed=2, chunk_delay=0.03)
+    async with mirror.get(path) as resp:
         first = await resp.content.readany()
         assert first and blob.data.startswith(first)
         assert cached_blobs(data_dir) == set(), "bytes must stream before the blob is committed"
@@ -76,25 +85,20 @@ async def test_first_bytes_reach_the_client_before_the_download_ends(
 async def test_download_finishes_and_is_cached_when_its_client_goes_away(
     mirror: Client, upstream: FakeRegistry, data_dir: Path
 ) -> None:
-    blob = random_layer(2 * MB, seed=4)
-    upstream.push_blob("library/left", blob)
-    upstream.add_fault(Fault("slow", server="cdn", chunk_delay=0.01))
-    resp = await mirror.get(f"/v2/library/left/blobs/{blob.digest}")
+    blob, path = slow_blob(upstream, "library/left", seed=4, chunk_delay=0.01)
+    resp = await mirror.get(path)
     await resp.content.readany()
     resp.close()
     await wait_for(lambda: len(cached_blobs(data_dir)) == 1)
     upstream.reset_counts()
-    assert await read_digest(mirror, f"/v2/library/left/blobs/{blob.digest}") == blob.digest
+    assert await read_digest(mirror, path) == blob.digest
     assert upstream.requests == []
 
 
 async def test_head_of_a_blob_in_flight_needs_no_upstream_request(
     mirror: Client, upstream: FakeRegistry
 ) -> None:
-    blob = random_layer(2 * MB, seed=5)
-    upstream.push_blob("library/inflight", blob)
-    upstream.add_fault(Fault("slow", server="cdn", chunk_delay=0.02))
-    path = f"/v2/library/inflight/blobs/{blob.digest}"
+    blob, path = slow_blob(upstream, "library/inflight", seed=5, chunk_delay=0.02)
     async with mirror.get(path) as resp:
         await resp.content.readany()
         head = await mirror.head(path)
@@ -134,10 +138,7 @@ async def test_bad_upstream_bytes_abort_every_client_and_are_not_cached(
 async def test_range_on_a_blob_still_downloading_is_served_from_the_growing_file(
     mirror: Client, upstream: FakeRegistry
 ) -> None:
-    blob = random_layer(2 * MB, seed=8)
-    upstream.push_blob("library/ranged", blob)
-    upstream.add_fault(Fault("slow", server="cdn", chunk_delay=0.01))
-    path = f"/v2/library/ranged/blobs/{blob.digest}"
+    blob, path = slow_blob(upstream, "library/ranged", seed=8, chunk_delay=0.01)
     async with mirror.get(path) as first:
         head = await first.content.readany()
         part = await mirror.get(path, headers={"Range": "bytes=1048576-"})

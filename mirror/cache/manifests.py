@@ -9,13 +9,13 @@ different manifests for different Accept sets (an index vs one platform's manife
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 
 from mirror import errors, mediatypes
 from mirror.cache.store import FilesystemStore, StoredManifest
 from mirror.reference import Digest
+from mirror.singleflight import SingleFlight
 from mirror.upstream.client import FetchedManifest, UpstreamClient, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -36,19 +36,14 @@ class ManifestCache:
     def __init__(self, store: FilesystemStore, upstream: UpstreamClient) -> None:
         self._store = store
         self._upstream = upstream
-        self._fetches: dict[Digest, asyncio.Future[StoredManifest]] = {}
+        self._fetches: SingleFlight[Digest, StoredManifest] = SingleFlight()
 
     async def by_digest(self, repo: str, digest: Digest) -> StoredManifest:
         """The manifest with this digest; fetched (once, however many ask) and verified if
         the store lacks it."""
         if stored := self._store.read_manifest(digest):
             return stored
-        pending = self._fetches.get(digest)
-        if pending is None:
-            pending = asyncio.ensure_future(self._fetch_by_digest(repo, digest))
-            self._fetches[digest] = pending
-            pending.add_done_callback(lambda _: self._fetches.pop(digest, None))
-        return await asyncio.shield(pending)
+        return await self._fetches.run(digest, lambda: self._fetch_by_digest(repo, digest))
 
     async def resolve_tag(self, repo: str, tag: str, accept: frozenset[str]) -> ManifestRef:
         """Which manifest a tag names for this Accept class, preferably without a GET."""

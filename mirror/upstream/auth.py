@@ -8,7 +8,6 @@ request. Concurrent requests for the same scope share one token fetch.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -18,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+
+from mirror.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class Authenticator:
         self._password = password
         self._challenge: Challenge | None = None
         self._tokens: dict[str, _Token] = {}
-        self._fetches: dict[str, asyncio.Future[_Token]] = {}
+        self._fetches: SingleFlight[str, _Token] = SingleFlight()
 
     @property
     def has_credentials(self) -> bool:
@@ -147,12 +148,7 @@ class Authenticator:
         cached = self._tokens.get(key)
         if cached is not None and cached.expires_at - RENEW_MARGIN_SECONDS > time.monotonic():
             return cached
-        pending = self._fetches.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._fetch(challenge, scope))
-            self._fetches[key] = pending
-            pending.add_done_callback(lambda _: self._fetches.pop(key, None))
-        token = await asyncio.shield(pending)
+        token = await self._fetches.run(key, lambda: self._fetch(challenge, scope))
         self._tokens[key] = token
         return token
 
