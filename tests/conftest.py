@@ -20,6 +20,8 @@ from mirror import config
 from mirror.server.app import create_app
 from tests.fakeupstream import FakeRegistry, Manifest, make_image, make_index, make_layer
 
+pytest_plugins = ["tests.meta_fixtures"]
+
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
 

@@ -1,0 +1,115 @@
+"""The metadata store interface: small, mutable facts the mirror shares between requests,
+restarts and (with Redis) processes.
+
+Content lives in the content store, keyed by digest and immutable. Everything that changes
+lives here: which digest a tag names and when that was last confirmed upstream, the
+upstream's rate-limit budget, who accessed what and when, which repositories are cached,
+short-lived cached upstream answers (tag lists), and locks that make one process (of many)
+do a piece of upstream work.
+
+Implementations raise `MetaStoreError` for any backend failure; callers decide how to carry
+on without the store (the mirror keeps serving, going to the upstream as if uncached).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class MetaStoreError(Exception):
+    """The backend failed (connection lost, timeout, corrupt record). Safe to log."""
+
+
+@dataclass(frozen=True)
+class TagKey:
+    """A tag as resolved for one Accept class on one upstream."""
+
+    upstream: str  # the upstream's host[:port]
+    repo: str
+    tag: str
+    accept: str  # mediatypes.accept_class(): the same tag names different manifests per class
+
+
+@dataclass(frozen=True)
+class TagRecord:
+    digest: str
+    media_type: str
+    size: int
+    confirmed_at: float  # unix time the upstream last said the tag names this digest
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """Docker Hub's `ratelimit-limit` / `ratelimit-remaining`, as last seen."""
+
+    limit: int
+    remaining: int
+    window: int  # seconds, from `;w=`
+    observed_at: float
+
+
+@dataclass
+class Access:
+    """Accesses of one digest since the last flush: when, and from which repositories."""
+
+    last_access: float
+    repos: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class CachedResponse:
+    """A small upstream answer kept for reuse (a tags/list page)."""
+
+    body: bytes
+    headers: Mapping[str, str]
+    stored_at: float
+
+
+class MetaStore(Protocol):
+    """What the mirror needs from a metadata backend. All methods are coroutines and raise
+    `MetaStoreError` on backend failure."""
+
+    async def ping(self) -> None:
+        """Raise MetaStoreError unless the backend answers."""
+
+    async def close(self) -> None: ...
+
+    # tags
+    async def get_tag(self, key: TagKey) -> TagRecord | None: ...
+
+    async def put_tag(self, key: TagKey, record: TagRecord) -> None: ...
+
+    async def delete_tag(self, key: TagKey) -> None: ...
+
+    # coordination: one process does the upstream work, the others wait for its result
+    async def try_lock(self, name: str, ttl: float) -> str | None:
+        """Take the lock `name` for at most `ttl` seconds; a token to release it with, or
+        None if someone else holds it."""
+
+    async def unlock(self, name: str, token: str) -> None:
+        """Release the lock if `token` still holds it."""
+
+    # the upstream's rate-limit budget
+    async def put_rate_limit(self, upstream: str, limit: RateLimit) -> None: ...
+
+    async def get_rate_limit(self, upstream: str) -> RateLimit | None: ...
+
+    # access records, written in batches off the request path
+    async def record_access(self, accesses: Mapping[str, Access]) -> None:
+        """Merge a batch keyed by digest: keep the later access time, add the repos."""
+
+    async def get_access(self, digest: str) -> Access | None: ...
+
+    # the catalog: repositories the mirror holds content for
+    async def add_repositories(self, upstream: str, repos: Iterable[str]) -> None: ...
+
+    async def list_repositories(self, upstream: str) -> list[str]:
+        """Sorted."""
+
+    # small cached upstream responses
+    async def put_response(self, key: str, response: CachedResponse, keep_for: float) -> None:
+        """Keep `response` for `keep_for` seconds (long enough to serve it stale)."""
+
+    async def get_response(self, key: str) -> CachedResponse | None: ...

@@ -1,0 +1,1 @@
+"""Fixtures for the metadata store: a private redis-server and each backend."""
