@@ -17,6 +17,18 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from mirror.ratelimit import RateLimit
+
+__all__ = [
+    "Access",
+    "CachedResponse",
+    "MetaStore",
+    "MetaStoreError",
+    "RateLimit",
+    "TagKey",
+    "TagRecord",
+]
+
 
 class MetaStoreError(Exception):
     """The backend failed (connection lost, timeout, corrupt record). Safe to log."""
@@ -38,16 +50,6 @@ class TagRecord:
     media_type: str
     size: int
     confirmed_at: float  # unix time the upstream last said the tag names this digest
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """Docker Hub's `ratelimit-limit` / `ratelimit-remaining`, as last seen."""
-
-    limit: int
-    remaining: int
-    window: int  # seconds, from `;w=`
-    observed_at: float
 
 
 @dataclass
