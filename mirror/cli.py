@@ -11,17 +11,18 @@ from pathlib import Path
 from aiohttp import web
 
 from mirror import __version__, config
+from mirror.meta.store import MetaStoreError
 from mirror.server.app import create_app
 
+# Settings that `mirror serve` also takes as flags (`--tag-ttl` for `tag_ttl`).
+SERVE_FLAGS = ("listen", "upstream", "data_dir", "redis_url", "tag_ttl", "offline")
 # Seconds open requests get to finish on SIGTERM/Ctrl-C (downloads are aborted at once).
 SHUTDOWN_TIMEOUT = 5.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    overrides = {
-        key: getattr(args, key, None) for key in ("listen", "upstream", "data_dir", "redis_url")
-    }
+    overrides = {key: getattr(args, key, None) for key in SERVE_FLAGS}
     try:
         loaded = config.load(config_file=args.config, overrides=overrides)
     except config.ConfigError as exc:
@@ -40,16 +41,20 @@ def _serve(cfg: config.Config) -> int:
         level=cfg.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    web.run_app(
-        create_app(cfg),
-        host=cfg.listen.host,
-        port=cfg.listen.port,
-        # aiohttp waits this long twice (for handlers, then again after cancelling them),
-        # so halve it: a client that stopped reading cannot hold shutdown past the budget.
-        shutdown_timeout=SHUTDOWN_TIMEOUT / 2,
-        print=lambda *a: logging.getLogger("mirror").info("listening on %s", cfg.listen),
-        access_log_format='%a "%r" %s %b %Tfs',
-    )
+    try:
+        web.run_app(
+            create_app(cfg),
+            host=cfg.listen.host,
+            port=cfg.listen.port,
+            # aiohttp waits this long twice (for handlers, then again after cancelling them),
+            # so halve it: a client that stopped reading cannot hold shutdown past the budget.
+            shutdown_timeout=SHUTDOWN_TIMEOUT / 2,
+            print=lambda *a: logging.getLogger("mirror").info("listening on %s", cfg.listen),
+            access_log_format='%a "%r" %s %b %Tfs',
+        )
+    except MetaStoreError as exc:
+        print(f"mirror: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -67,7 +72,18 @@ def _parser() -> argparse.ArgumentParser:
         "--upstream", metavar="URL", help="registry to mirror (https://registry-1.docker.io)"
     )
     serve.add_argument("--data-dir", metavar="DIR", help="where the cache lives (./data)")
-    serve.add_argument("--redis-url", metavar="URL", help="Redis for tag metadata (optional)")
+    serve.add_argument(
+        "--redis-url", metavar="URL", help="Redis for shared metadata (default: embedded SQLite)"
+    )
+    serve.add_argument(
+        "--tag-ttl", metavar="SECONDS", help="how long a tag is served without asking upstream"
+    )
+    serve.add_argument(
+        "--offline",
+        action="store_const",
+        const=True,
+        help="serve only from the cache; never contact the upstream",
+    )
 
     check = commands.add_parser("check-config", help="validate and print the effective config")
     _config_flag(check)

@@ -8,7 +8,10 @@ and the layer it came from, so an operator can fix it without reading code.
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -36,6 +39,46 @@ class Listen:
 
 
 @dataclass(frozen=True)
+class TagRule:
+    """A freshness rule for tags: the first rule that matches a tag decides its freshness.
+
+    `match` is a glob on the repository (`library/*`) or on `repository:tag` (`*:latest`);
+    `tag_regex` must match the whole tag (`v?\\d+\\.\\d+\\.\\d+` for semver). A rule with
+    both needs both. `immutable` tags are never revalidated once cached.
+    """
+
+    match: str | None = None
+    tag_regex: re.Pattern[str] | None = None
+    ttl: float | None = None
+    immutable: bool = False
+
+    def matches(self, repo: str, tag: str) -> bool:
+        if self.match is not None:
+            subject = f"{repo}:{tag}" if ":" in self.match else repo
+            if not fnmatch.fnmatchcase(subject, self.match):
+                return False
+        return self.tag_regex is None or self.tag_regex.fullmatch(tag) is not None
+
+    def __str__(self) -> str:
+        parts = []
+        if self.match is not None:
+            parts.append(f"match = {_toml_str(self.match)}")
+        if self.tag_regex is not None:
+            parts.append(f"tag_regex = {_toml_str(self.tag_regex.pattern)}")
+        if self.ttl is not None:
+            parts.append(f"ttl = {self.ttl!r}")
+        if self.immutable:
+            parts.append("immutable = true")
+        return "{" + ", ".join(parts) + "}"
+
+
+@dataclass(frozen=True)
+class Freshness:
+    ttl: float
+    immutable: bool
+
+
+@dataclass(frozen=True)
 class Config:
     """The effective configuration of one mirror process."""
 
@@ -46,13 +89,25 @@ class Config:
     library_prefix: bool
     data_dir: Path
     redis_url: str | None
+    redis_key_prefix: str
+    tag_ttl: float
+    tag_rules: tuple[TagRule, ...]
+    tags_list_ttl: float
+    offline: bool
+    ratelimit_floor: int
+    request_timeout: float
     connect_timeout: float
     read_timeout: float
     log_level: str
 
-    @property
-    def upstream_is_docker_hub(self) -> bool:
-        return (urlsplit(self.upstream).hostname or "") in DOCKER_HUB_HOSTS
+    def freshness(self, repo: str, tag: str) -> Freshness:
+        """How long a tag stays fresh: the first matching rule, else `tag_ttl`."""
+        for rule in self.tag_rules:
+            if rule.matches(repo, tag):
+                return Freshness(
+                    ttl=self.tag_ttl if rule.ttl is None else rule.ttl, immutable=rule.immutable
+                )
+        return Freshness(ttl=self.tag_ttl, immutable=False)
 
 
 # --- value parsers: each takes the raw value (TOML-typed or a string from env/flags) ----------
@@ -125,6 +180,78 @@ def _auto_bool(value: Any) -> bool | None:
     raise ValueError(f'expected true, false or "auto", got {value!r}')
 
 
+def _non_negative_seconds(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number of seconds")
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number of seconds, got {value!r}") from None
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+def _bool(value: Any) -> bool:
+    parsed = _auto_bool(value)
+    if parsed is None:
+        raise ValueError(f"expected true or false, got {value!r}")
+    return parsed
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not str(value).strip().isdigit():
+        raise ValueError(f"expected a whole number >= 0, got {value!r}")
+    return int(str(value).strip())
+
+
+def _prefix(value: Any) -> str:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise ValueError("expected a non-empty string without spaces")
+    return value
+
+
+_RULE_KEYS = {"match", "tag_regex", "ttl", "immutable"}
+
+
+def _tag_rules(value: Any) -> tuple[TagRule, ...]:
+    """A list of tables (TOML `[[tag_rules]]`), or the same as JSON from the environment."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else []
+        except ValueError:
+            raise ValueError("expected a JSON list of rules") from None
+    if not isinstance(value, list):
+        raise ValueError("expected a list of rules ([[tag_rules]] tables)")
+    rules = []
+    for index, raw in enumerate(value):
+        where = f"rule {index + 1}"
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where}: expected a table")
+        if unknown := set(raw) - _RULE_KEYS:
+            raise ValueError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        if "match" not in raw and "tag_regex" not in raw:
+            raise ValueError(f"{where}: needs `match` or `tag_regex`")
+        if "ttl" not in raw and not raw.get("immutable"):
+            raise ValueError(f"{where}: needs `ttl` or `immutable = true`")
+        match = raw.get("match")
+        if match is not None and (not isinstance(match, str) or not match):
+            raise ValueError(f"{where}: match must be a non-empty glob")
+        regex = None
+        if "tag_regex" in raw:
+            try:
+                regex = re.compile(str(raw["tag_regex"]))
+            except re.error as exc:
+                raise ValueError(f"{where}: tag_regex is not a valid regex: {exc}") from None
+        try:
+            ttl = None if "ttl" not in raw else _non_negative_seconds(raw["ttl"])
+            immutable = _bool(raw.get("immutable", False))
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        rules.append(TagRule(match=match, tag_regex=regex, ttl=ttl, immutable=immutable))
+    return tuple(rules)
+
+
 def _log_level(value: Any) -> str:
     text = str(value).lower()
     if text not in ("debug", "info", "warning", "error"):
@@ -147,6 +274,13 @@ SETTINGS: dict[str, Setting] = {
     "library_prefix": Setting(_auto_bool, "auto"),
     "data_dir": Setting(_path, "./data"),
     "redis_url": Setting(_redis_url, "", secret=True),
+    "redis_key_prefix": Setting(_prefix, "mirror:"),
+    "tag_ttl": Setting(_non_negative_seconds, 300.0),
+    "tag_rules": Setting(_tag_rules, []),
+    "tags_list_ttl": Setting(_non_negative_seconds, 60.0),
+    "offline": Setting(_bool, False),
+    "ratelimit_floor": Setting(_count, 10),
+    "request_timeout": Setting(_seconds, 5.0),
     "connect_timeout": Setting(_seconds, 5.0),
     "read_timeout": Setting(_seconds, 30.0),
     "log_level": Setting(_log_level, "info"),
@@ -243,7 +377,13 @@ def render(loaded: LoadedConfig) -> str:
             text = "true" if value else "false"
         elif isinstance(value, int | float):
             text = repr(value)
+        elif isinstance(value, tuple):
+            text = "[" + ", ".join(str(item) for item in value) + "]"
         else:
-            text = '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+            text = _toml_str(str(value))
         lines.append(f"{key} = {text}  # {loaded.sources[key]}")
     return "\n".join(lines) + "\n"
+
+
+def _toml_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

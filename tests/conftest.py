@@ -8,6 +8,7 @@ aiohttp client.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +28,22 @@ Client = TestClient[web.Request, web.Application]
 
 
 class StartMirror(Protocol):
-    async def __call__(self, upstream_url: str, **settings: Any) -> Client: ...
+    async def __call__(
+        self, upstream_url: str, *, clock: Callable[[], float] | None = None, **settings: Any
+    ) -> Client: ...
+
+
+class FakeClock:
+    """Unix time that moves only when a test says so: freshness without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def toml_value(value: Any) -> str:
@@ -35,7 +51,13 @@ def toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_table(item) for item in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def toml_table(table: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in table.items()) + "}"
 
 
 @pytest.fixture
@@ -45,7 +67,9 @@ def data_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def start_mirror(aiohttp_client: AiohttpClient, tmp_path: Path, data_dir: Path) -> StartMirror:
-    async def start(upstream_url: str, **settings: Any) -> Client:
+    async def start(
+        upstream_url: str, *, clock: Callable[[], float] | None = None, **settings: Any
+    ) -> Client:
         values = {
             "upstream": upstream_url,
             "data_dir": str(data_dir),
@@ -57,7 +81,8 @@ def start_mirror(aiohttp_client: AiohttpClient, tmp_path: Path, data_dir: Path) 
         file = tmp_path / "mirror.toml"
         file.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in values.items()))
         loaded = config.load(config_file=file, environ={})
-        return await aiohttp_client(await create_app(loaded.config))
+        app = await create_app(loaded.config, clock=clock or time.time)
+        return await aiohttp_client(app)
 
     return start
 
@@ -101,6 +126,11 @@ def sha256(data: bytes) -> str:
 def files_under(root: Path) -> set[str]:
     """Every file below `root`, relative: what a test compares to prove nothing was written."""
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def content_files(data_dir: Path) -> set[str]:
+    """Cached content and temp files (not the embedded metadata store beside them)."""
+    return {p for p in files_under(data_dir) if p.split("/", 1)[0] in ("blobs", "manifests", "tmp")}
 
 
 def answered(upstream: FakeRegistry, **filters: str) -> int:

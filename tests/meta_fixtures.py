@@ -1,1 +1,184 @@
-"""Fixtures for the metadata store: a private redis-server and each backend."""
+"""Fixtures for the metadata store: a private redis-server and each backend.
+
+`redis_url` is `REDIS_URL` from the environment when set (a shared server: tests keep to
+their own key prefixes and never flush it), else a private `redis-server` for the test.
+`redis_server` is always private, for tests that stop and restart it. `meta_store` is an
+opened backend, once SQLite and once Redis.
+
+Everything is asynchronous and bounded, as in `tests.mirrorproc`: waiting on redis-server
+never blocks the event loop the code under test runs in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+
+import pytest
+from redis.asyncio import Redis
+
+from mirror.meta.redis import RedisMetaStore
+from mirror.meta.sqlite import SqliteMetaStore
+from mirror.meta.store import MetaStore
+from tests.mirrorproc import free_port
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+START_TIMEOUT = 5.0  # until it answers PING
+STOP_TIMEOUT = 3.0  # from SIGTERM to the exit; SIGKILL after that
+
+
+class RedisServer:
+    """A private redis-server on a loopback port, keeping nothing on disk. `stop()` and
+    `start()` again (same port, same URL, empty) stand for losing Redis and getting it back.
+
+        async with RedisServer(tmp_dir) as server:
+            ...  # server.url is redis://127.0.0.1:<port>/0
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = workdir
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def __aenter__(self) -> RedisServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start it and wait (bounded) until it answers PING."""
+        assert self._proc is None, "redis-server is already running"
+        self._proc = await asyncio.create_subprocess_exec(
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--logfile",
+            str(self.workdir / "redis.log"),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            await self._wait_until_ready(self._proc)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _wait_until_ready(self, proc: asyncio.subprocess.Process) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while True:
+            if proc.returncode is not None:
+                log = self.workdir / "redis.log"
+                raise AssertionError(f"redis-server exited with {proc.returncode}; see {log}")
+            with contextlib.suppress(OSError):
+                if await _answers_ping(self.port):
+                    return
+            if loop.time() > deadline:
+                raise AssertionError(f"redis-server did not answer in {START_TIMEOUT} s")
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT. Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def _answers_ping(port: int) -> bool:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"PING\r\n")
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 1.0) == b"+PONG\r\n"
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def unique_prefix() -> str:
+    """A key prefix no other test uses, so tests can share one Redis."""
+    return f"test-{secrets.token_hex(4)}:"
+
+
+async def forget_prefix(url: str, prefix: str) -> None:
+    """Delete every key under `prefix`, so a shared Redis is left as the test found it."""
+    client = Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=prefix + "*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def redis_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RedisServer]:
+    """A private redis-server, stopped after the test (which may stop and start it)."""
+    async with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+async def redis_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """`REDIS_URL` when set, else the URL of a private redis-server."""
+    if url := os.environ.get("REDIS_URL"):
+        yield url
+        return
+    async with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def meta_backend(request: pytest.FixtureRequest) -> str | None:
+    """The Redis URL to test against, or None for SQLite. Sync, so that only the Redis
+    case starts a server (an async fixture cannot ask for another one on demand)."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("redis_url")
+    return url
+
+
+@pytest.fixture
+async def meta_store(meta_backend: str | None, tmp_path: Path) -> AsyncIterator[MetaStore]:
+    """An opened backend (not wrapped in ResilientMetaStore), closed after the test."""
+    if meta_backend is None:
+        sqlite = await SqliteMetaStore.open(tmp_path / "meta.sqlite3")
+        yield sqlite
+        await sqlite.close()
+        return
+    prefix = unique_prefix()
+    redis = await RedisMetaStore.open(meta_backend, prefix)
+    yield redis
+    await redis.close()
+    await forget_prefix(meta_backend, prefix)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Client, files_under
+from tests.conftest import Client, content_files
 from tests.fakeupstream import FakeRegistry
 
 SHA = "sha256:" + "a" * 64
@@ -50,7 +50,8 @@ BAD_REQUESTS = [
     ("/v2/library/alpine/tags/list?n=99999999999999999999", 400, "PAGINATION_NUMBER_INVALID"),
     ("/v2/library/alpine/tags/list?n=-1", 400, "PAGINATION_NUMBER_INVALID"),
     ("/v2/library/alpine/tags/list?last=a/b", 400, "TAG_INVALID"),
-    ("/v2/_catalog", 404, "NOT_FOUND"),
+    ("/v2/_catalog?n=x", 400, "PAGINATION_NUMBER_INVALID"),
+    ("/v2/_catalog?last=Bad", 400, "NAME_INVALID"),
     ("/v2/library/alpine/referrers/" + SHA, 404, "NOT_FOUND"),
     ("/etc/passwd", 404, "NOT_FOUND"),
 ]
@@ -60,11 +61,11 @@ BAD_REQUESTS = [
 async def test_bad_requests_get_json_errors_and_touch_nothing(
     mirror: Client, upstream: FakeRegistry, data_dir: Path, target: str, status: int, code: str
 ) -> None:
-    before = files_under(data_dir)
+    before = content_files(data_dir)
     got_status, body = await raw_request(mirror, "GET", target)
     assert got_status == status, body
     assert json.loads(body)["errors"][0]["code"] == code
-    assert files_under(data_dir) == before == set()
+    assert content_files(data_dir) == before == set()
     assert upstream.requests == []
 
 

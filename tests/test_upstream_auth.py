@@ -38,8 +38,9 @@ async def test_tokens_are_per_repository_and_fetched_without_a_second_challenge(
 
 
 async def test_expired_tokens_are_renewed(
-    mirror: Client, upstream: FakeRegistry, alpine: Manifest
+    start_mirror: StartMirror, upstream: FakeRegistry, alpine: Manifest
 ) -> None:
+    mirror = await start_mirror(upstream.url, tag_ttl=0)  # every pull asks the upstream
     await pull_like_docker(mirror, "library/alpine", "3.19")
     upstream.expire_tokens()
     await pull_like_docker(mirror, "library/alpine", "3.19")

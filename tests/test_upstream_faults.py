@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Client, StartMirror, answered, files_under
+from tests.conftest import Client, StartMirror, answered, content_files
 from tests.fakeupstream import FakeRegistry, Fault, Manifest
 
 
@@ -59,7 +59,7 @@ async def test_unreachable_upstream_is_503(start_mirror: StartMirror, data_dir: 
     assert f"127.0.0.1:{port} is unreachable" in error["message"]
     blob = await mirror.get("/v2/library/alpine/blobs/sha256:" + "1" * 64)
     assert blob.status == 503
-    assert files_under(data_dir) == set()
+    assert content_files(data_dir) == set()
 
 
 async def test_silent_upstream_times_out_with_504(
@@ -80,7 +80,7 @@ async def test_blob_storage_that_never_answers_times_out_and_caches_nothing(
     upstream.add_fault(Fault("slow", server="cdn", delay=3.0))
     resp = await mirror.get(f"/v2/library/alpine/blobs/{layer.digest}")
     assert resp.status == 504
-    assert {p for p in files_under(data_dir) if not p.startswith("manifests/")} == set()
+    assert {p for p in content_files(data_dir) if not p.startswith("manifests/")} == set()
 
 
 async def test_dropped_connection_becomes_502(
@@ -100,7 +100,7 @@ async def test_blob_errors_before_the_body_are_clean_json(
     resp = await mirror.get(f"/v2/library/alpine/blobs/{layer.digest}")
     assert resp.status == 502
     assert (await error_of(resp))["code"] == "UNAVAILABLE"
-    assert files_under(data_dir) == set()
+    assert content_files(data_dir) == set()
     ok = await mirror.get(f"/v2/library/alpine/blobs/{layer.digest}")
     assert await ok.read() == layer.data
 
@@ -112,14 +112,15 @@ async def test_manifest_with_wrong_bytes_is_refused_and_not_cached(
     resp = await mirror.get(f"/v2/library/alpine/manifests/{alpine.digest}")
     assert resp.status == 502
     assert "does not match" in (await error_of(resp))["message"]
-    assert files_under(data_dir) == set()
+    assert content_files(data_dir) == set()
     ok = await mirror.get(f"/v2/library/alpine/manifests/{alpine.digest}")
     assert await ok.read() == alpine.data
 
 
 async def test_upstream_401_is_retried_once_with_a_fresh_token(
-    mirror: Client, upstream: FakeRegistry, alpine: Manifest
+    start_mirror: StartMirror, upstream: FakeRegistry, alpine: Manifest
 ) -> None:
+    mirror = await start_mirror(upstream.url, tag_ttl=0)  # every pull asks the upstream
     assert (await mirror.get("/v2/library/alpine/manifests/3.19")).status == 200
     tokens_before = upstream.count(server="auth")
     upstream.add_fault(Fault("status", status=401, path_contains="/manifests/3.19"))

@@ -18,6 +18,7 @@ from enum import Enum
 from pathlib import Path
 
 from mirror import errors
+from mirror.cache.access import AccessRecorder
 from mirror.cache.store import BlobWriter, FilesystemStore, IntegrityError
 from mirror.errors import RegistryError
 from mirror.reference import Digest
@@ -135,40 +136,59 @@ class Download:
 class BlobCache:
     """The blob side of the pull-through cache."""
 
-    def __init__(self, store: FilesystemStore, upstream: UpstreamClient) -> None:
+    def __init__(
+        self,
+        store: FilesystemStore,
+        upstream: UpstreamClient,
+        access: AccessRecorder,
+        *,
+        offline: bool = False,
+    ) -> None:
         self._store = store
         self._upstream = upstream
+        self._access = access
+        self._offline = offline
         self._downloads: dict[Digest, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def cached(self, digest: Digest) -> CachedBlob | None:
+    def cached(self, repo: str, digest: Digest) -> CachedBlob | None:
         size = self._store.blob_size(digest)
         if size is None:
             return None
+        self._access.touch(str(digest), repo)
         return CachedBlob(self._store.blob_path(digest), size)
 
     async def size(self, repo: str, digest: Digest) -> int | None:
         """The blob's size without downloading it: from the cache, from a download in
         flight, or from an upstream HEAD."""
-        if cached := self.cached(digest):
-            return cached.size
+        if (size := self._store.blob_size(digest)) is not None:
+            return size
         download = self._downloads.get(digest)
         if download is not None and download.state is not State.FAILED:
             await download.wait_started()
             if download.size is not None:
                 return download.size
+        self._refuse_when_offline()
         return await self._upstream.head_blob(repo, digest)
 
     def fetch(self, repo: str, digest: Digest) -> Download:
         """Join the download of `digest` in flight, or start one."""
         download = self._downloads.get(digest)
         if download is None:
+            self._refuse_when_offline()
             download = Download(digest, self._store.blob_path(digest))
             self._downloads[digest] = download
             task = asyncio.create_task(self._run(repo, download), name=f"download {digest}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        self._access.touch(str(digest), repo)
         return download
+
+    def _refuse_when_offline(self) -> None:
+        if self._offline:
+            raise RegistryError(
+                errors.BLOB_UNKNOWN, "blob not in the cache, and the mirror is offline"
+            )
 
     async def close(self) -> None:
         """Abort every download (shutdown): readers are cut off, temp files removed."""

@@ -1,84 +1,214 @@
-"""Manifests: immutable by digest, resolved by tag.
+"""Manifests: immutable by digest, resolved by tag with a freshness time.
 
 A manifest addressed by digest is answered from the store whenever it is there and never
-asks the upstream. A tag is resolved with an upstream HEAD, which Docker Hub does not count
-against its pull limit; a GET follows only for a digest the mirror does not hold yet. The
-upstream is asked with the client's canonical Accept class, because the same tag names
-different manifests for different Accept sets (an index vs one platform's manifest).
+asks the upstream. A tag is answered from its record while the record is fresh (no upstream
+request at all); after that it is revalidated with an upstream HEAD, which Docker Hub does
+not count against its pull limit, and a GET follows only for a digest the mirror does not
+hold yet. When the upstream fails, a tag that was ever resolved is served stale instead.
+
+Tag records are keyed by Accept class too: the same tag names different manifests for
+different Accept sets (a manifest list vs one platform's manifest).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mirror import errors, mediatypes
+from mirror.cache.access import AccessRecorder
 from mirror.cache.store import FilesystemStore, StoredManifest
+from mirror.config import Config
+from mirror.errors import RegistryError
+from mirror.meta.store import MetaStore, TagKey, TagRecord
+from mirror.ratelimit import RateLimit
 from mirror.reference import Digest
 from mirror.singleflight import SingleFlight
 from mirror.upstream.client import FetchedManifest, UpstreamClient, UpstreamError
 
 log = logging.getLogger(__name__)
 
+# How often a process waiting for another process's revalidation looks for its result.
+_POLL_SECONDS = 0.05
+
 
 @dataclass(frozen=True)
-class ManifestRef:
-    """What a HEAD needs to answer: digest, media type and size, without the bytes."""
+class Resolved:
+    """What a tag names now; `manifest` holds the bytes when they were asked for, and
+    `stale` says why the answer was not confirmed upstream just now (None when it was or
+    when the record is still fresh)."""
 
     digest: Digest
     media_type: str
     size: int
+    manifest: StoredManifest | None
+    stale: str | None = None
 
 
 class ManifestCache:
     """The manifest side of the pull-through cache."""
 
-    def __init__(self, store: FilesystemStore, upstream: UpstreamClient) -> None:
+    def __init__(
+        self,
+        store: FilesystemStore,
+        upstream: UpstreamClient,
+        meta: MetaStore,
+        access: AccessRecorder,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._store = store
         self._upstream = upstream
+        self._meta = meta
+        self._access = access
+        self._config = config
+        self._clock = clock
         self._fetches: SingleFlight[Digest, StoredManifest] = SingleFlight()
+        self._revalidations: SingleFlight[TagKey, TagRecord] = SingleFlight()
+        self._reported_ratelimit: RateLimit | None = None
 
     async def by_digest(self, repo: str, digest: Digest) -> StoredManifest:
         """The manifest with this digest; fetched (once, however many ask) and verified if
         the store lacks it."""
-        if stored := self._store.read_manifest(digest):
-            return stored
-        return await self._fetches.run(digest, lambda: self._fetch_by_digest(repo, digest))
+        manifest = self._store.read_manifest(digest)
+        if manifest is None:
+            if self._config.offline:
+                raise RegistryError(
+                    errors.MANIFEST_UNKNOWN, "manifest not in the cache, and the mirror is offline"
+                )
+            manifest = await self._fetches.run(digest, lambda: self._fetch_by_digest(repo, digest))
+        self._access.touch(str(digest), repo)
+        return manifest
 
-    async def resolve_tag(self, repo: str, tag: str, accept: frozenset[str]) -> ManifestRef:
-        """Which manifest a tag names for this Accept class, preferably without a GET."""
-        head = await self._upstream.head_manifest(repo, tag, mediatypes.accept_header(accept))
-        if head is not None:
-            return ManifestRef(head.digest, head.media_type, head.size)
-        manifest = await self._fetch_by_tag(repo, tag, accept)
-        return ManifestRef(manifest.digest, manifest.media_type, len(manifest.data))
+    async def resolve(
+        self, repo: str, tag: str, accept: frozenset[str], *, with_bytes: bool
+    ) -> Resolved:
+        """What `tag` names for this Accept class: from a fresh record without asking
+        anyone, else revalidated upstream, else (upstream failing) from a stale record."""
+        key = TagKey(self._upstream.name, repo, tag, mediatypes.accept_class(accept))
+        record = await self._meta.get_tag(key)
+        if record is not None:
+            freshness = self._config.freshness(repo, tag)
+            if freshness.immutable or self._clock() - record.confirmed_at < freshness.ttl:
+                return await self._answer(repo, record, with_bytes)
+            if self._config.offline:
+                return await self._answer(repo, record, with_bytes, stale="the mirror is offline")
+            if await self._budget_exhausted():
+                reason = f"upstream {self._upstream.name} rate limit nearly used up"
+                return await self._answer(repo, record, with_bytes, stale=reason)
+        elif self._config.offline:
+            raise RegistryError(
+                errors.MANIFEST_UNKNOWN, "tag not in the cache, and the mirror is offline"
+            )
 
-    async def by_tag(self, repo: str, tag: str, accept: frozenset[str]) -> StoredManifest:
-        """The manifest a tag names now: HEAD upstream, then the store or a GET by digest."""
-        head = await self._upstream.head_manifest(repo, tag, mediatypes.accept_header(accept))
-        if head is None:
-            return await self._fetch_by_tag(repo, tag, accept)
-        return await self.by_digest(repo, head.digest)
+        try:
+            current = await self._revalidations.run(
+                key, lambda: self._revalidate(key, accept, record)
+            )
+        except UpstreamError as exc:
+            if record is None or (
+                with_bytes and not self._store.has_manifest(Digest.parse(record.digest))
+            ):
+                raise
+            log.warning("serving %s:%s stale: %s", repo, tag, exc)
+            return await self._answer(repo, record, with_bytes, stale=str(exc))
+        except RegistryError as exc:
+            if record is not None and exc.status == 404:  # the tag is gone upstream
+                await self._meta.delete_tag(key)
+            raise
+        return await self._answer(repo, current, with_bytes)
+
+    async def _answer(
+        self, repo: str, record: TagRecord, with_bytes: bool, *, stale: str | None = None
+    ) -> Resolved:
+        digest = Digest.parse(record.digest)
+        manifest = await self.by_digest(repo, digest) if with_bytes else None
+        return Resolved(digest, record.media_type, record.size, manifest, stale)
+
+    async def _revalidate(
+        self, key: TagKey, accept: frozenset[str], known: TagRecord | None
+    ) -> TagRecord:
+        """Ask the upstream what the tag names now, and record it. Across processes sharing
+        the metadata store only one asks; the others wait for its record."""
+        lock = f"revalidate:{key.upstream}/{key.repo}:{key.tag}#{key.accept}"
+        token = await self._meta.try_lock(lock, ttl=self._config.request_timeout * 2)
+        if token is None:
+            newer = await self._wait_for_record(key, newer_than=known)
+            if newer is not None:
+                return newer
+        try:
+            header = mediatypes.accept_header(accept)
+            head = await self._upstream.head_manifest(key.repo, key.tag, header)
+            if head is not None:
+                record = TagRecord(str(head.digest), head.media_type, head.size, self._clock())
+            else:
+                manifest = await self._fetch_by_tag(key.repo, key.tag, header)
+                record = TagRecord(
+                    str(manifest.digest), manifest.media_type, len(manifest.data), self._clock()
+                )
+            await self._meta.put_tag(key, record)
+            return record
+        finally:
+            await self._report_ratelimit()
+            if token is not None:
+                await self._meta.unlock(lock, token)
+
+    async def _wait_for_record(self, key: TagKey, newer_than: TagRecord | None) -> TagRecord | None:
+        """Wait (bounded) for another process's revalidation to land in the store."""
+        since = newer_than.confirmed_at if newer_than is not None else 0.0
+        try:
+            async with asyncio.timeout(self._config.request_timeout):
+                while True:
+                    record = await self._meta.get_tag(key)
+                    if record is not None and record.confirmed_at > since:
+                        return record
+                    await asyncio.sleep(_POLL_SECONDS)
+        except TimeoutError:
+            return None
+
+    async def _budget_exhausted(self) -> bool:
+        """Whether the upstream's pull budget is at the configured floor: the shared record
+        first (another process may have seen it fall), else what this process saw."""
+        ratelimit = await self._meta.get_rate_limit(self._upstream.name)
+        ratelimit = ratelimit or self._upstream.ratelimit
+        return ratelimit is not None and ratelimit.exhausted(
+            self._config.ratelimit_floor, self._clock()
+        )
+
+    async def _report_ratelimit(self) -> None:
+        ratelimit = self._upstream.ratelimit
+        if ratelimit is not None and ratelimit is not self._reported_ratelimit:
+            self._reported_ratelimit = ratelimit
+            await self._meta.put_rate_limit(self._upstream.name, ratelimit)
 
     async def _fetch_by_digest(self, repo: str, digest: Digest) -> StoredManifest:
         # Ask for every type: a digest names exactly one manifest, whatever the client accepts.
         accept = mediatypes.accept_header(frozenset(mediatypes.MANIFEST_TYPES))
-        fetched = await self._upstream.get_manifest(
-            repo, str(digest), accept, algorithm=digest.algorithm
-        )
+        try:
+            fetched = await self._upstream.get_manifest(
+                repo, str(digest), accept, algorithm=digest.algorithm
+            )
+        finally:
+            await self._report_ratelimit()
         if fetched.digest != digest:
             raise self._integrity_error(repo, digest, fetched)
-        return await self._keep(fetched)
+        return await self._keep(repo, fetched)
 
-    async def _fetch_by_tag(self, repo: str, tag: str, accept: frozenset[str]) -> StoredManifest:
-        fetched = await self._upstream.get_manifest(repo, tag, mediatypes.accept_header(accept))
+    async def _fetch_by_tag(self, repo: str, tag: str, accept: str) -> StoredManifest:
+        fetched = await self._upstream.get_manifest(repo, tag, accept)
         if fetched.claimed is not None and fetched.claimed != fetched.digest:
             raise self._integrity_error(repo, fetched.claimed, fetched)
-        return await self._keep(fetched)
+        return await self._keep(repo, fetched)
 
-    async def _keep(self, fetched: FetchedManifest) -> StoredManifest:
+    async def _keep(self, repo: str, fetched: FetchedManifest) -> StoredManifest:
+        """Store verified bytes; the repository joins the catalog right away."""
         manifest = StoredManifest(fetched.data, fetched.media_type, fetched.digest)
         await self._store.write_manifest(manifest)
+        await self._meta.add_repositories(self._upstream.name, [repo])
         return manifest
 
     def _integrity_error(self, repo: str, expected: Digest, got: FetchedManifest) -> UpstreamError:

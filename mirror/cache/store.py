@@ -121,6 +121,9 @@ class FilesystemStore:
     def _manifest_path(self, digest: Digest) -> Path:
         return self.root / "manifests" / digest.algorithm / digest.hex[:2] / digest.hex
 
+    def has_manifest(self, digest: Digest) -> bool:
+        return self._manifest_path(digest).is_file()
+
     def read_manifest(self, digest: Digest) -> StoredManifest | None:
         path = self._manifest_path(digest)
         try:

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from aiohttp import web
 
+from mirror.cache.access import AccessRecorder
 from mirror.cache.blobs import BlobCache
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.store import FilesystemStore
+from mirror.cache.tags import TagListCache
 from mirror.config import Config
+from mirror.meta import open_meta_store
 from mirror.server.middleware import add_api_version, registry_errors
 from mirror.server.routes import RegistryRoutes
 from mirror.upstream.client import UpstreamClient
@@ -17,35 +22,53 @@ from mirror.upstream.client import UpstreamClient
 log = logging.getLogger(__name__)
 
 
-async def create_app(config: Config) -> web.Application:
-    """An application serving `config`. Async because the upstream session must be created
-    inside the event loop that will use it."""
+async def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
+    """An application serving `config`. Async because the upstream session and the metadata
+    store must be opened inside the event loop that will use them. `clock` (unix time) is
+    what freshness is measured with; tests pass their own.
+
+    Raises MetaStoreError when a configured Redis cannot be reached.
+    """
     store = FilesystemStore(config.data_dir)
     if removed := store.remove_temp_files():
         log.info("removed %d temp files left by an earlier run", removed)
+    meta = await open_meta_store(
+        redis_url=config.redis_url, key_prefix=config.redis_key_prefix, data_dir=config.data_dir
+    )
     upstream = UpstreamClient(
         config.upstream,
         username=config.upstream_username,
         password=config.upstream_password,
+        request_timeout=config.request_timeout,
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
     )
-    blobs = BlobCache(store, upstream)
-    manifests = ManifestCache(store, upstream)
+    access = AccessRecorder(meta, upstream.name, clock=clock)
+    blobs = BlobCache(store, upstream, access, offline=config.offline)
+    manifests = ManifestCache(store, upstream, meta, access, config, clock=clock)
+    tags = TagListCache(upstream, meta, config, clock=clock)
 
     app = web.Application(middlewares=[registry_errors])
     app.on_response_prepare.append(add_api_version)
-    RegistryRoutes(config, blobs, manifests, upstream).register(app.router)
+    RegistryRoutes(config, blobs, manifests, tags, meta, upstream.name).register(app.router)
+
+    async def start(_: web.Application) -> None:
+        access.start()
 
     async def abort_downloads(_: web.Application) -> None:
         # on_shutdown runs before the server waits for open requests, so streaming clients
         # are cut off at once instead of holding shutdown until their downloads finish.
         await blobs.close()
 
-    async def close_upstream(_: web.Application) -> None:
+    async def close(_: web.Application) -> None:
+        await access.close()
         await upstream.close()
+        await meta.close()
 
+    app.on_startup.append(start)
     app.on_shutdown.append(abort_downloads)
-    app.on_cleanup.append(close_upstream)
-    log.info("mirroring %s into %s", upstream.name, config.data_dir)
+    app.on_cleanup.append(close)
+    mode = "offline, cache only" if config.offline else f"mirroring {upstream.name}"
+    backend = "Redis" if config.redis_url else "embedded SQLite"
+    log.info("%s into %s; metadata in %s", mode, config.data_dir, backend)
     return app

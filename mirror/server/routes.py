@@ -4,6 +4,7 @@ caches; every failure is a `RegistryError` that the error middleware renders."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import aclosing
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -12,11 +13,12 @@ from aiohttp import web
 from mirror import errors, mediatypes
 from mirror.cache.blobs import BlobCache, CachedBlob, Download
 from mirror.cache.manifests import ManifestCache
+from mirror.cache.tags import TagListCache
 from mirror.config import DOCKER_HUB_HOSTS, Config
 from mirror.errors import RegistryError
+from mirror.meta.store import MetaStore
 from mirror.reference import Digest, is_digest, parse_name, parse_tag
 from mirror.server import responses
-from mirror.upstream.client import UpstreamClient
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +37,24 @@ class RegistryRoutes:
         config: Config,
         blobs: BlobCache,
         manifests: ManifestCache,
-        upstream: UpstreamClient,
+        tags: TagListCache,
+        meta: MetaStore,
+        upstream_name: str,
     ) -> None:
         self._library_prefix = config.library_prefix
         self._blobs = blobs
         self._manifests = manifests
-        self._upstream = upstream
+        self._tags = tags
+        self._meta = meta
+        self._upstream_name = upstream_name
         # `ns` values that mean "the upstream": docker.io (which this upstream stands for,
         # and what containerd sends for Docker Hub images) and the upstream's own host.
-        self._namespaces = DOCKER_HUB_HOSTS | {upstream.name.lower()}
+        self._namespaces = DOCKER_HUB_HOSTS | {upstream_name.lower()}
 
     def register(self, router: web.UrlDispatcher) -> None:
         router.add_route("GET", "/v2", self.ping)
         router.add_route("GET", "/v2/", self.ping)
+        router.add_route("GET", "/v2/_catalog", self.catalog)
         router.add_route("*", f"/v2/{_NAME}/blobs/uploads/{{rest:.*}}", self.refuse_push)
         router.add_route("*", f"/v2/{_NAME}/blobs/uploads", self.refuse_push)
         router.add_route("*", f"/v2/{_NAME}/manifests/{{reference}}", self.manifest)
@@ -74,19 +81,22 @@ class RegistryRoutes:
             )
         tag = parse_tag(reference)
         accept = mediatypes.accepted_types(request.headers.getall("Accept", []))
-        if request.method == "HEAD":
-            ref = await self._manifests.resolve_tag(repo, tag, accept)
-            return _manifest_response(request, ref.digest, ref.media_type, ref.size, None)
-        manifest = await self._manifests.by_tag(repo, tag, accept)
-        return _manifest_response(
-            request, manifest.digest, manifest.media_type, len(manifest.data), manifest.data
+        resolved = await self._manifests.resolve(
+            repo, tag, accept, with_bytes=request.method != "HEAD"
         )
+        data = resolved.manifest.data if resolved.manifest is not None else None
+        response = _manifest_response(
+            request, resolved.digest, resolved.media_type, resolved.size, data
+        )
+        if resolved.stale is not None:
+            response.headers["Warning"] = _stale_warning(resolved.stale)
+        return response
 
     async def blob(self, request: web.Request) -> web.StreamResponse:
         self._check_read(request)
         repo = self._repository(request)
         digest = Digest.parse(request.match_info["digest"])
-        if cached := self._blobs.cached(digest):
+        if cached := self._blobs.cached(repo, digest):
             return _cached_blob_response(request, digest, cached)
         if request.method == "HEAD":
             size = await self._blobs.size(repo, digest)
@@ -102,21 +112,30 @@ class RegistryRoutes:
         self._check_read(request)
         name = parse_name(request.match_info["name"])
         repo = self._normalise(name)
-        query: list[tuple[str, str]] = []
-        if (n := request.query.get("n")) is not None:
-            if not n.isdigit() or int(n) > MAX_TAGS_PAGE:
-                raise RegistryError(
-                    errors.PAGINATION_NUMBER_INVALID,
-                    f"n must be an integer from 0 to {MAX_TAGS_PAGE}",
-                )
-            query.append(("n", n))
-        if (last := request.query.get("last")) is not None:
-            query.append(("last", parse_tag(last)))
-        page = await self._upstream.get_tags(repo, query)
+        query = _pagination(request, parse_tag)
+        page = await self._tags.page(repo, query)
         headers = {}
         if page.link and (link := _rewrite_link(page.link, name, request.query.get("ns"))):
             headers["Link"] = link
+        if page.stale is not None:
+            headers["Warning"] = _stale_warning(page.stale)
         return web.Response(body=page.body, content_type="application/json", headers=headers)
+
+    async def catalog(self, request: web.Request) -> web.Response:
+        """The repositories this mirror holds content for (not the upstream's catalog)."""
+        self._check_namespace(request)
+        query = dict(_pagination(request, parse_name))
+        repos = await self._meta.list_repositories(self._upstream_name)
+        if "last" in query:
+            repos = [repo for repo in repos if repo > query["last"]]
+        headers = {}
+        if "n" in query:
+            n = int(query["n"])
+            if len(repos) > n and n > 0:
+                more = urlencode({"n": n, "last": repos[n - 1]})
+                headers["Link"] = f'</v2/_catalog?{more}>; rel="next"'
+            repos = repos[:n]
+        return web.json_response({"repositories": repos}, headers=headers)
 
     # --- validation -----------------------------------------------------------------------
 
@@ -131,7 +150,7 @@ class RegistryRoutes:
             raise RegistryError(
                 errors.NAME_UNKNOWN,
                 f"registry {ns[:255]!r} is not served by this mirror; it serves docker.io "
-                f"(upstream {self._upstream.name})",
+                f"(upstream {self._upstream_name})",
             )
 
     def _repository(self, request: web.Request) -> str:
@@ -214,6 +233,27 @@ async def _stream_download(request: web.Request, download: Download) -> web.Stre
         return response
     await response.write_eof()
     return response
+
+
+def _pagination(request: web.Request, parse_last: Callable[[str], str]) -> list[tuple[str, str]]:
+    """Validated `n` and `last` query parameters, in that order."""
+    query: list[tuple[str, str]] = []
+    if (n := request.query.get("n")) is not None:
+        if not n.isdigit() or int(n) > MAX_TAGS_PAGE:
+            raise RegistryError(
+                errors.PAGINATION_NUMBER_INVALID,
+                f"n must be an integer from 0 to {MAX_TAGS_PAGE}",
+            )
+        query.append(("n", n))
+    if (last := request.query.get("last")) is not None:
+        query.append(("last", parse_last(last)))
+    return query
+
+
+def _stale_warning(reason: str) -> str:
+    """An RFC 7234 `Warning: 110` ("Response is Stale") with the reason, header-safe."""
+    text = "".join(c if " " <= c <= "~" and c not in '"\\' else " " for c in reason)[:300]
+    return f'110 - "Response is Stale: {text}"'
 
 
 def _rewrite_link(link: str, name: str, ns: str | None) -> str | None:

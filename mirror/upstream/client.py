@@ -7,6 +7,7 @@ answers or a `RegistryError` and never see aiohttp exceptions.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -20,6 +21,7 @@ from multidict import CIMultiDict
 from mirror import errors
 from mirror.errors import ErrorCode, RegistryError
 from mirror.mediatypes import bare_type
+from mirror.ratelimit import RateLimit, parse_ratelimit
 from mirror.reference import Digest
 from mirror.upstream.auth import Authenticator, TokenError
 
@@ -77,6 +79,7 @@ class UpstreamClient:
         *,
         username: str | None = None,
         password: str | None = None,
+        request_timeout: float = 5.0,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
     ) -> None:
@@ -84,6 +87,9 @@ class UpstreamClient:
         parts = urlsplit(self.url)
         self.name = parts.netloc  # used in every message; never includes credentials
         self._origin = (parts.scheme, parts.netloc)
+        self._request_timeout = request_timeout
+        #: The latest rate-limit budget the upstream announced (Docker Hub), if any.
+        self.ratelimit: RateLimit | None = None
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
@@ -145,14 +151,8 @@ class UpstreamClient:
         """Open the blob body, following redirects to CDN storage (without our credentials)."""
         async with self._request("GET", f"/v2/{repo}/blobs/{digest}", repo) as resp:
             self._raise_for_status(resp, errors.BLOB_UNKNOWN)
-            yield BlobStream(size=resp.content_length, chunks=self._chunks(resp))
-
-    async def _chunks(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in resp.content.iter_chunked(BLOB_CHUNK_BYTES):
-                yield chunk
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._fault(exc) from None
+            chunks = resp.content.iter_chunked(BLOB_CHUNK_BYTES)
+            yield BlobStream(size=resp.content_length, chunks=chunks)
 
     # --- tags -----------------------------------------------------------------------------
 
@@ -175,7 +175,37 @@ class UpstreamClient:
         headers: Mapping[str, str] | None = None,
         params: Sequence[tuple[str, str]] = (),
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send a request with auth, retrying once on 401 and following redirects by hand.
+        """Send a request and yield the final response, released afterwards.
+
+        Getting to the response (token, redirects, headers) is bounded by `request_timeout`;
+        reading a body afterwards only by the idle `read_timeout`, so a large blob may take
+        as long as it keeps arriving.
+        """
+        try:
+            async with asyncio.timeout(self._request_timeout):
+                resp = await self._send(method, path, repo, headers or {}, params)
+        except TokenError as exc:
+            raise UpstreamError(
+                errors.UPSTREAM_BAD_GATEWAY, f"upstream {self.name} token service failed: {exc}"
+            ) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._fault(exc) from None
+        try:
+            yield resp
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._fault(exc) from None
+        finally:
+            resp.release()
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        repo: str,
+        headers: Mapping[str, str],
+        params: Sequence[tuple[str, str]],
+    ) -> aiohttp.ClientResponse:
+        """Retry once on 401 with fresh credentials and follow redirects by hand.
 
         Credentials go only to the upstream's own origin: a redirect to a CDN on another
         host gets none (presigned storage URLs reject them, and they must not leak).
@@ -184,50 +214,41 @@ class UpstreamClient:
         url = self.url + path
         retried_auth = False
         hops = 0
-        try:
-            while True:
-                send = CIMultiDict(headers or {})
-                own_origin = self._is_own_origin(url)
-                if own_origin and (authorization := await self._auth.authorization(scope)):
-                    send["Authorization"] = authorization
-                resp = await self._session.request(
-                    method, url, headers=send, params=params, allow_redirects=False
-                )
-                if resp.status == 401 and own_origin and not retried_auth:
-                    challenge = resp.headers.get("WWW-Authenticate", "")
-                    resp.release()
-                    self._auth.forget(scope)
-                    if not self._auth.learn(challenge):
-                        raise UpstreamError(
-                            errors.DENIED,
-                            f"upstream {self.name} requires authentication the mirror "
-                            "is not configured for",
-                        )
-                    retried_auth = True
-                    continue
-                if resp.status in _REDIRECTS and "Location" in resp.headers:
-                    location = resp.headers["Location"]
-                    resp.release()
-                    hops += 1
-                    if hops > MAX_REDIRECTS:
-                        raise UpstreamError(
-                            errors.UPSTREAM_BAD_GATEWAY,
-                            f"upstream {self.name} redirected more than {MAX_REDIRECTS} times",
-                        )
-                    url = urljoin(url, location)
-                    params = ()  # the Location carries its own query
-                    continue
-                try:
-                    yield resp
-                finally:
-                    resp.release()
-                return
-        except TokenError as exc:
-            raise UpstreamError(
-                errors.UPSTREAM_BAD_GATEWAY, f"upstream {self.name} token service failed: {exc}"
-            ) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._fault(exc) from None
+        while True:
+            send = CIMultiDict(headers)
+            own_origin = self._is_own_origin(url)
+            if own_origin and (authorization := await self._auth.authorization(scope)):
+                send["Authorization"] = authorization
+            resp = await self._session.request(
+                method, url, headers=send, params=params, allow_redirects=False
+            )
+            if own_origin and (ratelimit := parse_ratelimit(resp.headers)):
+                self.ratelimit = ratelimit
+            if resp.status == 401 and own_origin and not retried_auth:
+                challenge = resp.headers.get("WWW-Authenticate", "")
+                resp.release()
+                self._auth.forget(scope)
+                if not self._auth.learn(challenge):
+                    raise UpstreamError(
+                        errors.DENIED,
+                        f"upstream {self.name} requires authentication the mirror "
+                        "is not configured for",
+                    )
+                retried_auth = True
+                continue
+            if resp.status in _REDIRECTS and "Location" in resp.headers:
+                location = resp.headers["Location"]
+                resp.release()
+                hops += 1
+                if hops > MAX_REDIRECTS:
+                    raise UpstreamError(
+                        errors.UPSTREAM_BAD_GATEWAY,
+                        f"upstream {self.name} redirected more than {MAX_REDIRECTS} times",
+                    )
+                url = urljoin(url, location)
+                params = ()  # the Location carries its own query
+                continue
+            return resp
 
     def _is_own_origin(self, url: str) -> bool:
         parts = urlsplit(url)

@@ -1,0 +1,46 @@
+"""The metadata store: Redis when configured (shared by many processes), else SQLite in the
+data dir; either way behind `ResilientMetaStore`, so losing it never fails a request."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from mirror.meta.redis import RedisMetaStore
+from mirror.meta.resilient import ResilientMetaStore
+from mirror.meta.sqlite import SqliteMetaStore
+from mirror.meta.store import (
+    Access,
+    CachedResponse,
+    MetaStore,
+    MetaStoreError,
+    RateLimit,
+    TagKey,
+    TagRecord,
+)
+
+__all__ = [
+    "Access",
+    "CachedResponse",
+    "MetaStore",
+    "MetaStoreError",
+    "RateLimit",
+    "TagKey",
+    "TagRecord",
+    "open_meta_store",
+]
+
+SQLITE_FILE = "meta.sqlite3"
+
+
+async def open_meta_store(*, redis_url: str | None, key_prefix: str, data_dir: Path) -> MetaStore:
+    """The configured backend, opened and wrapped. Raises MetaStoreError if it cannot be
+    opened at all (Redis unreachable, the SQLite file unusable): a misconfiguration is
+    reported at start rather than hidden behind neutral answers."""
+    inner: MetaStore
+    if redis_url:
+        inner = await RedisMetaStore.open(redis_url, key_prefix)
+    else:
+        await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+        inner = await SqliteMetaStore.open(data_dir / SQLITE_FILE)
+    return ResilientMetaStore(inner)

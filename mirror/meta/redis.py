@@ -1,0 +1,294 @@
+"""The shared metadata store: Redis, for several mirror processes or nodes.
+
+Every key starts with the configured prefix (`mirror:` by default), so mirrors, or whole
+deployments, can share one Redis. Below, `P` is that prefix:
+
+    P tag:<upstream>/<repo>:<tag>:<accept>  JSON TagRecord; reads like an image reference,
+                                             and is unambiguous because upstream has no `/`
+                                             and repo and tag have no `:`
+    P lock:<name>                            the holder's token, with the lock's TTL
+    P ratelimit:<upstream>                   JSON RateLimit
+    P access                                 sorted set: digest scored by last access time
+    P access-repos:<digest>                  set of repositories the digest was pulled from
+    P repos:<upstream>                       set of cached repositories
+    P response:<key>                         JSON {headers, stored_at}, a newline, the body;
+                                             with the response's TTL
+
+The access times are one sorted set so the oldest digests can be found in one range query;
+`ZADD GT` keeps the later of two times, so concurrent batches merge without a script.
+Needs Redis 6.2 or newer.
+
+Timeouts are short: a stalled Redis must cost a request about a second, not hang it. A
+command that fails on a dead connection (Redis restarted) is retried once on a new one, so
+the client reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from mirror.meta.store import (
+    Access,
+    CachedResponse,
+    MetaStoreError,
+    RateLimit,
+    TagKey,
+    TagRecord,
+)
+
+CONNECT_TIMEOUT = 1.0  # seconds
+COMMAND_TIMEOUT = 1.0  # seconds for one reply
+
+# Delete the lock only if it still holds our token: a holder whose lock expired must not
+# release the next holder's.
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def masked_url(url: str) -> str:
+    """`url` with any password replaced by `***`: safe for logs and error messages."""
+    parts = urlsplit(url)
+    masked = url
+    if parts.password is not None:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+        masked = masked.replace(f"//{parts.netloc}", f"//{netloc}", 1)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if any(name == "password" for name, _ in pairs):
+        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
+        masked = masked.replace(f"?{parts.query}", f"?{query}", 1)
+    return masked
+
+
+class RedisMetaStore:
+    """A `MetaStore` in Redis, every key under `key_prefix`."""
+
+    def __init__(self, client: Redis, key_prefix: str) -> None:
+        self._redis = client
+        self._prefix = key_prefix
+        self._unlock = client.register_script(_UNLOCK)
+
+    @classmethod
+    async def open(cls, url: str, key_prefix: str) -> RedisMetaStore:
+        """Connect and ping; MetaStoreError naming the (masked) URL if Redis does not answer."""
+        where = masked_url(url)
+        try:
+            client = Redis.from_url(
+                url,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                socket_timeout=COMMAND_TIMEOUT,
+                retry=Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,)),
+            )
+        except ValueError as exc:
+            raise MetaStoreError(f"bad Redis URL {where}: {_scrub(url, exc)}") from None
+        store = cls(client, key_prefix)
+        try:
+            await store.ping()
+        except MetaStoreError as exc:
+            await client.aclose()
+            raise MetaStoreError(f"Redis at {where} is unreachable: {_scrub(url, exc)}") from None
+        return store
+
+    def _key(self, *parts: str) -> str:
+        return self._prefix + "".join(parts)
+
+    async def ping(self) -> None:
+        with _errors("ping"):
+            await self._redis.ping()
+
+    async def close(self) -> None:
+        with _errors("close"):
+            await self._redis.aclose()
+
+    # --- tags -----------------------------------------------------------------------------
+
+    def _tag_key(self, key: TagKey) -> str:
+        return self._key("tag:", key.upstream, "/", key.repo, ":", key.tag, ":", key.accept)
+
+    async def get_tag(self, key: TagKey) -> TagRecord | None:
+        name = self._tag_key(key)
+        with _errors("get_tag"):
+            raw = await self._redis.get(name)
+        if raw is None:
+            return None
+        with _corrupt(name):
+            data = json.loads(raw)
+            return TagRecord(
+                digest=str(data["digest"]),
+                media_type=str(data["media_type"]),
+                size=int(data["size"]),
+                confirmed_at=float(data["confirmed_at"]),
+            )
+
+    async def put_tag(self, key: TagKey, record: TagRecord) -> None:
+        value = json.dumps(
+            {
+                "digest": record.digest,
+                "media_type": record.media_type,
+                "size": record.size,
+                "confirmed_at": record.confirmed_at,
+            }
+        )
+        with _errors("put_tag"):
+            await self._redis.set(self._tag_key(key), value)
+
+    async def delete_tag(self, key: TagKey) -> None:
+        with _errors("delete_tag"):
+            await self._redis.delete(self._tag_key(key))
+
+    # --- locks ----------------------------------------------------------------------------
+
+    async def try_lock(self, name: str, ttl: float) -> str | None:
+        token = secrets.token_hex(16)
+        with _errors("try_lock"):
+            taken = await self._redis.set(self._key("lock:", name), token, nx=True, px=_ms(ttl))
+        return token if taken else None
+
+    async def unlock(self, name: str, token: str) -> None:
+        with _errors("unlock"):
+            await self._unlock(keys=[self._key("lock:", name)], args=[token])
+
+    # --- rate limits ----------------------------------------------------------------------
+
+    async def put_rate_limit(self, upstream: str, limit: RateLimit) -> None:
+        value = json.dumps(
+            {
+                "limit": limit.limit,
+                "remaining": limit.remaining,
+                "window": limit.window,
+                "observed_at": limit.observed_at,
+            }
+        )
+        with _errors("put_rate_limit"):
+            await self._redis.set(self._key("ratelimit:", upstream), value)
+
+    async def get_rate_limit(self, upstream: str) -> RateLimit | None:
+        name = self._key("ratelimit:", upstream)
+        with _errors("get_rate_limit"):
+            raw = await self._redis.get(name)
+        if raw is None:
+            return None
+        with _corrupt(name):
+            data = json.loads(raw)
+            return RateLimit(
+                limit=int(data["limit"]),
+                remaining=int(data["remaining"]),
+                window=int(data["window"]),
+                observed_at=float(data["observed_at"]),
+            )
+
+    # --- access records -------------------------------------------------------------------
+
+    async def record_access(self, accesses: Mapping[str, Access]) -> None:
+        if not accesses:
+            return
+        times = {digest: access.last_access for digest, access in accesses.items()}
+        with _errors("record_access"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zadd(self._key("access"), times, gt=True)
+                for digest, access in accesses.items():
+                    if access.repos:
+                        pipe.sadd(self._key("access-repos:", digest), *access.repos)
+                await pipe.execute()
+
+    async def get_access(self, digest: str) -> Access | None:
+        with _errors("get_access"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zscore(self._key("access"), digest)
+                pipe.smembers(self._key("access-repos:", digest))
+                last_access, repos = await pipe.execute()
+        if last_access is None:
+            return None
+        return Access(float(last_access), {_text(repo) for repo in repos})
+
+    # --- catalog --------------------------------------------------------------------------
+
+    async def add_repositories(self, upstream: str, repos: Iterable[str]) -> None:
+        names = list(repos)
+        if not names:
+            return
+        with _errors("add_repositories"):
+            await self._redis.sadd(self._key("repos:", upstream), *names)
+
+    async def list_repositories(self, upstream: str) -> list[str]:
+        with _errors("list_repositories"):
+            repos = await self._redis.smembers(self._key("repos:", upstream))
+        return sorted(_text(repo) for repo in repos)
+
+    # --- cached responses -----------------------------------------------------------------
+
+    async def put_response(self, key: str, response: CachedResponse, keep_for: float) -> None:
+        # One value, one SET: the answer and its expiry are written together.
+        meta = json.dumps({"headers": dict(response.headers), "stored_at": response.stored_at})
+        value = meta.encode() + b"\n" + response.body
+        with _errors("put_response"):
+            await self._redis.set(self._key("response:", key), value, px=_ms(keep_for))
+
+    async def get_response(self, key: str) -> CachedResponse | None:
+        name = self._key("response:", key)
+        with _errors("get_response"):
+            raw = await self._redis.get(name)
+        if raw is None:
+            return None
+        with _corrupt(name):
+            meta, _, body = _bytes(raw).partition(b"\n")
+            data = json.loads(meta)
+            headers = {str(k): str(v) for k, v in data["headers"].items()}
+            return CachedResponse(body, headers, float(data["stored_at"]))
+
+
+@contextmanager
+def _errors(operation: str) -> Iterator[None]:
+    """Redis failures (including socket errors and timeouts) as MetaStoreError."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise MetaStoreError(f"Redis {operation} failed: {exc or type(exc).__name__}") from exc
+
+
+@contextmanager
+def _corrupt(key: str) -> Iterator[None]:
+    """A record that does not decode as MetaStoreError naming its key."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise MetaStoreError(f"corrupt record {key!r} in Redis: {exc!r}") from exc
+
+
+def _ms(seconds: float) -> int:
+    """A TTL in whole milliseconds, at least one (Redis rejects zero)."""
+    return max(1, round(seconds * 1000))
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _scrub(url: str, exc: Exception) -> str:
+    """The error's text without the URL's passwords, should a library ever echo them."""
+    text = str(exc) or type(exc).__name__
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    for password in [parts.password, *(value for name, value in query if name == "password")]:
+        if password:
+            text = text.replace(password, "***")
+    return text

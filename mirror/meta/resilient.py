@@ -1,0 +1,151 @@
+"""A metadata store that never fails a request: the mirror works without its backend.
+
+Everything in the metadata store is an optimisation (a tag the upstream need not be asked
+about, a lock that saves duplicate upstream work), so when the backend fails the answer is
+the one that means "not known": no record, no repositories, nothing stored, and a lock the
+caller may proceed under alone. The mirror then behaves as if uncached, which is correct,
+just slower.
+
+After a failure the backend is left alone for `retry_after` seconds, so an outage costs
+each request nothing rather than a timeout; then one call probes it, and the store recovers
+by itself once the backend answers. One warning per outage, one line when it ends, and a
+counter for every failed call.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TypeVar
+
+from mirror.meta.store import (
+    Access,
+    CachedResponse,
+    MetaStore,
+    MetaStoreError,
+    RateLimit,
+    TagKey,
+    TagRecord,
+)
+from mirror.metrics import META_STORE_ERRORS
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Lock tokens say who issued them, so `unlock` knows which ones the backend has never seen.
+_LOCAL_TOKEN = "local:"  # taken without the backend: proceed without coordination
+_BACKEND_TOKEN = "store:"  # followed by the backend's own token
+
+
+class ResilientMetaStore:
+    """A `MetaStore` in front of another that answers "not known" while that one fails."""
+
+    def __init__(self, inner: MetaStore, *, retry_after: float = 2.0) -> None:
+        self._inner = inner
+        self._retry_after = retry_after
+        self._skip_until = 0.0  # time.monotonic() before which the backend is not asked
+        self._outage_since: float | None = None
+        self._errors = 0
+
+    @property
+    def available(self) -> bool:
+        """False from a failure until the backend next answers."""
+        return self._outage_since is None
+
+    @property
+    def errors(self) -> int:
+        """Backend calls that failed since this store was made."""
+        return self._errors
+
+    async def _guard(self, operation: str, neutral: T, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`, or `neutral` if the backend fails or is resting after a failure."""
+        now = time.monotonic()
+        if now < self._skip_until:
+            return neutral
+        if self._outage_since is not None:
+            # This call probes the backend; concurrent ones keep skipping it meanwhile.
+            self._skip_until = now + self._retry_after
+        try:
+            result = await call()
+        except MetaStoreError as exc:
+            self._errors += 1
+            META_STORE_ERRORS.labels(operation=operation).inc()
+            self._skip_until = time.monotonic() + self._retry_after
+            if self._outage_since is None:
+                self._outage_since = now
+                log.warning(
+                    "metadata store unavailable, serving without it (retrying every %g s): %s",
+                    self._retry_after,
+                    exc,
+                )
+            return neutral
+        if self._outage_since is not None:
+            outage = time.monotonic() - self._outage_since
+            log.info("metadata store recovered after %.1f s", outage)
+            self._outage_since = None
+            self._skip_until = 0.0
+        return result
+
+    async def ping(self) -> None:
+        await self._inner.ping()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    async def get_tag(self, key: TagKey) -> TagRecord | None:
+        return await self._guard("get_tag", None, lambda: self._inner.get_tag(key))
+
+    async def put_tag(self, key: TagKey, record: TagRecord) -> None:
+        await self._guard("put_tag", None, lambda: self._inner.put_tag(key, record))
+
+    async def delete_tag(self, key: TagKey) -> None:
+        await self._guard("delete_tag", None, lambda: self._inner.delete_tag(key))
+
+    async def try_lock(self, name: str, ttl: float) -> str | None:
+        async def take() -> str | None:
+            token = await self._inner.try_lock(name, ttl)
+            return None if token is None else _BACKEND_TOKEN + token
+
+        return await self._guard("try_lock", _LOCAL_TOKEN + secrets.token_hex(8), take)
+
+    async def unlock(self, name: str, token: str) -> None:
+        if token.startswith(_BACKEND_TOKEN):
+            inner_token = token.removeprefix(_BACKEND_TOKEN)
+            await self._guard("unlock", None, lambda: self._inner.unlock(name, inner_token))
+
+    async def put_rate_limit(self, upstream: str, limit: RateLimit) -> None:
+        await self._guard(
+            "put_rate_limit", None, lambda: self._inner.put_rate_limit(upstream, limit)
+        )
+
+    async def get_rate_limit(self, upstream: str) -> RateLimit | None:
+        return await self._guard(
+            "get_rate_limit", None, lambda: self._inner.get_rate_limit(upstream)
+        )
+
+    async def record_access(self, accesses: Mapping[str, Access]) -> None:
+        await self._guard("record_access", None, lambda: self._inner.record_access(accesses))
+
+    async def get_access(self, digest: str) -> Access | None:
+        return await self._guard("get_access", None, lambda: self._inner.get_access(digest))
+
+    async def add_repositories(self, upstream: str, repos: Iterable[str]) -> None:
+        await self._guard(
+            "add_repositories", None, lambda: self._inner.add_repositories(upstream, repos)
+        )
+
+    async def list_repositories(self, upstream: str) -> list[str]:
+        return await self._guard(
+            "list_repositories", [], lambda: self._inner.list_repositories(upstream)
+        )
+
+    async def put_response(self, key: str, response: CachedResponse, keep_for: float) -> None:
+        await self._guard(
+            "put_response", None, lambda: self._inner.put_response(key, response, keep_for)
+        )
+
+    async def get_response(self, key: str) -> CachedResponse | None:
+        return await self._guard("get_response", None, lambda: self._inner.get_response(key))

@@ -1,0 +1,326 @@
+"""The embedded metadata store: one SQLite file in the data dir, the default for one node.
+
+sqlite3 blocks, so every statement runs in a worker thread; one connection, guarded by a
+lock, serves them all. The file is in WAL mode, so readers never wait for the writer, and
+every expiry is a unix time in a column: several processes sharing the data dir (on one
+host, not over NFS) see each other's tags and locks.
+
+Schema (version 1, in `PRAGMA user_version`):
+    tags(upstream, repo, tag, accept) -> digest, media_type, size, confirmed_at
+    locks(name) -> token, expires_at
+    rate_limits(upstream) -> max_requests, remaining, window_seconds, observed_at
+    accesses(digest) -> last_access;  access_repos(digest, repo)
+    repositories(upstream, repo)
+    responses(key) -> body, headers (JSON), stored_at, expires_at
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from mirror.meta.store import (
+    Access,
+    CachedResponse,
+    MetaStoreError,
+    RateLimit,
+    TagKey,
+    TagRecord,
+)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT = 2.0  # seconds a statement waits for another process's write to finish
+
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS tags (
+        upstream TEXT NOT NULL, repo TEXT NOT NULL, tag TEXT NOT NULL, accept TEXT NOT NULL,
+        digest TEXT NOT NULL, media_type TEXT NOT NULL, size INTEGER NOT NULL,
+        confirmed_at REAL NOT NULL,
+        PRIMARY KEY (upstream, repo, tag, accept)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS locks (
+        name TEXT PRIMARY KEY, token TEXT NOT NULL, expires_at REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS rate_limits (
+        upstream TEXT PRIMARY KEY, max_requests INTEGER NOT NULL, remaining INTEGER NOT NULL,
+        window_seconds INTEGER NOT NULL, observed_at REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS accesses (
+        digest TEXT PRIMARY KEY, last_access REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS access_repos (
+        digest TEXT NOT NULL, repo TEXT NOT NULL, PRIMARY KEY (digest, repo)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS repositories (
+        upstream TEXT NOT NULL, repo TEXT NOT NULL, PRIMARY KEY (upstream, repo)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS responses (
+        key TEXT PRIMARY KEY, body BLOB NOT NULL, headers TEXT NOT NULL,
+        stored_at REAL NOT NULL, expires_at REAL NOT NULL
+    )
+    """,
+    """
+    CREATE INDEX IF NOT EXISTS responses_by_expiry ON responses (expires_at)
+    """,
+)
+
+
+class SqliteMetaStore:
+    """A `MetaStore` in one SQLite file."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self._path = path
+        self._lock = threading.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteMetaStore:
+        """Open (creating if missing) the database at `path`, schema included."""
+        try:
+            conn = await asyncio.to_thread(_connect, path)
+        except sqlite3.Error as exc:
+            raise MetaStoreError(f"SQLite {path}: {exc}") from exc
+        return cls(conn, path)
+
+    async def _run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `operation` on the connection in a worker thread, errors as MetaStoreError."""
+        return await asyncio.to_thread(self._locked, operation)
+
+    def _locked(self, operation: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            try:
+                return operation(self._conn)
+            except sqlite3.Error as exc:
+                raise MetaStoreError(f"SQLite {self._path}: {exc}") from exc
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        await self._run(lambda c: c.close())
+
+    # --- tags -----------------------------------------------------------------------------
+
+    async def get_tag(self, key: TagKey) -> TagRecord | None:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT digest, media_type, size, confirmed_at FROM tags"
+                " WHERE upstream = ? AND repo = ? AND tag = ? AND accept = ?",
+                (key.upstream, key.repo, key.tag, key.accept),
+            ).fetchone()
+        )
+        return None if row is None else TagRecord(*row)
+
+    async def put_tag(self, key: TagKey, record: TagRecord) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO tags VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.upstream,
+                    key.repo,
+                    key.tag,
+                    key.accept,
+                    record.digest,
+                    record.media_type,
+                    record.size,
+                    record.confirmed_at,
+                ),
+            )
+        )
+
+    async def delete_tag(self, key: TagKey) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "DELETE FROM tags WHERE upstream = ? AND repo = ? AND tag = ? AND accept = ?",
+                (key.upstream, key.repo, key.tag, key.accept),
+            )
+        )
+
+    # --- locks ----------------------------------------------------------------------------
+
+    async def try_lock(self, name: str, ttl: float) -> str | None:
+        token = secrets.token_hex(16)
+
+        def take(c: sqlite3.Connection) -> bool:
+            # One statement, so atomic across processes: insert, or take over an expired lock.
+            now = time.time()
+            cursor = c.execute(
+                "INSERT INTO locks VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE"
+                " SET token = excluded.token, expires_at = excluded.expires_at"
+                " WHERE locks.expires_at <= ?",
+                (name, token, now + ttl, now),
+            )
+            return cursor.rowcount == 1
+
+        return token if await self._run(take) else None
+
+    async def unlock(self, name: str, token: str) -> None:
+        await self._run(
+            lambda c: c.execute("DELETE FROM locks WHERE name = ? AND token = ?", (name, token))
+        )
+
+    # --- rate limits ----------------------------------------------------------------------
+
+    async def put_rate_limit(self, upstream: str, limit: RateLimit) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO rate_limits VALUES (?, ?, ?, ?, ?)",
+                (upstream, limit.limit, limit.remaining, limit.window, limit.observed_at),
+            )
+        )
+
+    async def get_rate_limit(self, upstream: str) -> RateLimit | None:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT max_requests, remaining, window_seconds, observed_at FROM rate_limits"
+                " WHERE upstream = ?",
+                (upstream,),
+            ).fetchone()
+        )
+        return None if row is None else RateLimit(*row)
+
+    # --- access records -------------------------------------------------------------------
+
+    async def record_access(self, accesses: Mapping[str, Access]) -> None:
+        times = [(digest, a.last_access) for digest, a in accesses.items()]
+        repos = [(digest, repo) for digest, a in accesses.items() for repo in a.repos]
+
+        def merge(c: sqlite3.Connection) -> None:
+            with _transaction(c):
+                c.executemany(
+                    "INSERT INTO accesses VALUES (?, ?) ON CONFLICT (digest) DO UPDATE"
+                    " SET last_access = max(last_access, excluded.last_access)",
+                    times,
+                )
+                c.executemany("INSERT OR IGNORE INTO access_repos VALUES (?, ?)", repos)
+
+        await self._run(merge)
+
+    async def get_access(self, digest: str) -> Access | None:
+        def read(c: sqlite3.Connection) -> Access | None:
+            row = c.execute("SELECT last_access FROM accesses WHERE digest = ?", (digest,))
+            found = row.fetchone()
+            if found is None:
+                return None
+            repos = c.execute("SELECT repo FROM access_repos WHERE digest = ?", (digest,))
+            return Access(found[0], {repo for (repo,) in repos})
+
+        return await self._run(read)
+
+    # --- catalog --------------------------------------------------------------------------
+
+    async def add_repositories(self, upstream: str, repos: Iterable[str]) -> None:
+        rows = [(upstream, repo) for repo in repos]
+        await self._run(
+            lambda c: c.executemany("INSERT OR IGNORE INTO repositories VALUES (?, ?)", rows)
+        )
+
+    async def list_repositories(self, upstream: str) -> list[str]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT repo FROM repositories WHERE upstream = ? ORDER BY repo", (upstream,)
+            ).fetchall()
+        )
+        return [repo for (repo,) in rows]
+
+    # --- cached responses -----------------------------------------------------------------
+
+    async def put_response(self, key: str, response: CachedResponse, keep_for: float) -> None:
+        headers = json.dumps(dict(response.headers))
+
+        def put(c: sqlite3.Connection) -> None:
+            now = time.time()
+            with _transaction(c):
+                # Expired answers are dropped here, so the table holds only live ones.
+                c.execute("DELETE FROM responses WHERE expires_at <= ?", (now,))
+                c.execute(
+                    "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
+                    (key, response.body, headers, response.stored_at, now + keep_for),
+                )
+
+        await self._run(put)
+
+    async def get_response(self, key: str) -> CachedResponse | None:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT body, headers, stored_at FROM responses WHERE key = ? AND expires_at > ?",
+                (key, time.time()),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        body, headers, stored_at = row
+        return CachedResponse(bytes(body), _headers(key, headers), stored_at)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, schema in place."""
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        # Still consistent in WAL mode; a power failure may lose the last commits, which for
+        # metadata only means asking the upstream again.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        with _transaction(conn):
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise MetaStoreError(
+                    f"SQLite {path}: schema version {version} is newer than this mirror's"
+                    f" {SCHEMA_VERSION}"
+                )
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` on error. Immediate, so a writer that
+    has to wait for another process waits at the start, under the busy timeout, instead of
+    failing halfway."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _headers(key: str, text: str) -> dict[str, str]:
+    try:
+        headers = json.loads(text)
+    except ValueError as exc:
+        raise MetaStoreError(f"corrupt cached response {key!r}: {exc}") from exc
+    if not isinstance(headers, dict):
+        raise MetaStoreError(f"corrupt cached response {key!r}: headers are not an object")
+    return {str(k): str(v) for k, v in headers.items()}

@@ -1,0 +1,347 @@
+"""Tag freshness, stale-if-error and offline serving, against both metadata backends.
+
+Every test runs twice: with the embedded SQLite store and with a real Redis server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mirror.meta.redis import RedisMetaStore
+from mirror.meta.sqlite import SqliteMetaStore
+from mirror.meta.store import MetaStore
+from tests.conftest import Client, FakeClock, StartMirror, answered
+from tests.fakeupstream import FakeRegistry, Fault, Manifest, make_image
+from tests.meta_fixtures import RedisServer
+
+TAG = "/v2/library/alpine/manifests/3.19"
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings selecting the metadata backend under test."""
+    if request.param == "sqlite":
+        return {}
+    url: str = request.getfixturevalue("redis_url")
+    return {"redis_url": url, "redis_key_prefix": f"test-{uuid.uuid4().hex[:8]}:"}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def mirror(
+    upstream: FakeRegistry,
+    start_mirror: StartMirror,
+    backend: dict[str, Any],
+    clock: FakeClock,
+) -> Client:
+    return await start_mirror(upstream.url, clock=clock, tag_ttl=60, request_timeout=0.5, **backend)
+
+
+async def get_tag(mirror: Client, path: str = TAG) -> tuple[int, bytes, dict[str, str]]:
+    async with mirror.get(path) as resp:
+        return resp.status, await resp.read(), dict(resp.headers)
+
+
+async def test_within_freshness_a_tag_costs_no_upstream_request(
+    mirror: Client, upstream: FakeRegistry, alpine: Manifest, clock: FakeClock
+) -> None:
+    status, body, _ = await get_tag(mirror)
+    assert (status, body) == (200, alpine.data)
+    upstream.reset_counts()
+    clock.advance(59)
+    for _ in range(5):
+        status, body, headers = await get_tag(mirror)
+        assert (status, body) == (200, alpine.data)
+        assert "Warning" not in headers
+    head = await mirror.head(TAG)
+    assert head.headers["Docker-Content-Digest"] == alpine.digest
+    assert upstream.requests == []
+
+
+async def test_after_freshness_an_unchanged_tag_costs_one_head_and_no_get(
+    mirror: Client, upstream: FakeRegistry, alpine: Manifest, clock: FakeClock
+) -> None:
+    await get_tag(mirror)
+    upstream.reset_counts()
+    clock.advance(61)
+    status, body, headers = await get_tag(mirror)
+    assert (status, body) == (200, alpine.data)
+    assert "Warning" not in headers
+    assert answered(upstream, kind="manifest", method="HEAD") == 1
+    assert answered(upstream, kind="manifest", method="GET") == 0
+    # The HEAD refreshed the record: fresh again for another full period.
+    upstream.reset_counts()
+    clock.advance(59)
+    await get_tag(mirror)
+    assert upstream.requests == []
+
+
+async def test_a_moved_tag_is_served_new_after_its_freshness(
+    mirror: Client, upstream: FakeRegistry, alpine: Manifest, clock: FakeClock
+) -> None:
+    await get_tag(mirror)
+    moved = make_image(seed=42)
+    upstream.push_image("library/alpine", "3.19", moved)
+    clock.advance(30)
+    assert (await get_tag(mirror))[1] == alpine.data  # still fresh: the old answer
+    upstream.reset_counts()
+    clock.advance(31)
+    status, body, headers = await get_tag(mirror)
+    assert (status, body) == (200, moved.data)
+    assert headers["Docker-Content-Digest"] == moved.digest
+    assert answered(upstream, kind="manifest", method="HEAD") == 1
+    assert answered(upstream, kind="manifest", method="GET") == 1
+
+
+async def test_fifty_concurrent_requests_for_a_stale_tag_cause_one_revalidation(
+    mirror: Client, upstream: FakeRegistry, alpine: Manifest, clock: FakeClock
+) -> None:
+    await get_tag(mirror)
+    upstream.reset_counts()
+    clock.advance(61)
+    upstream.add_fault(Fault("slow", method="HEAD", delay=0.2, path_contains="/manifests/"))
+    results = await asyncio.gather(*(get_tag(mirror) for _ in range(50)))
+    assert all(status == 200 and body == alpine.data for status, body, _ in results)
+    assert upstream.count(kind="manifest", method="HEAD") == 1
+    assert upstream.count(kind="manifest", method="GET") == 0
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault("status", status=500, times=None, path_contains="/manifests/"),
+        Fault("status", status=429, times=None, headers={"Retry-After": "60"}),
+        Fault("slow", delay=3.0, times=None, path_contains="/manifests/"),
+        Fault("drop", times=None, path_contains="/manifests/"),
+    ],
+    ids=["500", "429", "timeout", "dropped"],
+)
+async def test_upstream_failures_serve_a_cached_tag_stale_and_fail_an_uncached_one(
+    mirror: Client,
+    upstream: FakeRegistry,
+    alpine: Manifest,
+    clock: FakeClock,
+    fault: Fault,
+) -> None:
+    await get_tag(mirror)
+    upstream.push_image("library/never", "1", make_image(seed=5))
+    clock.advance(61)
+    upstream.add_fault(fault)
+
+    status, body, headers = await get_tag(mirror)
+    assert (status, body) == (200, alpine.data)
+    assert headers["Warning"].startswith('110 - "Response is Stale')
+    head = await mirror.head(TAG)
+    assert head.status == 200
+    assert "Warning" in head.headers
+
+    uncached = await mirror.get("/v2/library/never/manifests/1")
+    assert uncached.status in (429, 502, 503, 504)
+    assert (await uncached.json())["errors"][0]["code"] in ("UNAVAILABLE", "TOOMANYREQUESTS")
+
+    # Once the upstream is back, the tag is revalidated and fresh again.
+    upstream.clear_faults()
+    status, _, headers = await get_tag(mirror)
+    assert status == 200
+    assert "Warning" not in headers
+
+
+async def test_an_unreachable_upstream_serves_cached_tags_stale(
+    start_mirror: StartMirror,
+    upstream: FakeRegistry,
+    alpine: Manifest,
+    backend: dict[str, Any],
+    clock: FakeClock,
+) -> None:
+    mirror = await start_mirror(upstream.url, clock=clock, tag_ttl=60, **backend)
+    await get_tag(mirror)
+    layer = alpine.layers[0]
+    await (await mirror.get(f"/v2/library/alpine/blobs/{layer.digest}")).read()
+    await upstream.close()
+    clock.advance(61)
+    status, body, headers = await get_tag(mirror)
+    assert (status, body) == (200, alpine.data)
+    assert "unreachable" in headers["Warning"]
+    blob = await mirror.get(f"/v2/library/alpine/blobs/{layer.digest}")
+    assert await blob.read() == layer.data
+    missing = await mirror.get(f"/v2/library/alpine/blobs/{alpine.layers[1].digest}")
+    assert missing.status == 503
+
+
+async def test_offline_mode_serves_the_cache_and_never_contacts_the_upstream(
+    start_mirror: StartMirror,
+    upstream: FakeRegistry,
+    alpine: Manifest,
+    backend: dict[str, Any],
+    clock: FakeClock,
+) -> None:
+    online = await start_mirror(upstream.url, clock=clock, **backend)
+    await get_tag(online)
+    for blob in alpine.blobs:
+        await (await online.get(f"/v2/library/alpine/blobs/{blob.digest}")).read()
+    await online.close()
+
+    # The same upstream stays up and counts: offline, the mirror must not send it anything.
+    upstream.reset_counts()
+    clock.advance(10 * 24 * 3600)
+    offline = await start_mirror(upstream.url, clock=clock, offline=True, **backend)
+    status, body, _ = await get_tag(offline)
+    assert (status, body) == (200, alpine.data)
+    for blob in alpine.blobs:
+        resp = await offline.get(f"/v2/library/alpine/blobs/{blob.digest}")
+        assert await resp.read() == blob.data
+    for path, code in [
+        ("/v2/library/alpine/manifests/edge", "MANIFEST_UNKNOWN"),
+        ("/v2/library/alpine/manifests/sha256:" + "1" * 64, "MANIFEST_UNKNOWN"),
+        ("/v2/library/alpine/blobs/sha256:" + "1" * 64, "BLOB_UNKNOWN"),
+    ]:
+        resp = await offline.get(path)
+        assert resp.status == 404
+        error = (await resp.json())["errors"][0]
+        assert error["code"] == code
+        assert "offline" in error["message"]
+    assert upstream.requests == []
+
+
+async def test_rate_limit_floor_defers_revalidation(
+    start_mirror: StartMirror, alpine: Manifest, backend: dict[str, Any], clock: FakeClock
+) -> None:
+    async with FakeRegistry(ratelimit=(100, 12)) as hub:
+        hub.push_image("library/alpine", "3.19", alpine)
+        hub.push_image("library/fresh", "1", make_image(seed=3))
+        mirror = await start_mirror(hub.url, clock=clock, tag_ttl=60, ratelimit_floor=10, **backend)
+        await get_tag(mirror)  # HEAD + GET: remaining 12 -> 11
+        await get_tag(mirror, "/v2/library/fresh/manifests/1")  # -> 10: at the floor
+        hub.reset_counts()
+        clock.advance(61)
+        status, body, headers = await get_tag(mirror)
+        assert (status, body) == (200, alpine.data)
+        assert "rate limit" in headers["Warning"]
+        assert hub.requests == []
+        # An image nobody has yet still gets the remaining budget.
+        hub.push_image("library/new", "1", make_image(seed=4))
+        assert (await get_tag(mirror, "/v2/library/new/manifests/1"))[0] == 200
+
+
+async def test_tag_lists_are_cached_briefly_and_served_stale_on_errors(
+    start_mirror: StartMirror,
+    upstream: FakeRegistry,
+    alpine: Manifest,
+    backend: dict[str, Any],
+    clock: FakeClock,
+) -> None:
+    mirror = await start_mirror(upstream.url, clock=clock, tags_list_ttl=30, **backend)
+    first = await mirror.get("/v2/library/alpine/tags/list")
+    assert (await first.json())["tags"] == ["3.19"]
+    upstream.reset_counts()
+    again = await mirror.get("/v2/library/alpine/tags/list")
+    assert (await again.json())["tags"] == ["3.19"]
+    assert upstream.requests == []
+
+    clock.advance(31)
+    upstream.add_fault(Fault("status", status=503, times=None, path_contains="/tags/"))
+    stale = await mirror.get("/v2/library/alpine/tags/list")
+    assert stale.status == 200
+    assert (await stale.json())["tags"] == ["3.19"]
+    assert stale.headers["Warning"].startswith('110 - "Response is Stale')
+
+
+async def test_catalog_lists_the_repositories_the_mirror_holds(
+    mirror: Client, upstream: FakeRegistry, alpine: Manifest
+) -> None:
+    upstream.push_image("team/app", "1", make_image(seed=8))
+    assert (await (await mirror.get("/v2/_catalog")).json()) == {"repositories": []}
+    await get_tag(mirror)
+    await get_tag(mirror, "/v2/team/app/manifests/1")
+    catalog = await mirror.get("/v2/_catalog")
+    assert await catalog.json() == {"repositories": ["library/alpine", "team/app"]}
+    page = await mirror.get("/v2/_catalog?n=1")
+    assert await page.json() == {"repositories": ["library/alpine"]}
+    assert page.headers["Link"] == '</v2/_catalog?n=1&last=library%2Falpine>; rel="next"'
+    rest = await mirror.get("/v2/_catalog?n=1&last=library/alpine")
+    assert await rest.json() == {"repositories": ["team/app"]}
+
+
+async def open_backend(backend: dict[str, Any], data_dir: Path) -> MetaStore:
+    if "redis_url" in backend:
+        return await RedisMetaStore.open(backend["redis_url"], backend["redis_key_prefix"])
+    return await SqliteMetaStore.open(data_dir / "meta.sqlite3")
+
+
+async def test_access_records_are_written_in_batches(
+    start_mirror: StartMirror,
+    upstream: FakeRegistry,
+    alpine: Manifest,
+    backend: dict[str, Any],
+    data_dir: Path,
+) -> None:
+    mirror = await start_mirror(upstream.url, **backend)
+    await get_tag(mirror)
+    layer = alpine.layers[0]
+    await (await mirror.get(f"/v2/library/alpine/blobs/{layer.digest}")).read()
+    await (await mirror.get(f"/v2/alpine/blobs/{layer.digest}")).read()
+    await mirror.close()  # shutdown flushes what has collected
+
+    store = await open_backend(backend, data_dir)
+    try:
+        manifest_access = await store.get_access(alpine.digest)
+        blob_access = await store.get_access(layer.digest)
+    finally:
+        await store.close()
+    assert manifest_access is not None and manifest_access.repos == {"library/alpine"}
+    assert blob_access is not None and blob_access.repos == {"library/alpine"}
+    assert blob_access.last_access >= manifest_access.last_access
+
+
+async def test_tags_survive_a_restart_with_the_embedded_store(
+    start_mirror: StartMirror, upstream: FakeRegistry, alpine: Manifest, clock: FakeClock
+) -> None:
+    first = await start_mirror(upstream.url, clock=clock, tag_ttl=60)
+    await get_tag(first)
+    await first.close()
+    upstream.reset_counts()
+    second = await start_mirror(upstream.url, clock=clock, tag_ttl=60)
+    status, body, _ = await get_tag(second)
+    assert (status, body) == (200, alpine.data)
+    assert upstream.requests == []
+
+
+async def test_losing_redis_keeps_requests_working_and_it_recovers(
+    start_mirror: StartMirror,
+    upstream: FakeRegistry,
+    alpine: Manifest,
+    redis_server: RedisServer,
+    clock: FakeClock,
+) -> None:
+    settings = {"redis_url": redis_server.url, "tag_ttl": 60}
+    mirror = await start_mirror(upstream.url, clock=clock, **settings)
+    await get_tag(mirror)
+
+    await redis_server.stop()
+    upstream.reset_counts()
+    for _ in range(3):
+        status, body, _ = await get_tag(mirror)
+        assert (status, body) == (200, alpine.data)
+    # Without its records the mirror asks the upstream, as if the tag were stale.
+    assert answered(upstream, kind="manifest", method="HEAD") == 3
+
+    # Once Redis is back (after the store's short back-off), a revalidation writes the
+    # record again and the next request is answered from it without the upstream.
+    await redis_server.start()
+    async with asyncio.timeout(10):
+        while True:
+            assert (await get_tag(mirror))[0] == 200
+            upstream.reset_counts()
+            assert (await get_tag(mirror))[0] == 200
+            if not upstream.requests:
+                break
+            await asyncio.sleep(0.1)
