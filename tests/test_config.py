@@ -123,3 +123,46 @@ def test_serve_refuses_a_bad_flag_value(tmp_path: Path) -> None:
     result = run_cli("serve", "--listen", "127.0.0.1:99999", cwd=tmp_path)
     assert result.returncode == 2
     assert "listen (from --listen): port 99999 is out of range" in result.stderr
+
+
+def test_tag_rules_decide_freshness_first_match_wins(tmp_path: Path) -> None:
+    file = tmp_path / "m.toml"
+    file.write_text(
+        "tag_ttl = 300\n"
+        '[[tag_rules]]\nmatch = "*:latest"\nttl = 60\n'
+        "[[tag_rules]]\ntag_regex = 'v?\\d+\\.\\d+\\.\\d+'\nimmutable = true\n"
+        '[[tag_rules]]\nmatch = "library/*"\nttl = 600\n'
+    )
+    cfg = config.load(config_file=file, environ={}).config
+    assert cfg.freshness("library/alpine", "latest") == config.Freshness(60, False)
+    assert cfg.freshness("team/app", "v1.2.3") == config.Freshness(300, True)
+    assert cfg.freshness("library/alpine", "3.19") == config.Freshness(600, False)
+    assert cfg.freshness("team/app", "edge") == config.Freshness(300, False)
+
+
+def test_tag_rules_from_the_environment_are_json() -> None:
+    cfg = config.load(environ={"MIRROR_TAG_RULES": '[{"match": "*:latest", "ttl": 5}]'}).config
+    assert cfg.freshness("a/b", "latest").ttl == 5
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ("[[tag_rules]]\nttl = 5\n", "rule 1: needs `match` or `tag_regex`"),
+        ('[[tag_rules]]\nmatch = "*"\n', "rule 1: needs `ttl` or `immutable = true`"),
+        ("[[tag_rules]]\ntag_regex = '('\nttl = 1\n", "rule 1: tag_regex is not a valid regex"),
+        ('[[tag_rules]]\nmatch = "*"\nttl = -1\n', "rule 1: must not be negative"),
+        ('[[tag_rules]]\nmatch = "*"\nttl = 1\ncolour = 2\n', "rule 1: unknown key 'colour'"),
+    ],
+)
+def test_bad_tag_rules_name_the_rule(tmp_path: Path, rules: str, message: str) -> None:
+    file = tmp_path / "m.toml"
+    file.write_text(rules)
+    with pytest.raises(ConfigError, match=re.escape(f"tag_rules (from {file}): {message}")):
+        config.load(config_file=file, environ={})
+
+
+def test_offline_and_tag_ttl_flags(tmp_path: Path) -> None:
+    cfg = config.load(environ={}, overrides={"offline": True, "tag_ttl": "30"}).config
+    assert cfg.offline is True
+    assert cfg.tag_ttl == 30.0

@@ -345,3 +345,79 @@ async def test_losing_redis_keeps_requests_working_and_it_recovers(
             if not upstream.requests:
                 break
             await asyncio.sleep(0.1)
+
+
+async def test_tag_rules_set_freshness_per_pattern_and_immutable_tags_never_revalidate(
+    start_mirror: StartMirror,
+    upstream: FakeRegistry,
+    alpine: Manifest,
+    backend: dict[str, Any],
+    clock: FakeClock,
+) -> None:
+    rules = [
+        {"match": "*:latest", "ttl": 10},
+        {"tag_regex": r"v?\d+\.\d+\.\d+", "immutable": True},
+        {"match": "library/*", "ttl": 600},
+    ]
+    mirror = await start_mirror(upstream.url, clock=clock, tag_ttl=60, tag_rules=rules, **backend)
+    for tag in ("latest", "1.2.3", "edge"):
+        upstream.tag("library/alpine", tag, alpine)
+        await get_tag(mirror, f"/v2/library/alpine/manifests/{tag}")
+
+    def heads(tag: str) -> int:
+        return answered(upstream, method="HEAD", path=f"/v2/library/alpine/manifests/{tag}")
+
+    upstream.reset_counts()
+    clock.advance(11)  # `latest` is stale, `edge` (library/*: 600 s) is not
+    for tag in ("latest", "1.2.3", "edge"):
+        await get_tag(mirror, f"/v2/library/alpine/manifests/{tag}")
+    assert (heads("latest"), heads("1.2.3"), heads("edge")) == (1, 0, 0)
+
+    upstream.reset_counts()
+    clock.advance(365 * 24 * 3600)  # a year on, the release tag is still never asked about
+    for tag in ("latest", "1.2.3", "edge"):
+        await get_tag(mirror, f"/v2/library/alpine/manifests/{tag}")
+    assert (heads("latest"), heads("1.2.3"), heads("edge")) == (1, 0, 1)
+
+
+async def test_mirrors_sharing_a_metadata_store_revalidate_a_tag_once(
+    start_mirror: StartMirror,
+    upstream: FakeRegistry,
+    alpine: Manifest,
+    backend: dict[str, Any],
+    clock: FakeClock,
+) -> None:
+    """Two mirror instances (as on two hosts sharing Redis, or one data dir): a stale tag
+    asked of both at once costs the upstream one HEAD, via the store's lock."""
+    first = await start_mirror(upstream.url, clock=clock, tag_ttl=60, **backend)
+    second = await start_mirror(upstream.url, clock=clock, tag_ttl=60, **backend)
+    await get_tag(first)
+    upstream.reset_counts()
+    clock.advance(61)
+    upstream.add_fault(Fault("slow", method="HEAD", delay=0.3, path_contains="/manifests/"))
+    results = await asyncio.gather(
+        *(get_tag(mirror) for mirror in (first, second) for _ in range(10))
+    )
+    assert all(status == 200 and body == alpine.data for status, body, _ in results)
+    assert upstream.count(kind="manifest", method="HEAD") == 1
+
+
+async def test_rate_limit_headers_are_kept_in_the_metadata_store(
+    start_mirror: StartMirror,
+    alpine: Manifest,
+    backend: dict[str, Any],
+    data_dir: Path,
+) -> None:
+    async with FakeRegistry(ratelimit=(100, 77)) as hub:
+        hub.push_image("library/alpine", "3.19", alpine)
+        mirror = await start_mirror(hub.url, **backend)
+        await get_tag(mirror)
+        await mirror.close()
+        name = hub.url.removeprefix("http://")
+    store = await open_backend(backend, data_dir)
+    try:
+        ratelimit = await store.get_rate_limit(name)
+    finally:
+        await store.close()
+    assert ratelimit is not None
+    assert (ratelimit.limit, ratelimit.remaining, ratelimit.window) == (100, 76, 21600)

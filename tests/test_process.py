@@ -376,3 +376,15 @@ async def test_memory_stays_bounded_while_streaming_a_large_cold_blob_to_several
         assert await read_hash() == blob.digest
         growth = peak_rss_bytes(proc.pid) - baseline
     assert growth < 64 * MB, f"peak RSS grew by {growth / MB:.0f} MB for a 200 MB blob"
+
+
+async def test_unreachable_redis_at_start_is_a_clear_error_naming_it(workdir: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"redis://:hunter2@127.0.0.1:{port}/0"
+    result = await run_mirror("serve", "--listen", "127.0.0.1:0", "--redis-url", url, cwd=workdir)
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "hunter2" not in result.stderr
+    assert "Traceback" not in result.stderr
