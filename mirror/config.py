@@ -155,13 +155,17 @@ def _path(value: Any) -> Path:
     return Path(value)
 
 
-def _seconds(value: Any) -> float:
+def _number_of_seconds(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a number of seconds")
     try:
-        seconds = float(value)
+        return float(value)
     except (TypeError, ValueError):
         raise ValueError(f"expected a number of seconds, got {value!r}") from None
+
+
+def _seconds(value: Any) -> float:
+    seconds = _number_of_seconds(value)
     if not seconds > 0:
         raise ValueError("must be greater than 0")
     return seconds
@@ -181,12 +185,7 @@ def _auto_bool(value: Any) -> bool | None:
 
 
 def _non_negative_seconds(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError("expected a number of seconds")
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a number of seconds, got {value!r}") from None
+    seconds = _number_of_seconds(value)
     if seconds < 0:
         raise ValueError("must not be negative")
     return seconds

@@ -21,7 +21,7 @@ from mirror import __version__
 from mirror.cli import SHUTDOWN_TIMEOUT
 from tests.conftest import answered, files_under, sha256
 from tests.fakeupstream import Blob, FakeRegistry, Fault, Manifest, random_layer
-from tests.mirrorproc import MirrorProcess, run_mirror
+from tests.mirrorproc import MirrorProcess, free_port, run_mirror
 
 MB = 1024 * 1024
 ACCEPT = {
@@ -379,9 +379,7 @@ async def test_memory_stays_bounded_while_streaming_a_large_cold_blob_to_several
 
 
 async def test_unreachable_redis_at_start_is_a_clear_error_naming_it(workdir: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     url = f"redis://:hunter2@127.0.0.1:{port}/0"
     result = await run_mirror("serve", "--listen", "127.0.0.1:0", "--redis-url", url, cwd=workdir)
     assert result.returncode == 1

@@ -3,13 +3,13 @@ correct and the mirror recovers as soon as the upstream does."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Client, StartMirror, answered, content_files
 from tests.fakeupstream import FakeRegistry, Fault, Manifest
+from tests.mirrorproc import free_port
 
 
 async def error_of(resp: object) -> dict[str, str]:
@@ -48,9 +48,7 @@ async def test_upstream_5xx_becomes_502_naming_the_upstream(
 
 
 async def test_unreachable_upstream_is_503(start_mirror: StartMirror, data_dir: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     mirror = await start_mirror(f"http://127.0.0.1:{port}")
     resp = await mirror.get("/v2/library/alpine/manifests/3.19")
     assert resp.status == 503
