@@ -146,3 +146,15 @@ async def test_token_service_failure_is_502_naming_it(
     resp = await mirror.get("/v2/library/alpine/manifests/3.19")
     assert resp.status == 502
     assert "token service failed" in (await error_of(resp))["message"]
+
+
+async def test_gateway_errors_name_the_upstream_in_the_status_line_too(
+    mirror: Client, upstream: FakeRegistry, alpine: Manifest
+) -> None:
+    """Docker and skopeo print a 5xx's status line but not its body."""
+    upstream.add_fault(Fault("status", status=500, path_contains="/manifests/"))
+    resp = await mirror.get("/v2/library/alpine/manifests/3.19")
+    assert resp.status == 502
+    reason = resp.reason or ""
+    assert reason.startswith("Bad Gateway (upstream ")
+    assert upstream.url.removeprefix("http://") in reason

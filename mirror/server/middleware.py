@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from http import HTTPStatus
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -19,10 +20,21 @@ API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 def error_response(exc: RegistryError) -> web.Response:
     return web.Response(
         status=exc.status,
+        reason=_reason(exc),
         body=exc.body(),
         content_type="application/json",
         headers=dict(exc.headers),
     )
+
+
+def _reason(exc: RegistryError) -> str | None:
+    """For gateway errors, the cause in the status line too: Docker and skopeo drop the body
+    of a 5xx answer but print its status line, so this is how the user learns which
+    upstream failed."""
+    if exc.status < 500:
+        return None
+    cause = "".join(c if " " <= c <= "~" else " " for c in str(exc))[:200]
+    return f"{HTTPStatus(exc.status).phrase} ({cause})"
 
 
 @web.middleware

@@ -268,10 +268,12 @@ def test_with_the_upstream_down_cached_images_pull_and_others_fail_fast_naming_i
     elapsed = time.monotonic() - started
     assert failed.returncode != 0, "an image the mirror never saw cannot be served"
     assert elapsed < OUTAGE_FAILS_WITHIN, f"failing took {elapsed:.1f} s"
+    # skopeo drops the body of a 5xx answer but prints its status line, where the mirror
+    # puts the cause too.
     assert "503 Service Unavailable" in failed.stderr, failed.stderr
+    assert f"upstream {upstream.host} is unreachable" in failed.stderr, failed.stderr
 
-    # skopeo (like Docker's client) shows no body of a 5xx answer, so read the mirror's
-    # message itself: it names the upstream that is down.
+    # The JSON body says the same, for clients that read it.
     answer = http_request(
         f"{mirror.url}/v2/{uncached.repo}/manifests/{uncached.tag}",
         headers={"Accept": MANIFEST_ACCEPT},
