@@ -43,6 +43,8 @@ async def registry_errors(request: web.Request, handler: Handler) -> web.StreamR
     try:
         return await handler(request)
     except RegistryError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s failed: %s", request.method, request.path[:200], exc)
         return error_response(exc)
     except web.HTTPNotFound:
         return error_response(
