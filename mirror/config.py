@@ -92,6 +92,7 @@ class Config:
     redis_key_prefix: str
     tag_ttl: float
     tag_rules: tuple[TagRule, ...]
+    tag_cache_seconds: float
     tags_list_ttl: float
     offline: bool
     ratelimit_floor: int
@@ -276,6 +277,7 @@ SETTINGS: dict[str, Setting] = {
     "redis_key_prefix": Setting(_prefix, "mirror:"),
     "tag_ttl": Setting(_non_negative_seconds, 300.0),
     "tag_rules": Setting(_tag_rules, []),
+    "tag_cache_seconds": Setting(_non_negative_seconds, 1.0),
     "tags_list_ttl": Setting(_non_negative_seconds, 60.0),
     "offline": Setting(_bool, False),
     "ratelimit_floor": Setting(_count, 10),

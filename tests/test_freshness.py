@@ -322,7 +322,8 @@ async def test_losing_redis_keeps_requests_working_and_it_recovers(
     redis_server: RedisServer,
     clock: FakeClock,
 ) -> None:
-    settings = {"redis_url": redis_server.url, "tag_ttl": 60}
+    # No in-memory copies of records: every request must go to the (lost) store.
+    settings = {"redis_url": redis_server.url, "tag_ttl": 60, "tag_cache_seconds": 0}
     mirror = await start_mirror(upstream.url, clock=clock, **settings)
     await get_tag(mirror)
 
@@ -421,3 +422,25 @@ async def test_rate_limit_headers_are_kept_in_the_metadata_store(
         await store.close()
     assert ratelimit is not None
     assert (ratelimit.limit, ratelimit.remaining, ratelimit.window) == (100, 76, 21600)
+
+
+async def test_hot_tag_records_are_kept_in_memory_briefly(
+    upstream: FakeRegistry,
+    start_mirror: StartMirror,
+    alpine: Manifest,
+    redis_server: RedisServer,
+    clock: FakeClock,
+) -> None:
+    """With `tag_cache_seconds`, a hot tag does not even cost a metadata-store round trip:
+    it is served while the store is gone, and freshness is still judged by the record."""
+    mirror = await start_mirror(
+        upstream.url, clock=clock, redis_url=redis_server.url, tag_ttl=60, tag_cache_seconds=30
+    )
+    await get_tag(mirror)
+    await redis_server.stop()
+    upstream.reset_counts()
+    assert (await get_tag(mirror))[1] == alpine.data
+    assert upstream.requests == []
+    clock.advance(61)  # stale by the record's own time: revalidated despite being in memory
+    assert (await get_tag(mirror))[1] == alpine.data
+    assert answered(upstream, kind="manifest", method="HEAD") == 1

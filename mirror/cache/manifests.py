@@ -31,6 +31,8 @@ from mirror.upstream.client import FetchedManifest, UpstreamClient, UpstreamErro
 
 log = logging.getLogger(__name__)
 
+# Tag records kept in memory at most (see `tag_cache_seconds`).
+HOT_TAGS = 10_000
 # How often a process waiting for another process's revalidation looks for its result.
 _POLL_SECONDS = 0.05
 
@@ -69,6 +71,8 @@ class ManifestCache:
         self._clock = clock
         self._fetches: SingleFlight[Digest, StoredManifest] = SingleFlight()
         self._revalidations: SingleFlight[TagKey, TagRecord] = SingleFlight()
+        # Recently read tag records: (record, time.monotonic() until which it may be used).
+        self._hot: dict[TagKey, tuple[TagRecord, float]] = {}
         self._reported_ratelimit: RateLimit | None = None
 
     async def by_digest(self, repo: str, digest: Digest) -> StoredManifest:
@@ -90,7 +94,7 @@ class ManifestCache:
         """What `tag` names for this Accept class: from a fresh record without asking
         anyone, else revalidated upstream, else (upstream failing) from a stale record."""
         key = TagKey(self._upstream.name, repo, tag, mediatypes.accept_class(accept))
-        record = await self._meta.get_tag(key)
+        record = await self._get_record(key)
         if record is not None:
             freshness = self._config.freshness(repo, tag)
             if freshness.immutable or self._clock() - record.confirmed_at < freshness.ttl:
@@ -118,9 +122,27 @@ class ManifestCache:
             return await self._answer(repo, record, with_bytes, stale=str(exc))
         except RegistryError as exc:
             if record is not None and exc.status == 404:  # the tag is gone upstream
+                self._hot.pop(key, None)
                 await self._meta.delete_tag(key)
             raise
+        self._keep_hot(key, current)
         return await self._answer(repo, current, with_bytes)
+
+    async def _get_record(self, key: TagKey) -> TagRecord | None:
+        """The tag's record: from memory if read within `tag_cache_seconds`, else the store."""
+        if (hot := self._hot.get(key)) is not None and hot[1] > time.monotonic():
+            return hot[0]
+        record = await self._meta.get_tag(key)
+        if record is not None:
+            self._keep_hot(key, record)
+        return record
+
+    def _keep_hot(self, key: TagKey, record: TagRecord) -> None:
+        if self._config.tag_cache_seconds <= 0:
+            return
+        if len(self._hot) >= HOT_TAGS:
+            self._hot.clear()  # crude but bounded; the store still has everything
+        self._hot[key] = (record, time.monotonic() + self._config.tag_cache_seconds)
 
     async def _answer(
         self, repo: str, record: TagRecord, with_bytes: bool, *, stale: str | None = None

@@ -19,12 +19,16 @@ import hashlib
 import logging
 import os
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from mirror.reference import Digest
 
 log = logging.getLogger(__name__)
+
+# Memory for recently read manifests (a typical one is a few KB).
+RECENT_MANIFEST_BYTES = 32 * 1024 * 1024
 
 
 class IntegrityError(Exception):
@@ -92,6 +96,8 @@ class FilesystemStore:
         self.tmp = root / "tmp"
         for sub in ("blobs", "manifests", "tmp"):
             (root / sub).mkdir(parents=True, exist_ok=True)
+        self._recent: OrderedDict[Digest, StoredManifest] = OrderedDict()
+        self._recent_bytes = 0
 
     def remove_temp_files(self) -> int:
         """Remove leftovers of writes that never committed (a crash, a kill -9)."""
@@ -125,13 +131,27 @@ class FilesystemStore:
         return self._manifest_path(digest).is_file()
 
     def read_manifest(self, digest: Digest) -> StoredManifest | None:
+        """The manifest, from memory when it was read recently (they are immutable, and the
+        same few are read over and over), else from disk."""
+        if (manifest := self._recent.get(digest)) is not None:
+            self._recent.move_to_end(digest)
+            return manifest
         path = self._manifest_path(digest)
         try:
             data = path.read_bytes()
             media_type = path.with_name(path.name + ".type").read_text().strip()
         except FileNotFoundError:
             return None
-        return StoredManifest(data=data, media_type=media_type, digest=digest)
+        manifest = StoredManifest(data=data, media_type=media_type, digest=digest)
+        self._remember(manifest)
+        return manifest
+
+    def _remember(self, manifest: StoredManifest) -> None:
+        self._recent[manifest.digest] = manifest
+        self._recent_bytes += len(manifest.data)
+        while self._recent_bytes > RECENT_MANIFEST_BYTES:
+            _, dropped = self._recent.popitem(last=False)
+            self._recent_bytes -= len(dropped.data)
 
     async def write_manifest(self, manifest: StoredManifest) -> None:
         """Store verified manifest bytes. The media type is written first, so a visible

@@ -32,7 +32,6 @@ MAX_REDIRECTS = 10
 # distribution refuses manifests over 4 MiB; so does the mirror, to bound memory.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_TAGS_BYTES = 16 * 1024 * 1024
-BLOB_CHUNK_BYTES = 256 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
@@ -151,8 +150,9 @@ class UpstreamClient:
         """Open the blob body, following redirects to CDN storage (without our credentials)."""
         async with self._request("GET", f"/v2/{repo}/blobs/{digest}", repo) as resp:
             self._raise_for_status(resp, errors.BLOB_UNKNOWN)
-            chunks = resp.content.iter_chunked(BLOB_CHUNK_BYTES)
-            yield BlobStream(size=resp.content_length, chunks=chunks)
+            # Whatever has arrived, as soon as it has: waiting to fill a fixed-size chunk
+            # would delay every client's first byte.
+            yield BlobStream(size=resp.content_length, chunks=resp.content.iter_any())
 
     # --- tags -----------------------------------------------------------------------------
 
