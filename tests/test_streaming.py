@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import Client, answered, files_under
+from tests.conftest import Client, StartMirror, answered, files_under
 from tests.fakeupstream import Blob, FakeRegistry, Fault, random_layer
 
 MB = 1024 * 1024
@@ -147,3 +147,61 @@ async def test_range_on_a_blob_still_downloading_is_served_from_the_growing_file
         assert await part.read() == blob.data[MB:]
         assert head + await first.read() == blob.data
     assert answered(upstream, kind="blob", method="GET") == 1
+
+
+async def test_processes_sharing_a_data_dir_download_a_blob_once_and_stream_it_together(
+    upstream: FakeRegistry, start_mirror: StartMirror
+) -> None:
+    """Workers of one host (here: two mirror instances on one data dir) elect one
+    downloader per blob; the others stream from its file as it grows."""
+    first = await start_mirror(upstream.url)
+    second = await start_mirror(upstream.url)
+    blob, path = slow_blob(upstream, "library/shared", seed=11, chunk_delay=0.005, size=4 * MB)
+    digests = await asyncio.gather(
+        *(read_digest(mirror, path) for mirror in (first, second) for _ in range(5))
+    )
+    assert digests == [blob.digest] * 10
+    assert answered(upstream, kind="blob", method="GET") == 1
+
+
+async def test_bad_bytes_abort_the_clients_of_every_process_following_the_download(
+    upstream: FakeRegistry, start_mirror: StartMirror, data_dir: Path
+) -> None:
+    first = await start_mirror(upstream.url)
+    second = await start_mirror(upstream.url)
+    blob = random_layer(3 * MB, seed=12)
+    upstream.push_blob("library/bad", blob)
+    upstream.add_fault(Fault("corrupt", server="cdn", chunk_delay=0.003))
+    path = f"/v2/library/bad/blobs/{blob.digest}"
+
+    async def pull(mirror: Client) -> bytes:
+        async with mirror.get(path) as resp:
+            return await resp.read()
+
+    results = await asyncio.gather(
+        *(pull(mirror) for mirror in (first, second) for _ in range(2)), return_exceptions=True
+    )
+    assert all(isinstance(r, aiohttp.ClientPayloadError) for r in results), results
+    assert cached_blobs(data_dir) == set()
+    assert await read_digest(second, path) == blob.digest
+
+
+async def test_a_follower_whose_downloader_fails_before_any_bytes_tries_itself(
+    upstream: FakeRegistry, start_mirror: StartMirror
+) -> None:
+    first = await start_mirror(upstream.url)
+    second = await start_mirror(upstream.url)
+    blob = random_layer(MB, seed=13)
+    upstream.push_blob("library/flaky", blob)
+    # The first downloader's storage request fails after a while, before any bytes.
+    upstream.add_fault(Fault("status", server="cdn", status=500, delay=0.3))
+    path = f"/v2/library/flaky/blobs/{blob.digest}"
+
+    async def follow_a_moment_later() -> str:
+        await asyncio.sleep(0.1)
+        return await read_digest(second, path)
+
+    leader, follower = await asyncio.gather(first.get(path), follow_a_moment_later())
+    assert leader.status == 502
+    assert follower == blob.digest
+    assert answered(upstream, kind="blob", method="GET") == 2

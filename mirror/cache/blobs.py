@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mirror import errors
 from mirror.cache.access import AccessRecorder
-from mirror.cache.store import BlobWriter, FilesystemStore, IntegrityError
+from mirror.cache.store import DownloadClaim, FilesystemStore, IntegrityError
 from mirror.errors import RegistryError
 from mirror.reference import Digest
 from mirror.upstream.client import UpstreamClient, UpstreamError
@@ -27,6 +27,13 @@ from mirror.upstream.client import UpstreamClient, UpstreamError
 log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 1024 * 1024
+# How often a process following another process's download looks at its file.
+FOLLOW_POLL_SECONDS = 0.005
+
+
+class DownloadLost(UpstreamError):
+    """The download this process was following (in another process) ended without
+    committing; the client may be answered by a fresh attempt if it got no bytes yet."""
 
 
 @dataclass(frozen=True)
@@ -61,8 +68,8 @@ class Download:
 
     # --- producer side (the download task) ------------------------------------------------
 
-    def started(self, writer: BlobWriter, size: int | None) -> None:
-        self._tmp_path = writer.path
+    def started(self, tmp_path: Path, size: int | None) -> None:
+        self._tmp_path = tmp_path
         self.size = size
         self.state = State.RUNNING
         self._notify()
@@ -123,14 +130,24 @@ class Download:
             os.close(fd)
 
     def _open(self) -> int:
-        """Open whichever file holds the bytes now. Runs without yielding, so the state
-        cannot change between the check and the open."""
-        if self.state is State.COMMITTED:
-            return os.open(self._final_path, os.O_RDONLY)
-        if self.state is State.FAILED or self._tmp_path is None:
+        """Open whichever file holds the bytes now. (A download in another process may have
+        committed, renaming its file, before this process noticed.)"""
+        if self.state is State.FAILED or (
+            self._tmp_path is None and self.state is not State.COMMITTED
+        ):
             assert self.error is not None
             raise self.error
-        return os.open(self._tmp_path, os.O_RDONLY)
+        if self.state is not State.COMMITTED and self._tmp_path is not None:
+            try:
+                return os.open(self._tmp_path, os.O_RDONLY)
+            except FileNotFoundError:
+                pass
+        try:
+            return os.open(self._final_path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise DownloadLost(
+                errors.UPSTREAM_BAD_GATEWAY, "the download of this blob failed"
+            ) from None
 
 
 class BlobCache:
@@ -171,17 +188,33 @@ class BlobCache:
         self._refuse_when_offline()
         return await self._upstream.head_blob(repo, digest)
 
-    def fetch(self, repo: str, digest: Digest) -> Download:
-        """Join the download of `digest` in flight, or start one."""
+    async def download(self, repo: str, digest: Digest) -> Download:
+        """The download of `digest`, started (size known): joined if one is in flight in
+        this process, followed if another process on this host has it, else begun."""
+        for attempt in range(2):
+            download = self._join_or_start(repo, digest)
+            try:
+                await download.wait_started()
+            except DownloadLost:
+                if attempt == 0:
+                    continue  # the other process gave up before any bytes: try ourselves
+                raise
+            self._access.touch(str(digest), repo)
+            return download
+        raise AssertionError("unreachable")
+
+    def _join_or_start(self, repo: str, digest: Digest) -> Download:
         download = self._downloads.get(digest)
-        if download is None:
-            self._refuse_when_offline()
-            download = Download(digest, self._store.blob_path(digest))
-            self._downloads[digest] = download
-            task = asyncio.create_task(self._run(repo, download), name=f"download {digest}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        self._access.touch(str(digest), repo)
+        if download is not None:
+            return download
+        self._refuse_when_offline()
+        download = Download(digest, self._store.blob_path(digest))
+        claim = self._store.claim_download(digest)
+        work = self._run(repo, download, claim) if claim else self._follow(download)
+        self._downloads[digest] = download
+        task = asyncio.create_task(work, name=f"download {digest}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return download
 
     def _refuse_when_offline(self) -> None:
@@ -196,13 +229,59 @@ class BlobCache:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _run(self, repo: str, download: Download) -> None:
+    async def _follow(self, download: Download) -> None:
+        """Mirror the state of a download another process on this host is doing, from its
+        files: the size it announced, the bytes written so far, the committed blob."""
+        digest = download.digest
+        data_path, size_path = self._store.download_files(digest)
+        try:
+            while True:
+                if (size := self._store.blob_size(digest)) is not None:
+                    if download.state is State.STARTING:
+                        download.started(data_path, size)
+                    download.progressed(size)
+                    download.committed()
+                    return
+                if download.state is State.STARTING:
+                    try:
+                        text = size_path.read_text()
+                    except FileNotFoundError:
+                        pass
+                    else:
+                        download.started(data_path, int(text) if text.isdigit() else None)
+                if download.state is State.RUNNING:
+                    try:
+                        written = data_path.stat().st_size
+                    except FileNotFoundError:
+                        written = download.written
+                    if written > download.written:
+                        download.progressed(written)
+                if not self._store.download_in_progress(digest):
+                    if self._store.blob_size(digest) is None:
+                        download.failed(
+                            DownloadLost(
+                                errors.UPSTREAM_BAD_GATEWAY,
+                                f"the download of {digest} in another worker failed",
+                            )
+                        )
+                        return
+                    continue  # committed just now: the next pass sees it
+                await asyncio.sleep(FOLLOW_POLL_SECONDS)
+        except asyncio.CancelledError:
+            download.failed(
+                UpstreamError(errors.UPSTREAM_UNAVAILABLE, "the mirror is shutting down")
+            )
+            raise
+        finally:
+            self._downloads.pop(digest, None)
+
+    async def _run(self, repo: str, download: Download, claim: DownloadClaim) -> None:
         digest = download.digest
         try:
             async with self._upstream.open_blob(repo, digest) as stream:
-                writer = self._store.blob_writer(digest)
+                writer = claim.writer(stream.size)
                 try:
-                    download.started(writer, stream.size)
+                    download.started(writer.path, stream.size)
                     async for chunk in stream.chunks:
                         writer.write(chunk)
                         download.progressed(writer.written)
@@ -238,4 +317,5 @@ class BlobCache:
                 RegistryError(errors.INTERNAL, f"download failed: {type(exc).__name__}")
             )
         finally:
+            claim.release()
             self._downloads.pop(digest, None)

@@ -15,6 +15,7 @@ Layout under the data dir:
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import logging
 import os
@@ -45,12 +46,17 @@ class StoredManifest:
 class BlobWriter:
     """Writes one blob to a temp file while hashing it; `commit` verifies and publishes."""
 
-    def __init__(self, tmp_path: Path, final_path: Path, digest: Digest) -> None:
+    def __init__(
+        self, tmp_path: Path, final_path: Path, digest: Digest, *, exclusive: bool = True
+    ) -> None:
         self.path = tmp_path
         self._final = final_path
         self._digest = digest
         self._hash = hashlib.new(digest.algorithm)
-        self._fd: int | None = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        # Not exclusive only for a path owned through a DownloadClaim (a crashed holder may
+        # have left the file behind).
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+        self._fd: int | None = os.open(tmp_path, flags, 0o644)
         self.written = 0
 
     def write(self, chunk: bytes) -> None:
@@ -88,6 +94,39 @@ class BlobWriter:
         self.path.unlink(missing_ok=True)
 
 
+class DownloadClaim:
+    """The claim on one blob's download. While held, the bytes go to a well-known temp file
+    (with the size announced beside it) so other processes on this host can stream them."""
+
+    def __init__(self, store: FilesystemStore, digest: Digest, fd: int, lock: Path) -> None:
+        self._store = store
+        self._digest = digest
+        self._fd: int | None = fd
+        self._lock = lock
+        self.data_path, self.size_path = store.download_files(digest)
+
+    def writer(self, size: int | None) -> BlobWriter:
+        """Start writing: the data file exists before the size is announced, so a process
+        that sees the size can always open the data (or, later, the committed blob)."""
+        writer = BlobWriter(
+            self.data_path, self._store.blob_path(self._digest), self._digest, exclusive=False
+        )
+        announce = self.size_path.with_suffix(f".{secrets.token_hex(4)}")
+        announce.write_text("" if size is None else str(size))
+        announce.rename(self.size_path)
+        return writer
+
+    def release(self) -> None:
+        """Give the claim up (after a commit or a failure); the lock file goes first, so a
+        process taking the claim later cannot hold a lock on a removed file."""
+        if self._fd is None:
+            return
+        self.size_path.unlink(missing_ok=True)
+        self._lock.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
+
+
 class FilesystemStore:
     """Blobs and manifests under one data directory."""
 
@@ -119,8 +158,47 @@ class FilesystemStore:
         except FileNotFoundError:
             return None
 
-    def blob_writer(self, digest: Digest) -> BlobWriter:
-        return BlobWriter(self._temp_path(digest), self.blob_path(digest), digest)
+    # --- one download per blob across the processes sharing this data dir -----------------
+
+    def claim_download(self, digest: Digest) -> DownloadClaim | None:
+        """Become the one process downloading `digest` (an flock, released by the kernel if
+        the process dies), or None when another process holds it."""
+        path = self.tmp / f"{digest.algorithm}-{digest.hex}.lock"
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            try:
+                same = os.fstat(fd).st_ino == path.stat().st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return DownloadClaim(self, digest, fd, path)
+            os.close(fd)  # the holder removed that lock file as we took it: try again
+
+    def download_in_progress(self, digest: Digest) -> bool:
+        """Whether some process holds the download claim for `digest`."""
+        path = self.tmp / f"{digest.algorithm}-{digest.hex}.lock"
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def download_files(self, digest: Digest) -> tuple[Path, Path]:
+        """Where the claimed download of `digest` writes its bytes, and its size beside them:
+        what processes without the claim stream from."""
+        stem = self.tmp / f"{digest.algorithm}-{digest.hex}"
+        return stem.with_suffix(".download"), stem.with_suffix(".size")
 
     # --- manifests ------------------------------------------------------------------------
 

@@ -104,8 +104,7 @@ class RegistryRoutes:
             if size is not None:
                 response.content_length = size
             return response
-        download = self._blobs.fetch(repo, digest)
-        await download.wait_started()
+        download = await self._blobs.download(repo, digest)
         return await _stream_download(request, download)
 
     async def tags(self, request: web.Request) -> web.Response:
