@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
 
 from mirror import __version__, config
+from mirror.cache.store import FilesystemStore
 from mirror.meta.store import MetaStoreError
+from mirror.server import workers
 from mirror.server.app import create_app
 
 # Settings that `mirror serve` also takes as flags (`--tag-ttl` for `tag_ttl`).
-SERVE_FLAGS = ("listen", "upstream", "data_dir", "redis_url", "tag_ttl", "offline")
+SERVE_FLAGS = ("listen", "upstream", "data_dir", "redis_url", "tag_ttl", "offline", "workers")
 # Seconds open requests get to finish on SIGTERM/Ctrl-C (downloads are aborted at once).
 SHUTDOWN_TIMEOUT = 5.0
 
@@ -41,21 +44,39 @@ def _serve(cfg: config.Config) -> int:
         level=cfg.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if cfg.workers == 1:
+        return _run(cfg)
+    # Temp files are cleaned once, here: a worker starting later must not remove the
+    # downloads its siblings are writing.
+    if removed := FilesystemStore(cfg.data_dir).remove_temp_files():
+        logging.getLogger("mirror").info("removed %d temp files left by an earlier run", removed)
+    sock = workers.bind(cfg.listen.host, cfg.listen.port)
+    logging.getLogger("mirror").info("listening on %s", cfg.listen)
+    return workers.supervise(cfg.workers, lambda: _run(cfg, sock))
+
+
+def _run(cfg: config.Config, sock: socket.socket | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, on `sock` if given (a worker), else on `listen`."""
     try:
         web.run_app(
-            create_app(cfg),
-            host=cfg.listen.host,
-            port=cfg.listen.port,
+            create_app(cfg, remove_temp_files=sock is None),
+            host=cfg.listen.host if sock is None else None,
+            port=cfg.listen.port if sock is None else None,
+            sock=sock,
             # aiohttp waits this long twice (for handlers, then again after cancelling them),
             # so halve it: a client that stopped reading cannot hold shutdown past the budget.
             shutdown_timeout=SHUTDOWN_TIMEOUT / 2,
-            print=lambda *a: logging.getLogger("mirror").info("listening on %s", cfg.listen),
+            print=_announce(cfg) if sock is None else None,
             access_log_format='%a "%r" %s %b %Tfs',
         )
     except MetaStoreError as exc:
         print(f"mirror: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _announce(cfg: config.Config) -> Callable[..., None]:
+    return lambda *_: logging.getLogger("mirror").info("listening on %s", cfg.listen)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--tag-ttl", metavar="SECONDS", help="how long a tag is served without asking upstream"
+    )
+    serve.add_argument(
+        "--workers", metavar="N", help="worker processes sharing the port (default 1)"
     )
     serve.add_argument(
         "--offline",

@@ -97,6 +97,7 @@ class Config:
     offline: bool
     ratelimit_floor: int
     request_timeout: float
+    workers: int
     connect_timeout: float
     read_timeout: float
     log_level: str
@@ -205,6 +206,13 @@ def _count(value: Any) -> int:
     return int(str(value).strip())
 
 
+def _workers(value: Any) -> int:
+    count = _count(value)
+    if not 1 <= count <= 64:
+        raise ValueError("expected 1 to 64 worker processes")
+    return count
+
+
 def _prefix(value: Any) -> str:
     if not isinstance(value, str) or not value or any(c.isspace() for c in value):
         raise ValueError("expected a non-empty string without spaces")
@@ -282,6 +290,7 @@ SETTINGS: dict[str, Setting] = {
     "offline": Setting(_bool, False),
     "ratelimit_floor": Setting(_count, 10),
     "request_timeout": Setting(_seconds, 5.0),
+    "workers": Setting(_workers, 1),
     "connect_timeout": Setting(_seconds, 5.0),
     "read_timeout": Setting(_seconds, 30.0),
     "log_level": Setting(_log_level, "info"),

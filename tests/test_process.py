@@ -391,3 +391,22 @@ async def test_unreachable_redis_at_start_is_a_clear_error_naming_it(workdir: Pa
     assert f"127.0.0.1:{port}" in result.stderr
     assert "hunter2" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_several_workers_share_the_port_and_still_download_a_blob_once(
+    http: aiohttp.ClientSession, upstream: FakeRegistry, data_dir: Path, workdir: Path
+) -> None:
+    blob = random_layer(8 * MB, seed=21)
+    upstream.push_blob("library/workers", blob)
+    upstream.add_fault(Fault("slow", server="cdn", chunk_delay=0.005))
+    proc = MirrorProcess(upstream.url, data_dir, cwd=workdir, extra_args=["--workers", "2"])
+    async with proc:
+        bodies = await asyncio.gather(
+            *(get_blob(http, proc.url, "library/workers", blob.digest) for _ in range(12))
+        )
+        assert all(body == blob.data for body in bodies)
+        assert answered(upstream, kind="blob", method="GET") == 1
+        assert "started 2 workers" in proc.stderr
+        assert await proc.stop() == 0, proc.stderr
+        assert not proc.killed
+    assert files_under(data_dir / "tmp") == set()

@@ -22,15 +22,21 @@ from mirror.upstream.client import UpstreamClient
 log = logging.getLogger(__name__)
 
 
-async def create_app(config: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
+async def create_app(
+    config: Config,
+    *,
+    clock: Callable[[], float] = time.time,
+    remove_temp_files: bool = True,
+) -> web.Application:
     """An application serving `config`. Async because the upstream session and the metadata
     store must be opened inside the event loop that will use them. `clock` (unix time) is
-    what freshness is measured with; tests pass their own.
+    what freshness is measured with; tests pass their own. A worker of several does not
+    remove temp files: its siblings may be writing them.
 
     Raises MetaStoreError when a configured Redis cannot be reached.
     """
     store = FilesystemStore(config.data_dir)
-    if removed := store.remove_temp_files():
+    if remove_temp_files and (removed := store.remove_temp_files()):
         log.info("removed %d temp files left by an earlier run", removed)
     meta = await open_meta_store(
         redis_url=config.redis_url, key_prefix=config.redis_key_prefix, data_dir=config.data_dir

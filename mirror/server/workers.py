@@ -1,0 +1,79 @@
+"""Several worker processes on one port: the parent binds the socket, forks the workers,
+and supervises them.
+
+A Python process serves from one core; workers let the mirror use all of them. They share
+the listening socket (the kernel hands each connection to one of them), the data dir and
+the metadata store, which is where they coordinate: one download per blob (a file lock in
+the data dir) and one revalidation per tag (a lock in the metadata store).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+# A worker that dies within this many seconds of its start is not restarted in a loop.
+_RESTART_BACKOFF_SECONDS = 1.0
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket every worker inherits."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def supervise(count: int, run_worker: Callable[[], int]) -> int:
+    """Fork `count` workers running `run_worker()`, restart any that dies, and on SIGTERM
+    or SIGINT stop them all (each shuts down gracefully) and return 0."""
+    stopping = False
+    workers: dict[int, float] = {}  # pid -> start time
+
+    def spawn() -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only, which relays it
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 1
+            try:
+                code = run_worker()
+            finally:
+                os._exit(code)
+        workers[pid] = time.monotonic()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for _ in range(count):
+        spawn()
+    log.info("started %d workers", count)
+    failures = 0
+    while workers:
+        pid, status = os.wait()
+        started = workers.pop(pid, None)
+        if started is None or stopping:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        log.error("worker %d exited with %d; starting a new one", pid, code)
+        failures += 1
+        if time.monotonic() - started < _RESTART_BACKOFF_SECONDS:
+            time.sleep(_RESTART_BACKOFF_SECONDS)
+        if not stopping:
+            spawn()
+    return 0 if not failures or stopping else 1
