@@ -444,3 +444,17 @@ async def test_hot_tag_records_are_kept_in_memory_briefly(
     clock.advance(61)  # stale by the record's own time: revalidated despite being in memory
     assert (await get_tag(mirror))[1] == alpine.data
     assert answered(upstream, kind="manifest", method="HEAD") == 1
+
+
+async def test_mirrors_sharing_a_metadata_store_fetch_a_manifest_once(
+    start_mirror: StartMirror, upstream: FakeRegistry, alpine: Manifest, backend: dict[str, Any]
+) -> None:
+    first = await start_mirror(upstream.url, **backend)
+    second = await start_mirror(upstream.url, **backend)
+    upstream.add_fault(Fault("slow", method="GET", delay=0.3, path_contains="/manifests/"))
+    path = f"/v2/library/alpine/manifests/{alpine.digest}"
+    results = await asyncio.gather(
+        *(get_tag(mirror, path) for mirror in (first, second) for _ in range(5))
+    )
+    assert all(status == 200 and body == alpine.data for status, body, _ in results)
+    assert answered(upstream, kind="manifest", method="GET") == 1

@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from mirror import errors, mediatypes
 from mirror.cache.access import AccessRecorder
@@ -30,6 +31,8 @@ from mirror.singleflight import SingleFlight
 from mirror.upstream.client import FetchedManifest, UpstreamClient, UpstreamError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Tag records kept in memory at most (see `tag_cache_seconds`).
 HOT_TAGS = 10_000
@@ -182,13 +185,22 @@ class ManifestCache:
     async def _wait_for_record(self, key: TagKey, newer_than: TagRecord | None) -> TagRecord | None:
         """Wait (bounded) for another process's revalidation to land in the store."""
         since = newer_than.confirmed_at if newer_than is not None else 0.0
+
+        async def newer() -> TagRecord | None:
+            record = await self._meta.get_tag(key)
+            return record if record is not None and record.confirmed_at > since else None
+
+        return await self._poll(newer)
+
+    async def _poll(self, look: Callable[[], Awaitable[T | None]]) -> T | None:
+        """`look()` until it finds something, for at most `request_timeout`: how a process
+        waits for the result of upstream work another process holds the lock for."""
         try:
             async with asyncio.timeout(self._config.request_timeout):
-                while True:
-                    record = await self._meta.get_tag(key)
-                    if record is not None and record.confirmed_at > since:
-                        return record
+                # Another process does the work: there is no event to wait on, only the store.
+                while (found := await look()) is None:  # noqa: ASYNC110
                     await asyncio.sleep(_POLL_SECONDS)
+                return found
         except TimeoutError:
             return None
 
@@ -208,17 +220,30 @@ class ManifestCache:
             await self._meta.put_rate_limit(self._upstream.name, ratelimit)
 
     async def _fetch_by_digest(self, repo: str, digest: Digest) -> StoredManifest:
+        """GET a manifest once, even when several processes want it at the same moment: one
+        takes the lock and fetches, the others wait for it to appear in the store."""
+        lock = f"manifest:{digest}"
+        token = await self._meta.try_lock(lock, ttl=self._config.request_timeout * 2)
+        if token is None:
+
+            async def stored() -> StoredManifest | None:
+                return self._store.read_manifest(digest)
+
+            if (manifest := await self._poll(stored)) is not None:
+                return manifest
         # Ask for every type: a digest names exactly one manifest, whatever the client accepts.
         accept = mediatypes.accept_header(frozenset(mediatypes.MANIFEST_TYPES))
         try:
             fetched = await self._upstream.get_manifest(
                 repo, str(digest), accept, algorithm=digest.algorithm
             )
+            if fetched.digest != digest:
+                raise self._integrity_error(repo, digest, fetched)
+            return await self._keep(repo, fetched)
         finally:
             await self._report_ratelimit()
-        if fetched.digest != digest:
-            raise self._integrity_error(repo, digest, fetched)
-        return await self._keep(repo, fetched)
+            if token is not None:
+                await self._meta.unlock(lock, token)
 
     async def _fetch_by_tag(self, repo: str, tag: str, accept: str) -> StoredManifest:
         fetched = await self._upstream.get_manifest(repo, tag, accept)
