@@ -74,6 +74,7 @@ class ManifestCache:
         self._clock = clock
         self._fetches: SingleFlight[Digest, StoredManifest] = SingleFlight()
         self._revalidations: SingleFlight[TagKey, TagRecord] = SingleFlight()
+        self._record_reads: SingleFlight[TagKey, TagRecord | None] = SingleFlight()
         # Recently read tag records: (record, time.monotonic() until which it may be used).
         self._hot: dict[TagKey, tuple[TagRecord, float]] = {}
         self._reported_ratelimit: RateLimit | None = None
@@ -132,9 +133,13 @@ class ManifestCache:
         return await self._answer(repo, current, with_bytes)
 
     async def _get_record(self, key: TagKey) -> TagRecord | None:
-        """The tag's record: from memory if read within `tag_cache_seconds`, else the store."""
+        """The tag's record: from memory if read within `tag_cache_seconds`, else the store
+        (one read however many requests find the memory expired at once)."""
         if (hot := self._hot.get(key)) is not None and hot[1] > time.monotonic():
             return hot[0]
+        return await self._record_reads.run(key, lambda: self._read_record(key))
+
+    async def _read_record(self, key: TagKey) -> TagRecord | None:
         record = await self._meta.get_tag(key)
         if record is not None:
             self._keep_hot(key, record)
