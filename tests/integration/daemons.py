@@ -196,6 +196,33 @@ def unmount_all_under(directory: Path) -> list[Path]:
     return mounts_under(directory)
 
 
+class _Daemon:
+    """A context manager over `start()` / `close()`: closed even when starting fails half
+    way, so nothing is left running or mounted."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 class _Workdir:
     """A short private directory under /tmp, removed at the end unless something there is
     still mounted (removing through a mount could delete what the mount points at)."""
@@ -281,7 +308,7 @@ def _base_env(**extra: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- containerd
 
 
-class Containerd:
+class Containerd(_Daemon):
     """A private containerd 1.6: its own root, state, sockets and config; no CRI.
 
     Config (version 2), as found to work here:
@@ -307,22 +334,6 @@ class Containerd:
         self.log_path = base / "containerd.log"
         self.snapshotter = "overlayfs"
         self._process: _Process | None = None
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def write_config(self) -> None:
         d = self.dir
@@ -420,7 +431,7 @@ class Containerd:
 # --------------------------------------------------------------------------- Docker Engine
 
 
-class DockerDaemon:
+class DockerDaemon(_Daemon):
     """Debian's dockerd (20.10) with its own `daemon.json`, on a private containerd.
 
     daemon.json, as found to work here:
@@ -459,22 +470,6 @@ class DockerDaemon:
         self.containerd = Containerd(workdir=self.dir / "ctd")
         self._process: _Process | None = None
         self._plugins_dir_existed = Path("/run/docker").exists()
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def daemon_config(self) -> dict[str, object]:
         d = self.dir
@@ -544,7 +539,7 @@ class DockerDaemon:
 # --------------------------------------------------------------------------- podman
 
 
-class Podman:
+class Podman(_Daemon):
     """Root podman (4.3) with private storage and configuration; nothing runs between
     commands, so "starting" it is writing its configuration.
 
@@ -581,22 +576,6 @@ class Podman:
         self.tmpdir = self.dir / "tmp"
         self.registries_conf = self.dir / "registries.conf"
         self.policy = self.dir / "policy.json"
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def start(self) -> None:
         if len(str(self.runroot)) >= 50:
