@@ -19,7 +19,6 @@ DOCKER_SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyj
 
 #: The modern manifest types, in the order they are sent upstream.
 MANIFEST_TYPES: tuple[str, ...] = (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX)
-INDEX_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
 _KNOWN_TYPES = (*MANIFEST_TYPES, DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED)
 
 BLOB_CONTENT_TYPE = "application/octet-stream"

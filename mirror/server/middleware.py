@@ -11,6 +11,7 @@ from aiohttp.typedefs import Handler
 
 from mirror import errors
 from mirror.errors import RegistryError
+from mirror.server.responses import header_safe
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,7 @@ def _reason(exc: RegistryError) -> str | None:
     upstream failed."""
     if exc.status < 500:
         return None
-    cause = "".join(c if " " <= c <= "~" else " " for c in str(exc))[:200]
-    return f"{HTTPStatus(exc.status).phrase} ({cause})"
+    return f"{HTTPStatus(exc.status).phrase} ({header_safe(str(exc), 200)})"
 
 
 @web.middleware

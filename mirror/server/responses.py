@@ -65,6 +65,12 @@ def _unsatisfiable(size: int) -> RegistryError:
     )
 
 
+def header_safe(text: str, limit: int) -> str:
+    """`text` fit for a header or status line: printable ASCII only (no CR/LF, no quotes or
+    backslashes that would end a quoted-string), at most `limit` characters."""
+    return "".join(c if " " <= c <= "~" and c not in '"\\' else " " for c in text)[:limit]
+
+
 def content_headers(digest: Digest, media_type: str) -> dict[str, str]:
     return {
         "Content-Type": media_type,

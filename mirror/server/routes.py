@@ -251,8 +251,7 @@ def _pagination(request: web.Request, parse_last: Callable[[str], str]) -> list[
 
 def _stale_warning(reason: str) -> str:
     """An RFC 7234 `Warning: 110` ("Response is Stale") with the reason, header-safe."""
-    text = "".join(c if " " <= c <= "~" and c not in '"\\' else " " for c in reason)[:300]
-    return f'110 - "Response is Stale: {text}"'
+    return f'110 - "Response is Stale: {responses.header_safe(reason, 300)}"'
 
 
 def _rewrite_link(link: str, name: str, ns: str | None) -> str | None:
