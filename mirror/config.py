@@ -12,15 +12,31 @@ import fnmatch
 import json
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from mirror.reference import is_registry_host
+
+DOCKER_HUB = "docker.io"
 DOCKER_HUB_URL = "https://registry-1.docker.io"
-DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", "docker.io", "index.docker.io"})
+# Names Docker Hub goes by; as an upstream `host` they all mean docker.io.
+DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", DOCKER_HUB, "index.docker.io"})
+# Public registries served out of the box (`builtin_upstreams`): host -> where to reach it.
+BUILTIN_UPSTREAMS: Mapping[str, str] = {
+    DOCKER_HUB: DOCKER_HUB_URL,
+    "ghcr.io": "https://ghcr.io",
+    "quay.io": "https://quay.io",
+    "registry.k8s.io": "https://registry.k8s.io",
+    "gcr.io": "https://gcr.io",
+    "mcr.microsoft.com": "https://mcr.microsoft.com",
+    "public.ecr.aws": "https://public.ecr.aws",
+    "nvcr.io": "https://nvcr.io",
+}
 DEFAULT_CONFIG_FILE = Path("mirror.toml")
 ENV_PREFIX = "MIRROR_"
 
@@ -79,14 +95,41 @@ class Freshness:
 
 
 @dataclass(frozen=True)
+class UpstreamSettings:
+    """One registry the mirror serves: `host` is the registry it stands for (what clients
+    name in image references and containerd sends as `ns`), `url` where the mirror reaches
+    it. Credentials go to this upstream (and its token service) only."""
+
+    host: str
+    url: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    # Where the password came from, for `check-config` (never the secret itself).
+    password_source: str | None = None
+    library_prefix: bool = False
+    tag_ttl: float | None = None  # None: the global tag_ttl
+    tag_rules: tuple[TagRule, ...] = ()
+    ca_file: Path | None = None
+    insecure: bool = False
+    source: str = "built-in"
+
+    def ssl_context(self) -> ssl.SSLContext | bool:
+        """What the upstream's TLS connections verify against: the system CAs (True), a
+        CA bundle, or nothing at all (`insecure`, for labs)."""
+        if self.insecure:
+            return False
+        if self.ca_file is not None:
+            return ssl.create_default_context(cafile=str(self.ca_file))
+        return True
+
+
+@dataclass(frozen=True)
 class Config:
     """The effective configuration of one mirror process."""
 
     listen: Listen
-    upstream: str
-    upstream_username: str | None
-    upstream_password: str | None
-    library_prefix: bool
+    upstreams: tuple[UpstreamSettings, ...]
+    builtin_upstreams: bool
     data_dir: Path
     redis_url: str | None
     redis_key_prefix: str
@@ -102,14 +145,24 @@ class Config:
     read_timeout: float
     log_level: str
 
-    def freshness(self, repo: str, tag: str) -> Freshness:
-        """How long a tag stays fresh: the first matching rule, else `tag_ttl`."""
-        for rule in self.tag_rules:
+    def upstream(self, host: str) -> UpstreamSettings | None:
+        return next((u for u in self.upstreams if u.host == host), None)
+
+    def freshness(self, host: str, repo: str, tag: str) -> Freshness:
+        """How long a tag of the upstream `host` stays fresh: the first matching rule (the
+        upstream's own rules, then the global ones), else the upstream's or global tag_ttl."""
+        upstream = self.upstream(host)
+        ttl = self.tag_ttl
+        rules = self.tag_rules
+        if upstream is not None:
+            ttl = self.tag_ttl if upstream.tag_ttl is None else upstream.tag_ttl
+            rules = upstream.tag_rules + rules
+        for rule in rules:
             if rule.matches(repo, tag):
                 return Freshness(
-                    ttl=self.tag_ttl if rule.ttl is None else rule.ttl, immutable=rule.immutable
+                    ttl=ttl if rule.ttl is None else rule.ttl, immutable=rule.immutable
                 )
-        return Freshness(ttl=self.tag_ttl, immutable=False)
+        return Freshness(ttl=ttl, immutable=False)
 
 
 # --- value parsers: each takes the raw value (TOML-typed or a string from env/flags) ----------
@@ -134,7 +187,7 @@ def _url(value: Any) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
     if parts.username or parts.password:
-        raise ValueError("credentials do not belong in the URL; use upstream_username/password")
+        raise ValueError("credentials do not belong in the URL; use username and password_env")
     return value.rstrip("/")
 
 
@@ -173,19 +226,6 @@ def _seconds(value: Any) -> float:
     return seconds
 
 
-def _auto_bool(value: Any) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text == "auto":
-        return None
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(f'expected true, false or "auto", got {value!r}')
-
-
 def _non_negative_seconds(value: Any) -> float:
     seconds = _number_of_seconds(value)
     if seconds < 0:
@@ -194,10 +234,14 @@ def _non_negative_seconds(value: Any) -> float:
 
 
 def _bool(value: Any) -> bool:
-    parsed = _auto_bool(value)
-    if parsed is None:
-        raise ValueError(f"expected true or false, got {value!r}")
-    return parsed
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
 
 
 def _count(value: Any) -> int:
@@ -260,6 +304,190 @@ def _tag_rules(value: Any) -> tuple[TagRule, ...]:
     return tuple(rules)
 
 
+_UPSTREAM_KEYS = {
+    "host",
+    "url",
+    "username",
+    "password",
+    "password_env",
+    "password_file",
+    "library_prefix",
+    "tag_ttl",
+    "tag_rules",
+    "ca_file",
+    "insecure",
+    "enabled",
+}
+_PASSWORD_KEYS = ("password", "password_env", "password_file")
+
+
+def _upstream_value(value: Any) -> str | list[Any]:
+    """One layer's `upstream`: a bare URL (the upstream for docker.io) or a list of tables
+    (TOML `[[upstream]]`, or the same as JSON from the environment)."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError("expected a JSON list of upstream tables") from None
+    if isinstance(value, str):
+        return _url(value.strip())
+    if isinstance(value, list):
+        return value
+    raise ValueError("expected a URL (the upstream for docker.io) or [[upstream]] tables")
+
+
+def _host(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError('host: expected a registry host such as "ghcr.io"')
+    host = value.strip().lower()
+    if host in DOCKER_HUB_HOSTS:
+        return DOCKER_HUB
+    if not is_registry_host(host):
+        raise ValueError(
+            f'host: {value!r} is not a registry host (it needs a "." or a port, '
+            'like "ghcr.io" or "registry:5000", or is "localhost")'
+        )
+    return host
+
+
+def _upstream_table(
+    raw: Any, source: str, index: int, environ: Mapping[str, str]
+) -> tuple[UpstreamSettings, bool]:
+    """One `[[upstream]]` table: its settings and whether it is enabled."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"upstream {index + 1} (from {source}): expected a table")
+    if "host" not in raw:
+        raise ConfigError(f"upstream {index + 1} (from {source}): needs `host`")
+    try:
+        host = _host(raw["host"])
+    except ValueError as exc:
+        raise ConfigError(f"upstream {index + 1} (from {source}): {exc}") from None
+    where = f"upstream {host} (from {source})"
+    if unknown := set(raw) - _UPSTREAM_KEYS:
+        known = ", ".join(sorted(_UPSTREAM_KEYS))
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known keys: {known})")
+    parsers: dict[str, Callable[[Any], Any]] = {
+        "url": _url,
+        "username": _optional_str,
+        "library_prefix": _bool,
+        "tag_ttl": _non_negative_seconds,
+        "tag_rules": _tag_rules,
+        "ca_file": _path,
+        "insecure": _bool,
+        "enabled": _bool,
+    }
+    values: dict[str, Any] = {}
+    for key, parse in parsers.items():
+        if key in raw:
+            try:
+                values[key] = parse(raw[key])
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {key}: {exc}") from None
+    password, password_source = _password(raw, where, environ)
+    username = values.get("username")
+    if (username is None) != (password is None):
+        raise ConfigError(
+            f"{where}: credentials need both `username` and one of {', '.join(_PASSWORD_KEYS)}"
+        )
+    ca_file = values.get("ca_file")
+    if ca_file is not None:
+        if values.get("insecure"):
+            raise ConfigError(f"{where}: set `ca_file` or `insecure`, not both")
+        try:
+            ssl.create_default_context(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(
+                f"{where}: ca_file: {ca_file} is not a usable CA bundle: {reason}"
+            ) from None
+    settings = UpstreamSettings(
+        host=host,
+        url=values.get("url", BUILTIN_UPSTREAMS.get(host, f"https://{host}")),
+        username=username,
+        password=password,
+        password_source=password_source,
+        library_prefix=values.get("library_prefix", host == DOCKER_HUB),
+        tag_ttl=values.get("tag_ttl"),
+        tag_rules=values.get("tag_rules", ()),
+        ca_file=ca_file,
+        insecure=values.get("insecure", False),
+        source=source,
+    )
+    return settings, values.get("enabled", True)
+
+
+def _password(
+    raw: Mapping[str, Any], where: str, environ: Mapping[str, str]
+) -> tuple[str | None, str | None]:
+    """The secret, from exactly one of `password`, `password_env` (the name of an
+    environment variable) or `password_file`; and where it came from."""
+    given = [key for key in _PASSWORD_KEYS if key in raw]
+    if len(given) > 1:
+        raise ConfigError(f"{where}: set only one of {', '.join(given)}")
+    if not given:
+        return None, None
+    key = given[0]
+    value = raw[key]
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: {key}: expected a non-empty string")
+    if key == "password":
+        return value, "the config"
+    if key == "password_env":
+        if value not in environ:
+            raise ConfigError(f"{where}: password_env: environment variable {value} is not set")
+        return environ[value], f"environment variable {value}"
+    try:
+        text = Path(value).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{where}: password_file: cannot read {value}: {exc.strerror}") from None
+    return text.rstrip("\r\n"), f"file {value}"
+
+
+def _upstreams(
+    layers: list[tuple[str, Any]], builtin: bool, environ: Mapping[str, str]
+) -> tuple[UpstreamSettings, ...]:
+    """The registries to serve: the built-in public ones (unless switched off), changed,
+    added to or disabled by the latest layer's tables; a bare URL in a later layer (such as
+    `--upstream URL`) only moves docker.io."""
+    by_host: dict[str, UpstreamSettings] = {}
+    if builtin:
+        for host, url in BUILTIN_UPSTREAMS.items():
+            by_host[host] = UpstreamSettings(host, url, library_prefix=host == DOCKER_HUB)
+    tables: tuple[str, list[Any]] | None = None
+    hub_url: tuple[str, str] | None = None
+    for source, raw in layers:
+        try:
+            value = _upstream_value(raw)
+        except ValueError as exc:
+            raise ConfigError(f"upstream (from {source}): {exc}") from None
+        if isinstance(value, str):
+            hub_url = (source, value)
+        else:
+            tables, hub_url = (source, value), None
+    if tables is not None:
+        source, items = tables
+        seen: set[str] = set()
+        for index, raw in enumerate(items):
+            settings, enabled = _upstream_table(raw, source, index, environ)
+            if settings.host in seen:
+                raise ConfigError(f"upstream {settings.host} (from {source}): listed twice")
+            seen.add(settings.host)
+            if enabled:
+                by_host[settings.host] = settings
+            else:
+                by_host.pop(settings.host, None)
+    if hub_url is not None:
+        source, url = hub_url
+        hub = by_host.get(DOCKER_HUB, UpstreamSettings(DOCKER_HUB, url, library_prefix=True))
+        by_host[DOCKER_HUB] = replace(hub, url=url, source=source)
+    if not by_host:
+        raise ConfigError(
+            "upstream: no registry left to serve; add [[upstream]] tables "
+            "or set builtin_upstreams = true"
+        )
+    return tuple(by_host.values())
+
+
 def _log_level(value: Any) -> str:
     text = str(value).lower()
     if text not in ("debug", "info", "warning", "error"):
@@ -276,10 +504,7 @@ class Setting:
 
 SETTINGS: dict[str, Setting] = {
     "listen": Setting(_listen, "0.0.0.0:5000"),
-    "upstream": Setting(_url, DOCKER_HUB_URL),
-    "upstream_username": Setting(_optional_str, ""),
-    "upstream_password": Setting(_optional_str, "", secret=True),
-    "library_prefix": Setting(_auto_bool, "auto"),
+    "builtin_upstreams": Setting(_bool, True),
     "data_dir": Setting(_path, "./data"),
     "redis_url": Setting(_redis_url, "", secret=True),
     "redis_key_prefix": Setting(_prefix, "mirror:"),
@@ -295,7 +520,9 @@ SETTINGS: dict[str, Setting] = {
     "read_timeout": Setting(_seconds, 30.0),
     "log_level": Setting(_log_level, "info"),
 }
-assert set(SETTINGS) == {f.name for f in fields(Config)}
+# `upstream` is layered its own way (see `_upstreams`): a URL or a list of tables.
+UPSTREAM_KEY = "upstream"
+assert set(SETTINGS) | {"upstreams"} == {f.name for f in fields(Config)}
 
 
 @dataclass(frozen=True)
@@ -320,26 +547,30 @@ def load(
     environ = os.environ if environ is None else environ
     raw: dict[str, Any] = {key: setting.default for key, setting in SETTINGS.items()}
     sources = dict.fromkeys(SETTINGS, "default")
+    upstream_layers: list[tuple[str, Any]] = []
+
+    def set_value(key: str, value: Any, source: str) -> None:
+        if key == UPSTREAM_KEY:
+            upstream_layers.append((source, value))
+        else:
+            raw[key] = value
+            sources[key] = source
 
     file = config_file
     if file is None and DEFAULT_CONFIG_FILE.is_file():
         file = DEFAULT_CONFIG_FILE
     if file is not None:
         for key, value in _read_file(file).items():
-            raw[key] = value
-            sources[key] = str(file)
-
-    for key in SETTINGS:
+            set_value(key, value, str(file))
+    for key in (*SETTINGS, UPSTREAM_KEY):
         env_name = ENV_PREFIX + key.upper()
         if env_name in environ:
-            raw[key] = environ[env_name]
-            sources[key] = env_name
+            set_value(key, environ[env_name], env_name)
     for key, value in (overrides or {}).items():
-        if key not in SETTINGS:
+        if key not in SETTINGS and key != UPSTREAM_KEY:
             raise ConfigError(f"unknown setting {key!r}")
         if value is not None:
-            raw[key] = value
-            sources[key] = "--" + key.replace("_", "-")
+            set_value(key, value, "--" + key.replace("_", "-"))
 
     values: dict[str, Any] = {}
     for key, setting in SETTINGS.items():
@@ -347,14 +578,8 @@ def load(
             values[key] = setting.parse(raw[key])
         except ValueError as exc:
             raise ConfigError(f"{key} (from {sources[key]}): {exc}") from None
-    config = Config(**values) if values["library_prefix"] is not None else _auto_prefix(values)
-    return LoadedConfig(config=config, sources=sources, file=file)
-
-
-def _auto_prefix(values: dict[str, Any]) -> Config:
-    """`library_prefix = "auto"` means: on exactly when the upstream is Docker Hub."""
-    host = urlsplit(values["upstream"]).hostname or ""
-    return Config(**{**values, "library_prefix": host in DOCKER_HUB_HOSTS})
+    values["upstreams"] = _upstreams(upstream_layers, values["builtin_upstreams"], environ)
+    return LoadedConfig(config=Config(**values), sources=sources, file=file)
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -368,8 +593,8 @@ def _read_file(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     for key in data:
-        if key not in SETTINGS:
-            known = ", ".join(SETTINGS)
+        if key not in SETTINGS and key != UPSTREAM_KEY:
+            known = ", ".join((*SETTINGS, UPSTREAM_KEY))
             raise ConfigError(f"{path}: unknown key {key!r} (known keys: {known})")
     return data
 
@@ -379,20 +604,37 @@ def render(loaded: LoadedConfig) -> str:
     lines = []
     for key, setting in SETTINGS.items():
         value = getattr(loaded.config, key)
-        if setting.secret and value:
-            text = '"********"'
-        elif value is None:
-            text = '""'
-        elif isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, int | float):
-            text = repr(value)
-        elif isinstance(value, tuple):
-            text = "[" + ", ".join(str(item) for item in value) + "]"
-        else:
-            text = _toml_str(str(value))
+        text = '"********"' if setting.secret and value else _toml_value(value)
         lines.append(f"{key} = {text}  # {loaded.sources[key]}")
+    for upstream in loaded.config.upstreams:
+        lines += ["", f"[[upstream]]  # {upstream.source}"]
+        lines.append(f"host = {_toml_str(upstream.host)}")
+        lines.append(f"url = {_toml_str(upstream.url)}")
+        if upstream.username is not None:
+            lines.append(f"username = {_toml_str(upstream.username)}")
+            lines.append(f'password = "********"  # from {upstream.password_source}')
+        lines.append(f"library_prefix = {_toml_value(upstream.library_prefix)}")
+        if upstream.tag_ttl is not None:
+            lines.append(f"tag_ttl = {upstream.tag_ttl!r}")
+        if upstream.tag_rules:
+            lines.append(f"tag_rules = {_toml_value(upstream.tag_rules)}")
+        if upstream.ca_file is not None:
+            lines.append(f"ca_file = {_toml_str(str(upstream.ca_file))}")
+        if upstream.insecure:
+            lines.append("insecure = true")
     return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return '""'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(str(item) for item in value) + "]"
+    return _toml_str(str(value))
 
 
 def _toml_str(text: str) -> str:

@@ -21,6 +21,10 @@ _NAME_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 _TAG_RE = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 # OCI image-spec descriptor grammar: algorithm ":" encoded.
 _DIGEST_RE = re.compile(r"([a-z0-9]+(?:[+._-][a-z0-9]+)*):([a-zA-Z0-9=_-]+)")
+# A registry host as it appears first in an image reference: DNS labels, an IPv4 address or
+# a bracketed IPv6 address, with an optional port.
+_LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
+_HOST_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-f:.]+\])(?::[0-9]{{1,5}})?")
 # Docker clients reject references over 255 characters including the host part.
 MAX_NAME_LENGTH = 255
 
@@ -37,6 +41,18 @@ def parse_name(name: str) -> str:
     if not _NAME_RE.fullmatch(name):
         raise RegistryError(errors.NAME_INVALID, "invalid repository name", detail={"name": name})
     return name
+
+
+def looks_like_host(component: str) -> bool:
+    """Docker's rule for the first component of a reference: it names a registry host when
+    it has a "." or a ":" or is "localhost" (`ghcr.io/org/app`, `localhost:5000/app`);
+    otherwise the reference is on Docker Hub (`bitnami/redis`)."""
+    return "." in component or ":" in component or component == "localhost"
+
+
+def is_registry_host(text: str) -> bool:
+    """Whether `text` is a well-formed registry host (lower-case) by Docker's rule."""
+    return looks_like_host(text) and _HOST_RE.fullmatch(text) is not None
 
 
 def parse_tag(tag: str) -> str:

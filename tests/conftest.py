@@ -73,7 +73,6 @@ def start_mirror(aiohttp_client: AiohttpClient, tmp_path: Path, data_dir: Path) 
         values = {
             "upstream": upstream_url,
             "data_dir": str(data_dir),
-            "library_prefix": True,
             "connect_timeout": 2.0,
             "read_timeout": 5.0,
             **settings,
@@ -117,6 +116,12 @@ def multiarch(upstream: FakeRegistry) -> Manifest:
     index = make_index([make_image(arch="amd64", seed=1), make_image(arch="arm64", seed=1)])
     upstream.push_image("library/multi", "1", index)
     return index
+
+
+def docker_io(url: str, **keys: Any) -> list[dict[str, Any]]:
+    """An `upstream` setting of one table: docker.io reached at `url`, with `keys` (such as
+    credentials) set on it. Pass it as `start_mirror(url, upstream=docker_io(url, ...))`."""
+    return [{"host": "docker.io", "url": url, **keys}]
 
 
 def sha256(data: bytes) -> str:

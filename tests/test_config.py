@@ -26,18 +26,22 @@ def run_cli(
     )
 
 
-def test_defaults_serve_docker_hub_with_the_library_prefix(tmp_path: Path) -> None:
+def test_defaults_serve_the_public_registries_docker_hub_with_the_library_prefix(
+    tmp_path: Path,
+) -> None:
     loaded = config.load(config_file=None, environ={})
     cfg = loaded.config
     assert str(cfg.listen) == "0.0.0.0:5000"
-    assert cfg.upstream == "https://registry-1.docker.io"
-    assert cfg.library_prefix is True
     assert cfg.redis_url is None
-
-
-def test_library_prefix_auto_is_off_for_other_upstreams() -> None:
-    cfg = config.load(environ={}, overrides={"upstream": "https://ghcr.io"}).config
-    assert cfg.library_prefix is False
+    assert [u.host for u in cfg.upstreams] == list(config.BUILTIN_UPSTREAMS)
+    hub = cfg.upstream("docker.io")
+    assert hub is not None
+    assert hub.url == "https://registry-1.docker.io"
+    assert hub.library_prefix is True
+    assert hub.username is None
+    ghcr = cfg.upstream("ghcr.io")
+    assert ghcr is not None
+    assert (ghcr.url, ghcr.library_prefix) == ("https://ghcr.io", False)
 
 
 def test_layers_override_in_order(tmp_path: Path) -> None:
@@ -64,7 +68,7 @@ def test_layers_override_in_order(tmp_path: Path) -> None:
         ('upstream = "ftp://x"', "upstream (from"),
         ('upstream = "https://u:p@x"', "credentials do not belong in the URL"),
         ("read_timeout = -1", "read_timeout (from"),
-        ('library_prefix = "maybe"', "library_prefix (from"),
+        ('builtin_upstreams = "maybe"', "builtin_upstreams (from"),
         ('redis_url = "http://x"', "redis_url (from"),
         ('colour = "blue"', "unknown key 'colour'"),
         ("listen = ", "not valid TOML"),
@@ -80,6 +84,11 @@ def test_bad_file_values_name_the_key(tmp_path: Path, content: str, message: str
 def test_bad_environment_value_names_the_variable() -> None:
     with pytest.raises(ConfigError, match="connect_timeout \\(from MIRROR_CONNECT_TIMEOUT\\)"):
         config.load(environ={"MIRROR_CONNECT_TIMEOUT": "soon"})
+
+
+def test_bad_environment_value_of_upstream_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match="upstream \\(from MIRROR_UPSTREAM\\)"):
+        config.load(environ={"MIRROR_UPSTREAM": "[{not json"})
 
 
 def test_missing_explicit_config_file_is_an_error(tmp_path: Path) -> None:
@@ -99,12 +108,13 @@ def test_shipped_mirror_toml_documents_every_key_and_loads() -> None:
 
 def test_check_config_prints_effective_config_with_secrets_masked(tmp_path: Path) -> None:
     (tmp_path / "mirror.toml").write_text(
-        'upstream_username = "bot"\nredis_url = "redis://:hunter2@127.0.0.1:6379/0"\n'
+        'redis_url = "redis://:hunter2@127.0.0.1:6379/0"\n'
+        '[[upstream]]\nhost = "docker.io"\nusername = "bot"\npassword_env = "HUB_TOKEN"\n'
     )
-    result = run_cli("check-config", env={"MIRROR_UPSTREAM_PASSWORD": "s3cret"}, cwd=tmp_path)
+    result = run_cli("check-config", env={"HUB_TOKEN": "s3cret"}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert 'upstream_username = "bot"' in result.stdout
-    assert 'upstream_password = "********"  # MIRROR_UPSTREAM_PASSWORD' in result.stdout
+    assert 'username = "bot"' in result.stdout
+    assert 'password = "********"  # from environment variable HUB_TOKEN' in result.stdout
     assert "s3cret" not in result.stdout
     assert "hunter2" not in result.stdout
     assert "mirror.toml" in result.stdout
@@ -134,15 +144,16 @@ def test_tag_rules_decide_freshness_first_match_wins(tmp_path: Path) -> None:
         '[[tag_rules]]\nmatch = "library/*"\nttl = 600\n'
     )
     cfg = config.load(config_file=file, environ={}).config
-    assert cfg.freshness("library/alpine", "latest") == config.Freshness(60, False)
-    assert cfg.freshness("team/app", "v1.2.3") == config.Freshness(300, True)
-    assert cfg.freshness("library/alpine", "3.19") == config.Freshness(600, False)
-    assert cfg.freshness("team/app", "edge") == config.Freshness(300, False)
+    hub = "docker.io"
+    assert cfg.freshness(hub, "library/alpine", "latest") == config.Freshness(60, False)
+    assert cfg.freshness(hub, "team/app", "v1.2.3") == config.Freshness(300, True)
+    assert cfg.freshness(hub, "library/alpine", "3.19") == config.Freshness(600, False)
+    assert cfg.freshness(hub, "team/app", "edge") == config.Freshness(300, False)
 
 
 def test_tag_rules_from_the_environment_are_json() -> None:
     cfg = config.load(environ={"MIRROR_TAG_RULES": '[{"match": "*:latest", "ttl": 5}]'}).config
-    assert cfg.freshness("a/b", "latest").ttl == 5
+    assert cfg.freshness("docker.io", "a/b", "latest").ttl == 5
 
 
 @pytest.mark.parametrize(

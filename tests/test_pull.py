@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import Client, StartMirror, answered, sha256
+from tests.conftest import Client, StartMirror, answered, docker_io, sha256
 from tests.fakeupstream import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
@@ -99,7 +99,9 @@ async def test_one_segment_names_get_the_library_prefix(
 async def test_library_prefix_can_be_switched_off(
     upstream: FakeRegistry, start_mirror: StartMirror, alpine: Manifest
 ) -> None:
-    mirror = await start_mirror(upstream.url, library_prefix=False)
+    mirror = await start_mirror(
+        upstream.url, upstream=docker_io(upstream.url, library_prefix=False)
+    )
     resp = await mirror.get("/v2/alpine/manifests/3.19")
     assert resp.status == 404
     assert answered(upstream, path="/v2/alpine/manifests/3.19") >= 1

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from tests.conftest import Client, StartMirror
+from tests.conftest import Client, StartMirror, docker_io
 from tests.fakeupstream import FakeRegistry, Manifest, make_image
 from tests.test_pull import pull_like_docker
 
@@ -71,7 +71,7 @@ async def test_configured_credentials_reach_the_token_realm(
         assert (await resp.json())["errors"][0]["code"] == "DENIED"
 
         mirror = await start_mirror(
-            private.url, upstream_username="bot", upstream_password="s3cret"
+            private.url, upstream=docker_io(private.url, username="bot", password="s3cret")
         )
         await pull_like_docker(mirror, "team/app", "1")
         token_requests = private.filter_requests(server="auth", method="GET")
@@ -82,7 +82,9 @@ async def test_configured_credentials_reach_the_token_realm(
 async def test_basic_auth_upstreams_work(start_mirror: StartMirror, alpine: Manifest) -> None:
     async with FakeRegistry(auth="basic", users={"bot": "pw"}, redirect_blobs=False) as basic:
         basic.push_image("team/app", "1", alpine)
-        mirror = await start_mirror(basic.url, upstream_username="bot", upstream_password="pw")
+        mirror = await start_mirror(
+            basic.url, upstream=docker_io(basic.url, username="bot", password="pw")
+        )
         await pull_like_docker(mirror, "team/app", "1")
         assert basic.count(server="auth") == 0
 
@@ -94,7 +96,9 @@ async def test_credentials_and_tokens_never_appear_in_logs(
     async with FakeRegistry(users={"bot": "hunter2"}, anonymous_pull=False) as private:
         private.push_image("team/app", "1", alpine)
         mirror = await start_mirror(
-            private.url, upstream_username="bot", upstream_password="hunter2", log_level="debug"
+            private.url,
+            upstream=docker_io(private.url, username="bot", password="hunter2"),
+            log_level="debug",
         )
         await pull_like_docker(mirror, "team/app", "1")
         tokens = {

@@ -2,7 +2,8 @@
 
 Eviction and garbage collection need them, but a store write per request would put the
 metadata store on the hot path; so accesses collect in memory and are written in batches
-every few seconds (and at shutdown). Repositories seen in a batch join the catalog.
+every few seconds (and at shutdown). Repositories seen in a batch join their upstream's
+catalog; access records name them qualified (`ghcr.io/org/app`), unique across upstreams.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from mirror.meta.store import Access, MetaStore
+from mirror.upstream.routing import UpstreamRepo
 
 log = logging.getLogger(__name__)
 
@@ -24,35 +26,38 @@ class AccessRecorder:
     def __init__(
         self,
         meta: MetaStore,
-        upstream: str,
         *,
         interval: float = FLUSH_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._meta = meta
-        self._upstream = upstream
         self._interval = interval
         self._clock = clock
         self._pending: dict[str, Access] = {}
+        self._repos: set[tuple[str, str]] = set()  # (upstream host, repository) seen
         self._task: asyncio.Task[None] | None = None
 
-    def touch(self, digest: str, repo: str) -> None:
+    def touch(self, digest: str, repo: UpstreamRepo) -> None:
         """Note an access; costs a dict update, never I/O."""
         access = self._pending.get(digest)
         if access is None:
             access = self._pending[digest] = Access(last_access=self._clock())
         else:
             access.last_access = self._clock()
-        access.repos.add(repo)
+        access.repos.add(repo.qualified)
+        self._repos.add((repo.upstream.host, repo.name))
 
     async def flush(self) -> None:
         """Write what has collected since the last flush."""
         batch, self._pending = self._pending, {}
-        if not batch:
-            return
-        await self._meta.record_access(batch)
-        repos = set().union(*(access.repos for access in batch.values()))
-        await self._meta.add_repositories(self._upstream, sorted(repos))
+        repos, self._repos = self._repos, set()
+        if batch:
+            await self._meta.record_access(batch)
+        by_upstream: dict[str, list[str]] = {}
+        for host, name in sorted(repos):
+            by_upstream.setdefault(host, []).append(name)
+        for host, names in by_upstream.items():
+            await self._meta.add_repositories(host, names)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="access-recorder")

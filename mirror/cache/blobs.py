@@ -22,7 +22,8 @@ from mirror.cache.access import AccessRecorder
 from mirror.cache.store import DownloadClaim, FilesystemStore, IntegrityError
 from mirror.errors import RegistryError
 from mirror.reference import Digest
-from mirror.upstream.client import UpstreamClient, UpstreamError
+from mirror.upstream.client import UpstreamError
+from mirror.upstream.routing import UpstreamRepo
 
 log = logging.getLogger(__name__)
 
@@ -156,26 +157,26 @@ class BlobCache:
     def __init__(
         self,
         store: FilesystemStore,
-        upstream: UpstreamClient,
         access: AccessRecorder,
         *,
         offline: bool = False,
     ) -> None:
         self._store = store
-        self._upstream = upstream
         self._access = access
         self._offline = offline
         self._downloads: dict[Digest, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def cached(self, repo: str, digest: Digest) -> CachedBlob | None:
+    def cached(self, repo: UpstreamRepo, digest: Digest) -> CachedBlob | None:
+        """The blob, if the store holds it. Blobs are stored once whichever upstream they
+        came from: a digest names the same bytes everywhere."""
         size = self._store.blob_size(digest)
         if size is None:
             return None
         self._access.touch(str(digest), repo)
         return CachedBlob(self._store.blob_path(digest), size)
 
-    async def size(self, repo: str, digest: Digest) -> int | None:
+    async def size(self, repo: UpstreamRepo, digest: Digest) -> int | None:
         """The blob's size without downloading it: from the cache, from a download in
         flight, or from an upstream HEAD."""
         if (size := self._store.blob_size(digest)) is not None:
@@ -186,9 +187,9 @@ class BlobCache:
             if download.size is not None:
                 return download.size
         self._refuse_when_offline()
-        return await self._upstream.head_blob(repo, digest)
+        return await repo.upstream.head_blob(repo.name, digest)
 
-    async def download(self, repo: str, digest: Digest) -> Download:
+    async def download(self, repo: UpstreamRepo, digest: Digest) -> Download:
         """The download of `digest`, started (size known): joined if one is in flight in
         this process, followed if another process on this host has it, else begun."""
         for attempt in range(2):
@@ -203,7 +204,7 @@ class BlobCache:
             return download
         raise AssertionError("unreachable")
 
-    def _join_or_start(self, repo: str, digest: Digest) -> Download:
+    def _join_or_start(self, repo: UpstreamRepo, digest: Digest) -> Download:
         download = self._downloads.get(digest)
         if download is not None:
             return download
@@ -275,10 +276,11 @@ class BlobCache:
         finally:
             self._downloads.pop(digest, None)
 
-    async def _run(self, repo: str, download: Download, claim: DownloadClaim) -> None:
+    async def _run(self, repo: UpstreamRepo, download: Download, claim: DownloadClaim) -> None:
         digest = download.digest
+        upstream = repo.upstream
         try:
-            async with self._upstream.open_blob(repo, digest) as stream:
+            async with upstream.open_blob(repo.name, digest) as stream:
                 writer = claim.writer(stream.size)
                 try:
                     download.started(writer.path, stream.size)
@@ -294,14 +296,14 @@ class BlobCache:
             log.error(
                 "upstream integrity error: %s from %s for %s: %s; discarded",
                 digest,
-                self._upstream.name,
-                repo,
+                upstream.name,
+                repo.name,
                 exc,
             )
             download.failed(
                 UpstreamError(
                     errors.UPSTREAM_BAD_GATEWAY,
-                    f"upstream {self._upstream.name} sent bytes that do not match {digest}",
+                    f"upstream {upstream.name} sent bytes that do not match {digest}",
                 )
             )
         except RegistryError as exc:

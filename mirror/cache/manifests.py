@@ -29,6 +29,7 @@ from mirror.ratelimit import RateLimit
 from mirror.reference import Digest
 from mirror.singleflight import SingleFlight
 from mirror.upstream.client import FetchedManifest, UpstreamClient, UpstreamError
+from mirror.upstream.routing import UpstreamRepo
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,6 @@ class ManifestCache:
     def __init__(
         self,
         store: FilesystemStore,
-        upstream: UpstreamClient,
         meta: MetaStore,
         access: AccessRecorder,
         config: Config,
@@ -67,7 +67,6 @@ class ManifestCache:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
-        self._upstream = upstream
         self._meta = meta
         self._access = access
         self._config = config
@@ -77,11 +76,11 @@ class ManifestCache:
         self._record_reads: SingleFlight[TagKey, TagRecord | None] = SingleFlight()
         # Recently read tag records: (record, time.monotonic() until which it may be used).
         self._hot: dict[TagKey, tuple[TagRecord, float]] = {}
-        self._reported_ratelimit: RateLimit | None = None
+        self._reported_ratelimit: dict[str, RateLimit] = {}  # by upstream host
 
-    async def by_digest(self, repo: str, digest: Digest) -> StoredManifest:
+    async def by_digest(self, repo: UpstreamRepo, digest: Digest) -> StoredManifest:
         """The manifest with this digest; fetched (once, however many ask) and verified if
-        the store lacks it."""
+        the store lacks it. Stored once whichever upstream it came from."""
         manifest = self._store.read_manifest(digest)
         if manifest is None:
             if self._config.offline:
@@ -93,20 +92,22 @@ class ManifestCache:
         return manifest
 
     async def resolve(
-        self, repo: str, tag: str, accept: frozenset[str], *, with_bytes: bool
+        self, repo: UpstreamRepo, tag: str, accept: frozenset[str], *, with_bytes: bool
     ) -> Resolved:
         """What `tag` names for this Accept class: from a fresh record without asking
-        anyone, else revalidated upstream, else (upstream failing) from a stale record."""
-        key = TagKey(self._upstream.name, repo, tag, mediatypes.accept_class(accept))
+        anyone, else revalidated upstream, else (upstream failing) from a stale record.
+        Records are per upstream: the same name on two registries never shares one."""
+        upstream = repo.upstream
+        key = TagKey(upstream.host, repo.name, tag, mediatypes.accept_class(accept))
         record = await self._get_record(key)
         if record is not None:
-            freshness = self._config.freshness(repo, tag)
+            freshness = self._config.freshness(upstream.host, repo.name, tag)
             if freshness.immutable or self._clock() - record.confirmed_at < freshness.ttl:
                 return await self._answer(repo, record, with_bytes)
             if self._config.offline:
                 return await self._answer(repo, record, with_bytes, stale="the mirror is offline")
-            if await self._budget_exhausted():
-                reason = f"upstream {self._upstream.name} rate limit nearly used up"
+            if await self._budget_exhausted(upstream):
+                reason = f"upstream {upstream.name} rate limit nearly used up"
                 return await self._answer(repo, record, with_bytes, stale=reason)
         elif self._config.offline:
             raise RegistryError(
@@ -115,14 +116,14 @@ class ManifestCache:
 
         try:
             current = await self._revalidations.run(
-                key, lambda: self._revalidate(key, accept, record)
+                key, lambda: self._revalidate(repo, key, accept, record)
             )
         except UpstreamError as exc:
             if record is None or (
                 with_bytes and not self._store.has_manifest(Digest.parse(record.digest))
             ):
                 raise
-            log.warning("serving %s:%s stale: %s", repo, tag, exc)
+            log.warning("serving %s:%s stale: %s", repo.qualified, tag, exc)
             return await self._answer(repo, record, with_bytes, stale=str(exc))
         except RegistryError as exc:
             if record is not None and exc.status == 404:  # the tag is gone upstream
@@ -153,14 +154,14 @@ class ManifestCache:
         self._hot[key] = (record, time.monotonic() + self._config.tag_cache_seconds)
 
     async def _answer(
-        self, repo: str, record: TagRecord, with_bytes: bool, *, stale: str | None = None
+        self, repo: UpstreamRepo, record: TagRecord, with_bytes: bool, *, stale: str | None = None
     ) -> Resolved:
         digest = Digest.parse(record.digest)
         manifest = await self.by_digest(repo, digest) if with_bytes else None
         return Resolved(digest, record.media_type, record.size, manifest, stale)
 
     async def _revalidate(
-        self, key: TagKey, accept: frozenset[str], known: TagRecord | None
+        self, repo: UpstreamRepo, key: TagKey, accept: frozenset[str], known: TagRecord | None
     ) -> TagRecord:
         """Ask the upstream what the tag names now, and record it. Across processes sharing
         the metadata store only one asks; the others wait for its record."""
@@ -172,18 +173,18 @@ class ManifestCache:
                 return newer
         try:
             header = mediatypes.accept_header(accept)
-            head = await self._upstream.head_manifest(key.repo, key.tag, header)
+            head = await repo.upstream.head_manifest(repo.name, key.tag, header)
             if head is not None:
                 record = TagRecord(str(head.digest), head.media_type, head.size, self._clock())
             else:
-                manifest = await self._fetch_by_tag(key.repo, key.tag, header)
+                manifest = await self._fetch_by_tag(repo, key.tag, header)
                 record = TagRecord(
                     str(manifest.digest), manifest.media_type, len(manifest.data), self._clock()
                 )
             await self._meta.put_tag(key, record)
             return record
         finally:
-            await self._report_ratelimit()
+            await self._report_ratelimit(repo.upstream)
             if token is not None:
                 await self._meta.unlock(lock, token)
 
@@ -209,22 +210,22 @@ class ManifestCache:
         except TimeoutError:
             return None
 
-    async def _budget_exhausted(self) -> bool:
+    async def _budget_exhausted(self, upstream: UpstreamClient) -> bool:
         """Whether the upstream's pull budget is at the configured floor: the shared record
         first (another process may have seen it fall), else what this process saw."""
-        ratelimit = await self._meta.get_rate_limit(self._upstream.name)
-        ratelimit = ratelimit or self._upstream.ratelimit
+        ratelimit = await self._meta.get_rate_limit(upstream.host)
+        ratelimit = ratelimit or upstream.ratelimit
         return ratelimit is not None and ratelimit.exhausted(
             self._config.ratelimit_floor, self._clock()
         )
 
-    async def _report_ratelimit(self) -> None:
-        ratelimit = self._upstream.ratelimit
-        if ratelimit is not None and ratelimit is not self._reported_ratelimit:
-            self._reported_ratelimit = ratelimit
-            await self._meta.put_rate_limit(self._upstream.name, ratelimit)
+    async def _report_ratelimit(self, upstream: UpstreamClient) -> None:
+        ratelimit = upstream.ratelimit
+        if ratelimit is not None and ratelimit is not self._reported_ratelimit.get(upstream.host):
+            self._reported_ratelimit[upstream.host] = ratelimit
+            await self._meta.put_rate_limit(upstream.host, ratelimit)
 
-    async def _fetch_by_digest(self, repo: str, digest: Digest) -> StoredManifest:
+    async def _fetch_by_digest(self, repo: UpstreamRepo, digest: Digest) -> StoredManifest:
         """GET a manifest once, even when several processes want it at the same moment: one
         takes the lock and fetches, the others wait for it to appear in the store."""
         lock = f"manifest:{digest}"
@@ -239,39 +240,41 @@ class ManifestCache:
         # Ask for every type: a digest names exactly one manifest, whatever the client accepts.
         accept = mediatypes.accept_header(frozenset(mediatypes.MANIFEST_TYPES))
         try:
-            fetched = await self._upstream.get_manifest(
-                repo, str(digest), accept, algorithm=digest.algorithm
+            fetched = await repo.upstream.get_manifest(
+                repo.name, str(digest), accept, algorithm=digest.algorithm
             )
             if fetched.digest != digest:
                 raise self._integrity_error(repo, digest, fetched)
             return await self._keep(repo, fetched)
         finally:
-            await self._report_ratelimit()
+            await self._report_ratelimit(repo.upstream)
             if token is not None:
                 await self._meta.unlock(lock, token)
 
-    async def _fetch_by_tag(self, repo: str, tag: str, accept: str) -> StoredManifest:
-        fetched = await self._upstream.get_manifest(repo, tag, accept)
+    async def _fetch_by_tag(self, repo: UpstreamRepo, tag: str, accept: str) -> StoredManifest:
+        fetched = await repo.upstream.get_manifest(repo.name, tag, accept)
         if fetched.claimed is not None and fetched.claimed != fetched.digest:
             raise self._integrity_error(repo, fetched.claimed, fetched)
         return await self._keep(repo, fetched)
 
-    async def _keep(self, repo: str, fetched: FetchedManifest) -> StoredManifest:
-        """Store verified bytes; the repository joins the catalog right away."""
+    async def _keep(self, repo: UpstreamRepo, fetched: FetchedManifest) -> StoredManifest:
+        """Store verified bytes; the repository joins its upstream's catalog right away."""
         manifest = StoredManifest(fetched.data, fetched.media_type, fetched.digest)
         await self._store.write_manifest(manifest)
-        await self._meta.add_repositories(self._upstream.name, [repo])
+        await self._meta.add_repositories(repo.upstream.host, [repo.name])
         return manifest
 
-    def _integrity_error(self, repo: str, expected: Digest, got: FetchedManifest) -> UpstreamError:
+    def _integrity_error(
+        self, repo: UpstreamRepo, expected: Digest, got: FetchedManifest
+    ) -> UpstreamError:
         log.error(
             "upstream integrity error: manifest %s of %s from %s hashes to %s; discarded",
             expected,
-            repo,
-            self._upstream.name,
+            repo.name,
+            repo.upstream.name,
             got.digest,
         )
         return UpstreamError(
             errors.UPSTREAM_BAD_GATEWAY,
-            f"upstream {self._upstream.name} sent a manifest that does not match {expected}",
+            f"upstream {repo.upstream.name} sent a manifest that does not match {expected}",
         )

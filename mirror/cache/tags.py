@@ -13,7 +13,8 @@ from mirror import errors
 from mirror.config import Config
 from mirror.errors import RegistryError
 from mirror.meta.store import CachedResponse, MetaStore
-from mirror.upstream.client import UpstreamClient, UpstreamError
+from mirror.upstream.client import UpstreamError
+from mirror.upstream.routing import UpstreamRepo
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +32,19 @@ class TagsAnswer:
 class TagListCache:
     def __init__(
         self,
-        upstream: UpstreamClient,
         meta: MetaStore,
         config: Config,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._upstream = upstream
         self._meta = meta
         self._ttl = config.tags_list_ttl
         self._offline = config.offline
         self._clock = clock
 
-    async def page(self, repo: str, query: Sequence[tuple[str, str]]) -> TagsAnswer:
+    async def page(self, repo: UpstreamRepo, query: Sequence[tuple[str, str]]) -> TagsAnswer:
         """One page of the repository's tags, from the cache while fresh."""
-        key = f"tags:{self._upstream.name}/{repo}?{urlencode(list(query))}"
+        key = f"tags:{repo.qualified}?{urlencode(list(query))}"
         cached = await self._meta.get_response(key)
         if cached is not None and self._clock() - cached.stored_at < self._ttl:
             return _answer(cached)
@@ -56,11 +55,11 @@ class TagListCache:
                 errors.NAME_UNKNOWN, "tag list not cached, and the mirror is offline"
             )
         try:
-            page = await self._upstream.get_tags(repo, query)
+            page = await repo.upstream.get_tags(repo.name, query)
         except UpstreamError as exc:
             if cached is None:
                 raise
-            log.warning("serving tag list of %s stale: %s", repo, exc)
+            log.warning("serving tag list of %s stale: %s", repo.qualified, exc)
             return _answer(cached, stale=str(exc))
         headers = {"Link": page.link} if page.link else {}
         stored = CachedResponse(body=page.body, headers=headers, stored_at=self._clock())

@@ -18,6 +18,7 @@ from mirror.meta import open_meta_store
 from mirror.server.middleware import add_api_version, registry_errors
 from mirror.server.routes import RegistryRoutes
 from mirror.upstream.client import UpstreamClient
+from mirror.upstream.routing import Router
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +42,23 @@ async def create_app(
     meta = await open_meta_store(
         redis_url=config.redis_url, key_prefix=config.redis_key_prefix, data_dir=config.data_dir
     )
-    upstream = UpstreamClient(
-        config.upstream,
-        username=config.upstream_username,
-        password=config.upstream_password,
-        request_timeout=config.request_timeout,
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
+    router = Router(
+        UpstreamClient(
+            settings,
+            request_timeout=config.request_timeout,
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+        )
+        for settings in config.upstreams
     )
-    access = AccessRecorder(meta, upstream.name, clock=clock)
-    blobs = BlobCache(store, upstream, access, offline=config.offline)
-    manifests = ManifestCache(store, upstream, meta, access, config, clock=clock)
-    tags = TagListCache(upstream, meta, config, clock=clock)
+    access = AccessRecorder(meta, clock=clock)
+    blobs = BlobCache(store, access, offline=config.offline)
+    manifests = ManifestCache(store, meta, access, config, clock=clock)
+    tags = TagListCache(meta, config, clock=clock)
 
     app = web.Application(middlewares=[registry_errors])
     app.on_response_prepare.append(add_api_version)
-    RegistryRoutes(config, blobs, manifests, tags, meta, upstream.name).register(app.router)
+    RegistryRoutes(router, blobs, manifests, tags, meta).register(app.router)
 
     async def start(_: web.Application) -> None:
         access.start()
@@ -68,13 +70,14 @@ async def create_app(
 
     async def close(_: web.Application) -> None:
         await access.close()
-        await upstream.close()
+        await router.close()
         await meta.close()
 
     app.on_startup.append(start)
     app.on_shutdown.append(abort_downloads)
     app.on_cleanup.append(close)
-    mode = "offline, cache only" if config.offline else f"mirroring {upstream.name}"
+    served = ", ".join(f"{u.host} ({u.name})" for u in router.upstreams)
+    mode = f"offline, cache only, for {served}" if config.offline else f"mirroring {served}"
     backend = "Redis" if config.redis_url else "embedded SQLite"
     log.info("%s into %s; metadata in %s", mode, config.data_dir, backend)
     return app

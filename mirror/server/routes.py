@@ -14,11 +14,18 @@ from mirror import errors, mediatypes
 from mirror.cache.blobs import BlobCache, CachedBlob, Download
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.tags import TagListCache
-from mirror.config import DOCKER_HUB_HOSTS, Config
 from mirror.errors import RegistryError
 from mirror.meta.store import MetaStore
-from mirror.reference import Digest, is_digest, parse_name, parse_tag
+from mirror.reference import (
+    Digest,
+    is_digest,
+    is_registry_host,
+    looks_like_host,
+    parse_name,
+    parse_tag,
+)
 from mirror.server import responses
+from mirror.upstream.routing import Router, UpstreamRepo
 
 log = logging.getLogger(__name__)
 
@@ -34,22 +41,17 @@ class RegistryRoutes:
 
     def __init__(
         self,
-        config: Config,
+        router: Router,
         blobs: BlobCache,
         manifests: ManifestCache,
         tags: TagListCache,
         meta: MetaStore,
-        upstream_name: str,
     ) -> None:
-        self._library_prefix = config.library_prefix
+        self._router = router
         self._blobs = blobs
         self._manifests = manifests
         self._tags = tags
         self._meta = meta
-        self._upstream_name = upstream_name
-        # `ns` values that mean "the upstream": docker.io (which this upstream stands for,
-        # and what containerd sends for Docker Hub images) and the upstream's own host.
-        self._namespaces = DOCKER_HUB_HOSTS | {upstream_name.lower()}
 
     def register(self, router: web.UrlDispatcher) -> None:
         router.add_route("GET", "/v2", self.ping)
@@ -64,7 +66,8 @@ class RegistryRoutes:
     # --- handlers -------------------------------------------------------------------------
 
     async def ping(self, request: web.Request) -> web.Response:
-        self._check_namespace(request)
+        if (ns := request.query.get("ns")) is not None:
+            self._router.upstream(ns)  # refuse a registry the mirror does not serve
         return web.json_response({})
 
     async def refuse_push(self, request: web.Request) -> web.Response:
@@ -109,8 +112,8 @@ class RegistryRoutes:
 
     async def tags(self, request: web.Request) -> web.Response:
         self._check_read(request)
-        name = parse_name(request.match_info["name"])
-        repo = self._normalise(name)
+        repo = self._repository(request)
+        name = request.match_info["name"]  # as the client wrote it: Link points back to it
         query = _pagination(request, parse_tag)
         page = await self._tags.page(repo, query)
         headers = {}
@@ -121,10 +124,20 @@ class RegistryRoutes:
         return web.Response(body=page.body, content_type="application/json", headers=headers)
 
     async def catalog(self, request: web.Request) -> web.Response:
-        """The repositories this mirror holds content for (not the upstream's catalog)."""
-        self._check_namespace(request)
-        query = dict(_pagination(request, parse_name))
-        repos = await self._meta.list_repositories(self._upstream_name)
+        """The repositories this mirror holds content for (not the upstreams' catalogs):
+        with `ns`, that registry's; else all of them, named as they are pulled through the
+        mirror (`library/alpine` for docker.io, `ghcr.io/org/app` for the others)."""
+        query = dict(_pagination(request, _catalog_name))
+        if (ns := request.query.get("ns")) is not None:
+            repos = await self._meta.list_repositories(self._router.upstream(ns).host)
+        else:
+            repos = []
+            for upstream in self._router.upstreams:
+                names = await self._meta.list_repositories(upstream.host)
+                if upstream is not self._router.default:
+                    names = [f"{upstream.host}/{name}" for name in names]
+                repos += names
+            repos.sort()
         if "last" in query:
             repos = [repo for repo in repos if repo > query["last"]]
         headers = {}
@@ -141,25 +154,19 @@ class RegistryRoutes:
     def _check_read(self, request: web.Request) -> None:
         if request.method not in READ_METHODS:
             raise _read_only()
-        self._check_namespace(request)
 
-    def _check_namespace(self, request: web.Request) -> None:
-        ns = request.query.get("ns")
-        if ns is not None and ns.lower() not in self._namespaces:
-            raise RegistryError(
-                errors.NAME_UNKNOWN,
-                f"registry {ns[:255]!r} is not served by this mirror; it serves docker.io "
-                f"(upstream {self._upstream_name})",
-            )
+    def _repository(self, request: web.Request) -> UpstreamRepo:
+        return self._router.repository(request.match_info["name"], request.query.get("ns"))
 
-    def _repository(self, request: web.Request) -> str:
-        return self._normalise(parse_name(request.match_info["name"]))
 
-    def _normalise(self, name: str) -> str:
-        """Docker Hub's official images live under library/: `alpine` is `library/alpine`."""
-        if self._library_prefix and "/" not in name:
-            return f"library/{name}"
-        return name
+def _catalog_name(name: str) -> str:
+    """A catalog entry: a repository name, perhaps behind a registry host."""
+    first, sep, rest = name.partition("/")
+    if sep and looks_like_host(first):
+        if not is_registry_host(first):
+            raise RegistryError(errors.NAME_INVALID, "invalid registry host in `last`")
+        return f"{first}/{parse_name(rest)}"
+    return parse_name(name)
 
 
 def _read_only() -> RegistryError:

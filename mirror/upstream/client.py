@@ -19,6 +19,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from mirror import errors
+from mirror.config import UpstreamSettings
 from mirror.errors import ErrorCode, RegistryError
 from mirror.mediatypes import bare_type
 from mirror.ratelimit import RateLimit, parse_ratelimit
@@ -74,15 +75,16 @@ class UpstreamClient:
 
     def __init__(
         self,
-        url: str,
+        settings: UpstreamSettings,
         *,
-        username: str | None = None,
-        password: str | None = None,
         request_timeout: float = 5.0,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.url = settings.url.rstrip("/")
+        #: The registry this upstream stands for (`docker.io`): what keys its cache records.
+        self.host = settings.host
+        self.library_prefix = settings.library_prefix
         parts = urlsplit(self.url)
         self.name = parts.netloc  # used in every message; never includes credentials
         self._origin = (parts.scheme, parts.netloc)
@@ -95,10 +97,14 @@ class UpstreamClient:
         self._session = aiohttp.ClientSession(
             timeout=timeout,
             auto_decompress=False,  # digests cover the bytes as sent
-            connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),
+            connector=aiohttp.TCPConnector(
+                limit=256, limit_per_host=64, ssl=settings.ssl_context()
+            ),
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
         )
-        self._auth = Authenticator(self._session, username=username, password=password)
+        self._auth = Authenticator(
+            self._session, username=settings.username, password=settings.password
+        )
 
     async def close(self) -> None:
         await self._session.close()
@@ -258,6 +264,14 @@ class UpstreamClient:
         """Map a transport failure to the status a client should see, naming the upstream."""
         if isinstance(exc, TimeoutError):
             return UpstreamError(errors.UPSTREAM_TIMEOUT, f"upstream {self.name} timed out")
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            cause = exc.certificate_error
+            reason = getattr(cause, "verify_message", None) or type(cause).__name__
+            return UpstreamError(
+                errors.UPSTREAM_BAD_GATEWAY,
+                f"upstream {self.name} has a TLS certificate the mirror does not trust "
+                f"({reason}): set the upstream's ca_file, or insecure = true for a lab",
+            )
         if isinstance(exc, aiohttp.ClientConnectorError):
             return UpstreamError(
                 errors.UPSTREAM_UNAVAILABLE, f"upstream {self.name} is unreachable: {exc.strerror}"
