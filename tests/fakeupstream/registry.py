@@ -15,6 +15,7 @@ import binascii
 import json
 import re
 import secrets
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -278,8 +279,10 @@ class FakeRegistry:
         send_digest_header: bool = True,
         token_expires_in: int = 300,
         ratelimit: tuple[int, int] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """Configure behaviour; nothing listens until start()."""
+        """Configure behaviour; nothing listens until start(). With `tls` (a server
+        context) all three servers speak HTTPS."""
         if auth not in ("bearer", "basic", "none"):
             raise ValueError(f"unknown auth mode {auth!r}")
         self.auth = auth
@@ -297,6 +300,7 @@ class FakeRegistry:
         self._blobs: dict[str, Blob] = {}
         self._tokens: dict[str, _Grant] = {}
         self._cdn_sigs: dict[str, tuple[str, float]] = {}
+        self._tls = tls
         self._runners: list[web.AppRunner] = []
         self._urls: dict[str, str] = {}
 
@@ -355,10 +359,11 @@ class FakeRegistry:
                 )
                 await runner.setup()
                 self._runners.append(runner)
-                site = web.TCPSite(runner, "127.0.0.1", 0)
+                site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self._tls)
                 await site.start()
                 host, port = runner.addresses[0][:2]
-                self._urls[name] = f"http://{host}:{port}"
+                scheme = "https" if self._tls is not None else "http"
+                self._urls[name] = f"{scheme}://{host}:{port}"
         except BaseException:
             await self.close()
             raise
