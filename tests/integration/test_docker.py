@@ -130,9 +130,8 @@ def test_upstream_outage_cached_tag_still_pulls_uncached_fails_fast(
         assert repo_digests(dockerd, ref) == [cached.digest]
         assert "Downloaded newer image" in again.stdout
         # The mirror tried the upstream, failed, and said so, naming it.
-        assert f"serving {cached.ref} stale: upstream {upstream.host} is unreachable" in (
-            mirror.stderr
-        )
+        stale = f"serving docker.io/{cached.ref} stale: upstream {upstream.host} is unreachable"
+        assert stale in mirror.stderr
 
         started = time.monotonic()
         failed = dockerd.docker("pull", f"{docker_name(uncached)}:{uncached.tag}", timeout=120)
