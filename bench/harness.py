@@ -174,7 +174,7 @@ class Side(Protocol):
 class OursMirror(MirrorServer):
     """`python -m mirror serve --listen 127.0.0.1:PORT --upstream U --data-dir D ARGS` with
     `env` on top of the integration suite's mirror environment (`MIRROR_*` from this shell
-    dropped, `MIRROR_LIBRARY_PREFIX=true`)."""
+    dropped)."""
 
     name = "ours"
     label = "ours"

@@ -41,11 +41,10 @@ def free_port() -> int:
 def mirror_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a mirror child: this one without any `MIRROR_*` setting (so the
     developer's shell cannot change a test), this tree's code first on the import path,
-    Docker Hub's `library/` prefix on (the fake upstream stands for Hub), plus `extra`."""
+    plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MIRROR_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
-    env["MIRROR_LIBRARY_PREFIX"] = "true"
     env.update(extra or {})
     return env
 

@@ -235,8 +235,8 @@ class MirrorServer(ServerProcess):
     `data_dir`.
 
     Runs in `cwd` (default: a new temp dir beside `data_dir`, so no mirror.toml is found)
-    with this environment minus every `MIRROR_*` setting, plus `MIRROR_LIBRARY_PREFIX=true`
-    (the upstream stands for Docker Hub) and `env`. Its log (stderr) is in `stderr_path`."""
+    with this environment minus every `MIRROR_*` setting, plus `env`. `--upstream` makes the
+    upstream stand for docker.io. Its log (stderr) is in `stderr_path`."""
 
     name = "mirror"
 

@@ -159,3 +159,23 @@ def test_upstream_outage_cached_tag_still_pulls_uncached_fails_fast(
     assert answer is not None and answer.status == 503
     message = json.loads(answer.body)["errors"][0]["message"]
     assert f"upstream {upstream.host} is unreachable" in message
+
+
+def test_other_registries_pull_through_the_mirror_by_path_prefix(
+    upstream: RealUpstream, start_mirror: StartMirror
+) -> None:
+    """Docker cannot set a mirror for a registry other than Docker Hub, but it can name the
+    mirror itself with the registry as a path prefix: `mirror:5000/<registry>/<name>`."""
+    require("dockerd", "containerd", "ctr", DOCKER_CLI)
+    private = [{"host": "registry.example.com", "url": upstream.url}]
+    mirror = start_mirror(env={"MIRROR_UPSTREAM": json.dumps(private)})
+    image = upstream.images["small"]
+    ref = f"{mirror.host}/registry.example.com/{image.repo}:{image.tag}"
+    with DockerDaemon([]) as dockerd:  # no registry-mirrors: the mirror is named directly
+        dockerd.docker("pull", ref).check()
+        assert repo_digests(dockerd, ref) == [image.digest]
+    requests = mirror_requests(mirror.stderr, f"/v2/registry.example.com/{image.repo}/")
+    assert requests
+    assert all(r.query == "" for r in requests), requests  # Docker sends no ns
+    for blob in image.blobs:
+        assert upstream.blob_gets(blob) == 1, blob
