@@ -1,4 +1,4 @@
-"""The `mirror` command: `serve` and `check-config`."""
+"""The `mirror` command: `serve`, `check-config` and `client-config`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from mirror import __version__, config
+from mirror import __version__, clientconfig, config
 from mirror.cache.store import FilesystemStore
 from mirror.meta.store import MetaStoreError
 from mirror.server import workers
@@ -36,7 +36,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"# effective configuration (file: {source})")
         print(config.render(loaded), end="")
         return 0
+    if args.command == "client-config":
+        return _client_config(args, loaded.config)
     return _serve(loaded.config)
+
+
+def _client_config(args: argparse.Namespace, cfg: config.Config) -> int:
+    """Print (or write to --output-dir) one client's files; notes go to stderr so stdout
+    stays a valid file."""
+    url = args.mirror_url or clientconfig.default_mirror_url(cfg)
+    try:
+        generated = clientconfig.generate(args.client, cfg, clientconfig.parse_mirror_url(url))
+    except clientconfig.ClientConfigError as exc:
+        print(f"mirror: --mirror-url: {exc}", file=sys.stderr)
+        return 2
+    if args.output_dir is None:
+        several = len(generated.files) > 1
+        for index, (relative, content) in enumerate(generated.files.items()):
+            if several:  # containerd: say where each file goes
+                print(("\n" if index else "") + f"# {generated.printed_paths[relative]}")
+            print(content, end="")
+    else:
+        try:
+            for relative, content in generated.files.items():
+                path = args.output_dir / relative
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(content)
+                print(f"wrote {path}")
+        except OSError as exc:
+            print(f"mirror: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+            return 1
+    for note in generated.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
 
 
 def _serve(cfg: config.Config) -> int:
@@ -111,6 +143,20 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate and print the effective config")
     _config_flag(check)
+
+    clients = commands.add_parser(
+        "client-config", help="print the docker, containerd or podman config that uses the mirror"
+    )
+    clients.add_argument("client", choices=clientconfig.CLIENTS)
+    clients.add_argument(
+        "--mirror-url",
+        metavar="URL",
+        help="where clients reach the mirror (default: http://<this host>:<listen port>)",
+    )
+    clients.add_argument(
+        "--output-dir", type=Path, metavar="DIR", help="write the files here instead of stdout"
+    )
+    _config_flag(clients)
     return parser
 
 
