@@ -1,5 +1,6 @@
 """`mirror client-config docker|containerd|podman`: client files that route every configured
-registry through the mirror, each of which parses."""
+registry through the mirror, each of which parses, plus the checked-in examples in
+deploy/clients/ (regenerated here, so they cannot drift)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import pytest
 from mirror import clientconfig, config
 from mirror.clientconfig import ClientConfigError, parse_mirror_url
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEPLOY_CLIENTS = REPO_ROOT / "deploy" / "clients"
 EXAMPLE_URL = "http://mirror.example.internal:5000"
 # Built-ins, plus a private registry with a port (reached at an internal address), ghcr.io
 # moved to an internal address, and quay.io switched off.
@@ -319,3 +322,31 @@ def test_bad_config_is_a_clean_exit_2(tmp_path: Path) -> None:
     assert result.stdout == ""
     assert result.stderr.startswith("mirror: configuration error: upstream 1")
     assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+# --------------------------------------------------------------------------- deploy/clients
+
+
+def test_checked_in_examples_are_what_the_command_generates(tmp_path: Path) -> None:
+    """deploy/clients/ holds the output for the built-in registries and EXAMPLE_URL; if this
+    fails, regenerate with the commands in deploy/clients/README.md."""
+    out = tmp_path / "clients"
+    for client, subdir in [
+        ("docker", "docker"),
+        ("containerd", "containerd/certs.d"),
+        ("podman", "podman"),
+    ]:
+        result = client_config(client, "--output-dir", str(out / subdir), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+
+    generated = {str(p.relative_to(out)): p.read_text() for p in out.rglob("*") if p.is_file()}
+    checked_in = {
+        str(p.relative_to(DEPLOY_CLIENTS)): p.read_text()
+        for p in DEPLOY_CLIENTS.rglob("*")
+        if p.is_file() and p.name != "README.md"
+    }
+    assert sorted(checked_in) == sorted(generated)
+    for path, text in generated.items():
+        assert checked_in[path] == text, f"deploy/clients/{path} differs from the command's output"
+    readme = (DEPLOY_CLIENTS / "README.md").read_text()
+    assert f"--mirror-url {EXAMPLE_URL}" in readme
