@@ -27,17 +27,15 @@ class PrivateCA:
         return context
 
 
-def make_private_ca(directory: Path) -> PrivateCA:
-    """Write a CA and a server certificate for 127.0.0.1/localhost into `directory`."""
-    directory.mkdir(parents=True, exist_ok=True)
+def self_signed_ca(key: ec.EllipticCurvePrivateKey, common_name: str) -> x509.Certificate:
+    """A CA certificate for `key`, signed by itself, valid from 5 minutes ago for a day."""
     now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mirror test CA")])
-    ca_cert = (
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
@@ -56,16 +54,32 @@ def make_private_ca(directory: Path) -> PrivateCA:
             ),
             critical=True,
         )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
     )
+
+
+def write_pem(path: Path, item: x509.Certificate | ec.EllipticCurvePrivateKey) -> None:
+    pem = serialization.Encoding.PEM
+    if isinstance(item, x509.Certificate):
+        path.write_bytes(item.public_bytes(pem))
+    else:
+        path.write_bytes(
+            item.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+
+
+def make_private_ca(directory: Path) -> PrivateCA:
+    """Write a CA and a server certificate for 127.0.0.1/localhost into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = self_signed_ca(ca_key, "mirror test CA")
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
+        .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -83,13 +97,12 @@ def make_private_ca(directory: Path) -> PrivateCA:
         .add_extension(x509.ExtendedKeyUsage([x509.OID_SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    pem = serialization.Encoding.PEM
-    ca_file = directory / "ca.pem"
-    ca_file.write_bytes(ca_cert.public_bytes(pem))
-    cert_file = directory / "server.pem"
-    cert_file.write_bytes(cert.public_bytes(pem))
-    key_file = directory / "server-key.pem"
-    key_file.write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    ca = PrivateCA(
+        ca_file=directory / "ca.pem",
+        cert_file=directory / "server.pem",
+        key_file=directory / "server-key.pem",
     )
-    return PrivateCA(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+    write_pem(ca.ca_file, ca_cert)
+    write_pem(ca.cert_file, cert)
+    write_pem(ca.key_file, key)
+    return ca

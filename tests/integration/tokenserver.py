@@ -37,9 +37,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import jwt
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+
+from tests.tls import self_signed_ca, write_pem
 
 TOKEN_LIFETIME = 300  # seconds, as Docker Hub's tokens
 ANONYMOUS_ACTIONS = frozenset({"pull"})
@@ -47,45 +48,12 @@ USER_ACTIONS = frozenset({"pull", "push"})
 
 
 def make_signing_material(directory: Path, common_name: str = "mirror-test-token-issuer") -> None:
-    """Write `key.pem` (EC P-256) and `cert.pem` (a self-signed certificate for it, valid from
-    an hour ago for a day) into `directory`."""
+    """Write `key.pem` (EC P-256) and `cert.pem` (a self-signed certificate for it, valid
+    for a day) into `directory`."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_pem(directory / "key.pem", key)
+    write_pem(directory / "cert.pem", self_signed_ca(key, common_name))
 
 
 def parse_scope(scope: str) -> tuple[str, str, set[str]] | None:
