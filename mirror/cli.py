@@ -48,7 +48,10 @@ def _client_config(args: argparse.Namespace, cfg: config.Config) -> int:
     try:
         generated = clientconfig.generate(args.client, cfg, clientconfig.parse_mirror_url(url))
     except clientconfig.ClientConfigError as exc:
-        print(f"mirror: --mirror-url: {exc}", file=sys.stderr)
+        where = (
+            "--mirror-url" if args.mirror_url else f"default mirror URL {url} (set --mirror-url)"
+        )
+        print(f"mirror: {where}: {exc}", file=sys.stderr)
         return 2
     if args.output_dir is None:
         several = len(generated.files) > 1
