@@ -125,7 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     _config_flag(serve)
     serve.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (0.0.0.0:5000)")
     serve.add_argument(
-        "--upstream", metavar="URL", help="registry to mirror (https://registry-1.docker.io)"
+        "--upstream",
+        metavar="URL",
+        help="where docker.io is reached (https://registry-1.docker.io)",
     )
     serve.add_argument("--data-dir", metavar="DIR", help="where the cache lives (./data)")
     serve.add_argument(
