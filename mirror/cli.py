@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from aiohttp import web
-
-from mirror import __version__, clientconfig, config
+from mirror import __version__, clientconfig, config, logs
 from mirror.cache.store import FilesystemStore
-from mirror.meta.store import MetaStoreError
 from mirror.server import workers
-from mirror.server.app import create_app
+
+# Nothing here imports prometheus-client at module level: with several workers it must be
+# imported only after PROMETHEUS_MULTIPROC_DIR is set (see `_serve`).
 
 # Settings that `mirror serve` also takes as flags (`--tag-ttl` for `tag_ttl`).
 SERVE_FLAGS = ("listen", "upstream", "data_dir", "redis_url", "tag_ttl", "offline", "workers")
@@ -75,23 +77,35 @@ def _client_config(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def _serve(cfg: config.Config) -> int:
-    logging.basicConfig(
-        level=cfg.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(cfg.log_level, cfg.log_format)
     if cfg.workers == 1:
         return _run(cfg)
     # Temp files are cleaned once, here: a worker starting later must not remove the
     # downloads its siblings are writing.
     if removed := FilesystemStore(cfg.data_dir).remove_temp_files():
         logging.getLogger("mirror").info("removed %d temp files left by an earlier run", removed)
-    sock = workers.bind(cfg.listen.host, cfg.listen.port)
-    logging.getLogger("mirror").info("listening on %s", cfg.listen)
-    return workers.supervise(cfg.workers, lambda: _run(cfg, sock))
+    # Workers write their metric values to files here, and any worker's /metrics sums them.
+    metrics_dir = tempfile.mkdtemp(prefix="mirror-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from prometheus_client import multiprocess
+
+    try:
+        sock = workers.bind(cfg.listen.host, cfg.listen.port)
+        logging.getLogger("mirror").info("listening on %s", cfg.listen)
+        return workers.supervise(
+            cfg.workers, lambda: _run(cfg, sock), on_exit=multiprocess.mark_process_dead
+        )
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _run(cfg: config.Config, sock: socket.socket | None = None) -> int:
     """Serve until SIGTERM/SIGINT, on `sock` if given (a worker), else on `listen`."""
+    from aiohttp import web
+
+    from mirror.meta.store import MetaStoreError
+    from mirror.server.app import create_app
+
     try:
         web.run_app(
             create_app(cfg, remove_temp_files=sock is None),
@@ -102,7 +116,7 @@ def _run(cfg: config.Config, sock: socket.socket | None = None) -> int:
             # so halve it: a client that stopped reading cannot hold shutdown past the budget.
             shutdown_timeout=SHUTDOWN_TIMEOUT / 2,
             print=_announce(cfg) if sock is None else None,
-            access_log_format='%a "%r" %s %b %Tfs',
+            access_log=None,  # the mirror writes its own access lines (server.middleware)
         )
     except MetaStoreError as exc:
         print(f"mirror: cannot start: {exc}", file=sys.stderr)

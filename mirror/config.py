@@ -144,6 +144,7 @@ class Config:
     connect_timeout: float
     read_timeout: float
     log_level: str
+    log_format: str
 
     def upstream(self, host: str) -> UpstreamSettings | None:
         return next((u for u in self.upstreams if u.host == host), None)
@@ -488,6 +489,13 @@ def _upstreams(
     return tuple(by_host.values())
 
 
+def _log_format(value: Any) -> str:
+    text = str(value).lower()
+    if text not in ("text", "json"):
+        raise ValueError(f"expected text or json, got {value!r}")
+    return text
+
+
 def _log_level(value: Any) -> str:
     text = str(value).lower()
     if text not in ("debug", "info", "warning", "error"):
@@ -519,6 +527,7 @@ SETTINGS: dict[str, Setting] = {
     "connect_timeout": Setting(_seconds, 5.0),
     "read_timeout": Setting(_seconds, 30.0),
     "log_level": Setting(_log_level, "info"),
+    "log_format": Setting(_log_format, "text"),
 }
 # `upstream` is layered its own way (see `_upstreams`): a URL or a list of tables.
 UPSTREAM_KEY = "upstream"

@@ -2,15 +2,150 @@
 
 Metrics register with the default registry when this module is first imported, so a metric
 is declared exactly once however many components use it. Labels take values from small,
-fixed sets (an operation name, never a repository or digest), so series stay bounded.
+fixed sets (a route name, a result, a configured upstream host; never a repository or a
+digest), so series stay bounded.
+
+With several worker processes, prometheus-client's multiprocess mode aggregates the workers'
+values (see `mirror.server.observe`); each gauge says how its per-process values combine.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+import os
+from collections.abc import Callable, Iterator, Mapping
 
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+# Latency buckets, seconds: sub-millisecond cache hits up to slow cold pulls.
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+HTTP_REQUESTS = Counter(
+    "mirror_http_requests_total",
+    "Requests answered, by route (ping, manifest, blob, tags, catalog, ...), method and status.",
+    ["route", "method", "status"],
+)
+HTTP_DURATION = Histogram(
+    "mirror_http_request_duration_seconds",
+    "Time from a request's arrival until its response is fully sent.",
+    ["route", "method"],
+    buckets=_LATENCY_BUCKETS,
+)
+
+CACHE_HITS = Counter(
+    "mirror_cache_hits_total",
+    "Lookups answered from the cache without asking an upstream: blobs and manifests found "
+    "in the store, tags whose record was fresh.",
+    ["kind"],
+)
+CACHE_MISSES = Counter(
+    "mirror_cache_misses_total",
+    "Lookups that needed an upstream: blobs and manifests not in the store, tags without a "
+    "fresh record (each costs an upstream request unless it joined one in flight).",
+    ["kind"],
+)
+CACHE_COALESCED = Counter(
+    "mirror_cache_coalesced_total",
+    "Misses that joined an upstream fetch already in flight instead of starting their own.",
+    ["kind"],
+)
+SERVED_BYTES = Counter(
+    "mirror_served_bytes_total",
+    "Body bytes of blobs sent to clients: source=cache from stored files, source=upstream "
+    "streamed while their download was still arriving.",
+    ["source"],
+)
+UPSTREAM_BYTES = Counter(
+    "mirror_upstream_bytes_total",
+    "Body bytes of blobs and manifests received from each upstream.",
+    ["upstream"],
+)
+UPSTREAM_REQUESTS = Counter(
+    "mirror_upstream_requests_total",
+    "Requests sent to upstreams, by upstream host, method, kind (manifest, blob, tags, token) "
+    'and status (the HTTP status, or "error" / "timeout" when there was no answer).',
+    ["upstream", "method", "kind", "status"],
+)
+UPSTREAM_DURATION = Histogram(
+    "mirror_upstream_request_duration_seconds",
+    "Time until an upstream's response headers arrived (or it failed).",
+    ["upstream", "kind"],
+    buckets=_LATENCY_BUCKETS,
+)
+DOWNLOADS_IN_FLIGHT = Gauge(
+    "mirror_upstream_downloads_in_flight",
+    "Blob downloads from upstreams running now.",
+    multiprocess_mode="livesum",
+)
+DOWNLOAD_WAITERS = Gauge(
+    "mirror_download_waiters",
+    "Clients streaming a blob that is still being downloaded (the one that started it too).",
+    multiprocess_mode="livesum",
+)
+TAG_REVALIDATIONS = Counter(
+    "mirror_tag_revalidations_total",
+    "Tags checked upstream after their freshness ran out: unchanged, changed (a new digest), "
+    "stale (the upstream failed and the cached answer was served), failed (nothing to serve).",
+    ["upstream", "result"],
+)
+RATELIMIT_REMAINING = Gauge(
+    "mirror_upstream_ratelimit_remaining",
+    "Pulls left in the upstream's rate-limit window, as it last said (Docker Hub).",
+    ["upstream"],
+    multiprocess_mode="mostrecent",
+)
+RATELIMIT_LIMIT = Gauge(
+    "mirror_upstream_ratelimit_limit",
+    "Pulls allowed per rate-limit window, as the upstream last said (Docker Hub).",
+    ["upstream"],
+    multiprocess_mode="mostrecent",
+)
 META_STORE_ERRORS = Counter(
     "mirror_meta_store_errors_total",
     "Metadata store calls that failed and were answered without the store.",
     ["operation"],
 )
+
+# How much the cache holds, by kind ("blob", "manifest"): (objects, bytes). Read from the
+# content store at scrape time rather than kept in a gauge.
+Usage = Mapping[str, tuple[int, int]]
+
+
+def multiprocess() -> bool:
+    """Whether the workers' values are aggregated through files (several workers)."""
+    return "PROMETHEUS_MULTIPROC_DIR" in os.environ
+
+
+class _Scrape(Collector):
+    """Everything one scrape reports: the declared metrics (this process's, or every
+    worker's summed through prometheus-client's multiprocess files) and cache usage."""
+
+    def __init__(self, usage: Callable[[], Usage]) -> None:
+        self._usage = usage
+
+    def collect(self) -> Iterator[Metric]:
+        if multiprocess():
+            yield from MultiProcessCollector(None).collect()  # type: ignore[no-untyped-call]
+        else:
+            yield from REGISTRY.collect()
+        usage = self._usage()
+        size = GaugeMetricFamily(
+            "mirror_cache_size_bytes", "Bytes of content in the cache, by kind.", labels=["kind"]
+        )
+        objects = GaugeMetricFamily(
+            "mirror_cache_objects", "Objects in the cache, by kind.", labels=["kind"]
+        )
+        for kind, (count, nbytes) in sorted(usage.items()):
+            size.add_metric([kind], nbytes)
+            objects.add_metric([kind], count)
+        yield size
+        yield objects
+
+
+def collect(usage: Callable[[], Usage]) -> CollectorRegistry:
+    """A registry for one scrape (or one status page answer)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Scrape(usage))
+    return registry

@@ -21,6 +21,10 @@ class SingleFlight(Generic[K, V]):
     def __init__(self) -> None:
         self._calls: dict[K, asyncio.Future[V]] = {}
 
+    def in_flight(self, key: K) -> bool:
+        """Whether a call for `key` is running: `run` would join it."""
+        return key in self._calls
+
     async def run(self, key: K, call: Callable[[], Awaitable[V]]) -> V:
         """Join the call in flight for `key`, or start `call()`. The call runs to the end even
         if the caller that started it is cancelled (a client going away), so the others

@@ -4,6 +4,7 @@ Eviction and garbage collection need them, but a store write per request would p
 metadata store on the hot path; so accesses collect in memory and are written in batches
 every few seconds (and at shutdown). Repositories seen in a batch join their upstream's
 catalog; access records name them qualified (`ghcr.io/org/app`), unique across upstreams.
+Pulls (tag resolutions) are counted per repository the same way, for the status page.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from mirror.meta.store import Access, MetaStore
@@ -35,6 +37,7 @@ class AccessRecorder:
         self._clock = clock
         self._pending: dict[str, Access] = {}
         self._repos: set[tuple[str, str]] = set()  # (upstream host, repository) seen
+        self._pulls: Counter[str] = Counter()  # qualified repository -> tag resolutions
         self._task: asyncio.Task[None] | None = None
 
     def touch(self, digest: str, repo: UpstreamRepo) -> None:
@@ -47,12 +50,19 @@ class AccessRecorder:
         access.repos.add(repo.qualified)
         self._repos.add((repo.upstream.host, repo.name))
 
+    def pulled(self, repo: UpstreamRepo) -> None:
+        """Count a pull of the repository (a client resolving one of its tags)."""
+        self._pulls[repo.qualified] += 1
+
     async def flush(self) -> None:
         """Write what has collected since the last flush."""
         batch, self._pending = self._pending, {}
         repos, self._repos = self._repos, set()
+        pulls, self._pulls = self._pulls, Counter()
         if batch:
             await self._meta.record_access(batch)
+        if pulls:
+            await self._meta.record_pulls(pulls)
         by_upstream: dict[str, list[str]] = {}
         for host, name in sorted(repos):
             by_upstream.setdefault(host, []).append(name)

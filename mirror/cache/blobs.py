@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from mirror import errors
+from mirror import errors, metrics, observe
 from mirror.cache.access import AccessRecorder
 from mirror.cache.store import DownloadClaim, FilesystemStore, IntegrityError
 from mirror.errors import RegistryError
@@ -104,6 +104,7 @@ class Download:
         Raises the download's error if it fails; the caller must then abort its response.
         """
         fd = self._open()
+        metrics.DOWNLOAD_WAITERS.inc()
         try:
             pos = start
             stop = end if end is not None else self.size
@@ -128,6 +129,7 @@ class Download:
                     return
                 await changed.wait()
         finally:
+            metrics.DOWNLOAD_WAITERS.dec()
             os.close(fd)
 
     def _open(self) -> int:
@@ -173,6 +175,7 @@ class BlobCache:
         size = self._store.blob_size(digest)
         if size is None:
             return None
+        observe.cache_lookup("blob", "hit")
         self._access.touch(str(digest), repo)
         return CachedBlob(self._store.blob_path(digest), size)
 
@@ -185,8 +188,10 @@ class BlobCache:
         if download is not None and download.state is not State.FAILED:
             await download.wait_started()
             if download.size is not None:
+                observe.cache_lookup("blob", "coalesced")
                 return download.size
         self._refuse_when_offline()
+        observe.cache_lookup("blob", "miss")
         return await repo.upstream.head_blob(repo.name, digest)
 
     async def download(self, repo: UpstreamRepo, digest: Digest) -> Download:
@@ -207,10 +212,13 @@ class BlobCache:
     def _join_or_start(self, repo: UpstreamRepo, digest: Digest) -> Download:
         download = self._downloads.get(digest)
         if download is not None:
+            observe.cache_lookup("blob", "coalesced")
             return download
         self._refuse_when_offline()
         download = Download(digest, self._store.blob_path(digest))
         claim = self._store.claim_download(digest)
+        # Following another process's download costs the upstream nothing: coalesced too.
+        observe.cache_lookup("blob", "miss" if claim else "coalesced")
         work = self._run(repo, download, claim) if claim else self._follow(download)
         self._downloads[digest] = download
         task = asyncio.create_task(work, name=f"download {digest}")
@@ -279,6 +287,7 @@ class BlobCache:
     async def _run(self, repo: UpstreamRepo, download: Download, claim: DownloadClaim) -> None:
         digest = download.digest
         upstream = repo.upstream
+        metrics.DOWNLOADS_IN_FLIGHT.inc()
         try:
             async with upstream.open_blob(repo.name, digest) as stream:
                 writer = claim.writer(stream.size)
@@ -286,6 +295,7 @@ class BlobCache:
                     download.started(writer.path, stream.size)
                     async for chunk in stream.chunks:
                         writer.write(chunk)
+                        observe.upstream_received(upstream.host, len(chunk))
                         download.progressed(writer.written)
                     await writer.commit(stream.size)
                 except BaseException:
@@ -300,12 +310,12 @@ class BlobCache:
                 repo.name,
                 exc,
             )
-            download.failed(
-                UpstreamError(
-                    errors.UPSTREAM_BAD_GATEWAY,
-                    f"upstream {upstream.name} sent bytes that do not match {digest}",
-                )
+            error = UpstreamError(
+                errors.UPSTREAM_BAD_GATEWAY,
+                f"upstream {upstream.name} sent bytes that do not match {digest}",
             )
+            observe.upstream_failed(upstream.host, str(error))
+            download.failed(error)
         except RegistryError as exc:
             download.failed(exc)
         except asyncio.CancelledError:
@@ -319,5 +329,6 @@ class BlobCache:
                 RegistryError(errors.INTERNAL, f"download failed: {type(exc).__name__}")
             )
         finally:
+            metrics.DOWNLOADS_IN_FLIGHT.dec()
             claim.release()
             self._downloads.pop(digest, None)

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from mirror import errors, mediatypes
+from mirror import errors, mediatypes, observe
 from mirror.cache.access import AccessRecorder
 from mirror.cache.store import FilesystemStore, StoredManifest
 from mirror.config import Config
@@ -87,7 +87,11 @@ class ManifestCache:
                 raise RegistryError(
                     errors.MANIFEST_UNKNOWN, "manifest not in the cache, and the mirror is offline"
                 )
+            joined = self._fetches.in_flight(digest)
+            observe.cache_lookup("manifest", "coalesced" if joined else "miss")
             manifest = await self._fetches.run(digest, lambda: self._fetch_by_digest(repo, digest))
+        else:
+            observe.cache_lookup("manifest", "hit")
         self._access.touch(str(digest), repo)
         return manifest
 
@@ -97,16 +101,26 @@ class ManifestCache:
         """What `tag` names for this Accept class: from a fresh record without asking
         anyone, else revalidated upstream, else (upstream failing) from a stale record.
         Records are per upstream: the same name on two registries never shares one."""
+        resolved = await self._resolve(repo, tag, accept, with_bytes=with_bytes)
+        self._access.pulled(repo)  # counted only when it worked
+        return resolved
+
+    async def _resolve(
+        self, repo: UpstreamRepo, tag: str, accept: frozenset[str], *, with_bytes: bool
+    ) -> Resolved:
         upstream = repo.upstream
         key = TagKey(upstream.host, repo.name, tag, mediatypes.accept_class(accept))
         record = await self._get_record(key)
         if record is not None:
             freshness = self._config.freshness(upstream.host, repo.name, tag)
             if freshness.immutable or self._clock() - record.confirmed_at < freshness.ttl:
+                observe.cache_lookup("tag", "hit")
                 return await self._answer(repo, record, with_bytes)
             if self._config.offline:
+                observe.cache_lookup("tag", "stale")
                 return await self._answer(repo, record, with_bytes, stale="the mirror is offline")
             if await self._budget_exhausted(upstream):
+                observe.cache_lookup("tag", "stale")
                 reason = f"upstream {upstream.name} rate limit nearly used up"
                 return await self._answer(repo, record, with_bytes, stale=reason)
         elif self._config.offline:
@@ -114,6 +128,7 @@ class ManifestCache:
                 errors.MANIFEST_UNKNOWN, "tag not in the cache, and the mirror is offline"
             )
 
+        joined = self._revalidations.in_flight(key)
         try:
             current = await self._revalidations.run(
                 key, lambda: self._revalidate(repo, key, accept, record)
@@ -122,14 +137,18 @@ class ManifestCache:
             if record is None or (
                 with_bytes and not self._store.has_manifest(Digest.parse(record.digest))
             ):
+                observe.cache_lookup("tag", "miss")
                 raise
             log.warning("serving %s:%s stale: %s", repo.qualified, tag, exc)
+            observe.cache_lookup("tag", "stale")
             return await self._answer(repo, record, with_bytes, stale=str(exc))
         except RegistryError as exc:
+            observe.cache_lookup("tag", "miss")
             if record is not None and exc.status == 404:  # the tag is gone upstream
                 self._hot.pop(key, None)
                 await self._meta.delete_tag(key)
             raise
+        observe.cache_lookup("tag", "coalesced" if joined else "miss")
         self._keep_hot(key, current)
         return await self._answer(repo, current, with_bytes)
 
@@ -173,14 +192,26 @@ class ManifestCache:
                 return newer
         try:
             header = mediatypes.accept_header(accept)
-            head = await repo.upstream.head_manifest(repo.name, key.tag, header)
-            if head is not None:
-                record = TagRecord(str(head.digest), head.media_type, head.size, self._clock())
-            else:
-                manifest = await self._fetch_by_tag(repo, key.tag, header)
-                record = TagRecord(
-                    str(manifest.digest), manifest.media_type, len(manifest.data), self._clock()
-                )
+            try:
+                head = await repo.upstream.head_manifest(repo.name, key.tag, header)
+                if head is not None:
+                    record = TagRecord(str(head.digest), head.media_type, head.size, self._clock())
+                else:
+                    manifest = await self._fetch_by_tag(repo, key.tag, header)
+                    record = TagRecord(
+                        str(manifest.digest),
+                        manifest.media_type,
+                        len(manifest.data),
+                        self._clock(),
+                    )
+            except UpstreamError:
+                if known is not None:
+                    cached = self._store.has_manifest(Digest.parse(known.digest))
+                    observe.revalidated(key.upstream, "stale" if cached else "failed")
+                raise
+            if known is not None:
+                changed = record.digest != known.digest
+                observe.revalidated(key.upstream, "changed" if changed else "unchanged")
             await self._meta.put_tag(key, record)
             return record
         finally:
@@ -274,7 +305,9 @@ class ManifestCache:
             repo.upstream.name,
             got.digest,
         )
-        return UpstreamError(
+        error = UpstreamError(
             errors.UPSTREAM_BAD_GATEWAY,
             f"upstream {repo.upstream.name} sent a manifest that does not match {expected}",
         )
+        observe.upstream_failed(repo.upstream.host, str(error))
+        return error

@@ -21,8 +21,10 @@ import logging
 import os
 import secrets
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from mirror.reference import Digest
 
@@ -36,6 +38,17 @@ class IntegrityError(Exception):
     """Bytes did not match the digest (or size) they were fetched for."""
 
 
+ContentKind = Literal["blob", "manifest"]
+
+
+@dataclass
+class Usage:
+    """How much of one kind of content the store holds."""
+
+    objects: int = 0
+    bytes: int = 0
+
+
 @dataclass(frozen=True)
 class StoredManifest:
     data: bytes
@@ -47,11 +60,18 @@ class BlobWriter:
     """Writes one blob to a temp file while hashing it; `commit` verifies and publishes."""
 
     def __init__(
-        self, tmp_path: Path, final_path: Path, digest: Digest, *, exclusive: bool = True
+        self,
+        tmp_path: Path,
+        final_path: Path,
+        digest: Digest,
+        *,
+        exclusive: bool = True,
+        on_commit: Callable[[int], None] | None = None,
     ) -> None:
         self.path = tmp_path
         self._final = final_path
         self._digest = digest
+        self._on_commit = on_commit
         self._hash = hashlib.new(digest.algorithm)
         # Not exclusive only for a path owned through a DownloadClaim (a crashed holder may
         # have left the file behind).
@@ -85,6 +105,8 @@ class BlobWriter:
         self._fd = None
         self._final.parent.mkdir(parents=True, exist_ok=True)
         self.path.rename(self._final)
+        if self._on_commit is not None:
+            self._on_commit(self.written)
 
     def abort(self) -> None:
         """Discard the temp file; safe to call more than once."""
@@ -109,7 +131,11 @@ class DownloadClaim:
         """Start writing: the data file exists before the size is announced, so a process
         that sees the size can always open the data (or, later, the committed blob)."""
         writer = BlobWriter(
-            self.data_path, self._store.blob_path(self._digest), self._digest, exclusive=False
+            self.data_path,
+            self._store.blob_path(self._digest),
+            self._digest,
+            exclusive=False,
+            on_commit=lambda size: self._store.count("blob", size),
         )
         announce = self.size_path.with_suffix(f".{secrets.token_hex(4)}")
         announce.write_text("" if size is None else str(size))
@@ -137,6 +163,9 @@ class FilesystemStore:
             (root / sub).mkdir(parents=True, exist_ok=True)
         self._recent: OrderedDict[Digest, StoredManifest] = OrderedDict()
         self._recent_bytes = 0
+        # What the store holds: measured by `measure()` (a walk of the tree, at start and
+        # now and then), kept current in between by counting what this process commits.
+        self.usage: dict[ContentKind, Usage] = {"blob": Usage(), "manifest": Usage()}
 
     def remove_temp_files(self) -> int:
         """Remove leftovers of writes that never committed (a crash, a kill -9)."""
@@ -145,6 +174,32 @@ class FilesystemStore:
             path.unlink(missing_ok=True)
             removed += 1
         return removed
+
+    def count(self, kind: ContentKind, size: int) -> None:
+        """Note a newly committed object in `usage`."""
+        usage = self.usage[kind]
+        usage.objects += 1
+        usage.bytes += size
+
+    def measure(self) -> dict[ContentKind, Usage]:
+        """Walk the store and set `usage` from what is on disk (blocking: run it in a
+        thread). Media-type files beside manifests are not counted as objects."""
+        measured: dict[ContentKind, Usage] = {}
+        kinds: tuple[tuple[ContentKind, str], ...] = (("blob", "blobs"), ("manifest", "manifests"))
+        for kind, sub in kinds:
+            usage = Usage()
+            for directory, _, names in os.walk(self.root / sub):
+                for name in names:
+                    if name.endswith(".type"):
+                        continue
+                    try:
+                        usage.bytes += (Path(directory) / name).stat().st_size
+                    except FileNotFoundError:
+                        continue  # removed while walking
+                    usage.objects += 1
+            measured[kind] = usage
+        self.usage = measured
+        return measured
 
     # --- blobs ----------------------------------------------------------------------------
 
@@ -239,10 +294,13 @@ class FilesystemStore:
         if actual != digest.hex:
             raise IntegrityError(f"manifest hashes to {digest.algorithm}:{actual}")
         path = self._manifest_path(digest)
+        is_new = not path.is_file()
         await asyncio.to_thread(
             self._publish, path.with_name(path.name + ".type"), manifest.media_type.encode(), digest
         )
         await asyncio.to_thread(self._publish, path, manifest.data, digest)
+        if is_new:
+            self.count("manifest", len(manifest.data))
 
     def _publish(self, final: Path, data: bytes, digest: Digest) -> None:
         tmp = self._temp_path(digest)

@@ -11,6 +11,7 @@ deployments, can share one Redis. Below, `P` is that prefix:
     P access                                 sorted set: digest scored by last access time
     P access-repos:<digest>                  set of repositories the digest was pulled from
     P repos:<upstream>                       set of cached repositories
+    P pulls                                  sorted set: qualified repository by pulls
     P response:<key>                         JSON {headers, stored_at}, a newline, the body;
                                              with the response's TTL
 
@@ -229,6 +230,22 @@ class RedisMetaStore:
         with _errors("list_repositories"):
             repos = await self._redis.smembers(self._key("repos:", upstream))
         return sorted(_text(repo) for repo in repos)
+
+    # --- pull counts ----------------------------------------------------------------------
+
+    async def record_pulls(self, pulls: Mapping[str, int]) -> None:
+        if not pulls:
+            return
+        with _errors("record_pulls"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for repo, count in pulls.items():
+                    pipe.zincrby(self._key("pulls"), count, repo)
+                await pipe.execute()
+
+    async def top_repositories(self, limit: int) -> list[tuple[str, int]]:
+        with _errors("top_repositories"):
+            rows = await self._redis.zrevrange(self._key("pulls"), 0, limit - 1, withscores=True)
+        return [(_text(row[0]), int(row[1])) for row in rows]
 
     # --- cached responses -----------------------------------------------------------------
 

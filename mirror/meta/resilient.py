@@ -142,6 +142,14 @@ class ResilientMetaStore:
             "list_repositories", [], lambda: self._inner.list_repositories(upstream)
         )
 
+    async def record_pulls(self, pulls: Mapping[str, int]) -> None:
+        await self._guard("record_pulls", None, lambda: self._inner.record_pulls(pulls))
+
+    async def top_repositories(self, limit: int) -> list[tuple[str, int]]:
+        return await self._guard(
+            "top_repositories", [], lambda: self._inner.top_repositories(limit)
+        )
+
     async def put_response(self, key: str, response: CachedResponse, keep_for: float) -> None:
         await self._guard(
             "put_response", None, lambda: self._inner.put_response(key, response, keep_for)

@@ -11,6 +11,7 @@ Schema (version 1, in `PRAGMA user_version`):
     rate_limits(upstream) -> max_requests, remaining, window_seconds, observed_at
     accesses(digest) -> last_access;  access_repos(digest, repo)
     repositories(upstream, repo)
+    pulls(repo) -> count
     responses(key) -> body, headers (JSON), stored_at, expires_at
 """
 
@@ -74,6 +75,11 @@ _SCHEMA = (
     """
     CREATE TABLE IF NOT EXISTS repositories (
         upstream TEXT NOT NULL, repo TEXT NOT NULL, PRIMARY KEY (upstream, repo)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS pulls (
+        repo TEXT PRIMARY KEY, count INTEGER NOT NULL
     ) WITHOUT ROWID
     """,
     """
@@ -245,6 +251,26 @@ class SqliteMetaStore:
             ).fetchall()
         )
         return [repo for (repo,) in rows]
+
+    # --- pull counts ----------------------------------------------------------------------
+
+    async def record_pulls(self, pulls: Mapping[str, int]) -> None:
+        rows = list(pulls.items())
+        await self._run(
+            lambda c: c.executemany(
+                "INSERT INTO pulls VALUES (?, ?)"
+                " ON CONFLICT (repo) DO UPDATE SET count = count + excluded.count",
+                rows,
+            )
+        )
+
+    async def top_repositories(self, limit: int) -> list[tuple[str, int]]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT repo, count FROM pulls ORDER BY count DESC, repo LIMIT ?", (limit,)
+            ).fetchall()
+        )
+        return [(repo, count) for repo, count in rows]
 
     # --- cached responses -----------------------------------------------------------------
 

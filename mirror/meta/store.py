@@ -110,6 +110,13 @@ class MetaStore(Protocol):
     async def list_repositories(self, upstream: str) -> list[str]:
         """Sorted."""
 
+    # pulls per repository, for the status page's most-pulled list
+    async def record_pulls(self, pulls: Mapping[str, int]) -> None:
+        """Add a batch of pull counts, keyed by qualified repository (`docker.io/library/x`)."""
+
+    async def top_repositories(self, limit: int) -> list[tuple[str, int]]:
+        """The most-pulled repositories with their counts, most first."""
+
     # small cached upstream responses
     async def put_response(self, key: str, response: CachedResponse, keep_for: float) -> None:
         """Keep `response` for `keep_for` seconds (long enough to serve it stale)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -15,12 +16,17 @@ from mirror.cache.store import FilesystemStore
 from mirror.cache.tags import TagListCache
 from mirror.config import Config
 from mirror.meta import open_meta_store
-from mirror.server.middleware import add_api_version, registry_errors
+from mirror.server.middleware import add_response_headers, observe_requests, registry_errors
+from mirror.server.ops import OpsRoutes
 from mirror.server.routes import RegistryRoutes
 from mirror.upstream.client import UpstreamClient
 from mirror.upstream.routing import Router
 
 log = logging.getLogger(__name__)
+
+# How often the cache's size is measured from disk (between, commits are counted as they
+# happen; a measurement also picks up what other processes added or removed).
+MEASURE_INTERVAL_SECONDS = 300.0
 
 
 async def create_app(
@@ -56,12 +62,15 @@ async def create_app(
     manifests = ManifestCache(store, meta, access, config, clock=clock)
     tags = TagListCache(meta, config, clock=clock)
 
-    app = web.Application(middlewares=[registry_errors])
-    app.on_response_prepare.append(add_api_version)
+    app = web.Application(middlewares=[observe_requests, registry_errors])
+    app.on_response_prepare.append(add_response_headers)
     RegistryRoutes(router, blobs, manifests, tags, meta).register(app.router)
+    OpsRoutes(store, meta, router, access, clock=clock).register(app.router)
+    background: set[asyncio.Task[None]] = set()
 
     async def start(_: web.Application) -> None:
         access.start()
+        background.add(asyncio.create_task(_measure_cache(store), name="measure-cache"))
 
     async def abort_downloads(_: web.Application) -> None:
         # on_shutdown runs before the server waits for open requests, so streaming clients
@@ -69,6 +78,9 @@ async def create_app(
         await blobs.close()
 
     async def close(_: web.Application) -> None:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await access.close()
         await router.close()
         await meta.close()
@@ -81,3 +93,14 @@ async def create_app(
     backend = "Redis" if config.redis_url else "embedded SQLite"
     log.info("%s into %s; metadata in %s", mode, config.data_dir, backend)
     return app
+
+
+async def _measure_cache(store: FilesystemStore) -> None:
+    while True:
+        try:
+            usage = await asyncio.to_thread(store.measure)
+        except OSError as exc:
+            log.warning("measuring the cache failed: %s", exc)
+        else:
+            log.debug("cache holds %s", usage)
+        await asyncio.sleep(MEASURE_INTERVAL_SECONDS)

@@ -1,21 +1,46 @@
-"""Cross-cutting HTTP behaviour: errors as the spec's JSON body, the API version header."""
+"""Cross-cutting HTTP behaviour: errors as the spec's JSON body, the API version header,
+request ids, and one access-log line plus metrics per request."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import secrets
+import time
 from http import HTTPStatus
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from mirror import errors
+from mirror import errors, metrics, observe
 from mirror.errors import RegistryError
 from mirror.server.responses import header_safe
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("mirror.access")
 
 API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
+REQUEST_ID_HEADER = "X-Request-ID"
+RECORD = web.RequestKey("mirror.record", observe.RequestRecord)
+# A client's request id is echoed only if it is this tame (it goes into logs and headers).
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+# Route labels: handler names, mapped to a fixed set so metrics stay bounded.
+_ROUTES = {
+    "ping": "ping",
+    "catalog": "catalog",
+    "manifest": "manifest",
+    "blob": "blob",
+    "tags": "tags",
+    "refuse_push": "push",
+    "healthz": "healthz",
+    "readyz": "readyz",
+    "metrics": "metrics",
+    "api_status": "status",
+    "status_page": "status",
+    "static": "static",
+}
+_PATH_LOGGED = 512  # characters of a path an access line keeps
 
 
 def error_response(exc: RegistryError) -> web.Response:
@@ -61,6 +86,77 @@ async def registry_errors(request: web.Request, handler: Handler) -> web.StreamR
         return error_response(RegistryError(errors.INTERNAL))
 
 
-async def add_api_version(request: web.Request, response: web.StreamResponse) -> None:
-    """distribution sends the version header on every response; some clients check it."""
+@web.middleware
+async def observe_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The outermost layer: give the request an id and a record the caches report into,
+    then count it, time it and write its access-log line once the response is sent."""
+    record = observe.RequestRecord(request_id=_request_id(request))
+    handler_name = getattr(request.match_info.handler, "__name__", "")
+    record.route = _ROUTES.get(handler_name, "other")
+    request[RECORD] = record
+    observe.begin_request(record)
+    started = time.monotonic()
+    status = 499  # the client went away before an answer (nginx's convention)
+    response: web.StreamResponse | None = None
+    try:
+        response = await handler(request)
+        # Send it here (a no-op if the handler streamed it already), so a cached blob's
+        # sendfile counts in the duration and the log line follows the bytes.
+        await response.prepare(request)
+        status = response.status
+        return response
+    finally:
+        seconds = time.monotonic() - started
+        metrics.HTTP_REQUESTS.labels(record.route, request.method, str(status)).inc()
+        metrics.HTTP_DURATION.labels(record.route, request.method).observe(seconds)
+        _log_access(request, response, record, status, seconds)
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    return given if _REQUEST_ID_RE.fullmatch(given) else secrets.token_hex(8)
+
+
+def _log_access(
+    request: web.Request,
+    response: web.StreamResponse | None,
+    record: observe.RequestRecord,
+    status: int,
+    seconds: float,
+) -> None:
+    body_bytes = record.body_bytes
+    if not body_bytes and isinstance(response, web.Response) and request.method != "HEAD":
+        body_bytes = response.content_length or 0
+    fields = {
+        "remote": request.remote or "-",
+        "method": request.method,
+        "path": request.path_qs[:_PATH_LOGGED],
+        "status": status,
+        "bytes": body_bytes,
+        "duration_ms": round(seconds * 1000, 3),
+        "cache": record.outcome or "-",
+        "upstream": record.upstream or "-",
+        "request_id": record.request_id,
+        "user_agent": header_safe(request.headers.get("User-Agent", "-"), 200),
+    }
+    access_log.info(
+        '%s "%s %s" %d %dB %.1fms cache=%s upstream=%s id=%s',
+        fields["remote"],
+        fields["method"],
+        header_safe(str(fields["path"]), _PATH_LOGGED),
+        status,
+        body_bytes,
+        fields["duration_ms"],
+        fields["cache"],
+        fields["upstream"],
+        record.request_id,
+        extra={"access": fields},
+    )
+
+
+async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """distribution sends the version header on every response; some clients check it. The
+    request id goes back so a client's report can be matched with the mirror's log."""
     response.headers[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
+    if (record := request.get(RECORD)) is not None:
+        response.headers[REQUEST_ID_HEADER] = record.request_id

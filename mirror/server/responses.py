@@ -10,7 +10,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from mirror import errors
+from mirror import errors, observe
 from mirror.errors import RegistryError
 from mirror.reference import Digest
 
@@ -103,6 +103,8 @@ class FileSliceResponse(web.StreamResponse):
         self.content_length = count
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:  # sent already: aiohttp prepares again after the handler returns
+            return await super().prepare(request)
         writer = await super().prepare(request)
         if request.method == "HEAD" or self._count == 0:
             return writer
@@ -111,6 +113,7 @@ class FileSliceResponse(web.StreamResponse):
             raise ConnectionResetError("client went away")
         with self._path.open("rb") as fh:
             await asyncio.get_running_loop().sendfile(transport, fh, self._offset, self._count)
+        observe.served_bytes(self._count, from_cache=True)
         return writer
 
 

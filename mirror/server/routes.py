@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from aiohttp import web
 
-from mirror import errors, mediatypes
+from mirror import errors, mediatypes, observe
 from mirror.cache.blobs import BlobCache, CachedBlob, Download
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.tags import TagListCache
@@ -156,7 +156,9 @@ class RegistryRoutes:
             raise _read_only()
 
     def _repository(self, request: web.Request) -> UpstreamRepo:
-        return self._router.repository(request.match_info["name"], request.query.get("ns"))
+        repo = self._router.repository(request.match_info["name"], request.query.get("ns"))
+        observe.routed(repo.upstream.host)
+        return repo
 
 
 def _catalog_name(name: str) -> str:
@@ -233,6 +235,7 @@ async def _stream_download(request: web.Request, download: Download) -> web.Stre
         async with aclosing(download.read(start, end)) as chunks:
             async for chunk in chunks:
                 await response.write(chunk)
+                observe.served_bytes(len(chunk), from_cache=False)
     except RegistryError as exc:
         log.warning("aborting client of %s: %s", download.digest, exc)
         responses.abort(request)

@@ -32,9 +32,12 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def supervise(count: int, run_worker: Callable[[], int]) -> int:
+def supervise(
+    count: int, run_worker: Callable[[], int], *, on_exit: Callable[[int], None] | None = None
+) -> int:
     """Fork `count` workers running `run_worker()`, restart any that dies, and on SIGTERM
-    or SIGINT stop them all (each shuts down gracefully) and return 0."""
+    or SIGINT stop them all (each shuts down gracefully) and return 0. `on_exit(pid)` is
+    called for every worker that ends (its live metrics must stop counting)."""
     stopping = False
     workers: dict[int, float] = {}  # pid -> start time
 
@@ -66,6 +69,8 @@ def supervise(count: int, run_worker: Callable[[], int]) -> int:
     failures = 0
     while workers:
         pid, status = os.wait()
+        if on_exit is not None:
+            on_exit(pid)
         started = workers.pop(pid, None)
         if started is None or stopping:
             continue

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from mirror import observe
 from mirror.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
@@ -95,10 +96,12 @@ class Authenticator:
         self,
         session: aiohttp.ClientSession,
         *,
+        upstream: str,
         username: str | None,
         password: str | None,
     ) -> None:
         self._session = session
+        self._upstream = upstream  # for metrics
         self._username = username
         self._password = password
         self._challenge: Challenge | None = None
@@ -165,6 +168,8 @@ class Authenticator:
             headers["Authorization"] = basic
         started = time.monotonic()
         async with self._session.get(realm, params=query, headers=headers) as resp:
+            elapsed = time.monotonic() - started
+            observe.upstream_answered(self._upstream, "GET", "token", resp.status, elapsed)
             if resp.status != 200:
                 raise TokenError(f"token realm answered {resp.status}")
             body = await resp.content.read(MAX_TOKEN_RESPONSE_BYTES + 1)

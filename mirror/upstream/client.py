@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 from multidict import CIMultiDict
 
-from mirror import errors
+from mirror import errors, observe
 from mirror.config import UpstreamSettings
 from mirror.errors import ErrorCode, RegistryError
 from mirror.mediatypes import bare_type
@@ -103,7 +104,10 @@ class UpstreamClient:
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
         )
         self._auth = Authenticator(
-            self._session, username=settings.username, password=settings.password
+            self._session,
+            upstream=self.host,
+            username=settings.username,
+            password=settings.password,
         )
 
     async def close(self) -> None:
@@ -115,7 +119,8 @@ class UpstreamClient:
         """Resolve a reference with HEAD (free on Docker Hub). None when the upstream's HEAD
         cannot tell (405, or no digest, length or type), so the caller falls back to GET."""
         path = f"/v2/{repo}/manifests/{reference}"
-        async with self._request("HEAD", path, repo, headers={"Accept": accept}) as resp:
+        headers = {"Accept": accept}
+        async with self._request("HEAD", path, repo, "manifest", headers=headers) as resp:
             if resp.status == 405:
                 return None
             self._raise_for_status(resp, errors.MANIFEST_UNKNOWN)
@@ -132,9 +137,11 @@ class UpstreamClient:
         """GET a manifest and hash it with `algorithm` (default: the one the upstream's
         digest header uses, else sha256); the caller checks the digest it expected."""
         path = f"/v2/{repo}/manifests/{reference}"
-        async with self._request("GET", path, repo, headers={"Accept": accept}) as resp:
+        headers = {"Accept": accept}
+        async with self._request("GET", path, repo, "manifest", headers=headers) as resp:
             self._raise_for_status(resp, errors.MANIFEST_UNKNOWN)
             data = await self._read_capped(resp, MAX_MANIFEST_BYTES, "manifest")
+            observe.upstream_received(self.host, len(data))
             media_type = bare_type(resp.headers.get("Content-Type", ""))
             claimed = _parse_digest(resp.headers.get("Docker-Content-Digest"))
         if algorithm is None:
@@ -146,7 +153,7 @@ class UpstreamClient:
 
     async def head_blob(self, repo: str, digest: Digest) -> int | None:
         """The blob's size from an upstream HEAD (no download); None if not given."""
-        async with self._request("HEAD", f"/v2/{repo}/blobs/{digest}", repo) as resp:
+        async with self._request("HEAD", f"/v2/{repo}/blobs/{digest}", repo, "blob") as resp:
             self._raise_for_status(resp, errors.BLOB_UNKNOWN)
             length = resp.headers.get("Content-Length")
             return int(length) if length is not None and length.isdigit() else None
@@ -154,7 +161,7 @@ class UpstreamClient:
     @asynccontextmanager
     async def open_blob(self, repo: str, digest: Digest) -> AsyncIterator[BlobStream]:
         """Open the blob body, following redirects to CDN storage (without our credentials)."""
-        async with self._request("GET", f"/v2/{repo}/blobs/{digest}", repo) as resp:
+        async with self._request("GET", f"/v2/{repo}/blobs/{digest}", repo, "blob") as resp:
             self._raise_for_status(resp, errors.BLOB_UNKNOWN)
             # Whatever has arrived, as soon as it has: waiting to fill a fixed-size chunk
             # would delay every client's first byte.
@@ -164,7 +171,7 @@ class UpstreamClient:
 
     async def get_tags(self, repo: str, query: Sequence[tuple[str, str]]) -> TagsPage:
         path = f"/v2/{repo}/tags/list"
-        async with self._request("GET", path, repo, params=query) as resp:
+        async with self._request("GET", path, repo, "tags", params=query) as resp:
             self._raise_for_status(resp, errors.NAME_UNKNOWN)
             body = await self._read_capped(resp, MAX_TAGS_BYTES, "tag list")
             return TagsPage(body=body, link=resp.headers.get("Link"))
@@ -177,6 +184,7 @@ class UpstreamClient:
         method: str,
         path: str,
         repo: str,
+        kind: observe.UpstreamKind,
         *,
         headers: Mapping[str, str] | None = None,
         params: Sequence[tuple[str, str]] = (),
@@ -185,29 +193,40 @@ class UpstreamClient:
 
         Getting to the response (token, redirects, headers) is bounded by `request_timeout`;
         reading a body afterwards only by the idle `read_timeout`, so a large blob may take
-        as long as it keeps arriving.
+        as long as it keeps arriving. Every failure is kept for the status page.
         """
+        started = time.monotonic()
         try:
-            async with asyncio.timeout(self._request_timeout):
-                resp = await self._send(method, path, repo, headers or {}, params)
-        except TokenError as exc:
-            raise UpstreamError(
-                errors.UPSTREAM_BAD_GATEWAY, f"upstream {self.name} token service failed: {exc}"
-            ) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._fault(exc) from None
-        try:
-            yield resp
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._fault(exc) from None
-        finally:
-            resp.release()
+            try:
+                async with asyncio.timeout(self._request_timeout):
+                    resp = await self._send(method, path, repo, kind, headers or {}, params)
+            except TokenError as exc:
+                raise UpstreamError(
+                    errors.UPSTREAM_BAD_GATEWAY,
+                    f"upstream {self.name} token service failed: {exc}",
+                ) from None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                status = "timeout" if isinstance(exc, TimeoutError) else "error"
+                observe.upstream_answered(
+                    self.host, method, kind, status, time.monotonic() - started
+                )
+                raise self._fault(exc) from None
+            try:
+                yield resp
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise self._fault(exc) from None
+            finally:
+                resp.release()
+        except UpstreamError as exc:
+            observe.upstream_failed(self.host, str(exc))
+            raise
 
     async def _send(
         self,
         method: str,
         path: str,
         repo: str,
+        kind: observe.UpstreamKind,
         headers: Mapping[str, str],
         params: Sequence[tuple[str, str]],
     ) -> aiohttp.ClientResponse:
@@ -225,11 +244,16 @@ class UpstreamClient:
             own_origin = self._is_own_origin(url)
             if own_origin and (authorization := await self._auth.authorization(scope)):
                 send["Authorization"] = authorization
+            started = time.monotonic()
             resp = await self._session.request(
                 method, url, headers=send, params=params, allow_redirects=False
             )
+            observe.upstream_answered(
+                self.host, method, kind, resp.status, time.monotonic() - started
+            )
             if own_origin and (ratelimit := parse_ratelimit(resp.headers)):
                 self.ratelimit = ratelimit
+                observe.ratelimit_seen(self.host, ratelimit.limit, ratelimit.remaining)
             if resp.status == 401 and own_origin and not retried_auth:
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 resp.release()

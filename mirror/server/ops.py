@@ -1,0 +1,120 @@
+"""What operators and their tools ask the mirror: health, readiness, metrics, the status
+page and its JSON. None of these touch an upstream, and none needs the registry API."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from mirror import metrics
+from mirror.cache.access import AccessRecorder
+from mirror.cache.store import FilesystemStore
+from mirror.meta.store import MetaStore
+from mirror.server import status
+from mirror.upstream.routing import Router
+
+STATIC_DIR = Path(__file__).parent / "static"
+READY_CHECK_TIMEOUT = 2.0  # seconds a readiness check may take before it counts as failed
+_STATIC_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*\.(?:js|css|png|svg)")
+
+
+class OpsRoutes:
+    def __init__(
+        self,
+        store: FilesystemStore,
+        meta: MetaStore,
+        router: Router,
+        access: AccessRecorder,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._meta = meta
+        self._router = router
+        self._access = access
+        self._clock = clock
+        self._started_at = clock()
+
+    def register(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/healthz", self.healthz)
+        router.add_get("/readyz", self.readyz)
+        router.add_get("/metrics", self.metrics)
+        router.add_get("/api/status", self.api_status)
+        router.add_get("/", self.status_page)
+        router.add_get("/static/{file}", self.static)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """The process is alive and its event loop answers."""
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Ready to serve: the data dir takes writes and the metadata store answers. 503
+        names the check that failed, for the orchestrator's events and the operator."""
+        checks = {
+            "data_dir": await self._check(self._data_dir_writable),
+            "meta_store": await self._check(self._meta.ping),
+        }
+        ready = all(result == "ok" for result in checks.values())
+        return web.json_response(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status=200 if ready else 503,
+        )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = await asyncio.to_thread(generate_latest, self._registry())
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def api_status(self, request: web.Request) -> web.Response:
+        await self._access.flush()  # this process's latest pulls count in the top list
+        samples = await asyncio.to_thread(status.Samples, self._registry())
+        document = await status.build(
+            samples,
+            upstreams=self._router.upstreams,
+            meta=self._meta,
+            started_at=self._started_at,
+            now=self._clock(),
+        )
+        return web.json_response(document, headers={"Cache-Control": "no-store"})
+
+    async def status_page(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC_DIR / "index.html")
+
+    async def static(self, request: web.Request) -> web.FileResponse:
+        name = request.match_info["file"]
+        path = STATIC_DIR / name
+        if not _STATIC_NAME.fullmatch(name) or not path.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _registry(self) -> CollectorRegistry:
+        def usage() -> metrics.Usage:
+            return {kind: (u.objects, u.bytes) for kind, u in self._store.usage.items()}
+
+        return metrics.collect(usage)
+
+    async def _data_dir_writable(self) -> None:
+        probe = self._store.tmp / f"ready.{secrets.token_hex(4)}"
+        await asyncio.to_thread(probe.write_bytes, b"")
+        await asyncio.to_thread(probe.unlink)
+
+    @staticmethod
+    async def _check(check: Callable[[], Awaitable[None]]) -> str:
+        try:
+            async with asyncio.timeout(READY_CHECK_TIMEOUT):
+                await check()
+        except TimeoutError:
+            return f"failed: no answer within {READY_CHECK_TIMEOUT:g} s"
+        except Exception as exc:
+            return f"failed: {exc.__class__.__name__}: {exc}"[:300]
+        return "ok"

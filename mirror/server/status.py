@@ -1,0 +1,127 @@
+"""The status page's numbers (`/api/status`), read from the same registry `/metrics` exposes
+so the page and Prometheus never disagree."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from mirror import __version__, observe
+from mirror.meta.store import MetaStore
+from mirror.ratelimit import RateLimit
+from mirror.upstream.client import UpstreamClient
+
+TOP_REPOSITORIES = 10
+# Upstream answers that count as errors on the status page: no answer, throttling, 5xx.
+_ERROR_STATUSES = frozenset({"error", "timeout", "429"})
+
+
+class Samples:
+    """Sums over the samples of one scrape."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._samples = [
+            (sample.name, sample.labels, sample.value)
+            for family in registry.collect()
+            for sample in family.samples
+        ]
+
+    def total(
+        self,
+        name: str,
+        where: Callable[[Mapping[str, str]], bool] | None = None,
+        **labels: str,
+    ) -> float:
+        """The sum of `name`'s samples that have `labels` and pass `where`."""
+        return sum(
+            value
+            for sample, have, value in self._samples
+            if sample == name
+            and all(have.get(k) == v for k, v in labels.items())
+            and (where is None or where(have))
+        )
+
+
+async def build(
+    samples: Samples,
+    *,
+    upstreams: Iterable[UpstreamClient],
+    meta: MetaStore,
+    started_at: float,
+    now: float,
+) -> dict[str, Any]:
+    """The `/api/status` document (its shape is what the status page reads)."""
+    hits = samples.total("mirror_cache_hits_total")
+    misses = samples.total("mirror_cache_misses_total")
+    lookups = hits + misses
+    from_cache = samples.total("mirror_served_bytes_total", source="cache")
+    streamed = samples.total("mirror_served_bytes_total", source="upstream")
+    fetched = samples.total("mirror_upstream_bytes_total")
+    served = from_cache + streamed
+    blobs = _usage(samples, "blob")
+    manifests = _usage(samples, "manifest")
+    top = await meta.top_repositories(TOP_REPOSITORIES)
+    return {
+        "version": __version__,
+        "started_at": started_at,
+        "uptime_seconds": round(now - started_at, 3),
+        "requests": {
+            "total": int(lookups),
+            "hits": int(hits),
+            "misses": int(misses),
+            "coalesced": int(samples.total("mirror_cache_coalesced_total")),
+            "hit_ratio": round(hits / lookups, 4) if lookups else None,
+        },
+        "bytes": {
+            "served": int(served),
+            "from_cache": int(from_cache),
+            "from_upstream": int(streamed),
+            "fetched_upstream": int(fetched),
+            # Each byte sent from a stored file is one the upstream did not send again.
+            "saved": int(from_cache),
+        },
+        "cache": {
+            "blobs": blobs,
+            "manifests": manifests,
+            "total_bytes": blobs["bytes"] + manifests["bytes"],
+        },
+        "upstreams": [await _upstream(samples, upstream, meta) for upstream in upstreams],
+        "top_repositories": [{"repository": repo, "pulls": pulls} for repo, pulls in top],
+        "recent_errors": [
+            {"time": failure.time, "upstream": failure.upstream, "message": failure.message}
+            for failure in observe.recent_failures()
+        ],
+    }
+
+
+def _usage(samples: Samples, kind: str) -> dict[str, int]:
+    return {
+        "objects": int(samples.total("mirror_cache_objects", kind=kind)),
+        "bytes": int(samples.total("mirror_cache_size_bytes", kind=kind)),
+    }
+
+
+async def _upstream(samples: Samples, upstream: UpstreamClient, meta: MetaStore) -> dict[str, Any]:
+    def failed(labels: Mapping[str, str]) -> bool:
+        status = labels.get("status", "")
+        return status in _ERROR_STATUSES or status.startswith("5")
+
+    # The shared record first: another process (or node) may have seen it more recently.
+    ratelimit: RateLimit | None = await meta.get_rate_limit(upstream.host) or upstream.ratelimit
+    return {
+        "host": upstream.host,
+        "url": upstream.url,
+        "requests": int(samples.total("mirror_upstream_requests_total", upstream=upstream.host)),
+        "errors": int(
+            samples.total("mirror_upstream_requests_total", failed, upstream=upstream.host)
+        ),
+        "ratelimit": None
+        if ratelimit is None
+        else {
+            "limit": ratelimit.limit,
+            "remaining": ratelimit.remaining,
+            "window_seconds": ratelimit.window,
+        },
+    }

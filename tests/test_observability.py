@@ -1,0 +1,374 @@
+"""What operators see: Prometheus metrics, health and readiness, access-log lines with
+request ids, and the status page's JSON."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from mirror.logs import JsonFormatter
+from tests.conftest import Client, FakeClock, StartMirror, files_under
+from tests.fakeupstream import FakeRegistry, Fault, Manifest, make_image
+from tests.meta_fixtures import RedisServer
+from tests.mirrorproc import MirrorProcess
+from tests.test_pull import pull_like_docker
+
+Labels = frozenset[tuple[str, str]]
+
+
+async def scrape(mirror: Client) -> dict[tuple[str, Labels], float]:
+    resp = await mirror.get("/metrics")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/plain; version=")
+    return parse(await resp.text())
+
+
+def parse(text: str) -> dict[tuple[str, Labels], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def delta(
+    after: Mapping[tuple[str, Labels], float],
+    before: Mapping[tuple[str, Labels], float],
+    name: str,
+    **labels: str,
+) -> float:
+    """How much the sum of `name`'s samples having `labels` grew."""
+
+    def total(samples: Mapping[tuple[str, Labels], float]) -> float:
+        wanted = set(labels.items())
+        return sum(v for (n, have), v in samples.items() if n == name and wanted <= have)
+
+    return total(after) - total(before)
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+async def test_a_cold_then_warm_pull_moves_exactly_these_counters(
+    mirror: Client, upstream: FakeRegistry, alpine: Manifest
+) -> None:
+    blob_bytes = sum(blob.size for blob in alpine.blobs)
+    before = await scrape(mirror)
+
+    await pull_like_docker(mirror, "library/alpine", "3.19")  # cold
+    cold = await scrape(mirror)
+    assert delta(cold, before, "mirror_cache_misses_total", kind="tag") == 1
+    assert delta(cold, before, "mirror_cache_misses_total", kind="manifest") == 1
+    assert delta(cold, before, "mirror_cache_misses_total", kind="blob") == 3
+    assert delta(cold, before, "mirror_cache_hits_total") == 0
+    assert delta(cold, before, "mirror_cache_coalesced_total") == 0
+    assert delta(cold, before, "mirror_served_bytes_total", source="upstream") == blob_bytes
+    assert delta(cold, before, "mirror_served_bytes_total", source="cache") == 0
+    assert (
+        delta(cold, before, "mirror_upstream_bytes_total", upstream="docker.io")
+        == blob_bytes + alpine.size
+    )
+    upstream_requests = {
+        ("HEAD", "manifest", "401"): 1,  # the challenge before the first token
+        ("GET", "token", "200"): 1,
+        ("HEAD", "manifest", "200"): 1,
+        ("GET", "manifest", "200"): 1,
+        ("GET", "blob", "307"): 3,  # the registry redirects each blob...
+        ("GET", "blob", "200"): 3,  # ...to its CDN
+    }
+    for (method, kind, status), count in upstream_requests.items():
+        got = delta(
+            cold,
+            before,
+            "mirror_upstream_requests_total",
+            upstream="docker.io",
+            method=method,
+            kind=kind,
+            status=status,
+        )
+        assert got == count, (method, kind, status)
+    assert delta(cold, before, "mirror_upstream_requests_total") == sum(upstream_requests.values())
+    assert len(upstream.requests) == sum(upstream_requests.values())
+    assert delta(cold, before, "mirror_upstream_request_duration_seconds_count") == sum(
+        upstream_requests.values()
+    )
+
+    await pull_like_docker(mirror, "library/alpine", "3.19")  # warm
+    warm = await scrape(mirror)
+    assert delta(warm, cold, "mirror_cache_hits_total", kind="tag") == 1
+    assert delta(warm, cold, "mirror_cache_hits_total", kind="manifest") == 1
+    assert delta(warm, cold, "mirror_cache_hits_total", kind="blob") == 3
+    assert delta(warm, cold, "mirror_cache_misses_total") == 0
+    assert delta(warm, cold, "mirror_served_bytes_total", source="cache") == blob_bytes
+    assert delta(warm, cold, "mirror_upstream_requests_total") == 0
+    assert delta(warm, cold, "mirror_upstream_bytes_total") == 0
+
+    # Every request of both pulls, by route, method and status.
+    for route, method, count in (
+        ("manifest", "HEAD", 2),
+        ("manifest", "GET", 2),
+        ("blob", "GET", 6),
+    ):
+        got = delta(
+            warm, before, "mirror_http_requests_total", route=route, method=method, status="200"
+        )
+        assert got == count, (route, method)
+    assert delta(warm, before, "mirror_http_request_duration_seconds_count", route="blob") == 6
+    assert warm[("mirror_cache_objects", frozenset({("kind", "blob")}))] == 3
+    assert warm[("mirror_cache_size_bytes", frozenset({("kind", "blob")}))] == blob_bytes
+    assert warm[("mirror_cache_objects", frozenset({("kind", "manifest")}))] == 1
+    assert warm[("mirror_upstream_downloads_in_flight", frozenset())] == 0
+    assert warm[("mirror_download_waiters", frozenset())] == 0
+
+
+async def test_tag_revalidations_are_counted_by_result(
+    start_mirror: StartMirror, upstream: FakeRegistry, alpine: Manifest
+) -> None:
+    clock = FakeClock()
+    mirror = await start_mirror(upstream.url, clock=clock, tag_ttl=60)
+    tag = "/v2/library/alpine/manifests/3.19"
+    assert (await mirror.get(tag)).status == 200
+    before = await scrape(mirror)
+
+    clock.advance(61)
+    assert (await mirror.get(tag)).status == 200  # the same digest upstream
+    upstream.tag("library/alpine", "3.19", make_image(seed=5))
+    clock.advance(61)
+    assert (await mirror.get(tag)).status == 200  # moved
+    upstream.add_fault(Fault("status", status=503, method="HEAD", times=None))
+    clock.advance(61)
+    assert (await mirror.get(tag)).status == 200  # the upstream fails: served stale
+
+    after = await scrape(mirror)
+    for result in ("unchanged", "changed", "stale"):
+        assert delta(after, before, "mirror_tag_revalidations_total", result=result) == 1, result
+    assert delta(after, before, "mirror_cache_misses_total", kind="tag") == 3
+
+
+async def test_the_docker_hub_rate_limit_is_exported_per_upstream(
+    start_mirror: StartMirror, alpine: Manifest
+) -> None:
+    async with FakeRegistry(ratelimit=(100, 77)) as hub:
+        hub.push_image("library/alpine", "3.19", alpine)
+        mirror = await start_mirror(hub.url)
+        assert (await mirror.get("/v2/library/alpine/manifests/3.19")).status == 200
+        samples = await scrape(mirror)
+    upstream = frozenset({("upstream", "docker.io")})
+    assert samples[("mirror_upstream_ratelimit_limit", upstream)] == 100
+    assert samples[("mirror_upstream_ratelimit_remaining", upstream)] == 76
+
+
+async def test_metrics_carry_no_repository_or_digest_labels(
+    mirror: Client, alpine: Manifest
+) -> None:
+    await pull_like_docker(mirror, "library/alpine", "3.19")
+    text = await (await mirror.get("/metrics")).text()
+    assert "alpine" not in text
+    assert "sha256" not in text
+
+
+async def test_workers_report_their_sum_whichever_answers_the_scrape(
+    upstream: FakeRegistry, alpine: Manifest, data_dir: Path, tmp_path: Path
+) -> None:
+    proc = MirrorProcess(upstream.url, data_dir, cwd=tmp_path, extra_args=["--workers", "2"])
+    # A new connection per request, so the kernel spreads them over both workers.
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with proc, aiohttp.ClientSession(connector=connector) as http:
+        for _ in range(6):
+            async with http.get(f"{proc.url}/v2/library/alpine/manifests/3.19") as resp:
+                assert resp.status == 200
+        scrapes = []
+        for _ in range(6):
+            async with http.get(f"{proc.url}/metrics") as resp:
+                scrapes.append(parse(await resp.text()))
+        lookups = [
+            delta(samples, {}, "mirror_cache_hits_total", kind="tag")
+            + delta(samples, {}, "mirror_cache_misses_total", kind="tag")
+            for samples in scrapes
+        ]
+        assert lookups == [6] * 6
+        assert all(
+            delta(samples, {}, "mirror_http_requests_total", route="manifest") == 6
+            for samples in scrapes
+        )
+        assert await proc.stop() == 0, proc.stderr
+
+
+# --- health ---------------------------------------------------------------------------------
+
+
+async def test_healthz_and_readyz_answer_when_all_is_well(mirror: Client) -> None:
+    health = await mirror.get("/healthz")
+    assert (health.status, await health.json()) == (200, {"status": "ok"})
+    ready = await mirror.get("/readyz")
+    assert ready.status == 200
+    assert await ready.json() == {
+        "status": "ready",
+        "checks": {"data_dir": "ok", "meta_store": "ok"},
+    }
+
+
+async def test_readyz_is_503_naming_an_unwritable_data_dir(mirror: Client, data_dir: Path) -> None:
+    shutil.rmtree(data_dir / "tmp")
+    (data_dir / "tmp").write_text("not a directory any more")
+    resp = await mirror.get("/readyz")
+    assert resp.status == 503
+    body = await resp.json()
+    assert body["status"] == "not ready"
+    assert body["checks"]["data_dir"].startswith("failed: ")
+    assert body["checks"]["meta_store"] == "ok"
+    assert (await mirror.get("/healthz")).status == 200  # alive, just not ready
+
+
+async def test_readyz_is_503_naming_a_lost_redis(
+    start_mirror: StartMirror, upstream: FakeRegistry, redis_server: RedisServer
+) -> None:
+    mirror = await start_mirror(upstream.url, redis_url=redis_server.url)
+    assert (await mirror.get("/readyz")).status == 200
+    await redis_server.stop()
+    resp = await mirror.get("/readyz")
+    assert resp.status == 503
+    checks = (await resp.json())["checks"]
+    assert checks["data_dir"] == "ok"
+    assert checks["meta_store"].startswith("failed: ")
+
+
+# --- access log -----------------------------------------------------------------------------
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    return [r.access for r in caplog.records if r.name == "mirror.access"]  # type: ignore[attr-defined]
+
+
+async def test_one_access_line_per_request_with_cache_outcome_and_bytes(
+    mirror: Client, alpine: Manifest, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mirror.access")
+    layer = alpine.layers[0]
+    path = f"/v2/alpine/blobs/{layer.digest}"
+    for _ in range(2):  # a miss, streamed while downloading; then a hit, sent from disk
+        resp = await mirror.get(path)
+        assert await resp.read() == layer.data
+    assert (await mirror.get("/v2/alpine/manifests/3.19")).status == 200
+    lines = access_lines(caplog)
+    assert len(lines) == 3
+    miss, hit, manifest = lines
+    assert (miss["cache"], miss["bytes"], miss["status"]) == ("miss", layer.size, 200)
+    assert (hit["cache"], hit["bytes"]) == ("hit", layer.size)
+    assert (manifest["cache"], manifest["bytes"]) == ("miss", alpine.size)
+    for line in lines:
+        assert line["upstream"] == "docker.io"
+        assert line["method"] == "GET"
+        assert isinstance(line["duration_ms"], float)
+    assert hit["path"] == path
+
+
+async def test_request_ids_are_echoed_or_made_up(
+    mirror: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mirror.access")
+    given = await mirror.get("/v2/", headers={"X-Request-ID": "build-4711"})
+    assert given.headers["X-Request-ID"] == "build-4711"
+    made = await mirror.get("/v2/")
+    assert len(made.headers["X-Request-ID"]) == 16
+    hostile = await mirror.get("/v2/", headers={"X-Request-ID": "a b\tc" + "x" * 300})
+    assert hostile.headers["X-Request-ID"] != "a b\tc" + "x" * 300
+    ids = [line["request_id"] for line in access_lines(caplog)]
+    assert ids == ["build-4711", made.headers["X-Request-ID"], hostile.headers["X-Request-ID"]]
+    # Errors carry it too.
+    missing = await mirror.get("/v2/nope/nope/manifests/x?ns=elsewhere.example")
+    assert missing.status == 404 and "X-Request-ID" in missing.headers
+
+
+async def test_access_lines_as_json(
+    mirror: Client, alpine: Manifest, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mirror.access")
+    await mirror.get("/v2/alpine/manifests/3.19", headers={"X-Request-ID": "r1"})
+    (record,) = [r for r in caplog.records if r.name == "mirror.access"]
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["level"] == "info"
+    assert entry["logger"] == "mirror.access"
+    assert entry["request_id"] == "r1"
+    assert entry["path"] == "/v2/alpine/manifests/3.19"
+    assert entry["cache"] == "miss"
+    assert entry["status"] == 200
+    assert set(entry) >= {"time", "message", "remote", "bytes", "duration_ms", "upstream"}
+
+
+async def test_client_credentials_never_reach_the_log(
+    mirror: Client, alpine: Manifest, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await mirror.get(
+        "/v2/alpine/manifests/3.19",
+        headers={"Authorization": "Basic c2VjcmV0dXNlcjpodW50ZXIy", "Cookie": "session=hunter2"},
+    )
+    assert "c2VjcmV0dXNlcjpodW50ZXIy" not in caplog.text
+    assert "hunter2" not in caplog.text
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+async def test_api_status_reports_what_the_metrics_say(
+    start_mirror: StartMirror, alpine: Manifest, data_dir: Path
+) -> None:
+    async with FakeRegistry(ratelimit=(100, 77)) as hub:
+        hub.push_image("library/alpine", "3.19", alpine)
+        mirror = await start_mirror(hub.url)
+        # Metrics count for the whole process (every test's mirror): compare changes.
+        before = await (await mirror.get("/api/status")).json()
+        for _ in range(2):
+            await pull_like_docker(mirror, "library/alpine", "3.19")
+        hub.add_fault(Fault("status", status=500, path_contains="/missing/", times=None))
+        assert (await mirror.get("/v2/team/missing/manifests/1")).status == 502
+        resp = await mirror.get("/api/status")
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("application/json")
+        status = await resp.json()
+        samples = await scrape(mirror)
+        hub_url = hub.url
+
+    def grew(section: str, key: str) -> int:
+        change: int = status[section][key] - before[section][key]
+        return change
+
+    assert (grew("requests", "hits"), grew("requests", "misses")) == (5, 6)
+    assert grew("requests", "total") == 11
+    hits = delta(samples, {}, "mirror_cache_hits_total")
+    misses = delta(samples, {}, "mirror_cache_misses_total")
+    assert status["requests"]["hits"] == hits
+    assert status["requests"]["hit_ratio"] == round(hits / (hits + misses), 4)
+    blob_bytes = sum(blob.size for blob in alpine.blobs)
+    assert grew("bytes", "from_cache") == blob_bytes
+    assert grew("bytes", "from_upstream") == blob_bytes
+    assert grew("bytes", "fetched_upstream") == blob_bytes + alpine.size
+    assert grew("bytes", "saved") == blob_bytes  # the warm pull's blobs came from disk
+    assert status["cache"]["blobs"] == {
+        "objects": len(files_under(data_dir / "blobs")),
+        "bytes": blob_bytes,
+    }
+    assert status["cache"]["manifests"]["objects"] == 1
+    assert status["cache"]["total_bytes"] == blob_bytes + status["cache"]["manifests"]["bytes"]
+    hub_row = next(u for u in status["upstreams"] if u["host"] == "docker.io")
+    assert hub_row["url"] == hub_url
+    assert hub_row["ratelimit"] == {"limit": 100, "remaining": 76, "window_seconds": 21600}
+    assert hub_row["requests"] == delta(
+        samples, {}, "mirror_upstream_requests_total", upstream="docker.io"
+    )
+    hub_before = next(u for u in before["upstreams"] if u["host"] == "docker.io")
+    assert hub_row["errors"] - hub_before["errors"] == 1  # the 500; a 401 challenge is not one
+    assert [u["host"] for u in status["upstreams"]][:2] == ["docker.io", "ghcr.io"]
+    assert status["top_repositories"] == [{"repository": "docker.io/library/alpine", "pulls": 2}]
+    latest = status["recent_errors"][0]
+    assert latest["upstream"] == "docker.io"
+    assert latest["message"] == f"upstream {hub_url.removeprefix('http://')} answered HTTP 500"
+    assert status["version"] and status["uptime_seconds"] >= 0
