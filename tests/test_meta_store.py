@@ -150,6 +150,19 @@ async def test_repositories_are_sorted_deduplicated_and_per_upstream(
     assert await meta_store.list_repositories(LOCAL) == ["team/base"]
 
 
+async def test_pull_counts_add_up_and_rank_the_most_pulled_first(meta_store: MetaStore) -> None:
+    assert await meta_store.top_repositories(10) == []
+    await meta_store.record_pulls({"docker.io/library/alpine": 3, "ghcr.io/org/app": 1})
+    await meta_store.record_pulls({"ghcr.io/org/app": 4, "quay.io/a/b": 1})
+    await meta_store.record_pulls({})
+    assert await meta_store.top_repositories(10) == [
+        ("ghcr.io/org/app", 5),
+        ("docker.io/library/alpine", 3),
+        ("quay.io/a/b", 1),
+    ]
+    assert await meta_store.top_repositories(1) == [("ghcr.io/org/app", 5)]
+
+
 async def test_cached_responses_round_trip(meta_store: MetaStore) -> None:
     key = f"tags:{HUB}/library/alpine?n=100"
     body = b'{"name":"library/alpine","tags":["3.19"]}\n\x00\xff binary \n too'
