@@ -372,3 +372,21 @@ async def test_api_status_reports_what_the_metrics_say(
     assert latest["upstream"] == "docker.io"
     assert latest["message"] == f"upstream {hub_url.removeprefix('http://')} answered HTTP 500"
     assert status["version"] and status["uptime_seconds"] >= 0
+
+
+async def test_the_status_page_and_its_files_are_served_without_errors(
+    mirror: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    page = await mirror.get("/")
+    assert page.status == 200
+    assert page.content_type == "text/html"
+    assert "api/status" in await page.text() or "status.js" in await page.text()
+    for name, content_type in (("status.js", "text/javascript"), ("status.css", "text/css")):
+        resp = await mirror.get(f"/static/{name}")
+        assert resp.status == 200, name
+        assert resp.content_type == content_type
+        assert len(await resp.read()) > 0
+    for bad in ("/static/../ops.py", "/static/.hidden.js", "/static/nope.js", "/static/x.py"):
+        assert (await mirror.get(bad)).status == 404, bad
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

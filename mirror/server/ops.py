@@ -4,6 +4,7 @@ page and its JSON. None of these touch an upstream, and none needs the registry 
 from __future__ import annotations
 
 import asyncio
+import mimetypes
 import re
 import secrets
 import time
@@ -85,15 +86,15 @@ class OpsRoutes:
         )
         return web.json_response(document, headers={"Cache-Control": "no-store"})
 
-    async def status_page(self, request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC_DIR / "index.html")
+    async def status_page(self, request: web.Request) -> web.Response:
+        return await _static_file(STATIC_DIR / "index.html")
 
-    async def static(self, request: web.Request) -> web.FileResponse:
+    async def static(self, request: web.Request) -> web.Response:
         name = request.match_info["file"]
         path = STATIC_DIR / name
         if not _STATIC_NAME.fullmatch(name) or not path.is_file():
             raise web.HTTPNotFound()
-        return web.FileResponse(path)
+        return await _static_file(path)
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -118,3 +119,11 @@ class OpsRoutes:
         except Exception as exc:
             return f"failed: {exc.__class__.__name__}: {exc}"[:300]
         return "ok"
+
+
+async def _static_file(path: Path) -> web.Response:
+    """A small file of the status page, in memory (a `web.FileResponse` cannot be prepared
+    early, which the access-log middleware does to time what it sends)."""
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    body = await asyncio.to_thread(path.read_bytes)
+    return web.Response(body=body, content_type=content_type, headers={"Cache-Control": "no-cache"})
