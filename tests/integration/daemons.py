@@ -56,10 +56,11 @@ DOCKER_CLI = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 _MNT_DETACH = 2
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-# One aiohttp access-log line of the mirror (format `%a "%r" %s %b %Tfs`), e.g.
-# `aiohttp.access: 127.0.0.1 "GET /v2/library/alpine/manifests/3.19?ns=docker.io HTTP/1.1" 200 9 0s`
+# One access-log line of the mirror (the text format of `mirror.server.middleware`), e.g.
+# `mirror.access: 127.0.0.1 "GET /v2/library/alpine/manifests/3.19?ns=docker.io" 200 9B 0.4ms
+# cache=hit upstream=docker.io id=46f2535b435e4bc3`
 _ACCESS_LINE = re.compile(
-    r'aiohttp\.access: \S+ "(?P<method>[A-Z]+) (?P<target>\S+) HTTP/[0-9.]+" (?P<status>\d{3}) '
+    r'mirror\.access: \S+ "(?P<method>[A-Z]+) (?P<target>\S+)" (?P<status>\d{3}) '
 )
 
 
