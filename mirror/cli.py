@@ -13,14 +13,27 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mirror import __version__, clientconfig, config, logs
+from mirror.admin import gc, inventory
 from mirror.cache.store import FilesystemStore
 from mirror.server import workers
 
 # Nothing here imports prometheus-client at module level: with several workers it must be
 # imported only after PROMETHEUS_MULTIPROC_DIR is set (see `_serve`).
 
-# Settings that `mirror serve` also takes as flags (`--tag-ttl` for `tag_ttl`).
-SERVE_FLAGS = ("listen", "upstream", "data_dir", "redis_url", "tag_ttl", "offline", "workers")
+# Settings that `mirror serve` also takes as flags (`--tag-ttl` for `tag_ttl`); the data-dir
+# commands take --config, --data-dir and --redis-url.
+SERVE_FLAGS = (
+    "listen",
+    "upstream",
+    "data_dir",
+    "redis_url",
+    "tag_ttl",
+    "offline",
+    "workers",
+    "max_cache_size",
+)
+# Modules adding the commands that work on a data dir (see mirror.admin).
+ADMIN_COMMANDS = (gc, inventory)
 # Seconds open requests get to finish on SIGTERM/Ctrl-C (downloads are aborted at once).
 SHUTDOWN_TIMEOUT = 5.0
 
@@ -40,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "client-config":
         return _client_config(args, loaded.config)
+    if args.command != "serve":
+        run: Callable[[argparse.Namespace, config.Config], int] = args.run
+        return run(args, loaded.config)
     return _serve(loaded.config)
 
 
@@ -159,6 +175,9 @@ def _parser() -> argparse.ArgumentParser:
         const=True,
         help="serve only from the cache; never contact the upstream",
     )
+    serve.add_argument(
+        "--max-cache-size", metavar="SIZE", help="evict beyond this size, e.g. 500GB (no limit)"
+    )
 
     check = commands.add_parser("check-config", help="validate and print the effective config")
     _config_flag(check)
@@ -176,6 +195,12 @@ def _parser() -> argparse.ArgumentParser:
         "--output-dir", type=Path, metavar="DIR", help="write the files here instead of stdout"
     )
     _config_flag(clients)
+
+    for module in ADMIN_COMMANDS:
+        for command in module.add_parsers(commands):
+            _config_flag(command)
+            command.add_argument("--data-dir", metavar="DIR", help="the cache (./data)")
+            command.add_argument("--redis-url", metavar="URL", help="its metadata store's Redis")
     return parser
 
 

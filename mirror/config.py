@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from mirror.reference import is_registry_host
+from mirror.reference import DOCKER_HUB_ALIASES, is_registry_host
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_URL = "https://registry-1.docker.io"
 # Names Docker Hub goes by; as an upstream `host` they all mean docker.io.
-DOCKER_HUB_HOSTS = frozenset({"registry-1.docker.io", DOCKER_HUB, "index.docker.io"})
+DOCKER_HUB_HOSTS = DOCKER_HUB_ALIASES
 # Public registries served out of the box (`builtin_upstreams`): host -> where to reach it.
 BUILTIN_UPSTREAMS: Mapping[str, str] = {
     DOCKER_HUB: DOCKER_HUB_URL,
@@ -145,6 +145,13 @@ class Config:
     read_timeout: float
     log_level: str
     log_format: str
+    max_cache_size: int
+    cache_low_water: float
+    min_free_space: int
+    gc_grace: float
+    prefetch: tuple[str, ...]
+    prefetch_platforms: tuple[str, ...]
+    prefetch_interval: float
 
     def upstream(self, host: str) -> UpstreamSettings | None:
         return next((u for u in self.upstreams if u.host == host), None)
@@ -489,6 +496,44 @@ def _upstreams(
     return tuple(by_host.values())
 
 
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp](?:i?b)?|b)?\s*", re.IGNORECASE)
+
+
+def _size(value: Any) -> int:
+    """Bytes: a whole number, or a string like "500GB", "20 GiB", "1.5T" (0: no limit).
+    Units are decimal (GB = 10^9) unless binary (GiB = 2^30)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 500GB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    match = _SIZE_RE.fullmatch(str(value))
+    if not match:
+        raise ValueError(f"expected a size such as 500GB or 20GiB, got {value!r}")
+    unit = (match.group(2) or "").lower().removesuffix("b")
+    base = 1024 if unit.endswith("i") else 1000
+    power = "kmgtp".index(unit[0]) + 1 if unit else 0
+    return int(float(match.group(1)) * base**power)
+
+
+def _fraction(value: Any) -> float:
+    number = _number_of_seconds(value)
+    if not 0 < number < 1:
+        raise ValueError("expected a fraction between 0 and 1, such as 0.9")
+    return number
+
+
+def _image_list(value: Any) -> tuple[str, ...]:
+    """Image references (`alpine:3.19`, `ghcr.io/org/app:1`): a list, or from the
+    environment a comma-separated string."""
+    if isinstance(value, str):
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError("expected a list of strings")
+    return tuple(value)
+
+
 def _log_format(value: Any) -> str:
     text = str(value).lower()
     if text not in ("text", "json"):
@@ -528,6 +573,13 @@ SETTINGS: dict[str, Setting] = {
     "read_timeout": Setting(_seconds, 30.0),
     "log_level": Setting(_log_level, "info"),
     "log_format": Setting(_log_format, "text"),
+    "max_cache_size": Setting(_size, 0),
+    "cache_low_water": Setting(_fraction, 0.9),
+    "min_free_space": Setting(_size, "1GiB"),
+    "gc_grace": Setting(_non_negative_seconds, 3600.0),
+    "prefetch": Setting(_image_list, []),
+    "prefetch_platforms": Setting(_image_list, []),
+    "prefetch_interval": Setting(_seconds, 3600.0),
 }
 # `upstream` is layered its own way (see `_upstreams`): a URL or a list of tables.
 UPSTREAM_KEY = "upstream"
@@ -642,7 +694,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, tuple):
-        return "[" + ", ".join(str(item) for item in value) + "]"
+        items = (_toml_str(item) if isinstance(item, str) else str(item) for item in value)
+        return "[" + ", ".join(items) + "]"
     return _toml_str(str(value))
 
 

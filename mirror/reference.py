@@ -102,3 +102,45 @@ class Digest:
 def is_digest(reference: str) -> bool:
     """A manifest reference is a digest exactly when it contains ':' (tags never do)."""
     return ":" in reference
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image reference as users write it (`alpine:3.19`, `ghcr.io/org/app@sha256:...`),
+    normalised Docker's way: registry host, repository name, and a tag or a digest."""
+
+    host: str
+    name: str
+    tag: str | None
+    digest: Digest | None
+
+    def __str__(self) -> str:
+        at = f"@{self.digest}" if self.digest else f":{self.tag}"
+        return f"{self.host}/{self.name}{at}"
+
+
+DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+
+
+def parse_image(text: str) -> ImageRef:
+    """Parse a reference: no host means docker.io, whose one-segment names are official
+    images (`alpine` is `library/alpine`), and no tag or digest means `latest`."""
+    rest, _, digest_text = text.strip().partition("@")
+    digest = Digest.parse(digest_text) if digest_text else None
+    tag = None
+    slash, colon = rest.rfind("/"), rest.rfind(":")
+    if colon > slash:
+        rest, tag = rest[:colon], parse_tag(rest[colon + 1 :])
+    first, sep, remainder = rest.partition("/")
+    if sep and looks_like_host(first):
+        if not is_registry_host(first):
+            raise RegistryError(errors.NAME_INVALID, f"invalid registry host in {text!r}")
+        host, name = ("docker.io" if first in DOCKER_HUB_ALIASES else first), remainder
+    else:
+        host, name = "docker.io", rest
+    name = parse_name(name)
+    if host == "docker.io" and "/" not in name:
+        name = f"library/{name}"
+    if tag is None and digest is None:
+        tag = "latest"
+    return ImageRef(host, name, tag, digest)

@@ -163,6 +163,34 @@ async def test_pull_counts_add_up_and_rank_the_most_pulled_first(meta_store: Met
     assert await meta_store.top_repositories(1) == [("ghcr.io/org/app", 5)]
 
 
+async def test_every_tag_record_can_be_listed(meta_store: MetaStore) -> None:
+    other = TagKey("registry.example.com:5000", "team/app", "v1", "application/x:y")
+    await meta_store.put_tag(KEY, RECORD)
+    await meta_store.put_tag(other, RECORD)
+    assert sorted(await meta_store.list_tags(), key=lambda item: item[0].upstream) == [
+        (KEY, RECORD),
+        (other, RECORD),
+    ]
+    await meta_store.delete_tag(other)
+    assert await meta_store.list_tags() == [(KEY, RECORD)]
+
+
+async def test_access_records_can_be_listed_and_forgotten(meta_store: MetaStore) -> None:
+    await meta_store.record_access({"sha256:a": Access(10.0, {"x/y"}), "sha256:b": Access(20.0)})
+    assert await meta_store.list_accesses() == {"sha256:a": 10.0, "sha256:b": 20.0}
+    await meta_store.delete_accesses(["sha256:a"])
+    await meta_store.delete_accesses([])
+    assert await meta_store.list_accesses() == {"sha256:b": 20.0}
+    assert await meta_store.get_access("sha256:a") is None
+
+
+async def test_repositories_can_be_removed_from_the_catalog(meta_store: MetaStore) -> None:
+    await meta_store.add_repositories(HUB, ["a/b", "c/d"])
+    await meta_store.remove_repositories(HUB, ["a/b", "not/there"])
+    await meta_store.remove_repositories(HUB, [])
+    assert await meta_store.list_repositories(HUB) == ["c/d"]
+
+
 async def test_cached_responses_round_trip(meta_store: MetaStore) -> None:
     key = f"tags:{HUB}/library/alpine?n=100"
     body = b'{"name":"library/alpine","tags":["3.19"]}\n\x00\xff binary \n too'

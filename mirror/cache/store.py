@@ -21,11 +21,12 @@ import logging
 import os
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from mirror.errors import RegistryError
 from mirror.reference import Digest
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,16 @@ class Usage:
 
     objects: int = 0
     bytes: int = 0
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One blob or manifest on disk."""
+
+    kind: ContentKind
+    digest: Digest
+    size: int
+    mtime: float  # unix time it was written
 
 
 @dataclass(frozen=True)
@@ -180,6 +191,55 @@ class FilesystemStore:
         usage = self.usage[kind]
         usage.objects += 1
         usage.bytes += size
+
+    def objects(self, kind: ContentKind) -> Iterator[StoredObject]:
+        """Every committed blob or manifest (blocking: walk in a thread). Files that are not
+        named like a digest are not content and are skipped."""
+        root = self.root / ("blobs" if kind == "blob" else "manifests")
+        for directory, _, names in os.walk(root):
+            algorithm = Path(directory).parent.name
+            for name in names:
+                if name.endswith(".type"):
+                    continue
+                try:
+                    digest = Digest.parse(f"{algorithm}:{name}")
+                    stat = (Path(directory) / name).stat()
+                except (RegistryError, FileNotFoundError):
+                    continue
+                yield StoredObject(kind, digest, stat.st_size, stat.st_mtime)
+
+    def remove(self, kind: ContentKind, digest: Digest) -> int:
+        """Delete a blob or manifest; the bytes freed (0 if it was not there). A client
+        reading it keeps its open file until done (the data goes when the last one closes)."""
+        path = self.blob_path(digest) if kind == "blob" else self._manifest_path(digest)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        if kind == "manifest":
+            path.with_name(path.name + ".type").unlink(missing_ok=True)
+            if (dropped := self._recent.pop(digest, None)) is not None:
+                self._recent_bytes -= len(dropped.data)
+        usage = self.usage[kind]
+        usage.objects = max(0, usage.objects - 1)
+        usage.bytes = max(0, usage.bytes - size)
+        return size
+
+    def free_bytes(self) -> int:
+        """Space left for the mirror on the data dir's filesystem."""
+        stat = os.statvfs(self.root)
+        return stat.f_bavail * stat.f_frsize
+
+    def blob_writer(self, digest: Digest) -> BlobWriter:
+        """A writer for one blob outside any download claim (an import, say): a private
+        temp file, published only by `commit` after it is verified."""
+        return BlobWriter(
+            self._temp_path(digest),
+            self.blob_path(digest),
+            digest,
+            on_commit=lambda size: self.count("blob", size),
+        )
 
     def measure(self) -> dict[ContentKind, Usage]:
         """Walk the store and set `usage` from what is on disk (blocking: run it in a

@@ -30,6 +30,7 @@ import json
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import astuple
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -125,16 +126,22 @@ class RedisMetaStore:
         name = self._tag_key(key)
         with _errors("get_tag"):
             raw = await self._redis.get(name)
-        if raw is None:
-            return None
-        with _corrupt(name):
-            data = json.loads(raw)
-            return TagRecord(
-                digest=str(data["digest"]),
-                media_type=str(data["media_type"]),
-                size=int(data["size"]),
-                confirmed_at=float(data["confirmed_at"]),
-            )
+        return None if raw is None else _tag_record(name, raw)
+
+    async def list_tags(self) -> list[tuple[TagKey, TagRecord]]:
+        prefix = self._key("tag:")
+        found: list[tuple[TagKey, TagRecord]] = []
+        with _errors("list_tags"):
+            names = [_text(n) async for n in self._redis.scan_iter(match=prefix + "*", count=500)]
+            values = await self._redis.mget(names) if names else []
+        for name, raw in zip(names, values, strict=True):
+            if raw is None:
+                continue  # deleted since the scan
+            # <upstream>/<repo>:<tag>:<accept>: the upstream has no "/", the rest no ":".
+            upstream, _, rest = name.removeprefix(prefix).partition("/")
+            repo, tag, accept = rest.split(":", 2)
+            found.append((TagKey(upstream, repo, tag, accept), _tag_record(name, raw)))
+        return sorted(found, key=lambda item: astuple(item[0]))
 
     async def put_tag(self, key: TagKey, record: TagRecord) -> None:
         value = json.dumps(
@@ -217,6 +224,21 @@ class RedisMetaStore:
             return None
         return Access(float(last_access), {_text(repo) for repo in repos})
 
+    async def list_accesses(self) -> dict[str, float]:
+        with _errors("list_accesses"):
+            rows = await self._redis.zrange(self._key("access"), 0, -1, withscores=True)
+        return {_text(row[0]): float(row[1]) for row in rows}
+
+    async def delete_accesses(self, digests: Iterable[str]) -> None:
+        names = list(digests)
+        if not names:
+            return
+        with _errors("delete_accesses"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._key("access"), *names)
+                pipe.delete(*(self._key("access-repos:", digest) for digest in names))
+                await pipe.execute()
+
     # --- catalog --------------------------------------------------------------------------
 
     async def add_repositories(self, upstream: str, repos: Iterable[str]) -> None:
@@ -230,6 +252,13 @@ class RedisMetaStore:
         with _errors("list_repositories"):
             repos = await self._redis.smembers(self._key("repos:", upstream))
         return sorted(_text(repo) for repo in repos)
+
+    async def remove_repositories(self, upstream: str, repos: Iterable[str]) -> None:
+        names = list(repos)
+        if not names:
+            return
+        with _errors("remove_repositories"):
+            await self._redis.srem(self._key("repos:", upstream), *names)
 
     # --- pull counts ----------------------------------------------------------------------
 
@@ -267,6 +296,17 @@ class RedisMetaStore:
             data = json.loads(meta)
             headers = {str(k): str(v) for k, v in data["headers"].items()}
             return CachedResponse(body, headers, float(data["stored_at"]))
+
+
+def _tag_record(name: str, raw: Any) -> TagRecord:
+    with _corrupt(name):
+        data = json.loads(raw)
+        return TagRecord(
+            digest=str(data["digest"]),
+            media_type=str(data["media_type"]),
+            size=int(data["size"]),
+            confirmed_at=float(data["confirmed_at"]),
+        )
 
 
 @contextmanager

@@ -104,6 +104,9 @@ class ResilientMetaStore:
     async def delete_tag(self, key: TagKey) -> None:
         await self._guard("delete_tag", None, lambda: self._inner.delete_tag(key))
 
+    async def list_tags(self) -> list[tuple[TagKey, TagRecord]]:
+        return await self._guard("list_tags", [], self._inner.list_tags)
+
     async def try_lock(self, name: str, ttl: float) -> str | None:
         async def take() -> str | None:
             token = await self._inner.try_lock(name, ttl)
@@ -131,6 +134,17 @@ class ResilientMetaStore:
 
     async def get_access(self, digest: str) -> Access | None:
         return await self._guard("get_access", None, lambda: self._inner.get_access(digest))
+
+    async def list_accesses(self) -> dict[str, float]:
+        return await self._guard("list_accesses", {}, self._inner.list_accesses)
+
+    async def delete_accesses(self, digests: Iterable[str]) -> None:
+        await self._guard("delete_accesses", None, lambda: self._inner.delete_accesses(digests))
+
+    async def remove_repositories(self, upstream: str, repos: Iterable[str]) -> None:
+        await self._guard(
+            "remove_repositories", None, lambda: self._inner.remove_repositories(upstream, repos)
+        )
 
     async def add_repositories(self, upstream: str, repos: Iterable[str]) -> None:
         await self._guard(

@@ -165,6 +165,15 @@ class SqliteMetaStore:
             )
         )
 
+    async def list_tags(self) -> list[tuple[TagKey, TagRecord]]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT upstream, repo, tag, accept, digest, media_type, size, confirmed_at"
+                " FROM tags ORDER BY upstream, repo, tag, accept"
+            ).fetchall()
+        )
+        return [(TagKey(*row[:4]), TagRecord(*row[4:])) for row in rows]
+
     # --- locks ----------------------------------------------------------------------------
 
     async def try_lock(self, name: str, ttl: float) -> str | None:
@@ -236,6 +245,22 @@ class SqliteMetaStore:
 
         return await self._run(read)
 
+    async def list_accesses(self) -> dict[str, float]:
+        rows = await self._run(
+            lambda c: c.execute("SELECT digest, last_access FROM accesses").fetchall()
+        )
+        return dict(rows)
+
+    async def delete_accesses(self, digests: Iterable[str]) -> None:
+        rows = [(digest,) for digest in digests]
+
+        def delete(c: sqlite3.Connection) -> None:
+            with _transaction(c):
+                c.executemany("DELETE FROM accesses WHERE digest = ?", rows)
+                c.executemany("DELETE FROM access_repos WHERE digest = ?", rows)
+
+        await self._run(delete)
+
     # --- catalog --------------------------------------------------------------------------
 
     async def add_repositories(self, upstream: str, repos: Iterable[str]) -> None:
@@ -251,6 +276,14 @@ class SqliteMetaStore:
             ).fetchall()
         )
         return [repo for (repo,) in rows]
+
+    async def remove_repositories(self, upstream: str, repos: Iterable[str]) -> None:
+        rows = [(upstream, repo) for repo in repos]
+        await self._run(
+            lambda c: c.executemany(
+                "DELETE FROM repositories WHERE upstream = ? AND repo = ?", rows
+            )
+        )
 
     # --- pull counts ----------------------------------------------------------------------
 

@@ -85,6 +85,10 @@ class MetaStore(Protocol):
 
     async def delete_tag(self, key: TagKey) -> None: ...
 
+    async def list_tags(self) -> list[tuple[TagKey, TagRecord]]:
+        """Every tag record (for garbage collection, eviction and `mirror ls`; not for the
+        request path)."""
+
     # coordination: one process does the upstream work, the others wait for its result
     async def try_lock(self, name: str, ttl: float) -> str | None:
         """Take the lock `name` for at most `ttl` seconds; a token to release it with, or
@@ -104,11 +108,19 @@ class MetaStore(Protocol):
 
     async def get_access(self, digest: str) -> Access | None: ...
 
+    async def list_accesses(self) -> dict[str, float]:
+        """The last access time of every digest with an access record."""
+
+    async def delete_accesses(self, digests: Iterable[str]) -> None:
+        """Forget the access records of content that is gone."""
+
     # the catalog: repositories the mirror holds content for
     async def add_repositories(self, upstream: str, repos: Iterable[str]) -> None: ...
 
     async def list_repositories(self, upstream: str) -> list[str]:
         """Sorted."""
+
+    async def remove_repositories(self, upstream: str, repos: Iterable[str]) -> None: ...
 
     # pulls per repository, for the status page's most-pulled list
     async def record_pulls(self, pulls: Mapping[str, int]) -> None:

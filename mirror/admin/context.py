@@ -1,0 +1,37 @@
+"""Opening a data dir for a command: its content store and its metadata store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mirror.cache.store import FilesystemStore
+from mirror.config import Config
+
+if TYPE_CHECKING:
+    from mirror.meta.store import MetaStore
+
+
+@dataclass(frozen=True)
+class DataDir:
+    config: Config
+    store: FilesystemStore
+    meta: MetaStore
+
+
+@asynccontextmanager
+async def open_data_dir(config: Config) -> AsyncIterator[DataDir]:
+    """The store and metadata store of `config.data_dir` (temp files are left alone: a
+    server may be writing them)."""
+    from mirror.meta import open_meta_store
+
+    store = FilesystemStore(config.data_dir)
+    meta = await open_meta_store(
+        redis_url=config.redis_url, key_prefix=config.redis_key_prefix, data_dir=config.data_dir
+    )
+    try:
+        yield DataDir(config, store, meta)
+    finally:
+        await meta.close()

@@ -1,0 +1,146 @@
+"""`mirror gc`: remove what nothing needs any more, safely while a server runs.
+
+- temp files a crash left in `tmp/` (older than `gc_grace`, and not a download some process
+  holds the claim for);
+- blobs no cached manifest refers to and nobody used within `gc_grace`;
+- metadata about content that is gone: tag records naming a missing manifest, access
+  records of missing digests.
+
+Manifests themselves stay (they are what tags name; `mirror rm` and eviction remove them).
+A blob a client is reading when it is removed stays readable to that client: the file goes
+when its last reader closes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mirror.admin.context import DataDir, open_data_dir
+from mirror.admin.format import human_size
+from mirror.cache.references import references
+from mirror.cache.store import FilesystemStore
+from mirror.config import Config
+from mirror.errors import RegistryError
+from mirror.reference import Digest
+
+# `<algorithm>-<hex>.{lock,download,size}`: the files of a claimed download.
+_DOWNLOAD_FILE = re.compile(r"(?P<algorithm>[a-z0-9]+)-(?P<hex>[a-f0-9]+)\.(lock|download|size)")
+
+
+def add_parsers(commands: Any) -> list[argparse.ArgumentParser]:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "gc", help="remove crash leftovers, unreferenced blobs and stale metadata"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
+    parser.set_defaults(run=run)
+    return [parser]
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    async def main() -> Report:
+        async with open_data_dir(config) as data:
+            return await collect_garbage(data, dry_run=args.dry_run)
+
+    report = asyncio.run(main())
+    verb = "would remove" if args.dry_run else "removed"
+    for line in report.lines:
+        print(f"{verb} {line}")
+    print(
+        f"{verb} {report.temp_files} temp files, {report.blobs} unreferenced blobs, "
+        f"{report.tag_records} tag records and {report.access_records} access records; "
+        f"{human_size(report.bytes_freed)} {'would be ' if args.dry_run else ''}freed"
+    )
+    return 0
+
+
+@dataclass
+class Report:
+    temp_files: int = 0
+    blobs: int = 0
+    tag_records: int = 0
+    access_records: int = 0
+    bytes_freed: int = 0
+    lines: list[str] = field(default_factory=list)
+
+
+async def collect_garbage(
+    data: DataDir, *, dry_run: bool = False, now: float | None = None
+) -> Report:
+    """Find (and unless `dry_run`, remove) the garbage in a data dir."""
+    store, meta = data.store, data.meta
+    now = time.time() if now is None else now
+    cutoff = now - data.config.gc_grace
+    report = Report()
+
+    for path, size in await asyncio.to_thread(_stale_temp_files, store, cutoff):
+        report.temp_files += 1
+        report.bytes_freed += size
+        report.lines.append(f"temp file {path.name} ({human_size(size)})")
+        if not dry_run:
+            path.unlink(missing_ok=True)
+
+    manifests = await asyncio.to_thread(lambda: list(store.objects("manifest")))
+    referenced: set[Digest] = set()
+    for manifest in manifests:
+        stored = store.read_manifest(manifest.digest)
+        if stored is not None:
+            referenced.update(references(stored.data).blobs)
+    accessed = await meta.list_accesses()
+    blobs = await asyncio.to_thread(lambda: list(store.objects("blob")))
+    removed: set[str] = set()
+    for blob in blobs:
+        last_used = max(blob.mtime, accessed.get(str(blob.digest), 0.0))
+        if blob.digest in referenced or last_used > cutoff:
+            continue
+        if store.download_in_progress(blob.digest):
+            continue
+        report.blobs += 1
+        report.bytes_freed += blob.size
+        report.lines.append(f"blob {blob.digest} ({human_size(blob.size)}, referenced by nothing)")
+        removed.add(str(blob.digest))
+        if not dry_run:
+            store.remove("blob", blob.digest)
+
+    present = {str(m.digest) for m in manifests}
+    for key, record in await meta.list_tags():
+        if record.digest not in present:
+            report.tag_records += 1
+            report.lines.append(
+                f"tag record {key.upstream}/{key.repo}:{key.tag} (its manifest is gone)"
+            )
+            if not dry_run:
+                await meta.delete_tag(key)
+    still_there = (present | {str(blob.digest) for blob in blobs}) - removed
+    gone = [digest for digest in accessed if digest not in still_there]
+    report.access_records = len(gone)
+    if gone and not dry_run:
+        await meta.delete_accesses(gone)
+    return report
+
+
+def _stale_temp_files(store: FilesystemStore, cutoff: float) -> list[tuple[Path, int]]:
+    """Temp files older than `cutoff` that no live download owns."""
+    found = []
+    for path in store.tmp.iterdir():
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        if stat.st_mtime > cutoff:
+            continue
+        match = _DOWNLOAD_FILE.fullmatch(path.name)
+        if match is not None:
+            try:
+                digest: Digest | None = Digest.parse(f"{match['algorithm']}:{match['hex']}")
+            except RegistryError:
+                digest = None
+            if digest is not None and store.download_in_progress(digest):
+                continue
+        found.append((path, stat.st_size))
+    return found
