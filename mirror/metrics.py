@@ -102,6 +102,25 @@ RATELIMIT_LIMIT = Gauge(
     ["upstream"],
     multiprocess_mode="mostrecent",
 )
+EVICTIONS = Counter(
+    "mirror_cache_evictions_total",
+    "Objects evicted because the cache passed max_cache_size, by kind (blob, manifest).",
+    ["kind"],
+)
+EVICTED_BYTES = Counter(
+    "mirror_cache_evicted_bytes_total",
+    "Bytes evicted because the cache passed max_cache_size, by kind.",
+    ["kind"],
+)
+EVICTED_REFERENCED_BLOBS = Counter(
+    "mirror_cache_evicted_referenced_blobs_total",
+    "Evicted blobs that a still-cached manifest refers to (fetched again when pulled).",
+)
+PASSTHROUGH = Counter(
+    "mirror_cache_passthrough_total",
+    "Blob misses streamed from the upstream without being cached, because the data dir's "
+    "free space was below min_free_space.",
+)
 META_STORE_ERRORS = Counter(
     "mirror_meta_store_errors_total",
     "Metadata store calls that failed and were answered without the store.",

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -410,3 +411,18 @@ async def test_several_workers_share_the_port_and_still_download_a_blob_once(
         assert await proc.stop() == 0, proc.stderr
         assert not proc.killed
     assert files_under(data_dir / "tmp") == set()
+
+
+async def test_the_command_line_does_not_load_metrics_before_choosing_how(tmp_path: Path) -> None:
+    """`serve --workers N` switches prometheus-client to multiprocess mode before importing
+    it; a module that imports it earlier (through `mirror.cli`) would silently lose every
+    worker's metrics."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import sys, mirror.cli; print('prometheus_client' in sys.modules)",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    assert out.decode().strip() == "False"

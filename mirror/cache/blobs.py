@@ -10,12 +10,16 @@ never complete a transfer of bad bytes: on failure every reader is aborted inste
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import time
 from collections.abc import AsyncGenerator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Protocol
 
 from mirror import errors, metrics, observe
 from mirror.cache.access import AccessRecorder
@@ -35,6 +39,22 @@ FOLLOW_POLL_SECONDS = 0.005
 class DownloadLost(UpstreamError):
     """The download this process was following (in another process) ended without
     committing; the client may be answered by a fresh attempt if it got no bytes yet."""
+
+
+# How often "streaming without caching" is logged while the disk stays nearly full.
+PASSTHROUGH_LOG_SECONDS = 60.0
+
+
+class BlobBody(Protocol):
+    """A blob body that is not (yet) a file in the store: what a miss is answered from."""
+
+    digest: Digest
+    size: int | None
+
+    def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]: ...
+
+    async def release(self) -> None:
+        """Let go of anything held for a reader that never read (idempotent)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +152,9 @@ class Download:
             metrics.DOWNLOAD_WAITERS.dec()
             os.close(fd)
 
+    async def release(self) -> None:
+        """Nothing to let go: the download belongs to no single reader."""
+
     def _open(self) -> int:
         """Open whichever file holds the bytes now. (A download in another process may have
         committed, renaming its file, before this process noticed.)"""
@@ -153,6 +176,66 @@ class Download:
             ) from None
 
 
+class Passthrough:
+    """A miss streamed from the upstream to one client without being cached: the data dir is
+    nearly full. Verified all the same: the last chunk is held back until the digest (and
+    size) match, so a client never completes a transfer of bad bytes."""
+
+    def __init__(self, repo: UpstreamRepo, digest: Digest) -> None:
+        self.digest = digest
+        self.size: int | None = None
+        self._repo = repo
+        self._stack = AsyncExitStack()
+        self._chunks: AsyncGenerator[bytes, None] | None = None
+
+    async def open(self) -> None:
+        stream = await self._stack.enter_async_context(
+            self._repo.upstream.open_blob(self._repo.name, self.digest)
+        )
+        self.size = stream.size
+        self._stream = stream
+
+    async def release(self) -> None:
+        await self._stack.aclose()
+
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+        """Bytes [start, end) of the blob; the whole blob is read (and hashed) regardless."""
+        upstream = self._repo.upstream
+        hasher = hashlib.new(self.digest.algorithm)
+        position, received = 0, 0
+        held: bytes = b""
+        try:
+            async for chunk in self._stream.chunks:
+                hasher.update(chunk)
+                received += len(chunk)
+                observe.upstream_received(upstream.host, len(chunk))
+                if held:
+                    if piece := _slice(held, position, start, end):
+                        yield piece
+                    position += len(held)
+                held = chunk
+            if hasher.hexdigest() != self.digest.hex or (
+                self.size is not None and received != self.size
+            ):
+                error = UpstreamError(
+                    errors.UPSTREAM_BAD_GATEWAY,
+                    f"upstream {upstream.name} sent bytes that do not match {self.digest}",
+                )
+                observe.upstream_failed(upstream.host, str(error))
+                raise error
+            if piece := _slice(held, position, start, end):
+                yield piece
+        finally:
+            await self.release()
+
+
+def _slice(chunk: bytes, position: int, start: int, end: int | None) -> bytes:
+    """The part of `chunk` (which begins at `position` in the blob) inside [start, end)."""
+    low = max(start - position, 0)
+    high = len(chunk) if end is None else min(end - position, len(chunk))
+    return chunk[low:high] if high > low else b""
+
+
 class BlobCache:
     """The blob side of the pull-through cache."""
 
@@ -162,10 +245,13 @@ class BlobCache:
         access: AccessRecorder,
         *,
         offline: bool = False,
+        min_free_space: int = 0,
     ) -> None:
         self._store = store
         self._access = access
         self._offline = offline
+        self._min_free_space = min_free_space
+        self._passthrough_logged = 0.0
         self._downloads: dict[Digest, Download] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -194,9 +280,18 @@ class BlobCache:
         observe.cache_lookup("blob", "miss")
         return await repo.upstream.head_blob(repo.name, digest)
 
-    async def download(self, repo: UpstreamRepo, digest: Digest) -> Download:
+    async def download(self, repo: UpstreamRepo, digest: Digest) -> BlobBody:
         """The download of `digest`, started (size known): joined if one is in flight in
-        this process, followed if another process on this host has it, else begun."""
+        this process, followed if another process on this host has it, else begun; or,
+        when the disk is nearly full, the upstream's body passed through uncached."""
+        if digest not in self._downloads and self._disk_nearly_full():
+            self._refuse_when_offline()
+            observe.cache_lookup("blob", "miss")
+            metrics.PASSTHROUGH.inc()
+            passthrough = Passthrough(repo, digest)
+            await passthrough.open()
+            self._access.touch(str(digest), repo)
+            return passthrough
         for attempt in range(2):
             download = self._join_or_start(repo, digest)
             try:
@@ -225,6 +320,23 @@ class BlobCache:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return download
+
+    def _disk_nearly_full(self) -> bool:
+        if self._min_free_space <= 0:
+            return False
+        free = self._store.free_bytes()
+        if free >= self._min_free_space:
+            return False
+        if time.monotonic() - self._passthrough_logged > PASSTHROUGH_LOG_SECONDS:
+            self._passthrough_logged = time.monotonic()
+            log.warning(
+                "only %d bytes free in %s (min_free_space %d): streaming misses without "
+                "caching them",
+                free,
+                self._store.root,
+                self._min_free_space,
+            )
+        return True
 
     def _refuse_when_offline(self) -> None:
         if self._offline:

@@ -11,7 +11,10 @@ from aiohttp import web
 
 from mirror.cache.access import AccessRecorder
 from mirror.cache.blobs import BlobCache
+from mirror.cache.eviction import Evictor
 from mirror.cache.manifests import ManifestCache
+from mirror.cache.pinning import pinned_digests
+from mirror.cache.prefetch import schedule as schedule_prefetch
 from mirror.cache.store import FilesystemStore
 from mirror.cache.tags import TagListCache
 from mirror.config import Config
@@ -58,7 +61,7 @@ async def create_app(
         for settings in config.upstreams
     )
     access = AccessRecorder(meta, clock=clock)
-    blobs = BlobCache(store, access, offline=config.offline)
+    blobs = BlobCache(store, access, offline=config.offline, min_free_space=config.min_free_space)
     manifests = ManifestCache(store, meta, access, config, clock=clock)
     tags = TagListCache(meta, config, clock=clock)
 
@@ -67,14 +70,38 @@ async def create_app(
     RegistryRoutes(router, blobs, manifests, tags, meta).register(app.router)
     OpsRoutes(store, meta, router, access, clock=clock).register(app.router)
     background: set[asyncio.Task[None]] = set()
+    prefetching: set[asyncio.Task[None]] = set()  # the `prefetch` schedule
 
     async def start(_: web.Application) -> None:
         access.start()
         background.add(asyncio.create_task(_measure_cache(store), name="measure-cache"))
+        if config.max_cache_size > 0:
+            evictor = Evictor(
+                store,
+                meta,
+                max_bytes=config.max_cache_size,
+                low_water=config.cache_low_water,
+                pinned=lambda: pinned_digests(config, store, meta),
+                before_pass=access.flush,
+                clock=clock,
+            )
+            background.add(asyncio.create_task(evictor.run_forever(), name="evict"))
+        if config.prefetch:
+            prefetching.add(
+                asyncio.create_task(
+                    schedule_prefetch(config, store, meta, router, blobs, clock=clock),
+                    name="prefetch",
+                )
+            )
+            background.update(prefetching)
 
     async def abort_downloads(_: web.Application) -> None:
         # on_shutdown runs before the server waits for open requests, so streaming clients
         # are cut off at once instead of holding shutdown until their downloads finish.
+        # The prefetch schedule stops first: it must not start downloads after this.
+        for task in prefetching:
+            task.cancel()
+        await asyncio.gather(*prefetching, return_exceptions=True)
         await blobs.close()
 
     async def close(_: web.Application) -> None:

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from aiohttp import web
 
 from mirror import errors, mediatypes, observe
-from mirror.cache.blobs import BlobCache, CachedBlob, Download
+from mirror.cache.blobs import BlobBody, BlobCache, CachedBlob
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.tags import TagListCache
 from mirror.errors import RegistryError
@@ -214,9 +214,16 @@ def _cached_blob_response(
     )
 
 
-async def _stream_download(request: web.Request, download: Download) -> web.StreamResponse:
+async def _stream_download(request: web.Request, download: BlobBody) -> web.StreamResponse:
     """Stream a blob that is still arriving from upstream; abort the connection if the
     download fails, so the client never mistakes a partial or bad body for a good one."""
+    try:
+        return await _stream_body(request, download)
+    finally:
+        await download.release()
+
+
+async def _stream_body(request: web.Request, download: BlobBody) -> web.StreamResponse:
     size = download.size
     headers = _blob_headers(download.digest)
     start, end, status = 0, None, 200

@@ -1,0 +1,161 @@
+"""Keeping the cache under `max_cache_size`: least recently used content goes first.
+
+When the cache holds more than the limit, objects are evicted, oldest use first, until it
+holds `cache_low_water` of it. Use is the later of an object's last access record and its
+file's time. Never evicted: pinned content (the `prefetch` images), and anything used in
+the last `RECENT_SECONDS` (being read or written right now, or about to be). Evicting a
+manifest drops the tag records that name it, so the next pull asks the upstream again;
+evicting a blob that a cached manifest still names is allowed (it is fetched again when
+pulled) and counted.
+
+Eviction runs in the background, in one process at a time (a metadata-store lock), and
+never blocks a request: removing a file a client is reading leaves that client's copy
+readable until it is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from mirror import metrics
+from mirror.cache.references import references
+from mirror.cache.store import FilesystemStore, StoredObject
+from mirror.meta.store import MetaStore
+from mirror.reference import Digest
+
+log = logging.getLogger(__name__)
+
+# Content used this recently is never evicted: a pull in progress touches it.
+RECENT_SECONDS = 60.0
+# The size check is an in-memory comparison: cheap enough to make often.
+CHECK_INTERVAL_SECONDS = 1.0
+_LOCK = "evict"
+_LOCK_TTL = 600.0
+
+
+@dataclass
+class Eviction:
+    """What one eviction pass did."""
+
+    objects: int = 0
+    bytes: int = 0
+    referenced_blobs: int = 0
+    tag_records: int = 0
+    left_bytes: int = 0  # the cache's size afterwards
+
+
+class Evictor:
+    def __init__(
+        self,
+        store: FilesystemStore,
+        meta: MetaStore,
+        *,
+        max_bytes: int,
+        low_water: float,
+        pinned: Callable[[], Awaitable[set[Digest]]],
+        before_pass: Callable[[], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._meta = meta
+        self._max_bytes = max_bytes
+        self._target = int(max_bytes * low_water)
+        self._pinned = pinned
+        self._before_pass = before_pass
+        self._clock = clock
+
+    def over_limit(self) -> bool:
+        usage = self._store.usage
+        return self._max_bytes > 0 and usage["blob"].bytes + usage["manifest"].bytes > (
+            self._max_bytes
+        )
+
+    async def run_forever(self, interval: float = CHECK_INTERVAL_SECONDS) -> None:
+        while True:
+            if self.over_limit():
+                try:
+                    await self.evict()
+                except Exception:  # keep evicting later; a bad pass must not stop it
+                    log.exception("eviction failed")
+            await asyncio.sleep(interval)
+
+    async def evict(self) -> Eviction | None:
+        """One pass; None when another process holds the eviction lock."""
+        token = await self._meta.try_lock(_LOCK, _LOCK_TTL)
+        if token is None:
+            return None
+        try:
+            return await self._evict()
+        finally:
+            await self._meta.unlock(_LOCK, token)
+
+    async def _evict(self) -> Eviction:
+        if self._before_pass is not None:
+            await self._before_pass()  # e.g. write this process's latest accesses
+        store = self._store
+        objects = await asyncio.to_thread(
+            lambda: [*store.objects("manifest"), *store.objects("blob")]
+        )
+        total = sum(o.size for o in objects)
+        result = Eviction(left_bytes=total)
+        if self._max_bytes <= 0 or total <= self._max_bytes:
+            return result
+        accessed = await self._meta.list_accesses()
+        pinned = await self._pinned()
+        now = self._clock()
+
+        def last_used(obj: StoredObject) -> float:
+            return max(obj.mtime, accessed.get(str(obj.digest), 0.0))
+
+        candidates = sorted(
+            (o for o in objects if o.digest not in pinned and now - last_used(o) >= RECENT_SECONDS),
+            key=last_used,
+        )
+        still_named = await asyncio.to_thread(self._blobs_named_by_manifests, objects)
+        tags = await self._meta.list_tags()
+        evicted: list[str] = []
+        for obj in candidates:
+            if total <= self._target:
+                break
+            freed = store.remove(obj.kind, obj.digest)
+            if not freed:
+                continue
+            total -= freed
+            evicted.append(str(obj.digest))
+            result.objects += 1
+            result.bytes += freed
+            metrics.EVICTIONS.labels(obj.kind).inc()
+            metrics.EVICTED_BYTES.labels(obj.kind).inc(freed)
+            if obj.kind == "manifest":
+                for key, record in tags:
+                    if record.digest == str(obj.digest):
+                        await self._meta.delete_tag(key)
+                        result.tag_records += 1
+            elif obj.digest in still_named:
+                result.referenced_blobs += 1
+                metrics.EVICTED_REFERENCED_BLOBS.inc()
+        result.left_bytes = total
+        level = logging.WARNING if total > self._max_bytes else logging.INFO
+        log.log(
+            level,
+            "evicted %d objects (%d bytes, %d blobs a cached manifest still names); the cache "
+            "holds %d bytes of at most %d",
+            result.objects,
+            result.bytes,
+            result.referenced_blobs,
+            total,
+            self._max_bytes,
+        )
+        await self._meta.delete_accesses(evicted)
+        return result
+
+    def _blobs_named_by_manifests(self, objects: list[StoredObject]) -> set[Digest]:
+        named: set[Digest] = set()
+        for obj in objects:
+            if obj.kind == "manifest" and (m := self._store.read_manifest(obj.digest)):
+                named.update(references(m.data).blobs)
+        return named
