@@ -132,7 +132,7 @@ class Puller:
     blobs: BlobCache
 
 
-def puller(
+def server_puller(
     config: Config,
     store: FilesystemStore,
     meta: MetaStore,
@@ -364,7 +364,7 @@ async def schedule(
     except ValueError as exc:
         log.error("prefetch: not scheduled: prefetch_platforms: %s", exc)
         return
-    pulls, access = puller(config, store, meta, router, blobs, clock=clock)
+    pulls, access = server_puller(config, store, meta, router, blobs, clock=clock)
     lock = schedule_lock(config)
     while True:
         try:
