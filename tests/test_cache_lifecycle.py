@@ -20,6 +20,7 @@ from mirror.meta.store import MetaStore
 from mirror.reference import Digest
 from tests.conftest import Client, FakeClock, StartMirror, answered, files_under
 from tests.fakeupstream import FakeRegistry, Fault, Manifest, make_image, random_layer
+from tests.meta_fixtures import RedisServer
 from tests.mirrorproc import run_mirror
 from tests.test_pull import pull_like_docker
 
@@ -295,3 +296,32 @@ async def test_rm_removes_an_image_and_the_next_pull_fetches_it_again(
     upstream.reset_counts()
     await pull_like_docker(mirror, "library/alpine", "3.19")  # the mirror's hot tag is gone?
     assert cached(data_dir, alpine) == {alpine.digest, *(b.digest for b in alpine.blobs)}
+
+
+async def test_nothing_is_evicted_while_the_metadata_store_fails(
+    start_mirror: StartMirror, upstream: FakeRegistry, data_dir: Path, redis_server: RedisServer
+) -> None:
+    """Without the store, pinned images and recent use are unknown: evicting then could
+    remove exactly what must stay."""
+    upstream.push_image("team/app", "1", image(70))
+    clock = FakeClock()
+    mirror = await start_mirror(upstream.url, clock=clock, redis_url=redis_server.url)
+    await pull_like_docker(mirror, "team/app", "1")
+    clock.advance(1000)
+    meta = await open_meta_store(
+        redis_url=redis_server.url, key_prefix="mirror:", data_dir=data_dir
+    )
+    try:
+
+        async def pin() -> set[Digest]:
+            return set()
+
+        store = FilesystemStore(data_dir)
+        store.measure()
+        evictor = Evictor(store, meta, max_bytes=1, low_water=0.5, pinned=pin, clock=clock)
+        await redis_server.stop()
+        result = await evictor.evict()
+    finally:
+        await meta.close()
+    assert result is not None and result.objects == 0
+    assert cached(data_dir, image(70)) == {image(70).digest, *(b.digest for b in image(70).blobs)}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from mirror import metrics
 from mirror.cache.references import references
 from mirror.cache.store import FilesystemStore, StoredObject
-from mirror.meta.store import MetaStore
+from mirror.meta.store import MetaStore, MetaStoreError
 from mirror.reference import Digest
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,17 @@ class Evictor:
         result = Eviction(left_bytes=total)
         if self._max_bytes <= 0 or total <= self._max_bytes:
             return result
+        try:  # without the metadata store nothing says what is pinned or recently used
+            await self._meta.ping()
+        except MetaStoreError as exc:
+            log.warning("not evicting while the metadata store fails: %s", exc)
+            return result
         accessed = await self._meta.list_accesses()
         pinned = await self._pinned()
+        tags = await self._meta.list_tags()
+        if not getattr(self._meta, "available", True):
+            log.warning("not evicting: the metadata store failed during the pass")
+            return result
         now = self._clock()
 
         def last_used(obj: StoredObject) -> float:
@@ -116,7 +125,6 @@ class Evictor:
             key=last_used,
         )
         still_named = await asyncio.to_thread(self._blobs_named_by_manifests, objects)
-        tags = await self._meta.list_tags()
         evicted: list[str] = []
         for obj in candidates:
             if total <= self._target:

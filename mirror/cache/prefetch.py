@@ -39,7 +39,6 @@ from mirror.config import Config, TagRule
 from mirror.errors import RegistryError
 from mirror.meta.store import MetaStore, MetaStoreError
 from mirror.reference import Digest, ImageRef, parse_image
-from mirror.upstream.client import UpstreamClient
 from mirror.upstream.routing import Router, UpstreamRepo
 
 log = logging.getLogger(__name__)
@@ -162,15 +161,7 @@ async def open_puller(config: Config) -> AsyncIterator[Puller]:
     meta = await open_meta_store(
         redis_url=config.redis_url, key_prefix=config.redis_key_prefix, data_dir=config.data_dir
     )
-    router = Router(
-        UpstreamClient(
-            settings,
-            request_timeout=config.request_timeout,
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
-        )
-        for settings in config.upstreams
-    )
+    router = Router.from_config(config)
     access = _NoPullsRecorder(meta)
     blobs = BlobCache(store, access, offline=config.offline)
     manifests = ManifestCache(store, meta, access, revalidating(config))

@@ -22,7 +22,6 @@ from mirror.meta import open_meta_store
 from mirror.server.middleware import add_response_headers, observe_requests, registry_errors
 from mirror.server.ops import OpsRoutes
 from mirror.server.routes import RegistryRoutes
-from mirror.upstream.client import UpstreamClient
 from mirror.upstream.routing import Router
 
 log = logging.getLogger(__name__)
@@ -51,15 +50,7 @@ async def create_app(
     meta = await open_meta_store(
         redis_url=config.redis_url, key_prefix=config.redis_key_prefix, data_dir=config.data_dir
     )
-    router = Router(
-        UpstreamClient(
-            settings,
-            request_timeout=config.request_timeout,
-            connect_timeout=config.connect_timeout,
-            read_timeout=config.read_timeout,
-        )
-        for settings in config.upstreams
-    )
+    router = Router.from_config(config)
     access = AccessRecorder(meta, clock=clock)
     blobs = BlobCache(store, access, offline=config.offline, min_free_space=config.min_free_space)
     manifests = ManifestCache(store, meta, access, config, clock=clock)

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mirror import errors
-from mirror.config import DOCKER_HUB, DOCKER_HUB_HOSTS
+from mirror.config import DOCKER_HUB, DOCKER_HUB_HOSTS, Config
 from mirror.errors import RegistryError
 from mirror.reference import is_registry_host, looks_like_host, parse_name
 from mirror.upstream.client import UpstreamClient
@@ -52,6 +52,19 @@ class Router:
             for name in names:
                 self._by_name.setdefault(name, upstream)
         self.default = self._by_name.get(DOCKER_HUB)
+
+    @classmethod
+    def from_config(cls, config: Config) -> Router:
+        """A client for every upstream `config` serves (create inside the event loop)."""
+        return cls(
+            UpstreamClient(
+                settings,
+                request_timeout=config.request_timeout,
+                connect_timeout=config.connect_timeout,
+                read_timeout=config.read_timeout,
+            )
+            for settings in config.upstreams
+        )
 
     @property
     def hosts(self) -> list[str]:
