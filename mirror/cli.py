@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mirror import __version__, clientconfig, config, logs
-from mirror.admin import gc, inventory, prefetch
+from mirror.admin import bundle, gc, inventory, prefetch
 from mirror.cache.store import FilesystemStore
 from mirror.server import workers
 
@@ -33,7 +33,7 @@ SERVE_FLAGS = (
     "max_cache_size",
 )
 # Modules adding the commands that work on a data dir (see mirror.admin).
-ADMIN_COMMANDS = (gc, inventory, prefetch)
+ADMIN_COMMANDS = (gc, inventory, prefetch, bundle)
 # Seconds open requests get to finish on SIGTERM/Ctrl-C (downloads are aborted at once).
 SHUTDOWN_TIMEOUT = 5.0
 
