@@ -54,9 +54,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "client-config":
         return _client_config(args, loaded.config)
     if args.command != "serve":
-        run: Callable[[argparse.Namespace, config.Config], int] = args.run
-        return run(args, loaded.config)
+        return _admin(args.run, args, loaded.config)
     return _serve(loaded.config)
+
+
+def _admin(
+    run: Callable[[argparse.Namespace, config.Config], int],
+    args: argparse.Namespace,
+    cfg: config.Config,
+) -> int:
+    """A command on the data dir; a metadata store that fails ends it with a message."""
+    from mirror.meta.store import MetaStoreError  # not at the top: see the note on imports
+
+    try:
+        return run(args, cfg)
+    except MetaStoreError as exc:
+        print(f"mirror: the metadata store failed: {exc}", file=sys.stderr)
+        return 1
 
 
 def _client_config(args: argparse.Namespace, cfg: config.Config) -> int:

@@ -29,7 +29,10 @@ async def open_data_dir(config: Config) -> AsyncIterator[DataDir]:
 
     store = FilesystemStore(config.data_dir)
     meta = await open_meta_store(
-        redis_url=config.redis_url, key_prefix=config.redis_key_prefix, data_dir=config.data_dir
+        redis_url=config.redis_url,
+        key_prefix=config.redis_key_prefix,
+        data_dir=config.data_dir,
+        resilient=False,
     )
     try:
         yield DataDir(config, store, meta)

@@ -132,7 +132,7 @@ def _stale_temp_files(store: FilesystemStore, cutoff: float) -> list[tuple[Path,
             stat = path.stat()
         except FileNotFoundError:
             continue
-        if stat.st_mtime > cutoff:
+        if stat.st_mtime > cutoff or path.is_dir():
             continue
         match = _DOWNLOAD_FILE.fullmatch(path.name)
         if match is not None:

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import secrets
+import shutil
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -182,7 +183,10 @@ class FilesystemStore:
         """Remove leftovers of writes that never committed (a crash, a kill -9)."""
         removed = 0
         for path in self.tmp.iterdir():
-            path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
             removed += 1
         return removed
 

@@ -33,14 +33,18 @@ __all__ = [
 SQLITE_FILE = "meta.sqlite3"
 
 
-async def open_meta_store(*, redis_url: str | None, key_prefix: str, data_dir: Path) -> MetaStore:
-    """The configured backend, opened and wrapped. Raises MetaStoreError if it cannot be
-    opened at all (Redis unreachable, the SQLite file unusable): a misconfiguration is
-    reported at start rather than hidden behind neutral answers."""
+async def open_meta_store(
+    *, redis_url: str | None, key_prefix: str, data_dir: Path, resilient: bool = True
+) -> MetaStore:
+    """The configured backend, opened and (for the server) wrapped. Raises MetaStoreError
+    if it cannot be opened at all (Redis unreachable, the SQLite file unusable): a
+    misconfiguration is reported at start rather than hidden behind neutral answers. A
+    command on a data dir asks for the bare backend (`resilient=False`): it must fail
+    loudly rather than, say, remove what it could not find records for."""
     inner: MetaStore
     if redis_url:
         inner = await RedisMetaStore.open(redis_url, key_prefix)
     else:
         await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
         inner = await SqliteMetaStore.open(data_dir / SQLITE_FILE)
-    return ResilientMetaStore(inner)
+    return ResilientMetaStore(inner) if resilient else inner
