@@ -37,6 +37,8 @@ T = TypeVar("T")
 
 # Tag records kept in memory at most (see `tag_cache_seconds`).
 HOT_TAGS = 10_000
+# Digests named by a tag's HEAD and not fetched yet, remembered at most (see `_unverified`).
+UNVERIFIED_DIGESTS = 10_000
 # How often a process waiting for another process's revalidation looks for its result.
 _POLL_SECONDS = 0.05
 
@@ -77,6 +79,11 @@ class ManifestCache:
         # Recently read tag records: (record, time.monotonic() until which it may be used).
         self._hot: dict[TagKey, tuple[TagRecord, float]] = {}
         self._reported_ratelimit: dict[str, RateLimit] = {}  # by upstream host
+        # A HEAD's Docker-Content-Digest cannot be checked against bytes, so a tag record
+        # made from one is a claim until its manifest is fetched: if the upstream then has
+        # no such manifest, the records that named it are dropped (not kept for the tag's
+        # freshness time) and the client is told the upstream contradicted itself.
+        self._unverified: dict[Digest, set[TagKey]] = {}
 
     async def by_digest(self, repo: UpstreamRepo, digest: Digest) -> StoredManifest:
         """The manifest with this digest; fetched (once, however many ask) and verified if
@@ -196,6 +203,8 @@ class ManifestCache:
                 head = await repo.upstream.head_manifest(repo.name, key.tag, header)
                 if head is not None:
                     record = TagRecord(str(head.digest), head.media_type, head.size, self._clock())
+                    if not self._store.has_manifest(head.digest):
+                        self._claimed(head.digest, key)
                 else:
                     manifest = await self._fetch_by_tag(repo, key.tag, header)
                     record = TagRecord(
@@ -271,9 +280,15 @@ class ManifestCache:
         # Ask for every type: a digest names exactly one manifest, whatever the client accepts.
         accept = mediatypes.accept_header(frozenset(mediatypes.MANIFEST_TYPES))
         try:
-            fetched = await repo.upstream.get_manifest(
-                repo.name, str(digest), accept, algorithm=digest.algorithm
-            )
+            try:
+                fetched = await repo.upstream.get_manifest(
+                    repo.name, str(digest), accept, algorithm=digest.algorithm
+                )
+            except RegistryError as exc:
+                if exc.status == 404 and (claimed_by := self._unverified.pop(digest, None)):
+                    raise await self._disown(repo, digest, claimed_by) from None
+                raise
+            self._unverified.pop(digest, None)
             if fetched.digest != digest:
                 raise self._integrity_error(repo, digest, fetched)
             return await self._keep(repo, fetched)
@@ -281,6 +296,31 @@ class ManifestCache:
             await self._report_ratelimit(repo.upstream)
             if token is not None:
                 await self._meta.unlock(lock, token)
+
+    def _claimed(self, digest: Digest, key: TagKey) -> None:
+        if len(self._unverified) >= UNVERIFIED_DIGESTS:
+            self._unverified.clear()  # bounded; a claim forgotten is kept for its TTL
+        self._unverified.setdefault(digest, set()).add(key)
+
+    async def _disown(self, repo: UpstreamRepo, digest: Digest, keys: set[TagKey]) -> UpstreamError:
+        """The upstream named `digest` for these tags but has no such manifest: forget the
+        records (the next pull asks again) and say so."""
+        for key in keys:
+            self._hot.pop(key, None)
+            await self._meta.delete_tag(key)
+        tags = ", ".join(sorted(f"{key.repo}:{key.tag}" for key in keys))
+        log.error(
+            "upstream %s named %s for %s but does not have it; tag records dropped",
+            repo.upstream.name,
+            digest,
+            tags,
+        )
+        error = UpstreamError(
+            errors.UPSTREAM_BAD_GATEWAY,
+            f"upstream {repo.upstream.name} named {digest} for {tags} but does not have it",
+        )
+        observe.upstream_failed(repo.upstream.host, str(error))
+        return error
 
     async def _fetch_by_tag(self, repo: UpstreamRepo, tag: str, accept: str) -> StoredManifest:
         fetched = await repo.upstream.get_manifest(repo.name, tag, accept)

@@ -35,6 +35,8 @@ MAX_REDIRECTS = 10
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_TAGS_BYTES = 16 * 1024 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+# Where a redirect may lead: never file:, ftp: or anything else aiohttp might not refuse.
+_SCHEMES = frozenset({"http", "https"})
 
 
 class UpstreamError(RegistryError):
@@ -276,6 +278,12 @@ class UpstreamClient:
                         f"upstream {self.name} redirected more than {MAX_REDIRECTS} times",
                     )
                 url = urljoin(url, location)
+                if (scheme := urlsplit(url).scheme.lower()) not in _SCHEMES:
+                    raise UpstreamError(
+                        errors.UPSTREAM_BAD_GATEWAY,
+                        f"upstream {self.name} redirected to a {scheme or 'schemeless'}: URL; "
+                        "the mirror follows redirects to http and https only",
+                    )
                 params = ()  # the Location carries its own query
                 continue
             return resp
@@ -299,6 +307,17 @@ class UpstreamClient:
         if isinstance(exc, aiohttp.ClientConnectorError):
             return UpstreamError(
                 errors.UPSTREAM_UNAVAILABLE, f"upstream {self.name} is unreachable: {exc.strerror}"
+            )
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            return UpstreamError(
+                errors.UPSTREAM_BAD_GATEWAY,
+                f"upstream {self.name} broke off the response body (connection closed or "
+                "reset before its end)",
+            )
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            return UpstreamError(
+                errors.UPSTREAM_BAD_GATEWAY,
+                f"upstream {self.name} closed the connection without answering",
             )
         log.warning("upstream %s failed: %s", self.name, type(exc).__name__)
         return UpstreamError(

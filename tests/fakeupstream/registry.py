@@ -15,7 +15,9 @@ import binascii
 import json
 import re
 import secrets
+import socket
 import ssl
+import struct
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,7 +34,11 @@ from .images import DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Blob, Manifes
 __all__ = ["CHUNK_SIZE", "SERVICE", "FakeRegistry", "Fault", "RecordedRequest"]
 
 ServerName = Literal["registry", "auth", "cdn"]
-FaultKind = Literal["status", "slow", "truncate", "corrupt", "drop"]
+FaultKind = Literal["status", "slow", "truncate", "corrupt", "drop", "reset", "replace", "header"]
+_FAULT_KINDS = ("status", "slow", "truncate", "corrupt", "drop", "reset", "replace", "header")
+_BODY_FAULTS = ("truncate", "corrupt", "reset", "replace")
+# How long a "reset" waits for the first half of the body to leave before the RST.
+_RESET_FLUSH_SECONDS = 1.0
 
 SERVICE = "fake.registry"
 CHUNK_SIZE = 64 * 1024
@@ -68,9 +74,21 @@ class Fault:
     the manifest GET once" means the real fetch, not the anonymous probe that
     precedes the token dance. Set ``before_auth=True`` to hit every request.
 
-    At most one request-level fault (status/drop/slow) and one body-level
-    fault (truncate/corrupt) apply to a request; body-level faults only match
-    responses that actually carry a body (never HEAD, 307 or empty bodies).
+    At most one request-level fault (status/drop/slow), one body-level
+    fault (truncate/corrupt/reset/replace) and one header fault apply to a
+    request; body-level faults only match responses that actually carry a body
+    (never HEAD, 307 or empty bodies).
+
+    - ``truncate``: half the body, then the connection is closed (the full
+      Content-Length was promised);
+    - ``reset``: half the body, then a TCP RST (SO_LINGER 0), as a peer or
+      middlebox that drops the connection hard;
+    - ``replace``: ``body`` is sent instead of the real body (with its own
+      Content-Length; the real headers, Docker-Content-Digest included, stay);
+    - ``header``: ``headers`` are set on the real answer (HEAD and 307s too),
+      e.g. a wrong Docker-Content-Digest;
+    - ``status`` with ``headers={"Location": ...}`` and a 3xx ``status``
+      makes redirects (loops, other schemes).
 
     Note: aiohttp's client silently retries an idempotent request once after
     the server disconnects without answering, so a "drop" needs ``times=2``
@@ -86,6 +104,7 @@ class Fault:
     headers: Mapping[str, str] = field(default_factory=dict)
     delay: float = 0.0
     chunk_delay: float = 0.0
+    body: bytes = b""
     before_auth: bool = False
     hits: int = field(default=0, init=False)  # requests this fault has been applied to
 
@@ -93,7 +112,7 @@ class Fault:
         """Reject typos early: a fault that can never match makes a test silently pass."""
         if self.server not in ("registry", "auth", "cdn"):
             raise ValueError(f"unknown server {self.server!r}")
-        if self.kind not in ("status", "slow", "truncate", "corrupt", "drop"):
+        if self.kind not in _FAULT_KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}")
 
     @property
@@ -280,9 +299,11 @@ class FakeRegistry:
         token_expires_in: int = 300,
         ratelimit: tuple[int, int] | None = None,
         tls: ssl.SSLContext | None = None,
+        port: int = 0,
     ) -> None:
         """Configure behaviour; nothing listens until start(). With `tls` (a server
-        context) all three servers speak HTTPS."""
+        context) all three servers speak HTTPS. `port` fixes the registry's port (0: any
+        free one), so a test can bring an upstream back at the address a mirror knows."""
         if auth not in ("bearer", "basic", "none"):
             raise ValueError(f"unknown auth mode {auth!r}")
         self.auth = auth
@@ -301,6 +322,7 @@ class FakeRegistry:
         self._tokens: dict[str, _Grant] = {}
         self._cdn_sigs: dict[str, tuple[str, float]] = {}
         self._tls = tls
+        self._port = port
         self._runners: list[web.AppRunner] = []
         self._urls: dict[str, str] = {}
 
@@ -359,7 +381,8 @@ class FakeRegistry:
                 )
                 await runner.setup()
                 self._runners.append(runner)
-                site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self._tls)
+                port = self._port if name == "registry" else 0
+                site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=self._tls)
                 await site.start()
                 host, port = runner.addresses[0][:2]
                 scheme = "https" if self._tls is not None else "http"
@@ -533,13 +556,21 @@ class FakeRegistry:
             reply = await route.handle()
         if server == "registry":
             reply.headers.setdefault("Docker-Distribution-API-Version", "registry/2.0")
+        if fault is None or fault.kind != "status":
+            header_fault = self._take_fault(server, request, ("header",), allowed)
+            if header_fault is not None:
+                applied.append(header_fault.kind)
+                record.fault = "+".join(applied)
+                reply.headers.update(header_fault.headers)
 
         body_fault = None
         if request.method != "HEAD" and len(reply.body) > 0:
-            body_fault = self._take_fault(server, request, ("truncate", "corrupt"), allowed)
+            body_fault = self._take_fault(server, request, _BODY_FAULTS, allowed)
             if body_fault is not None:
                 applied.append(body_fault.kind)
                 record.fault = "+".join(applied)
+                if body_fault.kind == "replace":
+                    reply.body = body_fault.body
         return await self._send(request, record, reply, body_fault, chunk_delay)
 
     @staticmethod
@@ -568,7 +599,7 @@ class FakeRegistry:
             if request.method == "HEAD" or not body:
                 return response
             limit = len(body)
-            if body_fault is not None and body_fault.kind == "truncate":
+            if body_fault is not None and body_fault.kind in ("truncate", "reset"):
                 limit //= 2
             corrupt_at = len(body) // 2
             for offset in range(0, limit, CHUNK_SIZE):
@@ -586,13 +617,30 @@ class FakeRegistry:
                 await response.write(chunk)
             if limit < len(body):
                 # Full Content-Length was promised; stop short and hang up.
-                if request.transport is not None:
+                if body_fault is not None and body_fault.kind == "reset":
+                    await self._reset(request)
+                elif request.transport is not None:
                     request.transport.close()
                 return response
             await response.write_eof()
         except ConnectionError:
             pass  # the client went away; aiohttp notices on its own
         return response
+
+    @staticmethod
+    async def _reset(request: web.Request) -> None:
+        """Let what was written reach the peer (bounded), then abort with a TCP RST."""
+        transport = request.transport
+        if transport is None:
+            return
+        for _ in range(int(_RESET_FLUSH_SECONDS / 0.005)):
+            if not transport.get_write_buffer_size():
+                break
+            await asyncio.sleep(0.005)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
 
     @staticmethod
     def _flip(chunk: bytes | memoryview, start: int) -> bytes:
