@@ -8,6 +8,7 @@ surprise.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -52,7 +53,14 @@ def looks_like_host(component: str) -> bool:
 
 def is_registry_host(text: str) -> bool:
     """Whether `text` is a well-formed registry host (lower-case) by Docker's rule."""
-    return looks_like_host(text) and _HOST_RE.fullmatch(text) is not None
+    if not looks_like_host(text) or _HOST_RE.fullmatch(text) is None:
+        return False
+    if text.startswith("["):  # the pattern admits "[..]": the address itself must parse
+        try:
+            ipaddress.IPv6Address(text[1 : text.index("]")])
+        except ValueError:
+            return False
+    return True
 
 
 def parse_tag(tag: str) -> str:

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from mirror.server.responses import ByteRange, parse_range
 from tests.conftest import Client, content_files
-from tests.fakeupstream import FakeRegistry
+from tests.fakeupstream import FakeRegistry, Manifest
 
 SHA = "sha256:" + "a" * 64
 
@@ -51,6 +52,14 @@ BAD_REQUESTS = [
     ("/v2/library/alpine/tags/list?n=-1", 400, "PAGINATION_NUMBER_INVALID"),
     ("/v2/library/alpine/tags/list?last=a/b", 400, "TAG_INVALID"),
     ("/v2/_catalog?n=x", 400, "PAGINATION_NUMBER_INVALID"),
+    # Found by the fuzz tests: these were 500s (int() refuses "²", which str.isdigit()
+    # accepts, and strings of more than 4300 digits).
+    ("/v2/library/alpine/tags/list?n=%C2%B2", 400, "PAGINATION_NUMBER_INVALID"),
+    ("/v2/library/alpine/tags/list?n=" + "9" * 5000, 400, "PAGINATION_NUMBER_INVALID"),
+    ("/v2/_catalog?n=%D9%A1", 400, "PAGINATION_NUMBER_INVALID"),
+    ("/v2/_catalog?n=" + "1" * 5000, 400, "PAGINATION_NUMBER_INVALID"),
+    # ...and "[..]" passed for an IPv6 registry host.
+    ("/v2/[..]/library/alpine/manifests/latest", 400, "NAME_INVALID"),
     ("/v2/_catalog?last=Bad", 400, "NAME_INVALID"),
     ("/v2/library/alpine/referrers/" + SHA, 404, "NOT_FOUND"),
     ("/etc/passwd", 404, "NOT_FOUND"),
@@ -100,3 +109,44 @@ async def test_head_errors_have_status_and_no_body(mirror: Client) -> None:
     resp = await mirror.head("/v2/Alpine/manifests/latest")
     assert resp.status == 400
     assert await resp.read() == b""
+
+
+async def test_leading_zeros_in_n_are_only_zeros(mirror: Client, alpine: Manifest) -> None:
+    resp = await mirror.get("/v2/library/alpine/tags/list?n=" + "0" * 5000 + "1")
+    assert resp.status == 200
+    assert (await resp.json())["tags"] == ["3.19"]
+
+
+@pytest.mark.parametrize(
+    ("header", "status", "content_range"),
+    [
+        ("bytes=" + "1" * 5000 + "-", 416, "bytes */{size}"),
+        ("bytes=0-" + "9" * 5000, 206, "bytes 0-{last}/{size}"),
+        ("bytes=-" + "9" * 5000, 206, "bytes 0-{last}/{size}"),
+        ("bytes=" + "0" * 5000 + "1-", 206, "bytes 1-{last}/{size}"),
+    ],
+)
+async def test_range_numbers_of_any_length_get_an_answer(
+    mirror: Client, alpine: Manifest, header: str, status: int, content_range: str
+) -> None:
+    """Found by the fuzz tests: a Range number of more than 4300 digits was a 500, both
+    while the blob streamed from upstream and once it was cached."""
+    blob = alpine.layers[0]
+    expected = content_range.format(size=blob.size, last=blob.size - 1)
+    for _ in ("streamed", "cached"):
+        resp = await mirror.get(
+            f"/v2/library/alpine/blobs/{blob.digest}", headers={"Range": header}
+        )
+        assert resp.status == status
+        assert resp.headers["Content-Range"] == expected
+        if status == 206:
+            start = int(expected.split()[1].split("-")[0])
+            assert await resp.read() == blob.data[start:]
+        else:
+            assert (await resp.json())["errors"][0]["code"] == "RANGE_INVALID"
+
+
+def test_range_digits_are_ascii_only() -> None:
+    """`\\d` matched any script's digits: "bytes=\u0663-" (an Arabic-Indic 3) was a range."""
+    assert parse_range("bytes=\u0663-", 10) is None
+    assert parse_range("bytes=3-", 10) == ByteRange(3, 10)

@@ -14,7 +14,12 @@ from mirror import errors, observe
 from mirror.errors import RegistryError
 from mirror.reference import Digest
 
-_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+# ASCII digits only: `\d` would match any script's digits.
+_RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+# A Range number of more digits is past the end of any blob; it is never given to int(),
+# which refuses strings of more than 4300 digits.
+_MAX_RANGE_DIGITS = 18
+_BEYOND_ANY_BLOB: int = 10**_MAX_RANGE_DIGITS
 # Digest-addressed content never changes.
 IMMUTABLE_CACHE_CONTROL = "max-age=31536000"
 
@@ -44,17 +49,24 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if not first and not last:
         return None
     if not first:  # suffix range: the last N bytes
-        length = int(last)
+        length = _range_number(last)
         if length == 0:
             raise _unsatisfiable(size)
         return ByteRange(max(0, size - length), size)
-    start = int(first)
-    end = size if not last else min(int(last) + 1, size)
-    if last and int(last) < start:
+    start = _range_number(first)
+    end = size if not last else min(_range_number(last) + 1, size)
+    if last and _range_number(last) < start:
         return None
     if start >= size:
         raise _unsatisfiable(size)
     return ByteRange(start, end)
+
+
+def _range_number(digits: str) -> int:
+    significant = digits.lstrip("0") or "0"
+    if len(significant) > _MAX_RANGE_DIGITS:
+        return _BEYOND_ANY_BLOB
+    return int(significant)
 
 
 def _unsatisfiable(size: int) -> RegistryError:

@@ -255,12 +255,19 @@ def _pagination(request: web.Request, parse_last: Callable[[str], str]) -> list[
     """Validated `n` and `last` query parameters, in that order."""
     query: list[tuple[str, str]] = []
     if (n := request.query.get("n")) is not None:
-        if not n.isdigit() or int(n) > MAX_TAGS_PAGE:
+        # ASCII digits only ("²".isdigit() is true, but int() refuses it), and the length
+        # checked before int(), which refuses strings of more than 4300 digits.
+        digits = n.lstrip("0") or "0"
+        if (
+            not (n.isascii() and n.isdigit())
+            or len(digits) > len(str(MAX_TAGS_PAGE))
+            or int(digits) > MAX_TAGS_PAGE
+        ):
             raise RegistryError(
                 errors.PAGINATION_NUMBER_INVALID,
                 f"n must be an integer from 0 to {MAX_TAGS_PAGE}",
             )
-        query.append(("n", n))
+        query.append(("n", digits))
     if (last := request.query.get("last")) is not None:
         query.append(("last", parse_last(last)))
     return query
