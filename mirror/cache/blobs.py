@@ -10,6 +10,8 @@ never complete a transfer of bad bytes: on failure every reader is aborted inste
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -40,6 +42,14 @@ class DownloadLost(UpstreamError):
     """The download this process was following (in another process) ended without
     committing; the client may be answered by a fresh attempt if it got no bytes yet."""
 
+
+class NoRoom(RegistryError):
+    """The upstream announced a blob larger than the data dir's free space: nothing was
+    written, and the client has had no byte yet."""
+
+
+# Errors of a full disk (or of a quota): the mirror cannot store, but can still serve.
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 # How often "streaming without caching" is logged while the disk stays nearly full.
 PASSTHROUGH_LOG_SECONDS = 60.0
@@ -283,15 +293,12 @@ class BlobCache:
     async def download(self, repo: UpstreamRepo, digest: Digest) -> BlobBody:
         """The download of `digest`, started (size known): joined if one is in flight in
         this process, followed if another process on this host has it, else begun; or,
-        when the disk is nearly full, the upstream's body passed through uncached."""
+        when the disk is nearly full (or the blob is larger than the free space and
+        `min_free_space` is set), the upstream's body passed through uncached."""
         if digest not in self._downloads and self._disk_nearly_full():
             self._refuse_when_offline()
             observe.cache_lookup("blob", "miss")
-            metrics.PASSTHROUGH.inc()
-            passthrough = Passthrough(repo, digest)
-            await passthrough.open()
-            self._access.touch(str(digest), repo)
-            return passthrough
+            return await self._pass_through(repo, digest)
         for attempt in range(2):
             download = self._join_or_start(repo, digest)
             try:
@@ -300,9 +307,20 @@ class BlobCache:
                 if attempt == 0:
                     continue  # the other process gave up before any bytes: try ourselves
                 raise
+            except NoRoom:
+                if self._min_free_space <= 0:  # passing through is turned off
+                    raise
+                return await self._pass_through(repo, digest)
             self._access.touch(str(digest), repo)
             return download
         raise AssertionError("unreachable")
+
+    async def _pass_through(self, repo: UpstreamRepo, digest: Digest) -> Passthrough:
+        metrics.PASSTHROUGH.inc()
+        passthrough = Passthrough(repo, digest)
+        await passthrough.open()
+        self._access.touch(str(digest), repo)
+        return passthrough
 
     def _join_or_start(self, repo: UpstreamRepo, digest: Digest) -> Download:
         download = self._downloads.get(digest)
@@ -402,7 +420,25 @@ class BlobCache:
         metrics.DOWNLOADS_IN_FLIGHT.inc()
         try:
             async with upstream.open_blob(repo.name, digest) as stream:
-                writer = claim.writer(stream.size)
+                if stream.size is not None and stream.size > (free := self._store.free_bytes()):
+                    # Refused before any byte: the client gets a clean answer, not a cut.
+                    log.warning(
+                        "%s (%d bytes) does not fit in %s (%d bytes free): not cached",
+                        digest,
+                        stream.size,
+                        self._store.root,
+                        free,
+                    )
+                    raise NoRoom(
+                        errors.UPSTREAM_UNAVAILABLE,
+                        f"the mirror cannot store this blob ({stream.size} bytes): its data "
+                        f"dir has {free} bytes free",
+                    )
+                try:
+                    writer = claim.writer(stream.size)
+                except OSError:
+                    claim.data_path.unlink(missing_ok=True)  # created before the failure
+                    raise
                 try:
                     download.started(writer.path, stream.size)
                     async for chunk in stream.chunks:
@@ -411,6 +447,11 @@ class BlobCache:
                         download.progressed(writer.written)
                     await writer.commit(stream.size)
                 except BaseException:
+                    # Emptied first: clients still reading it keep the file open, and on a
+                    # full disk its space is needed now (by the other downloads), not when
+                    # they let go.
+                    with contextlib.suppress(OSError):
+                        os.truncate(writer.path, 0)
                     writer.abort()
                     raise
             download.committed()
@@ -435,6 +476,13 @@ class BlobCache:
                 UpstreamError(errors.UPSTREAM_UNAVAILABLE, "the mirror is shutting down")
             )
             raise
+        except OSError as exc:
+            # Writing failed (a full disk, most likely): what was written is gone already.
+            log.error("storing %s failed, download aborted: %s", digest, exc)
+            code = errors.UPSTREAM_UNAVAILABLE if exc.errno in _DISK_FULL else errors.INTERNAL
+            download.failed(
+                RegistryError(code, f"the mirror could not store this blob: {exc.strerror}")
+            )
         except Exception as exc:
             log.exception("download of %s failed unexpectedly", digest)
             download.failed(

@@ -329,9 +329,14 @@ class ManifestCache:
         return await self._keep(repo, fetched)
 
     async def _keep(self, repo: UpstreamRepo, fetched: FetchedManifest) -> StoredManifest:
-        """Store verified bytes; the repository joins its upstream's catalog right away."""
+        """Store verified bytes; the repository joins its upstream's catalog right away.
+        When they cannot be stored (a full disk), they are answered all the same."""
         manifest = StoredManifest(fetched.data, fetched.media_type, fetched.digest)
-        await self._store.write_manifest(manifest)
+        try:
+            await self._store.write_manifest(manifest)
+        except OSError as exc:
+            log.error("storing manifest %s failed, served uncached: %s", manifest.digest, exc)
+            return manifest
         await self._meta.add_repositories(repo.upstream.host, [repo.name])
         return manifest
 
