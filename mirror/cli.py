@@ -31,6 +31,7 @@ SERVE_FLAGS = (
     "offline",
     "workers",
     "max_cache_size",
+    "htpasswd",
 )
 # Modules adding the commands that work on a data dir (see mirror.admin).
 ADMIN_COMMANDS = (gc, inventory, prefetch, bundle)
@@ -191,6 +192,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--max-cache-size", metavar="SIZE", help="evict beyond this size, e.g. 500GB (no limit)"
+    )
+    serve.add_argument(
+        "--htpasswd", metavar="FILE", help="clients must log in as a user of this bcrypt file"
     )
 
     check = commands.add_parser("check-config", help="validate and print the effective config")

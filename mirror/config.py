@@ -152,6 +152,13 @@ class Config:
     prefetch: tuple[str, ...]
     prefetch_platforms: tuple[str, ...]
     prefetch_interval: float
+    htpasswd: Path | None
+    auth_groups: Mapping[str, tuple[str, ...]]
+    auth_rules: tuple[AuthRule, ...]
+    metrics_auth: bool
+    token_ttl: float
+    token_secret: str | None
+    auth_realm: str | None
 
     def upstream(self, host: str) -> UpstreamSettings | None:
         return next((u for u in self.upstreams if u.host == host), None)
@@ -548,6 +555,167 @@ def _log_level(value: Any) -> str:
     return text
 
 
+# --- client authentication (see mirror.server.auth) ---------------------------------------
+
+AUTH_ACCESS = ("pull", "deny")
+# Docker uses a token for at least this long, whatever `expires_in` says.
+MIN_TOKEN_TTL = 60.0
+MIN_TOKEN_SECRET = 16
+
+
+@dataclass(frozen=True)
+class AuthRule:
+    """Who may pull what: the first rule matching the user (by name, by group, or `*` for
+    anyone logged in), the upstream host and the repository glob decides."""
+
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    upstreams: tuple[str, ...] = ("*",)
+    repositories: tuple[str, ...] = ("*",)
+    access: str = "pull"  # or "deny"
+
+    def __str__(self) -> str:
+        parts = [
+            f"{key} = {_toml_value(getattr(self, key))}"
+            for key in ("users", "groups", "upstreams", "repositories")
+            if getattr(self, key) != getattr(AuthRule, key)
+        ]
+        parts.append(f"access = {_toml_str(self.access)}")
+        return "{" + ", ".join(parts) + "}"
+
+
+def _htpasswd(value: Any) -> Path | None:
+    """An htpasswd file of bcrypt entries (empty: no client authentication)."""
+    if not isinstance(value, str):
+        raise ValueError("expected the path of an htpasswd file")
+    if not value:
+        return None
+    from mirror.server import htpasswd  # not at the top: the config needs no bcrypt
+
+    path = Path(value)
+    htpasswd.load(path)  # readable, bcrypt entries only; the error names the line
+    return path
+
+
+def _json_or(value: Any, what: str) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value) if value.strip() else None
+        except ValueError:
+            raise ValueError(f"expected JSON ({what})") from None
+    return value
+
+
+def _names(value: Any, what: str) -> tuple[str, ...]:
+    """A list of non-empty strings (a single string is a list of one)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{what}: expected a list of non-empty strings")
+    return tuple(value)
+
+
+def _auth_groups(value: Any) -> dict[str, tuple[str, ...]]:
+    """group -> users: a TOML table, or the same as a JSON object from the environment."""
+    value = _json_or(value, "an object of group -> list of users")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("expected a table of group = [users]")
+    groups = {}
+    for name, members in value.items():
+        if not name or name == "*":
+            raise ValueError(f"invalid group name {name!r}")
+        groups[name] = _names(members, f"group {name!r}")
+    return groups
+
+
+_AUTH_RULE_KEYS = {"users", "groups", "upstreams", "repositories", "access"}
+
+
+def _auth_rules(value: Any) -> tuple[AuthRule, ...]:
+    """A list of tables (TOML `[[auth_rules]]`), or the same as JSON from the environment."""
+    value = _json_or(value, "a list of rules")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError("expected a list of rules ([[auth_rules]] tables)")
+    rules = []
+    for index, raw in enumerate(value):
+        where = f"rule {index + 1}"
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where}: expected a table")
+        if unknown := set(raw) - _AUTH_RULE_KEYS:
+            known = ", ".join(sorted(_AUTH_RULE_KEYS))
+            raise ValueError(f"{where}: unknown key {sorted(unknown)[0]!r} (known keys: {known})")
+        if "users" not in raw and "groups" not in raw:
+            raise ValueError(f'{where}: needs `users` (["*"]: anyone logged in) or `groups`')
+        try:
+            upstreams = _names(raw.get("upstreams", ["*"]), "upstreams")
+            upstreams = tuple(h if h == "*" else _host(h) for h in upstreams)
+            rule = AuthRule(
+                users=_names(raw.get("users", []), "users") if "users" in raw else (),
+                groups=_names(raw["groups"], "groups") if "groups" in raw else (),
+                upstreams=upstreams,
+                repositories=_names(raw.get("repositories", ["*"]), "repositories"),
+                access=raw.get("access", "pull"),
+            )
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        if rule.access not in AUTH_ACCESS:
+            raise ValueError(f'{where}: access must be "pull" or "deny", got {rule.access!r}')
+        rules.append(rule)
+    return tuple(rules)
+
+
+def _token_ttl(value: Any) -> float:
+    seconds = _number_of_seconds(value)
+    if seconds < MIN_TOKEN_TTL:
+        raise ValueError(f"must be at least {MIN_TOKEN_TTL:g} seconds (Docker assumes that)")
+    return seconds
+
+
+def _token_secret(value: Any) -> str | None:
+    secret = _optional_str(value)
+    if secret is not None and len(secret) < MIN_TOKEN_SECRET:
+        raise ValueError(f"must be at least {MIN_TOKEN_SECRET} characters")
+    return secret
+
+
+def _auth_realm(value: Any) -> str | None:
+    if value == "":
+        return None
+    url = _url(value)
+    if urlsplit(url).query or urlsplit(url).fragment:
+        raise ValueError("expected a URL without query or fragment")
+    return url
+
+
+def _check_auth(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """Authentication settings only mean something with `htpasswd`; rules name groups that
+    exist and registries that are served."""
+    if values["htpasswd"] is None:
+        for key in ("auth_rules", "auth_groups", "metrics_auth"):
+            if values[key]:
+                raise ConfigError(
+                    f"{key} (from {sources[key]}): needs htpasswd; without it clients are "
+                    "not authenticated and anyone may pull"
+                )
+        return
+    served = {upstream.host for upstream in values["upstreams"]}
+    for index, rule in enumerate(values["auth_rules"]):
+        where = f"auth_rules (from {sources['auth_rules']}): rule {index + 1}"
+        for group in rule.groups:
+            if group not in values["auth_groups"]:
+                defined = ", ".join(values["auth_groups"]) or "none"
+                raise ConfigError(f"{where}: unknown group {group!r} (auth_groups: {defined})")
+        for host in rule.upstreams:
+            if host != "*" and host not in served:
+                raise ConfigError(
+                    f"{where}: upstream {host!r} is not served (it serves {', '.join(served)})"
+                )
+
+
 @dataclass(frozen=True)
 class Setting:
     parse: Callable[[Any], Any]
@@ -580,6 +748,13 @@ SETTINGS: dict[str, Setting] = {
     "prefetch": Setting(_image_list, []),
     "prefetch_platforms": Setting(_image_list, []),
     "prefetch_interval": Setting(_seconds, 3600.0),
+    "htpasswd": Setting(_htpasswd, ""),
+    "auth_groups": Setting(_auth_groups, {}),
+    "auth_rules": Setting(_auth_rules, []),
+    "metrics_auth": Setting(_bool, False),
+    "token_ttl": Setting(_token_ttl, 300.0),
+    "token_secret": Setting(_token_secret, "", secret=True),
+    "auth_realm": Setting(_auth_realm, ""),
 }
 # `upstream` is layered its own way (see `_upstreams`): a URL or a list of tables.
 UPSTREAM_KEY = "upstream"
@@ -640,6 +815,7 @@ def load(
         except ValueError as exc:
             raise ConfigError(f"{key} (from {sources[key]}): {exc}") from None
     values["upstreams"] = _upstreams(upstream_layers, values["builtin_upstreams"], environ)
+    _check_auth(values, sources)
     return LoadedConfig(config=Config(**values), sources=sources, file=file)
 
 
@@ -696,6 +872,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, tuple):
         items = (_toml_str(item) if isinstance(item, str) else str(item) for item in value)
         return "[" + ", ".join(items) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_toml_str(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return _toml_str(str(value))
 
 

@@ -126,6 +126,13 @@ META_STORE_ERRORS = Counter(
     "Metadata store calls that failed and were answered without the store.",
     ["operation"],
 )
+AUTH_FAILURES = Counter(
+    "mirror_auth_failures_total",
+    "Client requests refused by authentication (with htpasswd set), by reason: credentials "
+    "(wrong password or unknown user), token (invalid or expired), denied (logged in but not "
+    "allowed: 403), throttled (too many failures from the address: 429).",
+    ["reason"],
+)
 
 # How much the cache holds, by kind ("blob", "manifest"): (objects, bytes). Read from the
 # content store at scrape time rather than kept in a gauge.

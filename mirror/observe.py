@@ -36,6 +36,7 @@ class RequestRecord:
     outcome: Outcome | None = None
     upstream: str | None = None  # the registry the request was routed to
     body_bytes: int = 0
+    user: str | None = None  # who the client authenticated as (client authentication on)
 
 
 @dataclass(frozen=True)

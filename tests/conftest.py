@@ -52,7 +52,10 @@ def toml_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, list):
-        return "[" + ", ".join(toml_table(item) for item in value) + "]"
+        items = (toml_table(v) if isinstance(v, dict) else toml_value(v) for v in value)
+        return "[" + ", ".join(items) + "]"
+    if isinstance(value, dict):
+        return toml_table(value)
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 

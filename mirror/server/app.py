@@ -19,6 +19,7 @@ from mirror.cache.store import FilesystemStore
 from mirror.cache.tags import TagListCache
 from mirror.config import Config
 from mirror.meta import open_meta_store
+from mirror.server import auth
 from mirror.server.middleware import add_response_headers, observe_requests, registry_errors
 from mirror.server.ops import OpsRoutes
 from mirror.server.routes import RegistryRoutes
@@ -60,6 +61,7 @@ async def create_app(
     app.on_response_prepare.append(add_response_headers)
     RegistryRoutes(router, blobs, manifests, tags, meta).register(app.router)
     OpsRoutes(store, meta, router, access, clock=clock).register(app.router)
+    auth.setup(app, config, router, clock=clock)  # client authentication, if configured
     background: set[asyncio.Task[None]] = set()
     prefetching: set[asyncio.Task[None]] = set()  # the `prefetch` schedule
 

@@ -39,6 +39,7 @@ _ROUTES = {
     "api_status": "status",
     "status_page": "status",
     "static": "static",
+    "token": "token",
 }
 _PATH_LOGGED = 512  # characters of a path an access line keeps
 
@@ -136,11 +137,12 @@ def _log_access(
         "duration_ms": round(seconds * 1000, 3),
         "cache": record.outcome or "-",
         "upstream": record.upstream or "-",
+        "user": record.user or "-",
         "request_id": record.request_id,
         "user_agent": header_safe(request.headers.get("User-Agent", "-"), 200),
     }
     access_log.info(
-        '%s "%s %s" %d %dB %.1fms cache=%s upstream=%s id=%s',
+        '%s "%s %s" %d %dB %.1fms cache=%s upstream=%s user=%s id=%s',
         fields["remote"],
         fields["method"],
         header_safe(str(fields["path"]), _PATH_LOGGED),
@@ -149,6 +151,7 @@ def _log_access(
         fields["duration_ms"],
         fields["cache"],
         fields["upstream"],
+        fields["user"],
         record.request_id,
         extra={"access": fields},
     )

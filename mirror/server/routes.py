@@ -25,6 +25,7 @@ from mirror.reference import (
     parse_tag,
 )
 from mirror.server import responses
+from mirror.server.auth import CATALOG_FILTER
 from mirror.upstream.routing import Router, UpstreamRepo
 
 log = logging.getLogger(__name__)
@@ -128,12 +129,15 @@ class RegistryRoutes:
         with `ns`, that registry's; else all of them, named as they are pulled through the
         mirror (`library/alpine` for docker.io, `ghcr.io/org/app` for the others)."""
         query = dict(_pagination(request, _catalog_name))
+        visible = request.get(CATALOG_FILTER, lambda host, name: True)  # the user's, if any
         if (ns := request.query.get("ns")) is not None:
-            repos = await self._meta.list_repositories(self._router.upstream(ns).host)
+            host = self._router.upstream(ns).host
+            repos = [r for r in await self._meta.list_repositories(host) if visible(host, r)]
         else:
             repos = []
             for upstream in self._router.upstreams:
                 names = await self._meta.list_repositories(upstream.host)
+                names = [name for name in names if visible(upstream.host, name)]
                 if upstream is not self._router.default:
                     names = [f"{upstream.host}/{name}" for name in names]
                 repos += names

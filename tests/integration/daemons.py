@@ -101,14 +101,15 @@ def run(
     *,
     env: Mapping[str, str] | None = None,
     timeout: float = COMMAND_TIMEOUT,
+    stdin: str | None = None,
 ) -> Result:
-    """Run a command to completion; past `timeout` its whole process group is killed and the
-    test fails with what it printed so far."""
+    """Run a command to completion (`stdin`: text to feed it, else no input); past `timeout`
+    its whole process group is killed and the test fails with what it printed so far."""
     started = time.monotonic()
     proc = subprocess.Popen(
         list(args),
         env=dict(env) if env is not None else None,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -116,7 +117,7 @@ def run(
         start_new_session=True,  # a timeout kills helpers it spawned too
     )
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc.pid)
         try:
@@ -513,14 +514,17 @@ class DockerDaemon(_Daemon):
             return False
         return probe.returncode == 0
 
-    def docker(self, *args: str, timeout: float = COMMAND_TIMEOUT) -> Result:
-        """The docker CLI against this daemon only, with a private, empty CLI config."""
+    def docker(
+        self, *args: str, timeout: float = COMMAND_TIMEOUT, stdin: str | None = None
+    ) -> Result:
+        """The docker CLI against this daemon only, with a private, empty CLI config
+        (`stdin`: text to feed it, as for `docker login --password-stdin`)."""
         env = _base_env(
             DOCKER_HOST=f"unix://{self.socket}",
             DOCKER_CONFIG=str(self.cli_config),
             HOME=str(self.dir),
         )
-        return run([DOCKER_CLI, *args], env=env, timeout=timeout)
+        return run([DOCKER_CLI, *args], env=env, timeout=timeout, stdin=stdin)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -275,4 +275,7 @@ class MirrorServer(ServerProcess):
 
     def ready(self) -> bool:
         resp = http_request(self.url + "/v2/", timeout=1.0)
-        return resp is not None and resp.status == 200
+        # 401: the mirror wants clients to log in (htpasswd), and says so.
+        return resp is not None and (
+            resp.status == 200 or (resp.status == 401 and "www-authenticate" in resp.headers)
+        )
