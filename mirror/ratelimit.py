@@ -6,9 +6,15 @@ a 6-hour window). No headers means the pull is not limited.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+
+# ASCII digits only (`str.isdigit` also takes "²", which `int` refuses), and few enough that
+# a hostile header cannot make `int` work hard.
+_NUMBER = re.compile(r"[0-9]{1,18}")
 
 
 @dataclass(frozen=True)
@@ -44,11 +50,11 @@ def _parse(value: str | None) -> tuple[int, int] | None:
     if not value:
         return None
     count, _, params = value.partition(";")
-    if not count.strip().isdigit():
+    if not _NUMBER.fullmatch(count.strip()):
         return None
     window = 0
     for param in params.split(";"):
         key, _, number = param.partition("=")
-        if key.strip().lower() == "w" and number.strip().isdigit():
+        if key.strip().lower() == "w" and _NUMBER.fullmatch(number.strip()):
             window = int(number)
     return int(count), window

@@ -23,3 +23,10 @@ def test_budget_is_exhausted_at_the_floor_until_the_window_rolls_over() -> None:
     assert limit.exhausted(floor=10, now=1001.0)
     assert not limit.exhausted(floor=9, now=1001.0)
     assert not limit.exhausted(floor=10, now=1600.0)
+
+
+def test_hostile_header_numbers_are_ignored_not_fatal() -> None:
+    for bad in ("²", "1" * 5000, "-1", " ", "1e3"):
+        assert parse_ratelimit({"ratelimit-limit": bad, "ratelimit-remaining": "1"}) is None
+    weird_window = parse_ratelimit({"ratelimit-limit": "100;w=²", "ratelimit-remaining": "5"})
+    assert weird_window is not None and weird_window.window == 0
