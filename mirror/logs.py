@@ -33,6 +33,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"))
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp logs every request it cannot parse at ERROR with a traceback: any client
+    could flood the log that way. Such a request is the client's fault and has been
+    answered with a 400 already, so it becomes one warning line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "refused a malformed request: %s", (exc.message[:200],)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure(level: str, log_format: str) -> None:
     """Send every log line to stderr in `log_format` ("text" or "json") at `level`."""
     handler = logging.StreamHandler()
@@ -41,3 +57,4 @@ def configure(level: str, log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequests())

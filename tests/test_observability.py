@@ -3,6 +3,7 @@ request ids, and the status page's JSON."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
@@ -390,3 +391,20 @@ async def test_the_status_page_and_its_files_are_served_without_errors(
     for bad in ("/static/../ops.py", "/static/.hidden.js", "/static/nope.js", "/static/x.py"):
         assert (await mirror.get(bad)).status == 404, bad
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_malformed_requests_are_logged_as_one_line_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """aiohttp refuses them with a 400 itself; the mirror's log gets a warning line."""
+    proc = MirrorProcess("http://127.0.0.1:9", tmp_path / "data", cwd=tmp_path)
+    async with proc:
+        host, _, port = proc.url.removeprefix("http://").rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nBad Header\x00: y\r\n\r\n")
+        await writer.drain()
+        assert b" 400 " in await reader.readline()
+        writer.close()
+        assert await proc.stop() == 0
+    assert "refused a malformed request" in proc.stderr
+    assert "Traceback" not in proc.stderr
