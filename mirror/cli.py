@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -15,7 +17,7 @@ from pathlib import Path
 from mirror import __version__, clientconfig, config, logs
 from mirror.admin import bundle, gc, inventory, prefetch
 from mirror.cache.store import FilesystemStore
-from mirror.server import workers
+from mirror.server import tls, workers
 
 # Nothing here imports prometheus-client at module level: with several workers it must be
 # imported only after PROMETHEUS_MULTIPROC_DIR is set (see `_serve`).
@@ -32,6 +34,9 @@ SERVE_FLAGS = (
     "workers",
     "max_cache_size",
     "htpasswd",
+    "tls_cert",
+    "tls_key",
+    "tls_listen",
 )
 # Modules adding the commands that work on a data dir (see mirror.admin).
 ADMIN_COMMANDS = (gc, inventory, prefetch, bundle)
@@ -109,8 +114,19 @@ def _client_config(args: argparse.Namespace, cfg: config.Config) -> int:
 
 def _serve(cfg: config.Config) -> int:
     logs.configure(cfg.log_level, cfg.log_format)
+    server_tls = None
+    if cfg.tls_cert is not None and cfg.tls_key is not None:
+        # A SIGHUP (reload) waits until the server handles it: it must not end the process,
+        # nor be lost (see _serve_app and workers.supervise).
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            server_tls = tls.ServerTLS(cfg.tls_cert, cfg.tls_key)
+        except tls.TLSFileError as exc:  # changed since the config was checked
+            print(f"mirror: cannot serve TLS: {exc}", file=sys.stderr)
+            return 2
+    listeners = tls.listeners(cfg)
     if cfg.workers == 1:
-        return _run(cfg)
+        return _run(cfg, listeners, server_tls)
     # Temp files are cleaned once, here: a worker starting later must not remove the
     # downloads its siblings are writing.
     if removed := FilesystemStore(cfg.data_dir).remove_temp_files():
@@ -121,42 +137,109 @@ def _serve(cfg: config.Config) -> int:
     from prometheus_client import multiprocess
 
     try:
-        sock = workers.bind(cfg.listen.host, cfg.listen.port)
-        logging.getLogger("mirror").info("listening on %s", cfg.listen)
+        socks = []
+        for listener in listeners:
+            try:
+                socks.append(workers.bind(listener.address.host, listener.address.port))
+            except OSError as exc:
+                print(f"mirror: cannot listen on {listener.address}: {exc}", file=sys.stderr)
+                return 1
+            logging.getLogger("mirror").info("listening on %s", listener)
         return workers.supervise(
-            cfg.workers, lambda: _run(cfg, sock), on_exit=multiprocess.mark_process_dead
+            cfg.workers,
+            lambda: _run(cfg, listeners, server_tls, socks),
+            on_exit=multiprocess.mark_process_dead,
+            # The supervisor's own copy is what workers it starts later begin with.
+            on_reload=None if server_tls is None else lambda: server_tls.reload(announce=False),
         )
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _run(cfg: config.Config, sock: socket.socket | None = None) -> int:
-    """Serve until SIGTERM/SIGINT, on `sock` if given (a worker), else on `listen`."""
-    from aiohttp import web
+class _ListenError(Exception):
+    pass
 
+
+def _run(
+    cfg: config.Config,
+    listeners: Sequence[tls.Listener],
+    server_tls: tls.ServerTLS | None,
+    socks: Sequence[socket.socket] | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT: on the inherited `socks` if given (a worker; one per
+    listener), else on the listeners' addresses. SIGHUP reloads the TLS certificate."""
     from mirror.meta.store import MetaStoreError
-    from mirror.server.app import create_app
 
+    # Not asyncio.run(): that waits for every executor thread at the end, and a thread busy
+    # on the disk must not hold shutdown past SHUTDOWN_TIMEOUT.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
-        web.run_app(
-            create_app(cfg, remove_temp_files=sock is None),
-            host=cfg.listen.host if sock is None else None,
-            port=cfg.listen.port if sock is None else None,
-            sock=sock,
-            # aiohttp waits this long twice (for handlers, then again after cancelling them),
-            # so halve it: a client that stopped reading cannot hold shutdown past the budget.
-            shutdown_timeout=SHUTDOWN_TIMEOUT / 2,
-            print=_announce(cfg) if sock is None else None,
-            access_log=None,  # the mirror writes its own access lines (server.middleware)
-        )
+        loop.run_until_complete(_serve_app(cfg, listeners, server_tls, socks))
     except MetaStoreError as exc:
         print(f"mirror: cannot start: {exc}", file=sys.stderr)
         return 1
+    except _ListenError as exc:
+        print(f"mirror: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # before the signal handlers were installed
+        pass
+    finally:
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        asyncio.set_event_loop(None)
+        loop.close()
     return 0
 
 
-def _announce(cfg: config.Config) -> Callable[..., None]:
-    return lambda *_: logging.getLogger("mirror").info("listening on %s", cfg.listen)
+async def _serve_app(
+    cfg: config.Config,
+    listeners: Sequence[tls.Listener],
+    server_tls: tls.ServerTLS | None,
+    socks: Sequence[socket.socket] | None,
+) -> None:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    if server_tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, server_tls.reload)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # one sent meanwhile too
+
+    from aiohttp import web  # not at the top: see the note on imports
+
+    from mirror.server.app import create_app
+
+    app = await create_app(cfg, remove_temp_files=socks is None)
+    runner = web.AppRunner(
+        app,
+        # aiohttp waits this long twice (for handlers, then again after cancelling them),
+        # so halve it: a client that stopped reading cannot hold shutdown past the budget.
+        shutdown_timeout=SHUTDOWN_TIMEOUT / 2,
+        access_log=None,  # the mirror writes its own access lines (server.middleware)
+    )
+    await runner.setup()
+    try:
+        for index, listener in enumerate(listeners):
+            context = server_tls.context if listener.https and server_tls is not None else None
+            site: web.BaseSite
+            if socks is not None:
+                site = web.SockSite(runner, socks[index], ssl_context=context)
+            else:
+                address = listener.address
+                site = web.TCPSite(runner, address.host, address.port, ssl_context=context)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise _ListenError(f"cannot listen on {listener.address}: {exc}") from None
+            if socks is None:  # a worker's supervisor said it
+                logging.getLogger("mirror").info("listening on %s", listener)
+        await stopping.wait()
+    finally:
+        await runner.cleanup()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -195,6 +278,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--htpasswd", metavar="FILE", help="clients must log in as a user of this bcrypt file"
+    )
+    serve.add_argument(
+        "--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate chain"
+    )
+    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
+    serve.add_argument(
+        "--tls-listen",
+        metavar="HOST:PORT",
+        help="serve HTTPS here and plain HTTP on --listen (default: HTTPS on --listen)",
     )
 
     check = commands.add_parser("check-config", help="validate and print the effective config")

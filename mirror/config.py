@@ -145,6 +145,9 @@ class Config:
     read_timeout: float
     log_level: str
     log_format: str
+    tls_cert: Path | None
+    tls_key: Path | None
+    tls_listen: Listen | None
     max_cache_size: int
     cache_low_water: float
     min_free_space: int
@@ -206,6 +209,10 @@ def _url(value: Any) -> str:
     return value.rstrip("/")
 
 
+def _optional_listen(value: Any) -> Listen | None:
+    return _listen(value) if value != "" else None
+
+
 def _optional_str(value: Any) -> str | None:
     if not isinstance(value, str):
         raise ValueError("expected a string")
@@ -223,6 +230,12 @@ def _path(value: Any) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError("expected a non-empty path")
     return Path(value)
+
+
+def _optional_path(value: Any) -> Path | None:
+    if not isinstance(value, str):
+        raise ValueError("expected a path")
+    return Path(value) if value else None
 
 
 def _number_of_seconds(value: Any) -> float:
@@ -741,6 +754,9 @@ SETTINGS: dict[str, Setting] = {
     "read_timeout": Setting(_seconds, 30.0),
     "log_level": Setting(_log_level, "info"),
     "log_format": Setting(_log_format, "text"),
+    "tls_cert": Setting(_optional_path, ""),
+    "tls_key": Setting(_optional_path, ""),
+    "tls_listen": Setting(_optional_listen, ""),
     "max_cache_size": Setting(_size, 0),
     "cache_low_water": Setting(_fraction, 0.9),
     "min_free_space": Setting(_size, "1GiB"),
@@ -814,9 +830,41 @@ def load(
             values[key] = setting.parse(raw[key])
         except ValueError as exc:
             raise ConfigError(f"{key} (from {sources[key]}): {exc}") from None
+    _check_tls(values, sources)
     values["upstreams"] = _upstreams(upstream_layers, values["builtin_upstreams"], environ)
     _check_auth(values, sources)
     return LoadedConfig(config=Config(**values), sources=sources, file=file)
+
+
+def _check_tls(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """`tls_cert` and `tls_key` come together and make a pair that can be served;
+    `tls_listen` needs them and its own address."""
+    cert, key = values["tls_cert"], values["tls_key"]
+    if (cert is None) != (key is None):
+        given, missing = ("tls_cert", "tls_key") if cert is not None else ("tls_key", "tls_cert")
+        raise ConfigError(
+            f"{given} (from {sources[given]}): needs {missing} as well "
+            "(the certificate chain and its private key)"
+        )
+    tls_listen = values["tls_listen"]
+    if cert is None:
+        if tls_listen is not None:
+            raise ConfigError(
+                f"tls_listen (from {sources['tls_listen']}): needs tls_cert and tls_key"
+            )
+        return
+    if tls_listen == values["listen"]:
+        raise ConfigError(
+            f"tls_listen (from {sources['tls_listen']}): {tls_listen} is `listen` as well; "
+            "leave tls_listen empty to serve HTTPS on `listen`"
+        )
+    from mirror.server import tls  # not at the top: it imports this module
+
+    try:
+        tls.server_context(cert, key)
+    except tls.TLSFileError as exc:
+        name = "tls_cert" if exc.file == "cert" else "tls_key"
+        raise ConfigError(f"{name} (from {sources[name]}): {exc}") from None
 
 
 def _read_file(path: Path) -> dict[str, Any]:

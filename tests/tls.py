@@ -1,17 +1,20 @@
 """A private certificate authority for tests: a CA the system does not trust and a server
-certificate for 127.0.0.1 it signed, so HTTPS upstreams can be tested without the internet."""
+certificate for 127.0.0.1 it signed, so HTTPS upstreams (and the mirror's own HTTPS) can be
+tested without the internet."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 
@@ -59,7 +62,9 @@ def self_signed_ca(key: ec.EllipticCurvePrivateKey, common_name: str) -> x509.Ce
     )
 
 
-def write_pem(path: Path, item: x509.Certificate | ec.EllipticCurvePrivateKey) -> None:
+def write_pem(
+    path: Path, item: x509.Certificate | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+) -> None:
     pem = serialization.Encoding.PEM
     if isinstance(item, x509.Certificate):
         path.write_bytes(item.public_bytes(pem))
@@ -69,13 +74,31 @@ def write_pem(path: Path, item: x509.Certificate | ec.EllipticCurvePrivateKey) -
         )
 
 
-def make_private_ca(directory: Path) -> PrivateCA:
-    """Write a CA and a server certificate for 127.0.0.1/localhost into `directory`."""
+def make_private_ca(
+    directory: Path,
+    *,
+    extra_ips: Sequence[str] = (),
+    extra_names: Sequence[str] = (),
+    key_type: Literal["ec", "rsa"] = "ec",
+) -> PrivateCA:
+    """Write a CA and a server certificate for 127.0.0.1/localhost into `directory`; the
+    certificate is also valid for `extra_ips` and `extra_names`, and its key is ECDSA P-256
+    or (`key_type="rsa"`) RSA 2048."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = self_signed_ca(ca_key, "mirror test CA")
-    key = ec.generate_private_key(ec.SECP256R1())
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
+        ec.generate_private_key(ec.SECP256R1())
+        if key_type == "ec"
+        else rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
+    alt_names: list[x509.GeneralName] = [
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.DNSName("localhost"),
+    ]
+    alt_names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips]
+    alt_names += [x509.DNSName(name) for name in extra_names]
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
@@ -84,12 +107,7 @@ def make_private_ca(directory: Path) -> PrivateCA:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,

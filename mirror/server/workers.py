@@ -33,26 +33,40 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def supervise(
-    count: int, run_worker: Callable[[], int], *, on_exit: Callable[[int], None] | None = None
+    count: int,
+    run_worker: Callable[[], int],
+    *,
+    on_exit: Callable[[int], None] | None = None,
+    on_reload: Callable[[], object] | None = None,
 ) -> int:
     """Fork `count` workers running `run_worker()`, restart any that dies, and on SIGTERM
     or SIGINT stop them all (each shuts down gracefully) and return 0. `on_exit(pid)` is
-    called for every worker that ends (its live metrics must stop counting)."""
+    called for every worker that ends (its live metrics must stop counting).
+
+    With `on_reload`, SIGHUP calls it and is relayed to every worker. A worker starts with
+    SIGHUP blocked, so one that arrives while it is starting waits rather than being lost;
+    `run_worker` must unblock it once it handles it (`signal.pthread_sigmask`)."""
     stopping = False
     workers: dict[int, float] = {}  # pid -> start time
 
     def spawn() -> None:
+        if on_reload is not None:  # the worker inherits the mask; see the docstring
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         pid = os.fork()
         if pid == 0:  # the worker
             os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only, which relays it
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            if on_reload is not None:  # not the supervisor's relay (blocked, it stays pending)
+                signal.signal(signal.SIGHUP, signal.SIG_DFL)
             code = 1
             try:
                 code = run_worker()
             finally:
                 os._exit(code)
         workers[pid] = time.monotonic()
+        if on_reload is not None:  # a SIGHUP that came meanwhile reaches the new worker too
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
@@ -61,8 +75,17 @@ def supervise(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def reload(signum: int, frame: FrameType | None) -> None:
+        assert on_reload is not None
+        on_reload()
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if on_reload is not None:
+        signal.signal(signal.SIGHUP, reload)
     for _ in range(count):
         spawn()
     log.info("started %d workers", count)
