@@ -11,7 +11,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-
 # ASCII digits only (`str.isdigit` also takes "²", which `int` refuses), and few enough that
 # a hostile header cannot make `int` work hard.
 _NUMBER = re.compile(r"[0-9]{1,18}")
