@@ -426,3 +426,33 @@ async def test_the_command_line_does_not_load_metrics_before_choosing_how(tmp_pa
     )
     out, _ = await proc.communicate()
     assert out.decode().strip() == "False"
+
+
+async def test_workers_end_when_their_supervisor_is_killed(
+    upstream: FakeRegistry, data_dir: Path, workdir: Path
+) -> None:
+    """A SIGKILLed supervisor cannot stop its workers; the kernel does, so none keeps the
+    port or writes into a data dir that a new mirror will clean."""
+    proc = MirrorProcess(upstream.url, data_dir, cwd=workdir, extra_args=["--workers", "2"])
+    async with proc:
+        children = _children(proc.pid)
+        assert len(children) == 2
+        os.kill(proc.pid, signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while any(_alive(pid) for pid in children):
+            assert loop.time() < deadline, "workers outlived their supervisor"
+            await asyncio.sleep(0.05)
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its (dead) parent's reaper."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"

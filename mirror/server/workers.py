@@ -10,6 +10,7 @@ the data dir) and one revalidation per tag (a lock in the metadata store).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from types import FrameType
 
 log = logging.getLogger(__name__)
 
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 # A worker that dies within this many seconds of its start is not restarted in a loop.
 _RESTART_BACKOFF_SECONDS = 1.0
 
@@ -52,9 +54,11 @@ def supervise(
     def spawn() -> None:
         if on_reload is not None:  # the worker inherits the mask; see the docstring
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        supervisor = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the parent only, which relays it
+            _die_with(supervisor)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             if on_reload is not None:  # not the supervisor's relay (blocked, it stays pending)
@@ -105,3 +109,15 @@ def supervise(
         if not stopping:
             spawn()
     return 0 if not failures or stopping else 1
+
+
+def _die_with(supervisor: int) -> None:
+    """Have the kernel send this worker SIGTERM when its supervisor dies, even by SIGKILL:
+    orphaned workers would keep the port and write into a data dir a new mirror cleans."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: nothing to ask the kernel
+        return
+    if os.getppid() != supervisor:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
