@@ -100,14 +100,18 @@ def parse_mirror_url(text: str) -> MirrorURL:
 
 
 def default_mirror_url(cfg: Config, hostname: str | None = None) -> str:
-    """`http://<this machine>:<listen port>`: the listen address if it is a specific one
-    (clients can reach nothing else), else this machine's host name."""
-    listen_host = cfg.listen.host
+    """`http(s)://<this machine>:<port>`: HTTPS on its TLS listener when TLS is configured
+    (clients then need no insecure settings), else HTTP on `listen`; the host is the listen
+    address if it is a specific one (clients can reach nothing else), else this machine's
+    host name."""
+    listen = cfg.tls_listen or cfg.listen if cfg.tls_cert is not None else cfg.listen
+    listen_host = listen.host
     if listen_host in _WILDCARD_HOSTS:
         listen_host = hostname if hostname is not None else socket.gethostname()
     if ":" in listen_host:
         listen_host = f"[{listen_host}]"
-    return f"http://{listen_host.lower()}:{cfg.listen.port}"
+    scheme = "https" if cfg.tls_cert is not None else "http"
+    return f"{scheme}://{listen_host.lower()}:{listen.port}"
 
 
 @dataclass(frozen=True)

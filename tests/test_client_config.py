@@ -16,6 +16,7 @@ import pytest
 
 from mirror import clientconfig, config
 from mirror.clientconfig import ClientConfigError, parse_mirror_url
+from tests.tls import make_private_ca
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_CLIENTS = REPO_ROOT / "deploy" / "clients"
@@ -282,6 +283,23 @@ def test_default_mirror_url_follows_the_listen_address(
 
     assert clientconfig.default_mirror_url(cfg, hostname="BuildHost") == expected
     parse_mirror_url(expected)  # and it is usable as is
+
+
+@pytest.mark.parametrize(
+    ("tls_listen", "expected"),
+    [("", "https://buildhost:5000"), ("0.0.0.0:5443", "https://buildhost:5443")],
+)
+def test_with_tls_the_default_mirror_url_is_its_https_listener(
+    tmp_path: Path, tls_listen: str, expected: str
+) -> None:
+    ca = make_private_ca(tmp_path / "ca")
+    cfg = load(
+        tmp_path,
+        f'tls_cert = "{ca.cert_file}"\ntls_key = "{ca.key_file}"\ntls_listen = "{tls_listen}"\n',
+    )
+    assert clientconfig.default_mirror_url(cfg, hostname="BuildHost") == expected
+    docker = clientconfig.generate("docker", cfg, parse_mirror_url(expected))
+    assert "insecure-registries" not in json.loads(docker.files["daemon.json"])
 
 
 @pytest.mark.parametrize(
