@@ -37,6 +37,7 @@ class RequestRecord:
     upstream: str | None = None  # the registry the request was routed to
     body_bytes: int = 0
     user: str | None = None  # who the client authenticated as (client authentication on)
+    aborted: bool = False  # the body was cut off (its download failed): not a good answer
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,13 @@ def cache_lookup(kind: CacheKind, outcome: Outcome) -> None:
     record = _current.get()
     if record is not None and (record.outcome is None or _RANK[outcome] > _RANK[record.outcome]):
         record.outcome = outcome
+
+
+def aborted() -> None:
+    """The current response was cut off before its end, on purpose (a failed download):
+    its status line said 200, but the client got no blob."""
+    if (record := _current.get()) is not None:
+        record.aborted = True
 
 
 def served_bytes(count: int, *, from_cache: bool) -> None:

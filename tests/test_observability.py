@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mirror.logs import JsonFormatter
 from tests.conftest import Client, FakeClock, StartMirror, files_under
-from tests.fakeupstream import FakeRegistry, Fault, Manifest, make_image
+from tests.fakeupstream import FakeRegistry, Fault, Manifest, make_image, random_layer
 from tests.meta_fixtures import RedisServer
 from tests.mirrorproc import MirrorProcess
 from tests.test_pull import pull_like_docker
@@ -408,3 +408,25 @@ async def test_malformed_requests_are_logged_as_one_line_not_a_traceback(
         assert await proc.stop() == 0
     assert "refused a malformed request" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+async def test_a_blob_cut_off_by_a_failed_download_counts_as_aborted(
+    mirror: Client, upstream: FakeRegistry, alpine: Manifest, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mirror.access")
+    layer = random_layer(256 * 1024, seed=77)
+    upstream.push_blob("library/alpine", layer)
+    upstream.add_fault(Fault("corrupt", server="cdn"))
+    before = await scrape(mirror)
+    resp = await mirror.get(f"/v2/alpine/blobs/{layer.digest}")
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    after = await scrape(mirror)
+    labels = {"route": "blob", "method": "GET"}
+    assert delta(after, before, "mirror_http_requests_total", status="aborted", **labels) == 1
+    assert delta(after, before, "mirror_http_requests_total", status="200", **labels) == 0
+    (line,) = [
+        r for r in caplog.records if r.name == "mirror.access" and "/blobs/" in r.msg % r.args
+    ]
+    assert line.access["aborted"] is True  # type: ignore[attr-defined]
+    assert "200 (aborted)" in line.getMessage()

@@ -108,7 +108,10 @@ async def observe_requests(request: web.Request, handler: Handler) -> web.Stream
         return response
     finally:
         seconds = time.monotonic() - started
-        metrics.HTTP_REQUESTS.labels(record.route, request.method, str(status)).inc()
+        # A body cut off on purpose (its download failed) is no success, whatever its
+        # status line said: it counts as "aborted".
+        label = "aborted" if record.aborted else str(status)
+        metrics.HTTP_REQUESTS.labels(record.route, request.method, label).inc()
         metrics.HTTP_DURATION.labels(record.route, request.method).observe(seconds)
         _log_access(request, response, record, status, seconds)
 
@@ -133,6 +136,7 @@ def _log_access(
         "method": request.method,
         "path": request.path_qs[:_PATH_LOGGED],
         "status": status,
+        "aborted": record.aborted,
         "bytes": body_bytes,
         "duration_ms": round(seconds * 1000, 3),
         "cache": record.outcome or "-",
@@ -142,11 +146,12 @@ def _log_access(
         "user_agent": header_safe(request.headers.get("User-Agent", "-"), 200),
     }
     access_log.info(
-        '%s "%s %s" %d %dB %.1fms cache=%s upstream=%s user=%s id=%s',
+        '%s "%s %s" %d%s %dB %.1fms cache=%s upstream=%s user=%s id=%s',
         fields["remote"],
         fields["method"],
         header_safe(str(fields["path"]), _PATH_LOGGED),
         status,
+        " (aborted)" if record.aborted else "",
         body_bytes,
         fields["duration_ms"],
         fields["cache"],

@@ -249,6 +249,7 @@ async def _stream_body(request: web.Request, download: BlobBody) -> web.StreamRe
                 observe.served_bytes(len(chunk), from_cache=False)
     except RegistryError as exc:
         log.warning("aborting client of %s: %s", download.digest, exc)
+        observe.aborted()
         responses.abort(request)
         return response
     await response.write_eof()
