@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from mirror.config import DOCKER_HUB, DOCKER_HUB_URL, Config, UpstreamSettings
@@ -126,14 +126,26 @@ class ClientFiles:
 
 
 def generate(client: str, cfg: Config, mirror: MirrorURL) -> ClientFiles:
-    """The files for `client` (one of CLIENTS)."""
+    """The files for `client` (one of CLIENTS), with a note on logging in when the mirror
+    requires it (credentials belong in each client's own store, not in these files)."""
     if client == "docker":
-        return docker(cfg, mirror)
-    if client == "containerd":
-        return containerd(cfg, mirror)
-    if client == "podman":
-        return podman(cfg, mirror)
-    raise ClientConfigError(f"unknown client {client!r}; expected one of {', '.join(CLIENTS)}")
+        files = docker(cfg, mirror)
+    elif client == "containerd":
+        files = containerd(cfg, mirror)
+    elif client == "podman":
+        files = podman(cfg, mirror)
+    else:
+        raise ClientConfigError(f"unknown client {client!r}; expected one of {', '.join(CLIENTS)}")
+    if cfg.htpasswd is None:
+        return files
+    login = {
+        "docker": f"docker login {mirror.netloc}",
+        "containerd": "ctr images pull --user USER:PASSWORD ..., or the CRI's registry auth "
+        f"config for {mirror.netloc}",
+        "podman": f"podman login {mirror.netloc}",
+    }[client]
+    note = f"this mirror requires a login (htpasswd is set): {login}"
+    return replace(files, notes=(*files.notes, note))
 
 
 # --------------------------------------------------------------------------- Docker

@@ -368,3 +368,18 @@ def test_checked_in_examples_are_what_the_command_generates(tmp_path: Path) -> N
         assert checked_in[path] == text, f"deploy/clients/{path} differs from the command's output"
     readme = (DEPLOY_CLIENTS / "README.md").read_text()
     assert f"--mirror-url {EXAMPLE_URL}" in readme
+
+
+def test_a_mirror_that_requires_a_login_says_so(tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    users.write_text("alice:$2b$04$" + "a" * 53 + "\n")
+    cfg = load(tmp_path, f'htpasswd = "{users}"\n')
+    for client, command in (("docker", "docker login"), ("podman", "podman login")):
+        files = clientconfig.generate(client, cfg, parse_mirror_url(EXAMPLE_URL))
+        assert f"{command} mirror.example.internal:5000" in files.notes[-1]
+    assert not any(
+        "login" in note
+        for note in clientconfig.generate(
+            "docker", load(tmp_path, ""), parse_mirror_url(EXAMPLE_URL)
+        ).notes
+    )
