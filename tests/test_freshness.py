@@ -16,7 +16,15 @@ from mirror.meta.redis import RedisMetaStore
 from mirror.meta.sqlite import SqliteMetaStore
 from mirror.meta.store import MetaStore
 from tests.conftest import Client, FakeClock, StartMirror, answered
-from tests.fakeupstream import FakeRegistry, Fault, Manifest, make_image
+from tests.fakeupstream import (
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    FakeRegistry,
+    Fault,
+    Manifest,
+    make_image,
+)
 from tests.meta_fixtures import RedisServer
 
 TAG = "/v2/library/alpine/manifests/3.19"
@@ -210,6 +218,36 @@ async def test_offline_mode_serves_the_cache_and_never_contacts_the_upstream(
         assert error["code"] == code
         assert "offline" in error["message"]
     assert upstream.requests == []
+
+
+async def test_offline_a_tag_cached_for_other_clients_serves_any_client_accepting_it(
+    start_mirror: StartMirror,
+    upstream: FakeRegistry,
+    alpine: Manifest,
+    backend: dict[str, Any],
+    clock: FakeClock,
+) -> None:
+    """Filled online by one kind of client, served offline to another: the tag record of
+    another Accept class names a manifest this client takes too."""
+    online = await start_mirror(upstream.url, clock=clock, **backend)
+    only_schema2 = {"Accept": DOCKER_MANIFEST}
+    assert (await online.get(TAG, headers=only_schema2)).status == 200
+    await online.close()
+    upstream.reset_counts()
+
+    offline = await start_mirror(upstream.url, clock=clock, offline=True, **backend)
+    wide = {"Accept": f"{OCI_INDEX}, {OCI_MANIFEST}, {DOCKER_MANIFEST}"}
+    status, body, headers = await _get(offline, TAG, wide)
+    assert (status, body) == (200, alpine.data)
+    assert "offline" in headers["Warning"]
+    oci_only = await offline.get(TAG, headers={"Accept": f"{OCI_INDEX}, {OCI_MANIFEST}"})
+    assert oci_only.status == 404  # what is cached is not a type this client takes
+    assert upstream.requests == []
+
+
+async def _get(mirror: Client, path: str, headers: dict[str, str]) -> tuple[int, bytes, Any]:
+    async with mirror.get(path, headers=headers) as resp:
+        return resp.status, await resp.read(), resp.headers
 
 
 async def test_rate_limit_floor_defers_revalidation(

@@ -175,6 +175,21 @@ async def test_every_tag_record_can_be_listed(meta_store: MetaStore) -> None:
     assert await meta_store.list_tags() == [(KEY, RECORD)]
 
 
+async def test_one_tags_records_under_every_accept_class(meta_store: MetaStore) -> None:
+    ipv6 = "[::1]:5000"  # glob characters in a Redis key must not match other tags
+    other_class = replace(KEY, accept="application/vnd.docker.distribution.manifest.v2+json")
+    newer = replace(RECORD, confirmed_at=2e9)
+    await meta_store.put_tag(KEY, RECORD)
+    await meta_store.put_tag(other_class, newer)
+    await meta_store.put_tag(replace(KEY, tag="3.20"), RECORD)
+    await meta_store.put_tag(replace(KEY, upstream=ipv6), RECORD)
+    await meta_store.put_tag(replace(KEY, upstream="[::2]:5000"), newer)
+    found = await meta_store.tag_records(KEY.upstream, KEY.repo, KEY.tag)
+    assert sorted(found, key=lambda r: r.confirmed_at) == [RECORD, newer]
+    assert await meta_store.tag_records(ipv6, KEY.repo, KEY.tag) == [RECORD]
+    assert await meta_store.tag_records(KEY.upstream, KEY.repo, "latest") == []
+
+
 async def test_access_records_can_be_listed_and_forgotten(meta_store: MetaStore) -> None:
     await meta_store.record_access({"sha256:a": Access(10.0, {"x/y"}), "sha256:b": Access(20.0)})
     assert await meta_store.list_accesses() == {"sha256:a": 10.0, "sha256:b": 20.0}

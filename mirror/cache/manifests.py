@@ -131,9 +131,15 @@ class ManifestCache:
                 reason = f"upstream {upstream.name} rate limit nearly used up"
                 return await self._answer(repo, record, with_bytes, stale=reason)
         elif self._config.offline:
-            raise RegistryError(
-                errors.MANIFEST_UNKNOWN, "tag not in the cache, and the mirror is offline"
-            )
+            # Cached for other clients (another Accept class): one of those manifests may
+            # be one this client accepts too.
+            fallback = await self._offline_record(key, accept)
+            if fallback is None:
+                raise RegistryError(
+                    errors.MANIFEST_UNKNOWN, "tag not in the cache, and the mirror is offline"
+                )
+            observe.cache_lookup("tag", "stale")
+            return await self._answer(repo, fallback, with_bytes, stale="the mirror is offline")
 
         joined = self._revalidations.in_flight(key)
         try:
@@ -158,6 +164,17 @@ class ManifestCache:
         observe.cache_lookup("tag", "coalesced" if joined else "miss")
         self._keep_hot(key, current)
         return await self._answer(repo, current, with_bytes)
+
+    async def _offline_record(self, key: TagKey, accept: frozenset[str]) -> TagRecord | None:
+        """The most recently confirmed record of this tag, under any Accept class, whose
+        manifest the client accepts and the store holds."""
+        records = await self._meta.tag_records(key.upstream, key.repo, key.tag)
+        usable = [
+            record
+            for record in records
+            if record.media_type in accept and self._store.has_manifest(Digest.parse(record.digest))
+        ]
+        return max(usable, key=lambda record: record.confirmed_at, default=None)
 
     async def _get_record(self, key: TagKey) -> TagRecord | None:
         """The tag's record: from memory if read within `tag_cache_seconds`, else the store

@@ -128,6 +128,15 @@ class RedisMetaStore:
             raw = await self._redis.get(name)
         return None if raw is None else _tag_record(name, raw)
 
+    async def tag_records(self, upstream: str, repo: str, tag: str) -> list[TagRecord]:
+        # A glob over the Accept class; the names themselves can hold no glob character
+        # except an IPv6 host's brackets.
+        stem = _glob_escape(self._key("tag:", upstream, "/", repo, ":", tag, ":"))
+        with _errors("tag_records"):
+            names = [_text(n) async for n in self._redis.scan_iter(match=stem + "*", count=500)]
+            values = await self._redis.mget(names) if names else []
+        return [_tag_record(name, raw) for name, raw in zip(names, values, strict=True) if raw]
+
     async def list_tags(self) -> list[tuple[TagKey, TagRecord]]:
         prefix = self._key("tag:")
         found: list[tuple[TagKey, TagRecord]] = []
@@ -296,6 +305,10 @@ class RedisMetaStore:
             data = json.loads(meta)
             headers = {str(k): str(v) for k, v in data["headers"].items()}
             return CachedResponse(body, headers, float(data["stored_at"]))
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def _tag_record(name: str, raw: Any) -> TagRecord:

@@ -104,6 +104,11 @@ class ResilientMetaStore:
     async def delete_tag(self, key: TagKey) -> None:
         await self._guard("delete_tag", None, lambda: self._inner.delete_tag(key))
 
+    async def tag_records(self, upstream: str, repo: str, tag: str) -> list[TagRecord]:
+        return await self._guard(
+            "tag_records", [], lambda: self._inner.tag_records(upstream, repo, tag)
+        )
+
     async def list_tags(self) -> list[tuple[TagKey, TagRecord]]:
         return await self._guard("list_tags", [], self._inner.list_tags)
 

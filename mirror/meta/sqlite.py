@@ -165,6 +165,16 @@ class SqliteMetaStore:
             )
         )
 
+    async def tag_records(self, upstream: str, repo: str, tag: str) -> list[TagRecord]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT digest, media_type, size, confirmed_at FROM tags"
+                " WHERE upstream = ? AND repo = ? AND tag = ?",
+                (upstream, repo, tag),
+            ).fetchall()
+        )
+        return [TagRecord(*row) for row in rows]
+
     async def list_tags(self) -> list[tuple[TagKey, TagRecord]]:
         rows = await self._run(
             lambda c: c.execute(

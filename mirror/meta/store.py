@@ -85,6 +85,10 @@ class MetaStore(Protocol):
 
     async def delete_tag(self, key: TagKey) -> None: ...
 
+    async def tag_records(self, upstream: str, repo: str, tag: str) -> list[TagRecord]:
+        """The records of one tag under every Accept class (what an offline mirror can
+        still answer a client with whose class has none)."""
+
     async def list_tags(self) -> list[tuple[TagKey, TagRecord]]:
         """Every tag record (for garbage collection, eviction and `mirror ls`; not for the
         request path)."""
