@@ -291,16 +291,25 @@ def _prefix(value: Any) -> str:
     return value
 
 
+def _json_or(value: Any, what: str) -> Any:
+    """`value` as it came from TOML, or parsed as JSON when it came as a string from the
+    environment (None for an empty string)."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value) if value.strip() else None
+        except ValueError:
+            raise ValueError(f"expected JSON ({what})") from None
+    return value
+
+
 _RULE_KEYS = {"match", "tag_regex", "ttl", "immutable"}
 
 
 def _tag_rules(value: Any) -> tuple[TagRule, ...]:
     """A list of tables (TOML `[[tag_rules]]`), or the same as JSON from the environment."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value) if value.strip() else []
-        except ValueError:
-            raise ValueError("expected a JSON list of rules") from None
+    value = _json_or(value, "a list of rules")
+    if value is None:
+        return ()
     if not isinstance(value, list):
         raise ValueError("expected a list of rules ([[tag_rules]] tables)")
     rules = []
@@ -353,10 +362,7 @@ def _upstream_value(value: Any) -> str | list[Any]:
     """One layer's `upstream`: a bare URL (the upstream for docker.io) or a list of tables
     (TOML `[[upstream]]`, or the same as JSON from the environment)."""
     if isinstance(value, str) and value.strip().startswith("["):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise ValueError("expected a JSON list of upstream tables") from None
+        value = _json_or(value, "a list of upstream tables")
     if isinstance(value, str):
         return _url(value.strip())
     if isinstance(value, list):
@@ -608,15 +614,6 @@ def _htpasswd(value: Any) -> Path | None:
     path = Path(value)
     htpasswd.load(path)  # readable, bcrypt entries only; the error names the line
     return path
-
-
-def _json_or(value: Any, what: str) -> Any:
-    if isinstance(value, str):
-        try:
-            return json.loads(value) if value.strip() else None
-        except ValueError:
-            raise ValueError(f"expected JSON ({what})") from None
-    return value
 
 
 def _names(value: Any, what: str) -> tuple[str, ...]:
