@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +22,9 @@ from typing import Any
 
 from mirror.admin.context import DataDir, open_data_dir
 from mirror.admin.format import human_size
-from mirror.cache.references import references
+from mirror.cache.references import named_blobs
 from mirror.cache.store import FilesystemStore
 from mirror.config import Config
-from mirror.errors import RegistryError
-from mirror.reference import Digest
-
-# `<algorithm>-<hex>.{lock,download,size}`: the files of a claimed download.
-_DOWNLOAD_FILE = re.compile(r"(?P<algorithm>[a-z0-9]+)-(?P<hex>[a-f0-9]+)\.(lock|download|size)")
 
 
 def add_parsers(commands: Any) -> list[argparse.ArgumentParser]:
@@ -86,11 +80,7 @@ async def collect_garbage(
             path.unlink(missing_ok=True)
 
     manifests = await asyncio.to_thread(lambda: list(store.objects("manifest")))
-    referenced: set[Digest] = set()
-    for manifest in manifests:
-        stored = store.read_manifest(manifest.digest)
-        if stored is not None:
-            referenced.update(references(stored.data).blobs)
+    referenced = await asyncio.to_thread(named_blobs, store, (m.digest for m in manifests))
     accessed = await meta.list_accesses()
     blobs = await asyncio.to_thread(lambda: list(store.objects("blob")))
     removed: set[str] = set()
@@ -134,13 +124,8 @@ def _stale_temp_files(store: FilesystemStore, cutoff: float) -> list[tuple[Path,
             continue
         if stat.st_mtime > cutoff or path.is_dir():
             continue
-        match = _DOWNLOAD_FILE.fullmatch(path.name)
-        if match is not None:
-            try:
-                digest: Digest | None = Digest.parse(f"{match['algorithm']}:{match['hex']}")
-            except RegistryError:
-                digest = None
-            if digest is not None and store.download_in_progress(digest):
-                continue
+        digest = store.download_of(path)
+        if digest is not None and store.download_in_progress(digest):
+            continue
         found.append((path, stat.st_size))
     return found

@@ -18,7 +18,7 @@ from typing import Any
 
 from mirror.admin.context import DataDir, open_data_dir
 from mirror.admin.format import human_size, when
-from mirror.cache.references import references
+from mirror.cache.references import reachable, references
 from mirror.cache.store import FilesystemStore
 from mirror.config import Config
 from mirror.errors import RegistryError
@@ -77,28 +77,14 @@ async def tag_rows(data: DataDir) -> list[TagRow]:
 def _footprint(store: FilesystemStore, root: Digest) -> tuple[int, bool, set[str]]:
     """Bytes cached for a manifest and everything it names; whether all of it is there; the
     digests involved."""
-    size, complete, seen = 0, True, set()
-    pending = [root]
-    while pending:
-        digest = pending.pop()
-        if str(digest) in seen:
-            continue
-        seen.add(str(digest))
+    size, complete = 0, True
+    digests = reachable(store, [root])
+    for digest in digests:
         manifest = store.read_manifest(digest)
-        if manifest is None:
-            complete = False
-            continue
-        size += len(manifest.data)
-        refs = references(manifest.data)
-        pending.extend(child for child, _ in refs.manifests)
-        for blob in refs.blobs:
-            if str(blob) in seen:
-                continue
-            seen.add(str(blob))
-            blob_size = store.blob_size(blob)
-            complete = complete and blob_size is not None
-            size += blob_size or 0
-    return size, complete, seen
+        found = len(manifest.data) if manifest is not None else store.blob_size(digest)
+        complete = complete and found is not None
+        size += found or 0
+    return size, complete, {str(digest) for digest in digests}
 
 
 def run_ls(args: argparse.Namespace, config: Config) -> int:

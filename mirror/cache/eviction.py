@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mirror import metrics
-from mirror.cache.references import references
+from mirror.cache.references import named_blobs
 from mirror.cache.store import FilesystemStore, StoredObject
 from mirror.meta.store import MetaStore, MetaStoreError
 from mirror.reference import Digest
@@ -124,7 +124,9 @@ class Evictor:
             (o for o in objects if o.digest not in pinned and now - last_used(o) >= RECENT_SECONDS),
             key=last_used,
         )
-        still_named = await asyncio.to_thread(self._blobs_named_by_manifests, objects)
+        still_named = await asyncio.to_thread(
+            named_blobs, store, (o.digest for o in objects if o.kind == "manifest")
+        )
         evicted: list[str] = []
         for obj in candidates:
             if total <= self._target:
@@ -160,10 +162,3 @@ class Evictor:
         )
         await self._meta.delete_accesses(evicted)
         return result
-
-    def _blobs_named_by_manifests(self, objects: list[StoredObject]) -> set[Digest]:
-        named: set[Digest] = set()
-        for obj in objects:
-            if obj.kind == "manifest" and (m := self._store.read_manifest(obj.digest)):
-                named.update(references(m.data).blobs)
-        return named

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from mirror.cache.references import references
+from mirror.cache.references import reachable
 from mirror.cache.store import FilesystemStore
 from mirror.config import Config
 from mirror.errors import RegistryError
@@ -102,27 +102,5 @@ async def pinned_digests(config: Config, store: FilesystemStore, meta: MetaStore
                     roots.add(Digest.parse(record.digest))
                 except RegistryError:
                     continue
-    return reachable(store, roots, config.prefetch_platforms)
-
-
-def reachable(
-    store: FilesystemStore, roots: Iterable[Digest], platforms: Sequence[str]
-) -> set[Digest]:
-    """`roots` and everything their cached manifests refer to, recursively; an index's
-    children only for `platforms` (empty: all of them)."""
-    found: set[Digest] = set()
-    pending = list(roots)
-    while pending:
-        digest = pending.pop()
-        if digest in found:
-            continue
-        found.add(digest)
-        manifest = store.read_manifest(digest)
-        if manifest is None:
-            continue
-        refs = references(manifest.data)
-        found.update(refs.blobs)
-        pending.extend(
-            child for child, platform in refs.manifests if platform_matches(platforms, platform)
-        )
-    return found
+    platforms = config.prefetch_platforms
+    return reachable(store, roots, lambda platform: platform_matches(platforms, platform))

@@ -8,9 +8,11 @@ references, so they are read in one place.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from mirror.cache.store import FilesystemStore
 from mirror.errors import RegistryError
 from mirror.reference import Digest
 
@@ -42,6 +44,38 @@ def references(data: bytes) -> References:
         if (digest := _digest(descriptor)) is not None:
             manifests.append((digest, _platform(descriptor)))
     return References(tuple(blobs), tuple(manifests))
+
+
+def reachable(
+    store: FilesystemStore,
+    roots: Iterable[Digest],
+    keep_child: Callable[[str | None], bool] = lambda platform: True,
+) -> set[Digest]:
+    """`roots` and everything their cached manifests refer to, recursively, whether cached
+    or not; an index's children only where `keep_child(platform)` says so."""
+    found: set[Digest] = set()
+    pending = list(roots)
+    while pending:
+        digest = pending.pop()
+        if digest in found:
+            continue
+        found.add(digest)
+        manifest = store.read_manifest(digest)
+        if manifest is None:
+            continue
+        refs = references(manifest.data)
+        found.update(refs.blobs)
+        pending.extend(child for child, platform in refs.manifests if keep_child(platform))
+    return found
+
+
+def named_blobs(store: FilesystemStore, manifests: Iterable[Digest]) -> set[Digest]:
+    """The blobs the given cached manifests refer to directly (blocking: reads them)."""
+    named: set[Digest] = set()
+    for digest in manifests:
+        if (manifest := store.read_manifest(digest)) is not None:
+            named.update(references(manifest.data).blobs)
+    return named
 
 
 def _list(value: Any) -> list[Any]:

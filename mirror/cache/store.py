@@ -282,7 +282,7 @@ class FilesystemStore:
     def claim_download(self, digest: Digest) -> DownloadClaim | None:
         """Become the one process downloading `digest` (an flock, released by the kernel if
         the process dies), or None when another process holds it."""
-        path = self.tmp / f"{digest.algorithm}-{digest.hex}.lock"
+        path = self._download_stem(digest).with_suffix(".lock")
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -300,7 +300,7 @@ class FilesystemStore:
 
     def download_in_progress(self, digest: Digest) -> bool:
         """Whether some process holds the download claim for `digest`."""
-        path = self.tmp / f"{digest.algorithm}-{digest.hex}.lock"
+        path = self._download_stem(digest).with_suffix(".lock")
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
@@ -313,10 +313,26 @@ class FilesystemStore:
             os.close(fd)
         return False
 
+    def _download_stem(self, digest: Digest) -> Path:
+        """`tmp/<algorithm>-<hex>`: with .lock, .download and .size, a claimed download."""
+        return self.tmp / f"{digest.algorithm}-{digest.hex}"
+
+    def download_of(self, path: Path) -> Digest | None:
+        """The digest whose claimed download `path` (a lock, data or size file in `tmp/`)
+        belongs to, or None for any other temp file."""
+        stem, dot, suffix = path.name.rpartition(".")
+        algorithm, dash, hex_digest = stem.partition("-")
+        if not dot or not dash or suffix not in ("lock", "download", "size"):
+            return None
+        try:
+            return Digest.parse(f"{algorithm}:{hex_digest}")
+        except RegistryError:
+            return None
+
     def download_files(self, digest: Digest) -> tuple[Path, Path]:
         """Where the claimed download of `digest` writes its bytes, and its size beside them:
         what processes without the claim stream from."""
-        stem = self.tmp / f"{digest.algorithm}-{digest.hex}"
+        stem = self._download_stem(digest)
         return stem.with_suffix(".download"), stem.with_suffix(".size")
 
     # --- manifests ------------------------------------------------------------------------
