@@ -272,21 +272,27 @@ class UpstreamClient:
                 location = resp.headers["Location"]
                 resp.release()
                 hops += 1
-                if hops > MAX_REDIRECTS:
-                    raise UpstreamError(
-                        errors.UPSTREAM_BAD_GATEWAY,
-                        f"upstream {self.name} redirected more than {MAX_REDIRECTS} times",
-                    )
-                url = urljoin(url, location)
-                if (scheme := urlsplit(url).scheme.lower()) not in _SCHEMES:
-                    raise UpstreamError(
-                        errors.UPSTREAM_BAD_GATEWAY,
-                        f"upstream {self.name} redirected to a {scheme or 'schemeless'}: URL; "
-                        "the mirror follows redirects to http and https only",
-                    )
+                url = self._redirect_target(url, location, hops)
                 params = ()  # the Location carries its own query
                 continue
             return resp
+
+    def _redirect_target(self, url: str, location: str, hops: int) -> str:
+        """Where the `hops`-th redirect leads, refused past MAX_REDIRECTS or to a scheme
+        other than http(s) (a `file:` Location must never be followed)."""
+        if hops > MAX_REDIRECTS:
+            raise UpstreamError(
+                errors.UPSTREAM_BAD_GATEWAY,
+                f"upstream {self.name} redirected more than {MAX_REDIRECTS} times",
+            )
+        target = urljoin(url, location)
+        if (scheme := urlsplit(target).scheme.lower()) not in _SCHEMES:
+            raise UpstreamError(
+                errors.UPSTREAM_BAD_GATEWAY,
+                f"upstream {self.name} redirected to a {scheme or 'schemeless'}: URL; "
+                "the mirror follows redirects to http and https only",
+            )
+        return target
 
     def _is_own_origin(self, url: str) -> bool:
         parts = urlsplit(url)
