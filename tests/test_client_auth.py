@@ -29,6 +29,7 @@ from mirror.server.auth.throttle import (
     Throttle,
 )
 from mirror.server.auth.tokens import CLOCK_SKEW, KEY_FILE, Tokens, stored_key
+from mirror.upstream.routing import Router, UpstreamRepo
 from tests.conftest import Client, FakeClock, StartMirror, sha256
 from tests.fakeupstream import FakeRegistry, Manifest, make_image, make_layer
 from tests.test_pull import ALL_MANIFESTS
@@ -429,6 +430,23 @@ async def test_rules_by_user_group_upstream_and_repository(ruled: Client) -> Non
     # Unknown registries and bad names are answered as ever, once logged in.
     unknown = await ruled.get("/v2/quay.io/x/y/manifests/1", headers=bob)
     assert (await error_of(unknown))[:2] == (404, "NAME_UNKNOWN")
+
+
+async def test_the_repository_is_resolved_once_for_the_rules_and_the_answer(
+    ruled: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolved: list[tuple[str, str | None]] = []
+    real_repository = Router.repository
+
+    def counted(router: Router, name: str, ns: str | None) -> UpstreamRepo:
+        resolved.append((name, ns))
+        return real_repository(router, name, ns)
+
+    monkeypatch.setattr(Router, "repository", counted)
+    alice = basic("alice", PASSWORDS["alice"])
+    assert (await ruled.head("/v2/org/app/manifests/1?ns=ghcr.io", headers=alice)).status == 200
+    assert (await ruled.get("/v2/ghcr.io/other/app/tags/list", headers=alice)).status == 200
+    assert resolved == [("org/app", "ghcr.io"), ("ghcr.io/other/app", None)]
 
 
 async def test_a_token_grants_what_the_rules_allow_and_use_decides_again(
