@@ -31,15 +31,14 @@ class ClientAuth:
     ) -> None:
         assert config.htpasswd is not None
         self.passwords = Passwords(config.htpasswd, clock=clock)
-        self.policy = Policy(config.auth_rules, config.auth_groups)
-        self.tokens = Tokens(signing_key(config), config.token_ttl, clock=clock)
-        self.throttle = Throttle(clock=clock)
-        self.logins = Logins(self.passwords, self.throttle)
+        self.logins = Logins(self.passwords, Throttle(clock=clock))
+        policy = Policy(config.auth_rules, config.auth_groups)
+        tokens = Tokens(signing_key(config), config.token_ttl, clock=clock)
         challenges = Challenges(config.auth_realm, str(config.listen))
         self.middleware = AuthMiddleware(
-            self.logins, self.tokens, self.policy, challenges, metrics_auth=config.metrics_auth
+            self.logins, tokens, policy, challenges, metrics_auth=config.metrics_auth
         )
-        self.endpoint = TokenEndpoint(self.logins, self.tokens, self.policy, router, challenges)
+        self.endpoint = TokenEndpoint(self.logins, tokens, policy, router, challenges)
 
     def register(self, app: web.Application) -> None:
         app.router.add_get(TOKEN_PATH, self.endpoint.token, name="token")
