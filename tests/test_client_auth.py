@@ -21,7 +21,15 @@ import pytest
 from mirror import config
 from mirror.config import ConfigError
 from mirror.server import auth, htpasswd
-from mirror.server.auth import CLIENT_AUTH, ClientAuth, Throttle, Tokens
+from mirror.server.auth import CLIENT_AUTH, ClientAuth
+from mirror.server.auth.throttle import (
+    FAILURE_WINDOW,
+    FAILURES_BEFORE_BACKOFF,
+    FIRST_BACKOFF,
+    Throttle,
+)
+from mirror.server.auth.tokens import CLOCK_SKEW, KEY_FILE, Tokens, stored_key
+from mirror.upstream.routing import Router, UpstreamRepo
 from tests.conftest import Client, FakeClock, StartMirror, sha256
 from tests.fakeupstream import FakeRegistry, Manifest, make_image, make_layer
 from tests.test_pull import ALL_MANIFESTS
@@ -329,7 +337,7 @@ async def test_expired_forged_and_orphaned_tokens_are_refused(
         scheme, params = parse_challenge(resp.headers["WWW-Authenticate"])
         assert (scheme, params["error"]) == ("Bearer", "invalid_token")
 
-    clock.advance(300 + auth.CLOCK_SKEW - 1)
+    clock.advance(300 + CLOCK_SKEW - 1)
     assert (await secured.head(path, headers=bearer(token))).status == 200
     clock.advance(2)
     expired = await secured.get(path, headers=bearer(token))
@@ -424,6 +432,23 @@ async def test_rules_by_user_group_upstream_and_repository(ruled: Client) -> Non
     assert (await error_of(unknown))[:2] == (404, "NAME_UNKNOWN")
 
 
+async def test_the_repository_is_resolved_once_for_the_rules_and_the_answer(
+    ruled: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolved: list[tuple[str, str | None]] = []
+    real_repository = Router.repository
+
+    def counted(router: Router, name: str, ns: str | None) -> UpstreamRepo:
+        resolved.append((name, ns))
+        return real_repository(router, name, ns)
+
+    monkeypatch.setattr(Router, "repository", counted)
+    alice = basic("alice", PASSWORDS["alice"])
+    assert (await ruled.head("/v2/org/app/manifests/1?ns=ghcr.io", headers=alice)).status == 200
+    assert (await ruled.get("/v2/ghcr.io/other/app/tags/list", headers=alice)).status == 200
+    assert resolved == [("org/app", "ghcr.io"), ("ghcr.io/other/app", None)]
+
+
 async def test_a_token_grants_what_the_rules_allow_and_use_decides_again(
     ruled: Client,
 ) -> None:
@@ -511,27 +536,27 @@ async def test_health_stays_open_metrics_open_unless_configured_pages_need_a_log
 async def test_failing_logins_from_one_address_back_off_and_spare_other_addresses(
     secured: Client, clock: FakeClock
 ) -> None:
-    client_auth(secured).client_key = lambda request: request.headers.get("X-Client", "-")
+    client_auth(secured).logins.client_key = lambda request: request.headers.get("X-Client", "-")
     attacker, other = {"X-Client": "10.0.0.66"}, {"X-Client": "10.0.0.7"}
-    for _ in range(auth.FAILURES_BEFORE_BACKOFF):
+    for _ in range(FAILURES_BEFORE_BACKOFF):
         resp = await secured.get("/v2/", headers={**attacker, **basic("alice", "guess")})
         assert resp.status == 401
     # Now even the right password from there waits, at the realm too.
     for path in ("/v2/", auth.TOKEN_PATH):
         blocked = await secured.get(path, headers={**attacker, **basic("alice", "alice-secret-1")})
         assert (await error_of(blocked))[:2] == (429, "TOOMANYREQUESTS")
-        assert blocked.headers["Retry-After"] == str(int(auth.FIRST_BACKOFF))
+        assert blocked.headers["Retry-After"] == str(int(FIRST_BACKOFF))
     # Another address is not affected, nor are tokens already issued.
     ok = await secured.get("/v2/", headers={**other, **basic("alice", PASSWORDS["alice"])})
     assert ok.status == 200
 
-    clock.advance(auth.FIRST_BACKOFF)
+    clock.advance(FIRST_BACKOFF)
     resp = await secured.get("/v2/", headers={**attacker, **basic("alice", "guess-again")})
     assert resp.status == 401
     blocked = await secured.get("/v2/", headers={**attacker, **basic("alice", "x")})
-    assert blocked.headers["Retry-After"] == str(int(2 * auth.FIRST_BACKOFF))  # doubled
+    assert blocked.headers["Retry-After"] == str(int(2 * FIRST_BACKOFF))  # doubled
 
-    clock.advance(2 * auth.FIRST_BACKOFF + auth.FAILURE_WINDOW + 1)  # quiet for a window
+    clock.advance(2 * FIRST_BACKOFF + FAILURE_WINDOW + 1)  # quiet for a window
     ok = await secured.get("/v2/", headers={**attacker, **basic("alice", PASSWORDS["alice"])})
     assert ok.status == 200
 
@@ -575,7 +600,7 @@ async def test_a_burst_of_parallel_guesses_is_cut_short(
     statuses = sorted(r.status for r in answers)
     assert statuses.count(429) >= 10, statuses
     assert set(statuses) == {401, 429}
-    assert runs <= 2 * auth.FAILURES_BEFORE_BACKOFF
+    assert runs <= 2 * FAILURES_BEFORE_BACKOFF
 
 
 # --- logs -----------------------------------------------------------------------------------
@@ -628,7 +653,7 @@ async def test_tokens_verify_across_processes_sharing_a_secret_or_a_data_dir(
 
     shared = str(tmp_path / "shared")
     worker_a, worker_b = await start(shared), await start(shared)
-    assert (tmp_path / "shared" / auth.KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "shared" / KEY_FILE).stat().st_mode & 0o777 == 0o600
     assert await token_works_on(worker_a, worker_b)
     elsewhere = await start(str(tmp_path / "elsewhere"))
     assert not await token_works_on(worker_a, elsewhere)
@@ -636,19 +661,19 @@ async def test_tokens_verify_across_processes_sharing_a_secret_or_a_data_dir(
     host_a = await start(str(tmp_path / "host-a"), token_secret=secret)
     host_b = await start(str(tmp_path / "host-b"), token_secret=secret)
     assert await token_works_on(host_a, host_b)
-    assert not (tmp_path / "host-a" / auth.KEY_FILE).exists()
+    assert not (tmp_path / "host-a" / KEY_FILE).exists()
 
 
 def test_several_processes_creating_the_key_at_once_agree(tmp_path: Path) -> None:
-    path = tmp_path / "data" / auth.KEY_FILE
+    path = tmp_path / "data" / KEY_FILE
     with ThreadPoolExecutor(8) as pool:
-        keys = set(pool.map(lambda _: auth._stored_key(path), range(16)))
+        keys = set(pool.map(lambda _: stored_key(path), range(16)))
     assert len(keys) == 1
-    assert auth._stored_key(path) in keys
-    assert [p.name for p in path.parent.iterdir()] == [auth.KEY_FILE]  # no candidates left
+    assert stored_key(path) in keys
+    assert [p.name for p in path.parent.iterdir()] == [KEY_FILE]  # no candidates left
     path.write_text("garbage\n")
     with pytest.raises(RuntimeError, match="does not hold a token key"):
-        auth._stored_key(path)
+        stored_key(path)
 
 
 # --- configuration --------------------------------------------------------------------------

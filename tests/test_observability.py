@@ -7,14 +7,17 @@ import asyncio
 import json
 import logging
 import shutil
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
+import bcrypt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mirror.logs import JsonFormatter
+from mirror.server.middleware import route_label
 from tests.conftest import Client, FakeClock, StartMirror, files_under
 from tests.fakeupstream import FakeRegistry, Fault, Manifest, make_image, random_layer
 from tests.meta_fixtures import RedisServer
@@ -173,6 +176,49 @@ async def test_metrics_carry_no_repository_or_digest_labels(
     text = await (await mirror.get("/metrics")).text()
     assert "alpine" not in text
     assert "sha256" not in text
+
+
+# The route labels the README's metrics table and the Grafana dashboard name.
+ROUTE_LABELS = {
+    *("ping", "manifest", "blob", "tags", "catalog", "push", "token"),
+    *("healthz", "readyz", "metrics", "status", "static"),
+}
+
+
+async def test_requests_count_under_their_routes_documented_labels(
+    start_mirror: StartMirror, upstream: FakeRegistry, tmp_path: Path
+) -> None:
+    """Every route counts under one of a fixed set of labels (a request no route takes
+    under `other`), so the metrics stay bounded and the dashboard's legend true."""
+    users = tmp_path / "htpasswd"
+    users.write_text(f"alice:{bcrypt.hashpw(b'secret', bcrypt.gensalt(rounds=4)).decode()}\n")
+    mirror = await start_mirror(upstream.url, htpasswd=str(users))  # with the token route
+    assert {route_label(route) for route in mirror.app.router.routes()} == ROUTE_LABELS
+    labelled = {
+        "/v2": "ping",
+        "/v2/": "ping",
+        "/v2/_catalog": "catalog",
+        "/v2/library/alpine/manifests/3.19": "manifest",
+        "/v2/library/alpine/blobs/sha256:" + "a" * 64: "blob",
+        "/v2/library/alpine/tags/list": "tags",
+        "/v2/library/alpine/blobs/uploads": "push",
+        "/v2/library/alpine/blobs/uploads/a-session": "push",
+        "/auth/token": "token",
+        "/healthz": "healthz",
+        "/readyz": "readyz",
+        "/": "status",
+        "/api/status": "status",
+        "/static/app.js": "static",
+        "/no/such/endpoint": "other",
+    }
+    before = await scrape(mirror)
+    for path in labelled:
+        await mirror.get(path)
+    after = await scrape(mirror)
+    expected = Counter(labelled.values()) + Counter({"metrics": 1})  # the first scrape
+    for label in ROUTE_LABELS | {"other"}:
+        counted = delta(after, before, "mirror_http_requests_total", route=label)
+        assert counted == expected[label], label
 
 
 async def test_workers_report_their_sum_whichever_answers_the_scrape(

@@ -19,7 +19,7 @@ from mirror.cache.store import FilesystemStore
 from mirror.cache.tags import TagListCache
 from mirror.config import Config
 from mirror.meta import open_meta_store
-from mirror.server import auth
+from mirror.server import addressing, auth
 from mirror.server.middleware import add_response_headers, observe_requests, registry_errors
 from mirror.server.ops import OpsRoutes
 from mirror.server.routes import RegistryRoutes
@@ -57,7 +57,9 @@ async def create_app(
     manifests = ManifestCache(store, meta, access, config, clock=clock)
     tags = TagListCache(meta, config, clock=clock)
 
-    app = web.Application(middlewares=[observe_requests, registry_errors])
+    app = web.Application(
+        middlewares=[observe_requests, registry_errors, addressing.resolve_repositories(router)]
+    )
     app.on_response_prepare.append(add_response_headers)
     RegistryRoutes(router, blobs, manifests, tags, meta).register(app.router)
     OpsRoutes(store, meta, router, access, clock=clock).register(app.router)

@@ -25,22 +25,6 @@ REQUEST_ID_HEADER = "X-Request-ID"
 RECORD = web.RequestKey("mirror.record", observe.RequestRecord)
 # A client's request id is echoed only if it is this tame (it goes into logs and headers).
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
-# Route labels: handler names, mapped to a fixed set so metrics stay bounded.
-_ROUTES = {
-    "ping": "ping",
-    "catalog": "catalog",
-    "manifest": "manifest",
-    "blob": "blob",
-    "tags": "tags",
-    "refuse_push": "push",
-    "healthz": "healthz",
-    "readyz": "readyz",
-    "metrics": "metrics",
-    "api_status": "status",
-    "status_page": "status",
-    "static": "static",
-    "token": "token",
-}
 _PATH_LOGGED = 512  # characters of a path an access line keeps
 
 
@@ -92,8 +76,7 @@ async def observe_requests(request: web.Request, handler: Handler) -> web.Stream
     """The outermost layer: give the request an id and a record the caches report into,
     then count it, time it and write its access-log line once the response is sent."""
     record = observe.RequestRecord(request_id=_request_id(request))
-    handler_name = getattr(request.match_info.handler, "__name__", "")
-    record.route = _ROUTES.get(handler_name, "other")
+    record.route = route_label(request.match_info.route)
     request[RECORD] = record
     observe.begin_request(record)
     started = time.monotonic()
@@ -114,6 +97,15 @@ async def observe_requests(request: web.Request, handler: Handler) -> web.Stream
         metrics.HTTP_REQUESTS.labels(record.route, request.method, label).inc()
         metrics.HTTP_DURATION.labels(record.route, request.method).observe(seconds)
         _log_access(request, response, record, status, seconds)
+
+
+def route_label(route: web.AbstractRoute) -> str:
+    """The metrics and access-log label of a matched route: its name, up to a dot that
+    tells apart routes sharing a label (aiohttp wants names unique: `ping` is `/v2/`,
+    `ping.unslashed` is `/v2`). Every route is named in the code, so labels stay a fixed
+    set; an unnamed route, or no route at all, is `other`."""
+    name = route.name
+    return name.partition(".")[0] if name else "other"
 
 
 def _request_id(request: web.Request) -> str:

@@ -44,12 +44,13 @@ class OpsRoutes:
         self._started_at = clock()
 
     def register(self, router: web.UrlDispatcher) -> None:
-        router.add_get("/healthz", self.healthz)
-        router.add_get("/readyz", self.readyz)
-        router.add_get("/metrics", self.metrics)
-        router.add_get("/api/status", self.api_status)
-        router.add_get("/", self.status_page)
-        router.add_get("/static/{file}", self.static)
+        """Add the routes, each named for its metrics label (see `middleware.route_label`)."""
+        router.add_get("/healthz", self.healthz, name="healthz")
+        router.add_get("/readyz", self.readyz, name="readyz")
+        router.add_get("/metrics", self.metrics, name="metrics")
+        router.add_get("/api/status", self.api_status, name="status.api")
+        router.add_get("/", self.status_page, name="status")
+        router.add_get("/static/{file}", self.static, name="static")
 
     async def healthz(self, request: web.Request) -> web.Response:
         """The process is alive and its event loop answers."""

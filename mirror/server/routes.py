@@ -24,7 +24,7 @@ from mirror.reference import (
     parse_name,
     parse_tag,
 )
-from mirror.server import responses
+from mirror.server import addressing, responses
 from mirror.server.auth import CATALOG_FILTER
 from mirror.upstream.routing import Router, UpstreamRepo
 
@@ -55,14 +55,19 @@ class RegistryRoutes:
         self._meta = meta
 
     def register(self, router: web.UrlDispatcher) -> None:
-        router.add_route("GET", "/v2", self.ping)
-        router.add_route("GET", "/v2/", self.ping)
-        router.add_route("GET", "/v2/_catalog", self.catalog)
-        router.add_route("*", f"/v2/{_NAME}/blobs/uploads/{{rest:.*}}", self.refuse_push)
-        router.add_route("*", f"/v2/{_NAME}/blobs/uploads", self.refuse_push)
-        router.add_route("*", f"/v2/{_NAME}/manifests/{{reference}}", self.manifest)
-        router.add_route("*", f"/v2/{_NAME}/blobs/{{digest}}", self.blob)
-        router.add_route("*", f"/v2/{_NAME}/tags/list", self.tags)
+        """Add the routes, each named for its metrics label (see `middleware.route_label`).
+        The routes that need the repository resolved have a `{name}` (`addressing`)."""
+        router.add_route("GET", "/v2", self.ping, name="ping.unslashed")
+        router.add_route("GET", "/v2/", self.ping, name="ping")
+        router.add_route("GET", "/v2/_catalog", self.catalog, name="catalog")
+        uploads = f"/v2/{_NAME}/blobs/uploads"
+        router.add_route("*", f"{uploads}/{{rest:.*}}", self.refuse_push, name="push.session")
+        router.add_route("*", uploads, self.refuse_push, name="push")
+        router.add_route(
+            "*", f"/v2/{_NAME}/manifests/{{reference}}", self.manifest, name="manifest"
+        )
+        router.add_route("*", f"/v2/{_NAME}/blobs/{{digest}}", self.blob, name="blob")
+        router.add_route("*", f"/v2/{_NAME}/tags/list", self.tags, name="tags")
 
     # --- handlers -------------------------------------------------------------------------
 
@@ -160,7 +165,7 @@ class RegistryRoutes:
             raise _read_only()
 
     def _repository(self, request: web.Request) -> UpstreamRepo:
-        repo = self._router.repository(request.match_info["name"], request.query.get("ns"))
+        repo = addressing.repository(request)
         observe.routed(repo.upstream.host)
         return repo
 

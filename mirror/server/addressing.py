@@ -1,0 +1,56 @@
+"""The upstream repository a request addresses, resolved once per request.
+
+A registry route's `{name}` (with containerd's `?ns=` or a host prefix, else docker.io)
+maps to an `UpstreamRepo` through the `Router`. The authorisation middleware (to apply the
+rules) and the handler (to serve) both need it, so a middleware outside both resolves it
+once and keeps the outcome on the request: the repository, or the refusal (NAME_UNKNOWN
+for a registry the mirror does not serve, NAME_INVALID for a bad name). Resolving never
+looks a host up or connects anywhere. The refusal is raised only where a handler asks for
+the repository, so authentication (401) and the handler's own checks (a push refused as
+UNSUPPORTED) still come before it.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from mirror.errors import RegistryError
+from mirror.upstream.routing import Router, UpstreamRepo
+
+# The outcome of resolving the route's `{name}`; set for every route that has one.
+REPOSITORY: web.RequestKey[UpstreamRepo | RegistryError] = web.RequestKey("mirror.repository")
+
+
+def resolve_repositories(router: Router) -> Middleware:
+    """The middleware that resolves each request's repository with `router`; it goes
+    outside the authorisation middleware and inside the error middleware."""
+
+    @web.middleware
+    async def resolve_repository(request: web.Request, handler: Handler) -> web.StreamResponse:
+        name = request.match_info.get("name")
+        if name is not None:
+            try:
+                request[REPOSITORY] = router.repository(name, request.query.get("ns"))
+            except RegistryError as exc:
+                request[REPOSITORY] = exc
+        return await handler(request)
+
+    return resolve_repository
+
+
+def repository(request: web.Request) -> UpstreamRepo:
+    """The repository the request addresses; raises the refusal if it addresses none the
+    mirror serves."""
+    outcome = request[REPOSITORY]
+    if isinstance(outcome, RegistryError):
+        raise outcome
+    return outcome
+
+
+def served_repository(request: web.Request) -> UpstreamRepo | None:
+    """The repository the request addresses, or None if the mirror refuses it (the handler
+    says why). Only for a route with a `{name}`: a missing outcome is a wiring mistake and
+    raises KeyError rather than passing for "nothing to check"."""
+    outcome = request[REPOSITORY]
+    return None if isinstance(outcome, RegistryError) else outcome
