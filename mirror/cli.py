@@ -16,8 +16,8 @@ from pathlib import Path
 
 from mirror import __version__, clientconfig, config, logs
 from mirror.admin import bundle, gc, inventory, prefetch
-from mirror.cache.store import FilesystemStore
 from mirror.server import tls, workers
+from mirror.storage.filesystem import FilesystemStore
 
 # Nothing here imports prometheus-client at module level: with several workers it must be
 # imported only after PROMETHEUS_MULTIPROC_DIR is set (see `_serve`).

@@ -122,3 +122,23 @@ def revalidated(upstream: str, result: Literal["unchanged", "changed", "stale", 
 def ratelimit_seen(upstream: str, limit: int, remaining: int) -> None:
     metrics.RATELIMIT_LIMIT.labels(upstream).set(limit)
     metrics.RATELIMIT_REMAINING.labels(upstream).set(remaining)
+
+
+def download_started() -> None:
+    metrics.DOWNLOADS_IN_FLIGHT.inc()
+
+
+def download_ended() -> None:
+    metrics.DOWNLOADS_IN_FLIGHT.dec()
+
+
+def waiter_joined() -> None:
+    metrics.DOWNLOAD_WAITERS.inc()
+
+
+def waiter_left() -> None:
+    metrics.DOWNLOAD_WAITERS.dec()
+
+
+def passed_through() -> None:
+    metrics.PASSTHROUGH.inc()

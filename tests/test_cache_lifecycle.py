@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 
 from mirror.cache.eviction import RECENT_SECONDS, Evictor
-from mirror.cache.store import FilesystemStore
 from mirror.meta import open_meta_store
 from mirror.meta.store import MetaStore
 from mirror.reference import Digest
+from mirror.storage.filesystem import FilesystemStore
 from tests.conftest import Client, FakeClock, StartMirror, answered, files_under
 from tests.fakeupstream import FakeRegistry, Fault, Manifest, make_image, random_layer
 from tests.meta_fixtures import RedisServer
@@ -198,17 +198,21 @@ async def test_gc_removes_orphans_and_leftovers_but_nothing_in_use(
     assert (await (await mirror.get(f"/v2/alpine/blobs/{orphan.digest}")).read()) == orphan.data
     long_ago = time.time() - 7200
     store = FilesystemStore(data_dir)
-    os.utime(store.blob_path(Digest.parse(orphan.digest)), (long_ago, long_ago))
-    crashed = store.tmp / "0123abcd.deadbeef.part"
+    stored = store.open_blob(Digest.parse(orphan.digest))
+    assert stored is not None and stored.local_path is not None
+    os.utime(stored.local_path, (long_ago, long_ago))
+    crashed = data_dir / "tmp" / "0123abcd.deadbeef.part"
     crashed.write_bytes(b"half a manifest")
     os.utime(crashed, (long_ago, long_ago))
     # A download another process is doing right now: its files stay whatever their age.
     busy = Digest.parse("sha256:" + "b" * 64)
-    claim = store.claim_download(busy)
-    assert claim is not None
-    writer = claim.writer(100)
-    writer.write(b"x" * 10)
-    for path in store.download_files(busy):
+    spool = store.spool(busy)
+    assert spool.claim()
+    writer = spool.writer(100)
+    await writer.write(b"x" * 10)
+    spool_files = [p for p in (data_dir / "tmp").iterdir() if busy.hex in p.name]
+    assert len(spool_files) == 3  # the claim, the bytes, the size
+    for path in spool_files:
         os.utime(path, (long_ago, long_ago))
     (tmp_path / "gc.toml").write_text(f'data_dir = "{data_dir}"\ngc_grace = 3600\n')
 
@@ -223,9 +227,9 @@ async def test_gc_removes_orphans_and_leftovers_but_nothing_in_use(
     assert "removed 1 temp files, 1 unreferenced blobs" in done.stdout
     assert store.blob_size(Digest.parse(orphan.digest)) is None
     assert not crashed.exists()
-    assert all(path.exists() for path in store.download_files(busy))
-    writer.abort()
-    claim.release()
+    assert all(path.exists() for path in spool_files)
+    await writer.abort()
+    spool.release()
     # Everything the image needs is still there: a warm pull asks the upstream nothing.
     upstream.reset_counts()
     await pull_like_docker(mirror, "library/alpine", "3.19")

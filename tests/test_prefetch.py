@@ -13,9 +13,9 @@ import pytest
 
 from mirror import cli, config
 from mirror.cache.pinning import parse_platform, pinned_digests, platform_matches
-from mirror.cache.store import FilesystemStore
 from mirror.meta import open_meta_store
 from mirror.reference import Digest
+from mirror.storage.filesystem import FilesystemStore
 from tests.conftest import StartMirror, answered, toml_value
 from tests.fakeupstream import FakeRegistry, Manifest, make_image
 from tests.mirrorproc import free_port, run_mirror

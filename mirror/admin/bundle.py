@@ -46,7 +46,6 @@ from mirror import mediatypes
 from mirror.admin.context import DataDir, open_data_dir
 from mirror.admin.format import human_size
 from mirror.cache.references import references
-from mirror.cache.store import FilesystemStore, StoredManifest
 from mirror.config import Config
 from mirror.errors import RegistryError
 from mirror.reference import (
@@ -57,6 +56,8 @@ from mirror.reference import (
     parse_name,
     parse_tag,
 )
+from mirror.storage import StoredManifest
+from mirror.storage.filesystem import FilesystemStore
 
 if TYPE_CHECKING:
     from mirror.meta.store import TagKey, TagRecord
@@ -478,7 +479,9 @@ def _add_blob(
     progress: Progress,
 ) -> None:
     try:
-        source = store.blob_path(digest).open("rb")
+        if (blob := store.open_blob(digest)) is None:
+            raise FileNotFoundError(digest)
+        source = blob.open()
     except FileNotFoundError:
         raise ExportError(
             f"  blob {digest} left the cache during the export (gc or eviction); try again"

@@ -7,8 +7,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mirror.cache.store import FilesystemStore
 from mirror.config import Config
+from mirror.storage.filesystem import FilesystemStore
 
 if TYPE_CHECKING:
     from mirror.meta.store import MetaStore

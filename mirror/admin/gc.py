@@ -1,7 +1,7 @@
 """`mirror gc`: remove what nothing needs any more, safely while a server runs.
 
-- temp files a crash left in `tmp/` (older than `gc_grace`, and not a download some process
-  holds the claim for);
+- temp files a crash left in the store (older than `gc_grace`, and not the spool of a
+  download in progress: the store tells);
 - blobs no cached manifest refers to and nobody used within `gc_grace`;
 - metadata about content that is gone: tag records naming a missing manifest, access
   records of missing digests.
@@ -17,13 +17,11 @@ import argparse
 import asyncio
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mirror.admin.context import DataDir, open_data_dir
 from mirror.admin.format import human_size
 from mirror.cache.references import named_blobs
-from mirror.cache.store import FilesystemStore
 from mirror.config import Config
 
 
@@ -72,12 +70,12 @@ async def collect_garbage(
     cutoff = now - data.config.gc_grace
     report = Report()
 
-    for path, size in await asyncio.to_thread(_stale_temp_files, store, cutoff):
+    for temp in await asyncio.to_thread(store.stale_temp_files, cutoff):
         report.temp_files += 1
-        report.bytes_freed += size
-        report.lines.append(f"temp file {path.name} ({human_size(size)})")
+        report.bytes_freed += temp.size
+        report.lines.append(f"temp file {temp.name} ({human_size(temp.size)})")
         if not dry_run:
-            path.unlink(missing_ok=True)
+            store.remove_temp_file(temp)
 
     manifests = await asyncio.to_thread(lambda: list(store.objects("manifest")))
     referenced = await asyncio.to_thread(named_blobs, store, (m.digest for m in manifests))
@@ -88,7 +86,7 @@ async def collect_garbage(
         last_used = max(blob.mtime, accessed.get(str(blob.digest), 0.0))
         if blob.digest in referenced or last_used > cutoff:
             continue
-        if store.download_in_progress(blob.digest):
+        if store.spool(blob.digest).in_progress():
             continue
         report.blobs += 1
         report.bytes_freed += blob.size
@@ -112,20 +110,3 @@ async def collect_garbage(
     if gone and not dry_run:
         await meta.delete_accesses(gone)
     return report
-
-
-def _stale_temp_files(store: FilesystemStore, cutoff: float) -> list[tuple[Path, int]]:
-    """Temp files older than `cutoff` that no live download owns."""
-    found = []
-    for path in store.tmp.iterdir():
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            continue
-        if stat.st_mtime > cutoff or path.is_dir():
-            continue
-        digest = store.download_of(path)
-        if digest is not None and store.download_in_progress(digest):
-            continue
-        found.append((path, stat.st_size))
-    return found

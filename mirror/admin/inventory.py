@@ -19,10 +19,10 @@ from typing import Any
 from mirror.admin.context import DataDir, open_data_dir
 from mirror.admin.format import human_size, when
 from mirror.cache.references import reachable, references
-from mirror.cache.store import FilesystemStore
 from mirror.config import Config
 from mirror.errors import RegistryError
 from mirror.reference import Digest, ImageRef, parse_image
+from mirror.storage import ContentStore
 
 
 def add_parsers(commands: Any) -> list[argparse.ArgumentParser]:
@@ -74,7 +74,7 @@ async def tag_rows(data: DataDir) -> list[TagRow]:
     return sorted(rows.values(), key=lambda row: (row.repository, row.tag))
 
 
-def _footprint(store: FilesystemStore, root: Digest) -> tuple[int, bool, set[str]]:
+def _footprint(store: ContentStore, root: Digest) -> tuple[int, bool, set[str]]:
     """Bytes cached for a manifest and everything it names; whether all of it is there; the
     digests involved."""
     size, complete = 0, True

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 from mirror import metrics
 from mirror.cache.references import named_blobs
-from mirror.cache.store import FilesystemStore, StoredObject
 from mirror.meta.store import MetaStore, MetaStoreError
 from mirror.reference import Digest
+from mirror.storage import ContentStore, StoredObject
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Eviction:
 class Evictor:
     def __init__(
         self,
-        store: FilesystemStore,
+        store: ContentStore,
         meta: MetaStore,
         *,
         max_bytes: int,

@@ -21,13 +21,13 @@ from typing import TypeVar
 
 from mirror import errors, mediatypes, observe
 from mirror.cache.access import AccessRecorder
-from mirror.cache.store import FilesystemStore, StoredManifest
 from mirror.config import Config
 from mirror.errors import RegistryError
 from mirror.meta.store import MetaStore, TagKey, TagRecord
 from mirror.ratelimit import RateLimit
 from mirror.reference import Digest
 from mirror.singleflight import SingleFlight
+from mirror.storage import ContentStore, StoredManifest
 from mirror.upstream.client import FetchedManifest, UpstreamClient, UpstreamError
 from mirror.upstream.routing import UpstreamRepo
 
@@ -61,7 +61,7 @@ class ManifestCache:
 
     def __init__(
         self,
-        store: FilesystemStore,
+        store: ContentStore,
         meta: MetaStore,
         access: AccessRecorder,
         config: Config,

@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mirror.cache.references import reachable
-from mirror.cache.store import FilesystemStore
 from mirror.config import Config
 from mirror.errors import RegistryError
 from mirror.reference import Digest, ImageRef, parse_image
+from mirror.storage import ContentStore
 
 if TYPE_CHECKING:
     # (the mirror.meta package imports the metrics: not at import time here)
@@ -84,7 +84,7 @@ def pinned_images(config: Config) -> list[ImageRef]:
     return images
 
 
-async def pinned_digests(config: Config, store: FilesystemStore, meta: MetaStore) -> set[Digest]:
+async def pinned_digests(config: Config, store: ContentStore, meta: MetaStore) -> set[Digest]:
     """Every manifest and blob digest the configured `prefetch` images reach in the cache:
     what eviction must leave alone. Content not in the store is still named (a child whose
     manifest is missing is pinned, though nothing below it can be known)."""

@@ -30,15 +30,17 @@ from typing import Protocol
 from mirror import errors, mediatypes
 from mirror.admin.format import human_size
 from mirror.cache.access import AccessRecorder
-from mirror.cache.blobs import BlobCache, Download
+from mirror.cache.blobs import BlobCache
+from mirror.cache.downloads import Download
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.pinning import parse_platform, platform_matches
 from mirror.cache.references import references
-from mirror.cache.store import FilesystemStore, StoredManifest
 from mirror.config import Config, TagRule
 from mirror.errors import RegistryError
 from mirror.meta.store import MetaStore, MetaStoreError
 from mirror.reference import Digest, ImageRef, parse_image
+from mirror.storage import ContentStore, StoredManifest
+from mirror.storage.filesystem import FilesystemStore
 from mirror.upstream.routing import Router, UpstreamRepo
 
 log = logging.getLogger(__name__)
@@ -126,14 +128,14 @@ class Puller:
     """The cache machinery a prefetch goes through."""
 
     router: Router
-    store: FilesystemStore
+    store: ContentStore
     manifests: ManifestCache
     blobs: BlobCache
 
 
 def server_puller(
     config: Config,
-    store: FilesystemStore,
+    store: ContentStore,
     meta: MetaStore,
     router: Router,
     blobs: BlobCache,
@@ -304,17 +306,18 @@ async def _blob(
     result.bytes_fetched += read
 
 
-def _config_platform(store: FilesystemStore, manifest: StoredManifest) -> str:
+def _config_platform(store: ContentStore, manifest: StoredManifest) -> str:
     """The platform an image's config blob describes ("" when it cannot be told)."""
     refs = references(manifest.data)
     if not refs.blobs:
         return ""
     config = refs.blobs[0]
-    size = store.blob_size(config)
-    if size is None or size > _CONFIG_READ_LIMIT:
+    blob = store.open_blob(config)
+    if blob is None or blob.size > _CONFIG_READ_LIMIT:
         return ""
     try:
-        document = json.loads(store.blob_path(config).read_bytes())
+        with blob.open() as fh:
+            document = json.loads(fh.read())
     except (OSError, ValueError):
         return ""
     if not isinstance(document, dict):
@@ -335,7 +338,7 @@ def schedule_lock(config: Config) -> str:
 
 async def schedule(
     config: Config,
-    store: FilesystemStore,
+    store: ContentStore,
     meta: MetaStore,
     router: Router,
     blobs: BlobCache,

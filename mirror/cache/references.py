@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from mirror.cache.store import FilesystemStore
 from mirror.errors import RegistryError
 from mirror.reference import Digest
+from mirror.storage import ContentStore
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def references(data: bytes) -> References:
 
 
 def reachable(
-    store: FilesystemStore,
+    store: ContentStore,
     roots: Iterable[Digest],
     keep_child: Callable[[str | None], bool] = lambda platform: True,
 ) -> set[Digest]:
@@ -69,7 +69,7 @@ def reachable(
     return found
 
 
-def named_blobs(store: FilesystemStore, manifests: Iterable[Digest]) -> set[Digest]:
+def named_blobs(store: ContentStore, manifests: Iterable[Digest]) -> set[Digest]:
     """The blobs the given cached manifests refer to directly (blocking: reads them)."""
     named: set[Digest] = set()
     for digest in manifests:

@@ -15,7 +15,6 @@ from mirror.cache.eviction import Evictor
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.pinning import pinned_digests
 from mirror.cache.prefetch import schedule as schedule_prefetch
-from mirror.cache.store import FilesystemStore
 from mirror.cache.tags import TagListCache
 from mirror.config import Config
 from mirror.meta import open_meta_store
@@ -23,6 +22,8 @@ from mirror.server import addressing, auth
 from mirror.server.middleware import add_response_headers, observe_requests, registry_errors
 from mirror.server.ops import OpsRoutes
 from mirror.server.routes import RegistryRoutes
+from mirror.storage import ContentStore
+from mirror.storage.filesystem import FilesystemStore
 from mirror.upstream.routing import Router
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ async def create_app(
     return app
 
 
-async def _measure_cache(store: FilesystemStore) -> None:
+async def _measure_cache(store: ContentStore) -> None:
     while True:
         try:
             usage = await asyncio.to_thread(store.measure)

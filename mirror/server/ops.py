@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import mimetypes
 import re
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,9 +15,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from mirror import metrics
 from mirror.cache.access import AccessRecorder
-from mirror.cache.store import FilesystemStore
 from mirror.meta.store import MetaStore
 from mirror.server import status
+from mirror.storage import ContentStore
 from mirror.upstream.routing import Router
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -29,7 +28,7 @@ _STATIC_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*\.(?:js|css|png|svg)")
 class OpsRoutes:
     def __init__(
         self,
-        store: FilesystemStore,
+        store: ContentStore,
         meta: MetaStore,
         router: Router,
         access: AccessRecorder,
@@ -106,9 +105,7 @@ class OpsRoutes:
         return metrics.collect(usage)
 
     async def _data_dir_writable(self) -> None:
-        probe = self._store.tmp / f"ready.{secrets.token_hex(4)}"
-        await asyncio.to_thread(probe.write_bytes, b"")
-        await asyncio.to_thread(probe.unlink)
+        await asyncio.to_thread(self._store.check_writable)
 
     @staticmethod
     async def _check(check: Callable[[], Awaitable[None]]) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+from contextlib import aclosing
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -13,6 +13,7 @@ from aiohttp.abc import AbstractStreamWriter
 from mirror import errors, observe
 from mirror.errors import RegistryError
 from mirror.reference import Digest
+from mirror.storage import StoredBlob
 
 # ASCII digits only: `\d` would match any script's digits.
 _RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
@@ -102,14 +103,15 @@ def etag_matches(request: web.Request, digest: Digest) -> bool:
     )
 
 
-class FileSliceResponse(web.StreamResponse):
-    """Sends part of a file with sendfile(2): the bytes never pass through Python."""
+class BlobSliceResponse(web.StreamResponse):
+    """Sends part of a stored blob: with sendfile(2) when the store has it as a local file
+    (the bytes never pass through Python), else chunk by chunk."""
 
     def __init__(
-        self, path: Path, offset: int, count: int, *, status: int, headers: dict[str, str]
+        self, blob: StoredBlob, offset: int, count: int, *, status: int, headers: dict[str, str]
     ) -> None:
         super().__init__(status=status, headers=headers)
-        self._path = path
+        self._blob = blob
         self._offset = offset
         self._count = count
         self.content_length = count
@@ -123,8 +125,15 @@ class FileSliceResponse(web.StreamResponse):
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("client went away")
-        with self._path.open("rb") as fh:
-            await asyncio.get_running_loop().sendfile(transport, fh, self._offset, self._count)
+        if (path := self._blob.local_path) is not None:
+            with path.open("rb") as fh:
+                await asyncio.get_running_loop().sendfile(transport, fh, self._offset, self._count)
+        else:
+            async with aclosing(
+                self._blob.chunks(self._offset, self._offset + self._count)
+            ) as chunks:
+                async for chunk in chunks:
+                    await self.write(chunk)
         observe.served_bytes(self._count, from_cache=True)
         return writer
 

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from aiohttp import web
 
 from mirror import errors, mediatypes, observe
-from mirror.cache.blobs import BlobBody, BlobCache, CachedBlob
+from mirror.cache.blobs import BlobBody, BlobCache
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.tags import TagListCache
 from mirror.errors import RegistryError
@@ -26,6 +26,7 @@ from mirror.reference import (
 )
 from mirror.server import addressing, responses
 from mirror.server.auth import CATALOG_FILTER
+from mirror.storage import StoredBlob
 from mirror.upstream.routing import Router, UpstreamRepo
 
 log = logging.getLogger(__name__)
@@ -209,17 +210,17 @@ def _blob_headers(digest: Digest) -> dict[str, str]:
 
 
 def _cached_blob_response(
-    request: web.Request, digest: Digest, blob: CachedBlob
+    request: web.Request, digest: Digest, blob: StoredBlob
 ) -> web.StreamResponse:
     headers = _blob_headers(digest)
     if responses.etag_matches(request, digest):
         return web.Response(status=304, headers=headers)
     rng = responses.parse_range(request.headers.get("Range"), blob.size)
     if rng is None:
-        return responses.FileSliceResponse(blob.path, 0, blob.size, status=200, headers=headers)
+        return responses.BlobSliceResponse(blob, 0, blob.size, status=200, headers=headers)
     headers["Content-Range"] = rng.content_range(blob.size)
-    return responses.FileSliceResponse(
-        blob.path, rng.start, rng.end - rng.start, status=206, headers=headers
+    return responses.BlobSliceResponse(
+        blob, rng.start, rng.end - rng.start, status=206, headers=headers
     )
 
 

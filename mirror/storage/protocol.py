@@ -1,0 +1,208 @@
+"""The content store's seam: what the caches, eviction, gc, `mirror ls`, export and import
+need of the place blobs and manifests are kept, and nothing about how it keeps them.
+
+Content is addressed by digest and nothing becomes visible unless its digest was verified:
+a `BlobWriter` publishes only after the bytes match, and a manifest write checks its bytes.
+A blob's download is coordinated through its `Spool`: one claim holder writes, and every
+other process (or, later, replica) sharing the store streams the bytes as they arrive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal, Protocol
+
+from mirror.reference import Digest
+
+ContentKind = Literal["blob", "manifest"]
+
+
+class IntegrityError(Exception):
+    """Bytes did not match the digest (or size) they were written for."""
+
+
+@dataclass
+class Usage:
+    """How much of one kind of content the store holds."""
+
+    objects: int = 0
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One committed blob or manifest."""
+
+    kind: ContentKind
+    digest: Digest
+    size: int
+    mtime: float  # unix time it was written
+
+
+@dataclass(frozen=True)
+class StoredManifest:
+    data: bytes  # the exact bytes the digest names
+    media_type: str
+    digest: Digest
+
+
+@dataclass(frozen=True)
+class TempFile:
+    """A leftover of a write that never committed (a crash, a kill -9)."""
+
+    name: str
+    size: int
+
+
+class StoredBlob(Protocol):
+    """A committed blob, ready to be read."""
+
+    @property
+    def digest(self) -> Digest: ...
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def local_path(self) -> Path | None:
+        """A local file holding the bytes (sent with sendfile), or None when the backend
+        keeps them elsewhere (read them with `chunks`)."""
+
+    def open(self) -> BinaryIO:
+        """The bytes as a blocking file object (for code running in a thread); raises
+        FileNotFoundError when the blob was removed since it was found."""
+
+    def chunks(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+        """Bytes [start, end) (end None: to the end of the blob), in chunks."""
+
+
+class BlobWriter(Protocol):
+    """Writes one blob while hashing it; nothing is visible before `commit`."""
+
+    digest: Digest
+    written: int
+
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def verify(self, expected_size: int | None = None) -> None:
+        """Check size and digest and make the bytes durable without publishing them;
+        IntegrityError (bytes discarded) on mismatch."""
+
+    async def commit(self, expected_size: int | None = None) -> None:
+        """verify() unless done, then publish under the digest."""
+
+    async def abort(self) -> None:
+        """Discard the bytes; safe to call more than once, and a no-op after commit."""
+
+
+@dataclass(frozen=True)
+class SpoolProgress:
+    """What a follower sees of a download the claim holder (elsewhere) is doing."""
+
+    announced: bool = False  # the holder has the upstream's answer: bytes may follow
+    size: int | None = None  # the size it announced (None: unknown)
+    written: int = 0  # bytes readable so far
+    committed: bool = False  # verified and published: `written` is the whole blob
+
+
+class SpoolReader(Protocol):
+    """Random access to a download's bytes so far (the growing spool, or the blob once
+    committed)."""
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Up to `size` bytes at `offset` (quick: they were just written locally)."""
+
+    def close(self) -> None: ...
+
+
+class Spool(Protocol):
+    """One blob's download as the store coordinates it: one claim holder at a time writes
+    the bytes, which every process sharing the store can read while they arrive."""
+
+    def claim(self) -> bool:
+        """Become the holder; False when someone else holds the claim. A holder that dies
+        loses it (nothing waits for a dead holder)."""
+
+    def writer(self, size: int | None) -> BlobWriter:
+        """The holder's writer: announces `size` to followers; its bytes are readable by
+        them as they are written, and `commit` publishes the blob. Its `abort` frees the
+        space at once, even while readers still hold the spool open."""
+
+    def release(self) -> None:
+        """Give the claim up (after a commit or a failure); idempotent."""
+
+    def in_progress(self) -> bool:
+        """Whether anyone holds the claim."""
+
+    def watch(self) -> AsyncGenerator[SpoolProgress, None]:
+        """A follower's view: the progress each time it changed. Ends after the committed
+        state, or without one when the holder gave up (or died) before committing."""
+
+    def open(self, *, committed: bool) -> SpoolReader | None:
+        """The bytes so far: the spool, or the blob when `committed` (or when the spool is
+        gone: it was committed before this process noticed). None when neither is there."""
+
+
+class ContentStore(Protocol):
+    """Blobs and manifests, keyed by digest."""
+
+    @property
+    def location(self) -> str:
+        """Where the content is kept, for messages."""
+
+    @property
+    def usage(self) -> Mapping[ContentKind, Usage]:
+        """What the store holds, as last measured and counted since."""
+
+    # --- blobs
+
+    def blob_size(self, digest: Digest) -> int | None:
+        """Size of a committed blob, or None if it is not there."""
+
+    def open_blob(self, digest: Digest) -> StoredBlob | None:
+        """A committed blob to read, or None if it is not there."""
+
+    def blob_writer(self, digest: Digest) -> BlobWriter:
+        """A verified writer for one blob outside any download (an import, say)."""
+
+    def spool(self, digest: Digest) -> Spool:
+        """The coordination point of `digest`'s download between processes."""
+
+    # --- manifests
+
+    def has_manifest(self, digest: Digest) -> bool: ...
+
+    def read_manifest(self, digest: Digest) -> StoredManifest | None: ...
+
+    async def write_manifest(self, manifest: StoredManifest) -> None:
+        """Store manifest bytes with their media type; IntegrityError unless the bytes
+        hash to `manifest.digest`."""
+
+    # --- housekeeping (blocking: run them in a thread)
+
+    def objects(self, kind: ContentKind) -> Iterator[StoredObject]:
+        """Every committed blob or manifest."""
+
+    def remove(self, kind: ContentKind, digest: Digest) -> int:
+        """Delete a blob or manifest; the bytes freed (0 if it was not there). A reader
+        that has it open keeps reading until done."""
+
+    def measure(self) -> Mapping[ContentKind, Usage]:
+        """Count what the store holds (and reset `usage` to it)."""
+
+    def free_bytes(self) -> int:
+        """Space left for new content."""
+
+    def check_writable(self) -> None:
+        """Raise OSError unless the store takes writes now."""
+
+    def stale_temp_files(self, older_than: float) -> list[TempFile]:
+        """Leftovers of writes older than `older_than` (unix time), excluding the spools of
+        downloads in progress."""
+
+    def remove_temp_file(self, temp: TempFile) -> None: ...
+
+    def remove_temp_files(self) -> int:
+        """Remove every leftover (at start, when no write can be in progress); how many."""
