@@ -23,7 +23,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
-from mirror import errors, metrics, observe
+from mirror import errors, observe
 from mirror.cache.access import AccessRecorder
 from mirror.cache.store import DownloadClaim, FilesystemStore, IntegrityError
 from mirror.errors import RegistryError
@@ -134,7 +134,7 @@ class Download:
         Raises the download's error if it fails; the caller must then abort its response.
         """
         fd = self._open()
-        metrics.DOWNLOAD_WAITERS.inc()
+        observe.waiter_joined()
         try:
             pos = start
             stop = end if end is not None else self.size
@@ -159,7 +159,7 @@ class Download:
                     return
                 await changed.wait()
         finally:
-            metrics.DOWNLOAD_WAITERS.dec()
+            observe.waiter_left()
             os.close(fd)
 
     async def release(self) -> None:
@@ -316,7 +316,7 @@ class BlobCache:
         raise AssertionError("unreachable")
 
     async def _pass_through(self, repo: UpstreamRepo, digest: Digest) -> Passthrough:
-        metrics.PASSTHROUGH.inc()
+        observe.passed_through()
         passthrough = Passthrough(repo, digest)
         await passthrough.open()
         self._access.touch(str(digest), repo)
@@ -417,7 +417,7 @@ class BlobCache:
     async def _run(self, repo: UpstreamRepo, download: Download, claim: DownloadClaim) -> None:
         digest = download.digest
         upstream = repo.upstream
-        metrics.DOWNLOADS_IN_FLIGHT.inc()
+        observe.download_started()
         try:
             async with upstream.open_blob(repo.name, digest) as stream:
                 if stream.size is not None and stream.size > (free := self._store.free_bytes()):
@@ -489,6 +489,6 @@ class BlobCache:
                 RegistryError(errors.INTERNAL, f"download failed: {type(exc).__name__}")
             )
         finally:
-            metrics.DOWNLOADS_IN_FLIGHT.dec()
+            observe.download_ended()
             claim.release()
             self._downloads.pop(digest, None)

@@ -37,7 +37,7 @@ from mirror.cache.references import references
 from mirror.cache.store import FilesystemStore, StoredManifest
 from mirror.config import Config, TagRule
 from mirror.errors import RegistryError
-from mirror.meta.store import MetaStore, MetaStoreError
+from mirror.meta import MetaStore, MetaStoreError, open_meta_store
 from mirror.reference import Digest, ImageRef, parse_image
 from mirror.upstream.routing import Router, UpstreamRepo
 
@@ -155,8 +155,6 @@ async def open_puller(config: Config) -> AsyncIterator[Puller]:
 
     Raises MetaStoreError when a configured Redis cannot be reached.
     """
-    from mirror.meta import open_meta_store
-
     store = FilesystemStore(config.data_dir)
     meta = await open_meta_store(
         redis_url=config.redis_url, key_prefix=config.redis_key_prefix, data_dir=config.data_dir
