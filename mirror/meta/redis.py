@@ -47,7 +47,7 @@ from mirror.errors import RegistryError
 from mirror.meta.store import (
     Access,
     CachedResponse,
-    HealthCount,
+    CountedHealth,
     MetaStoreError,
     RateLimit,
     TagKey,
@@ -83,14 +83,13 @@ def masked_url(url: str) -> str:
     return masked
 
 
-class RedisMetaStore:
+class RedisMetaStore(CountedHealth):
     """A `MetaStore` in Redis, every key under `key_prefix`."""
 
     def __init__(self, client: Redis, key_prefix: str) -> None:
         self._redis = client
         self._prefix = key_prefix
         self._unlock = client.register_script(_UNLOCK)
-        self._health = HealthCount()
 
     @classmethod
     async def open(cls, url: str, key_prefix: str) -> RedisMetaStore:
@@ -119,7 +118,7 @@ class RedisMetaStore:
     @contextmanager
     def _errors(self, operation: str) -> Iterator[None]:
         """Redis failures (including socket errors and timeouts) as MetaStoreError."""
-        with self._health.watch():
+        with self._counted():
             try:
                 yield
             except (RedisError, OSError) as exc:
@@ -129,7 +128,7 @@ class RedisMetaStore:
     @contextmanager
     def _corrupt(self, key: str) -> Iterator[None]:
         """A record that does not decode as MetaStoreError naming its key."""
-        with self._health.watch():
+        with self._counted():
             try:
                 yield
             except (ValueError, KeyError, TypeError, AttributeError, RegistryError) as exc:
@@ -144,14 +143,6 @@ class RedisMetaStore:
                 size=int(data["size"]),
                 confirmed_at=float(data["confirmed_at"]),
             )
-
-    @property
-    def available(self) -> bool:
-        return self._health.available
-
-    @property
-    def errors(self) -> int:
-        return self._health.errors
 
     async def ping(self) -> None:
         with self._errors("ping"):

@@ -33,7 +33,7 @@ from mirror.errors import RegistryError
 from mirror.meta.store import (
     Access,
     CachedResponse,
-    HealthCount,
+    CountedHealth,
     MetaStoreError,
     RateLimit,
     TagKey,
@@ -98,7 +98,7 @@ _SCHEMA = (
 )
 
 
-class SqliteMetaStore:
+class SqliteMetaStore(CountedHealth):
     """A `MetaStore` in one SQLite file."""
 
     def __init__(
@@ -108,7 +108,6 @@ class SqliteMetaStore:
         self._path = path
         self._clock = clock
         self._lock = threading.Lock()
-        self._health = HealthCount()
 
     @classmethod
     async def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> SqliteMetaStore:
@@ -121,7 +120,7 @@ class SqliteMetaStore:
 
     async def _run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         """Run `operation` on the connection in a worker thread, errors as MetaStoreError."""
-        with self._health.watch():
+        with self._counted():
             return await asyncio.to_thread(self._locked, operation)
 
     def _locked(self, operation: Callable[[sqlite3.Connection], T]) -> T:
@@ -130,14 +129,6 @@ class SqliteMetaStore:
                 return operation(self._conn)
             except sqlite3.Error as exc:
                 raise MetaStoreError(f"SQLite {self._path}: {exc}") from exc
-
-    @property
-    def available(self) -> bool:
-        return self._health.available
-
-    @property
-    def errors(self) -> int:
-        return self._health.errors
 
     async def ping(self) -> None:
         await self._run(lambda c: c.execute("SELECT 1").fetchone())
@@ -204,7 +195,7 @@ class SqliteMetaStore:
     def _tag_record(self, row: tuple[Any, ...]) -> TagRecord:
         """The record of a row read, MetaStoreError (counted) if its digest does not parse."""
         digest, media_type, size, confirmed_at = row
-        with self._health.watch():
+        with self._counted():
             try:
                 return TagRecord(Digest.parse(digest), media_type, size, confirmed_at)
             except (RegistryError, TypeError) as exc:
@@ -368,7 +359,7 @@ class SqliteMetaStore:
         if row is None:
             return None
         body, headers, stored_at = row
-        with self._health.watch():
+        with self._counted():
             return CachedResponse(bytes(body), _headers(key, headers), stored_at)
 
 

@@ -31,8 +31,8 @@ __all__ = [
     "CachedResponse",
     "CachedResponses",
     "Catalog",
+    "CountedHealth",
     "Health",
-    "HealthCount",
     "Locks",
     "MetaStore",
     "MetaStoreError",
@@ -186,20 +186,28 @@ class MetaStore(
     """Every role: what a backend implements. Callers ask for the roles they use."""
 
 
-class HealthCount:
-    """A backend's own `Health` numbers: every MetaStoreError it raises is a failed call,
-    and the next call that answers makes it available again."""
+class CountedHealth:
+    """`Health`'s numbers for a backend that counts its own failures (both do, by inheriting
+    this): every MetaStoreError raised inside `_counted()` is a failed call, and the next
+    call that answers makes the store available again."""
 
-    def __init__(self) -> None:
-        self.available = True
-        self.errors = 0
+    _answering = True
+    _failed_calls = 0
+
+    @property
+    def available(self) -> bool:
+        return self._answering
+
+    @property
+    def errors(self) -> int:
+        return self._failed_calls
 
     @contextmanager
-    def watch(self) -> Iterator[None]:
+    def _counted(self) -> Iterator[None]:
         try:
             yield
         except MetaStoreError:
-            self.available = False
-            self.errors += 1
+            self._answering = False
+            self._failed_calls += 1
             raise
-        self.available = True
+        self._answering = True
