@@ -14,13 +14,17 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from aiohttp import web
+
 from mirror import __version__, clientconfig, config, logs
 from mirror.admin import bundle, gc, inventory, prefetch
+from mirror.meta import MetaStoreError
 from mirror.server import tls, workers
 from mirror.storage.filesystem import FilesystemStore
 
-# Nothing here imports prometheus-client at module level: with several workers it must be
-# imported only after PROMETHEUS_MULTIPROC_DIR is set (see `_serve`).
+# Nothing here imports prometheus-client at module level (the server's modules do, so they
+# are imported in `_serve_app`): with several workers it must be imported only after
+# PROMETHEUS_MULTIPROC_DIR is set (see `_serve`).
 
 # Settings that `mirror serve` also takes as flags (`--tag-ttl` for `tag_ttl`); the data-dir
 # commands take --config, --data-dir and --redis-url.
@@ -70,8 +74,6 @@ def _admin(
     cfg: config.Config,
 ) -> int:
     """A command on the data dir; a metadata store that fails ends it with a message."""
-    from mirror.meta.store import MetaStoreError  # not at the top: see the note on imports
-
     try:
         return run(args, cfg)
     except MetaStoreError as exc:
@@ -134,7 +136,7 @@ def _serve(cfg: config.Config) -> int:
     # Workers write their metric values to files here, and any worker's /metrics sums them.
     metrics_dir = tempfile.mkdtemp(prefix="mirror-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    from prometheus_client import multiprocess
+    from prometheus_client import multiprocess  # only now: the directory is set
 
     try:
         socks = []
@@ -168,8 +170,6 @@ def _run(
 ) -> int:
     """Serve until SIGTERM/SIGINT: on the inherited `socks` if given (a worker; one per
     listener), else on the listeners' addresses. SIGHUP reloads the TLS certificate."""
-    from mirror.meta.store import MetaStoreError
-
     # Not asyncio.run(): that waits for every executor thread at the end, and a thread busy
     # on the disk must not hold shutdown past SHUTDOWN_TIMEOUT.
     loop = asyncio.new_event_loop()
@@ -209,9 +209,7 @@ async def _serve_app(
         loop.add_signal_handler(signal.SIGHUP, server_tls.reload)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # one sent meanwhile too
 
-    from aiohttp import web  # not at the top: see the note on imports
-
-    from mirror.server.app import create_app
+    from mirror.server.app import create_app  # imports prometheus-client: see the note above
 
     app = await create_app(cfg, remove_temp_files=socks is None)
     runner = web.AppRunner(

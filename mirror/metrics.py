@@ -6,7 +6,11 @@ fixed sets (a route name, a result, a configured upstream host; never a reposito
 digest), so series stay bounded.
 
 With several worker processes, prometheus-client's multiprocess mode aggregates the workers'
-values (see `mirror.server.observe`); each gauge says how its per-process values combine.
+values (`collect`; `mirror serve` sets the mode up before anything imports this module);
+each gauge says how its per-process values combine.
+
+The layers below the server do not import this module: they report to `mirror.observe`,
+and the server installs `PrometheusSink`, which counts their reports here.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+from mirror.observe import CacheKind, ContentKind, Outcome, Revalidation, UpstreamKind
 
 # Latency buckets, seconds: sub-millisecond cache hits up to slow cold pulls.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -133,6 +139,62 @@ AUTH_FAILURES = Counter(
     "allowed: 403), throttled (too many failures from the address: 429).",
     ["reason"],
 )
+
+
+class PrometheusSink:
+    """The `mirror.observe.Sink` that counts into the metrics above."""
+
+    def cache_lookup(self, kind: CacheKind, outcome: Outcome) -> None:
+        if outcome == "hit":
+            CACHE_HITS.labels(kind).inc()
+        else:
+            CACHE_MISSES.labels(kind).inc()
+            if outcome == "coalesced":
+                CACHE_COALESCED.labels(kind).inc()
+
+    def served_bytes(self, count: int, *, from_cache: bool) -> None:
+        SERVED_BYTES.labels("cache" if from_cache else "upstream").inc(count)
+
+    def upstream_answered(
+        self, upstream: str, method: str, kind: UpstreamKind, status: str, seconds: float
+    ) -> None:
+        UPSTREAM_REQUESTS.labels(upstream, method, kind, status).inc()
+        UPSTREAM_DURATION.labels(upstream, kind).observe(seconds)
+
+    def upstream_received(self, upstream: str, count: int) -> None:
+        UPSTREAM_BYTES.labels(upstream).inc(count)
+
+    def revalidated(self, upstream: str, result: Revalidation) -> None:
+        TAG_REVALIDATIONS.labels(upstream, result).inc()
+
+    def ratelimit_seen(self, upstream: str, limit: int, remaining: int) -> None:
+        RATELIMIT_LIMIT.labels(upstream).set(limit)
+        RATELIMIT_REMAINING.labels(upstream).set(remaining)
+
+    def download_started(self) -> None:
+        DOWNLOADS_IN_FLIGHT.inc()
+
+    def download_ended(self) -> None:
+        DOWNLOADS_IN_FLIGHT.dec()
+
+    def waiter_joined(self) -> None:
+        DOWNLOAD_WAITERS.inc()
+
+    def waiter_left(self) -> None:
+        DOWNLOAD_WAITERS.dec()
+
+    def passed_through(self) -> None:
+        PASSTHROUGH.inc()
+
+    def evicted(self, kind: ContentKind, size: int, *, referenced: bool) -> None:
+        EVICTIONS.labels(kind).inc()
+        EVICTED_BYTES.labels(kind).inc(size)
+        if referenced:
+            EVICTED_REFERENCED_BLOBS.inc()
+
+    def meta_store_failed(self, operation: str) -> None:
+        META_STORE_ERRORS.labels(operation=operation).inc()
+
 
 # How much the cache holds, by kind ("blob", "manifest"): (objects, bytes). Read from the
 # content store at scrape time rather than kept in a gauge.

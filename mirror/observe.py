@@ -1,10 +1,16 @@
-"""What the mirror did, reported once: Prometheus metrics, the current request's record for
-its access-log line, and the latest upstream failures for the status page.
+"""What the mirror did, reported once: to the installed `Sink` (the server's Prometheus
+metrics), the current request's record for its access-log line, and the latest upstream
+failures for the status page.
 
 Components call these functions where things happen (a cache lookup, an upstream answer)
 instead of passing outcomes back up through every return value. The request being served
 is found through a context variable that the HTTP middleware sets, so a lookup made on
 behalf of a request shows up in that request's log line.
+
+This module imports no metrics library: the layers below the server report here without
+loading prometheus-client, which `mirror serve` with several workers may import only after
+it has chosen multiprocess mode. Until the server installs its sink, counts are discarded
+(a one-shot command has nobody to scrape them).
 """
 
 from __future__ import annotations
@@ -13,13 +19,13 @@ import time
 from collections import deque
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Literal
-
-from mirror import metrics
+from typing import Literal, Protocol
 
 CacheKind = Literal["blob", "manifest", "tag"]
 Outcome = Literal["hit", "coalesced", "miss", "stale"]
 UpstreamKind = Literal["manifest", "blob", "tags", "token"]
+Revalidation = Literal["unchanged", "changed", "stale", "failed"]
+ContentKind = Literal["blob", "manifest"]
 
 # A request's outcome is the most telling of its lookups: a manifest pull whose tag was
 # fresh (hit) but whose manifest had to be fetched (miss) is a miss.
@@ -47,8 +53,96 @@ class UpstreamFailure:
     message: str
 
 
+class Sink(Protocol):
+    """Where counts go: one method per thing worth counting (`mirror.metrics.PrometheusSink`
+    turns them into the exported metrics). Each is called as the function of the same name
+    below is; see there for what it means."""
+
+    def cache_lookup(self, kind: CacheKind, outcome: Outcome) -> None: ...
+
+    def served_bytes(self, count: int, *, from_cache: bool) -> None: ...
+
+    def upstream_answered(
+        self, upstream: str, method: str, kind: UpstreamKind, status: str, seconds: float
+    ) -> None: ...
+
+    def upstream_received(self, upstream: str, count: int) -> None: ...
+
+    def revalidated(self, upstream: str, result: Revalidation) -> None: ...
+
+    def ratelimit_seen(self, upstream: str, limit: int, remaining: int) -> None: ...
+
+    def download_started(self) -> None: ...
+
+    def download_ended(self) -> None: ...
+
+    def waiter_joined(self) -> None: ...
+
+    def waiter_left(self) -> None: ...
+
+    def passed_through(self) -> None: ...
+
+    def evicted(self, kind: ContentKind, size: int, *, referenced: bool) -> None: ...
+
+    def meta_store_failed(self, operation: str) -> None: ...
+
+
+class DiscardSink:
+    """Counts nothing: the sink until the server installs its own."""
+
+    def cache_lookup(self, kind: CacheKind, outcome: Outcome) -> None:
+        pass
+
+    def served_bytes(self, count: int, *, from_cache: bool) -> None:
+        pass
+
+    def upstream_answered(
+        self, upstream: str, method: str, kind: UpstreamKind, status: str, seconds: float
+    ) -> None:
+        pass
+
+    def upstream_received(self, upstream: str, count: int) -> None:
+        pass
+
+    def revalidated(self, upstream: str, result: Revalidation) -> None:
+        pass
+
+    def ratelimit_seen(self, upstream: str, limit: int, remaining: int) -> None:
+        pass
+
+    def download_started(self) -> None:
+        pass
+
+    def download_ended(self) -> None:
+        pass
+
+    def waiter_joined(self) -> None:
+        pass
+
+    def waiter_left(self) -> None:
+        pass
+
+    def passed_through(self) -> None:
+        pass
+
+    def evicted(self, kind: ContentKind, size: int, *, referenced: bool) -> None:
+        pass
+
+    def meta_store_failed(self, operation: str) -> None:
+        pass
+
+
+_sink: Sink = DiscardSink()
 _current: ContextVar[RequestRecord | None] = ContextVar("mirror_request", default=None)
 _recent_failures: deque[UpstreamFailure] = deque(maxlen=RECENT_ERRORS_KEPT)
+
+
+def install(sink: Sink) -> Sink:
+    """Send every count from now on to `sink` (the server does, as it starts); the sink it
+    replaces is returned, so a test can put it back."""
+    global _sink
+    previous, _sink = _sink, sink
+    return previous
 
 
 def begin_request(record: RequestRecord) -> None:
@@ -68,12 +162,7 @@ def routed(upstream: str) -> None:
 def cache_lookup(kind: CacheKind, outcome: Outcome) -> None:
     """Count one lookup. A coalesced lookup is a miss that joined an upstream fetch already
     in flight; a stale one is a tag the upstream failed to confirm."""
-    if outcome == "hit":
-        metrics.CACHE_HITS.labels(kind).inc()
-    else:
-        metrics.CACHE_MISSES.labels(kind).inc()
-        if outcome == "coalesced":
-            metrics.CACHE_COALESCED.labels(kind).inc()
+    _sink.cache_lookup(kind, outcome)
     record = _current.get()
     if record is not None and (record.outcome is None or _RANK[outcome] > _RANK[record.outcome]):
         record.outcome = outcome
@@ -88,7 +177,7 @@ def aborted() -> None:
 
 def served_bytes(count: int, *, from_cache: bool) -> None:
     """Blob body bytes sent to a client."""
-    metrics.SERVED_BYTES.labels("cache" if from_cache else "upstream").inc(count)
+    _sink.served_bytes(count, from_cache=from_cache)
     if (record := _current.get()) is not None:
         record.body_bytes += count
 
@@ -97,12 +186,12 @@ def upstream_answered(
     upstream: str, method: str, kind: UpstreamKind, status: int | str, seconds: float
 ) -> None:
     """One upstream request: its status (or "error"/"timeout") and time to headers."""
-    metrics.UPSTREAM_REQUESTS.labels(upstream, method, kind, str(status)).inc()
-    metrics.UPSTREAM_DURATION.labels(upstream, kind).observe(seconds)
+    _sink.upstream_answered(upstream, method, kind, str(status), seconds)
 
 
 def upstream_received(upstream: str, count: int) -> None:
-    metrics.UPSTREAM_BYTES.labels(upstream).inc(count)
+    """Body bytes of blobs and manifests received from `upstream`."""
+    _sink.upstream_received(upstream, count)
 
 
 def upstream_failed(upstream: str, message: str) -> None:
@@ -115,30 +204,45 @@ def recent_failures() -> list[UpstreamFailure]:
     return list(_recent_failures)
 
 
-def revalidated(upstream: str, result: Literal["unchanged", "changed", "stale", "failed"]) -> None:
-    metrics.TAG_REVALIDATIONS.labels(upstream, result).inc()
+def revalidated(upstream: str, result: Revalidation) -> None:
+    """A tag checked upstream after its freshness ran out: unchanged, changed (a new digest),
+    stale (the upstream failed, the cached answer was served), failed (nothing to serve)."""
+    _sink.revalidated(upstream, result)
 
 
 def ratelimit_seen(upstream: str, limit: int, remaining: int) -> None:
-    metrics.RATELIMIT_LIMIT.labels(upstream).set(limit)
-    metrics.RATELIMIT_REMAINING.labels(upstream).set(remaining)
+    """The upstream's rate-limit budget as its latest answer said."""
+    _sink.ratelimit_seen(upstream, limit, remaining)
 
 
 def download_started() -> None:
-    metrics.DOWNLOADS_IN_FLIGHT.inc()
+    """A blob download from an upstream began (`download_ended` follows, whatever happens)."""
+    _sink.download_started()
 
 
 def download_ended() -> None:
-    metrics.DOWNLOADS_IN_FLIGHT.dec()
+    _sink.download_ended()
 
 
 def waiter_joined() -> None:
-    metrics.DOWNLOAD_WAITERS.inc()
+    """A client began streaming a blob still being downloaded (`waiter_left` follows)."""
+    _sink.waiter_joined()
 
 
 def waiter_left() -> None:
-    metrics.DOWNLOAD_WAITERS.dec()
+    _sink.waiter_left()
 
 
 def passed_through() -> None:
-    metrics.PASSTHROUGH.inc()
+    """A blob miss streamed from the upstream without being cached (the disk is too full)."""
+    _sink.passed_through()
+
+
+def evicted(kind: ContentKind, size: int, *, referenced: bool = False) -> None:
+    """An object evicted for space; `referenced`: a blob a still-cached manifest names."""
+    _sink.evicted(kind, size, referenced=referenced)
+
+
+def meta_store_failed(operation: str) -> None:
+    """A metadata store call failed and was answered without the store."""
+    _sink.meta_store_failed(operation)

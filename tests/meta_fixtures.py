@@ -1,9 +1,12 @@
-"""Fixtures for the metadata store: a private redis-server and each backend.
+"""Fixtures for the metadata store: a private redis-server and each implementation.
 
 `redis_url` is `REDIS_URL` from the environment when set (a shared server: tests keep to
 their own key prefixes and never flush it), else a private `redis-server` for the test.
 `redis_server` is always private, for tests that stop and restart it. `meta_store` is an
-opened backend, once SQLite and once Redis.
+opened store, once per implementation: SQLite, Redis, and the resilient wrapper over each.
+`meta_clock` is the unix time the store measures its own expiries with (SQLite's); Redis
+expires keys by its server's clock, so a test that lets a TTL run out moves `meta_clock`
+and then waits (`until`) for the store to say so: at once for SQLite, soon for Redis.
 
 Everything is asynchronous and bounded, as in `tests.mirrorproc`: waiting on redis-server
 never blocks the event loop the code under test runs in.
@@ -16,7 +19,9 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -24,6 +29,7 @@ import pytest
 from redis.asyncio import Redis
 
 from mirror.meta.redis import RedisMetaStore
+from mirror.meta.resilient import ResilientMetaStore
 from mirror.meta.sqlite import SqliteMetaStore
 from mirror.meta.store import MetaStore
 from tests.mirrorproc import free_port
@@ -31,6 +37,7 @@ from tests.mirrorproc import free_port
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 START_TIMEOUT = 5.0  # until it answers PING
 STOP_TIMEOUT = 3.0  # from SIGTERM to the exit; SIGKILL after that
+UNTIL_TIMEOUT = 5.0  # seconds `until` waits for its condition
 
 
 class RedisServer:
@@ -126,6 +133,29 @@ async def _answers_ping(port: int) -> bool:
             await writer.wait_closed()
 
 
+class ManualClock:
+    """Time that moves only when a test says so (unix time, or any origin)."""
+
+    def __init__(self, now: float | None = None) -> None:
+        self.now = time.time() if now is None else now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def until(condition: Callable[[], Awaitable[bool]]) -> None:
+    """Return once `condition()` holds; fail the test if it does not within UNTIL_TIMEOUT."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + UNTIL_TIMEOUT
+    while not await condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"still not so after {UNTIL_TIMEOUT} s")
+        await asyncio.sleep(0.01)
+
+
 def unique_prefix() -> str:
     """A key prefix no other test uses, so tests can share one Redis."""
     return f"test-{secrets.token_hex(4)}:"
@@ -159,26 +189,43 @@ async def redis_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[s
         yield server.url
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def meta_backend(request: pytest.FixtureRequest) -> str | None:
-    """The Redis URL to test against, or None for SQLite. Sync, so that only the Redis
-    case starts a server (an async fixture cannot ask for another one on demand)."""
-    if request.param == "sqlite":
-        return None
+@dataclass(frozen=True)
+class MetaBackend:
+    redis_url: str | None  # None: SQLite
+    resilient: bool  # wrapped in ResilientMetaStore
+
+
+@pytest.fixture(params=["sqlite", "redis", "resilient-sqlite", "resilient-redis"])
+def meta_backend(request: pytest.FixtureRequest) -> MetaBackend:
+    """Which implementation to test. Sync, so that only the Redis cases start a server (an
+    async fixture cannot ask for another one on demand)."""
+    name: str = request.param
+    resilient = name.startswith("resilient-")
+    if name.removeprefix("resilient-") == "sqlite":
+        return MetaBackend(None, resilient)
     url: str = request.getfixturevalue("redis_url")
-    return url
+    return MetaBackend(url, resilient)
 
 
 @pytest.fixture
-async def meta_store(meta_backend: str | None, tmp_path: Path) -> AsyncIterator[MetaStore]:
-    """An opened backend (not wrapped in ResilientMetaStore), closed after the test."""
-    if meta_backend is None:
-        sqlite = await SqliteMetaStore.open(tmp_path / "meta.sqlite3")
-        yield sqlite
-        await sqlite.close()
-        return
-    prefix = unique_prefix()
-    redis = await RedisMetaStore.open(meta_backend, prefix)
-    yield redis
-    await redis.close()
-    await forget_prefix(meta_backend, prefix)
+def meta_clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def meta_store(
+    meta_backend: MetaBackend, meta_clock: ManualClock, tmp_path: Path
+) -> AsyncIterator[MetaStore]:
+    """An opened store, closed after the test."""
+    url, prefix = meta_backend.redis_url, unique_prefix()
+    store: MetaStore
+    if url is None:
+        store = await SqliteMetaStore.open(tmp_path / "meta.sqlite3", clock=meta_clock)
+    else:
+        store = await RedisMetaStore.open(url, prefix)
+    if meta_backend.resilient:
+        store = ResilientMetaStore(store)
+    yield store
+    await store.close()
+    if url is not None:
+        await forget_prefix(url, prefix)

@@ -386,13 +386,13 @@ async def test_an_older_bundle_does_not_move_a_tag_back_and_a_newer_one_moves_it
     stale = await import_(target, old, cwd=cwd)
     assert stale.returncode == 0, stale.stderr
     assert "kept docker.io/library/alpine:3.19" in stale.stderr
-    assert {record.digest for _, record in await tag_records(target)} == {moved.digest}
+    assert {str(record.digest) for _, record in await tag_records(target)} == {moved.digest}
 
     other = tmp_path / "c" / "data"
     assert (await import_(other, old, cwd=cwd)).returncode == 0
     newer = await import_(other, new, cwd=cwd)
     assert "0 tag records new, 3 updated" in newer.stdout  # its own and two for other clients
-    assert {record.digest for _, record in await tag_records(other)} == {moved.digest}
+    assert {str(record.digest) for _, record in await tag_records(other)} == {moved.digest}
 
 
 # --- import: bad bundles change nothing -------------------------------------------------------

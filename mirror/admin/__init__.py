@@ -3,7 +3,7 @@ or not a server runs on it: they use the same store and metadata store, whose lo
 write-then-rename make them safe alongside one.
 
 Each module adds its subcommands with `add_parsers(commands)`, giving each parser a `run`
-default: `run(args, config) -> exit status`. Modules here import nothing heavy at the top
-(no metadata store, no metrics): `mirror serve` with several workers must import
-prometheus-client only after it has set up multiprocess mode.
+default: `run(args, config) -> exit status`. Nothing here imports prometheus-client (only
+the server does): `mirror serve` with several workers must import it only after it has set
+up multiprocess mode.
 """

@@ -40,7 +40,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, Any, cast
 
 from mirror import mediatypes
 from mirror.admin.context import DataDir, open_data_dir
@@ -48,6 +48,7 @@ from mirror.admin.format import human_size
 from mirror.cache.references import references
 from mirror.config import Config
 from mirror.errors import RegistryError
+from mirror.meta.store import MetaStoreError, TagKey, TagRecord
 from mirror.reference import (
     Digest,
     ImageRef,
@@ -58,9 +59,6 @@ from mirror.reference import (
 )
 from mirror.storage import StoredManifest
 from mirror.storage.filesystem import FilesystemStore
-
-if TYPE_CHECKING:
-    from mirror.meta.store import TagKey, TagRecord
 
 OCI_LAYOUT = "oci-layout"
 INDEX_JSON = "index.json"
@@ -144,8 +142,6 @@ def run_export(args: argparse.Namespace, config: Config) -> int:
         print(f"mirror: {exc}", file=sys.stderr)
         return 2
 
-    from mirror.meta.store import MetaStoreError
-
     async def plan() -> ExportPlan:
         async with open_data_dir(config) as data:
             return await plan_export(data, images, platforms)
@@ -195,14 +191,12 @@ def run_import(args: argparse.Namespace, config: Config) -> int:
         print(f"mirror: cannot read {source}: {exc.strerror or exc}", file=sys.stderr)
         return 1
 
-    from mirror.meta.store import MetaStoreError
-
     async def commit() -> ImportReport:
         async with open_data_dir(config) as data:
             report = await import_bundle(data, bundle, dry_run=args.dry_run)
             # The store answers "not known" rather than fail while its backend is down:
             # a write it dropped must fail the import, not pass unseen.
-            if getattr(data.meta, "errors", 0):
+            if data.meta.errors:
                 raise MetaStoreError("it failed while the tag records were written")
             return report
 
@@ -288,14 +282,14 @@ async def plan_export(
         # others name the same manifest or one of its platforms.
         records.sort(key=lambda kr: (len(kr[0].accept.split(",")), kr[1].confirmed_at))
         _, primary = records[-1]
-        root_digest = Digest.parse(primary.digest)
+        root_digest = primary.digest
         _walk(data.store, plan, root_digest, reference, platforms, problems)
         root = data.store.read_manifest(root_digest)
         if root is None:
             continue  # a problem already
         _add_image(plan, image, reference, root, tag=image.tag)
         for key, record in records:
-            digest = Digest.parse(record.digest)
+            digest = record.digest
             if digest not in plan.manifests:
                 if platforms:
                     continue  # a platform left out
@@ -417,7 +411,7 @@ def _tags_document(plan: ExportPlan) -> bytes:
                 "repository": key.repo,
                 "tag": key.tag,
                 "accept": key.accept,
-                "digest": record.digest,
+                "digest": str(record.digest),
                 "mediaType": record.media_type,
                 "size": record.size,
                 "confirmedAt": record.confirmed_at,
@@ -744,13 +738,13 @@ def _check(bundle: Bundle, metadata: dict[str, bytes]) -> None:
         bundle.images.append(image)
     for item in _field(tags, "tags", list, TAGS_JSON):
         key, record = _record(item)
-        media_types.setdefault(Digest.parse(record.digest), record.media_type)
-        roots.append((Digest.parse(record.digest), TAGS_JSON))
+        media_types.setdefault(record.digest, record.media_type)
+        roots.append((record.digest, TAGS_JSON))
         bundle.records.append((key, record))
 
     _walk_bundle(bundle, roots, media_types, omitted)
     for key, record in bundle.records:
-        digest = Digest.parse(record.digest)
+        digest = record.digest
         if digest not in bundle.manifests:
             raise BundleError(
                 TAGS_JSON,
@@ -864,8 +858,6 @@ def _image(item: Any) -> BundleImage:
 
 
 def _record(item: Any) -> tuple[TagKey, TagRecord]:
-    from mirror.meta.store import TagKey, TagRecord
-
     if not isinstance(item, dict):
         raise BundleError(TAGS_JSON, "a tag record is not a JSON object")
     try:
@@ -880,7 +872,7 @@ def _record(item: Any) -> tuple[TagKey, TagRecord]:
             raise BundleError(None, "size and confirmedAt must be numbers")
         digest = _digest(item.get("digest"), "")
         return TagKey(upstream, repository, tag, accept), TagRecord(
-            str(digest), _str(item, "mediaType"), size, float(confirmed)
+            digest, _str(item, "mediaType"), size, float(confirmed)
         )
     except (RegistryError, BundleError) as exc:
         raise BundleError(TAGS_JSON, f"tag record {str(item)[:200]}: {exc}") from None
@@ -1000,8 +992,6 @@ async def import_bundle(data: DataDir, bundle: Bundle, *, dry_run: bool = False)
 def _records_to_write(bundle: Bundle) -> Iterator[tuple[TagKey, TagRecord]]:
     """The bundle's tag records, and for each tag one for each common client Accept class
     the bundle has none for: the record of its widest class, where that admits its type."""
-    from mirror.meta.store import TagKey
-
     yield from bundle.records
     by_tag: dict[tuple[str, str, str], list[tuple[TagKey, TagRecord]]] = {}
     for key, record in bundle.records:
@@ -1016,8 +1006,6 @@ def _records_to_write(bundle: Bundle) -> Iterator[tuple[TagKey, TagRecord]]:
 
 
 def _with_time(record: TagRecord, confirmed_at: float) -> TagRecord:
-    from mirror.meta.store import TagRecord
-
     return TagRecord(record.digest, record.media_type, record.size, confirmed_at)
 
 

@@ -5,13 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from mirror.config import Config
+from mirror.meta import MetaStore, open_meta_store
 from mirror.storage.filesystem import FilesystemStore
-
-if TYPE_CHECKING:
-    from mirror.meta.store import MetaStore
 
 
 @dataclass(frozen=True)
@@ -25,8 +22,6 @@ class DataDir:
 async def open_data_dir(config: Config) -> AsyncIterator[DataDir]:
     """The store and metadata store of `config.data_dir` (temp files are left alone: a
     server may be writing them)."""
-    from mirror.meta import open_meta_store
-
     store = FilesystemStore(config.data_dir)
     meta = await open_meta_store(
         redis_url=config.redis_url,

@@ -97,7 +97,7 @@ async def collect_garbage(
 
     present = {str(m.digest) for m in manifests}
     for key, record in await meta.list_tags():
-        if record.digest not in present:
+        if str(record.digest) not in present:
             report.tag_records += 1
             report.lines.append(
                 f"tag record {key.upstream}/{key.repo}:{key.tag} (its manifest is gone)"

@@ -59,13 +59,12 @@ async def tag_rows(data: DataDir) -> list[TagRow]:
         repository = f"{key.upstream}/{key.repo}"
         if (repository, key.tag) in rows:
             continue
-        digest = Digest.parse(record.digest)
-        size, complete, digests = _footprint(data.store, digest)
+        size, complete, digests = _footprint(data.store, record.digest)
         last = [accessed[d] for d in digests if d in accessed]
         rows[(repository, key.tag)] = TagRow(
             repository,
             key.tag,
-            record.digest,
+            str(record.digest),
             record.media_type,
             size,
             complete,
@@ -165,7 +164,7 @@ async def remove_image(data: DataDir, image: ImageRef) -> list[str]:
     tags = await data.meta.list_tags()
     for key, record in tags:
         if key.upstream == image.host and key.repo == image.name and key.tag == image.tag:
-            roots.add(Digest.parse(record.digest))
+            roots.add(record.digest)
             await data.meta.delete_tag(key)
             removed.append(f"tag record {image.host}/{image.name}:{key.tag} ({key.accept})")
     pending = list(roots)

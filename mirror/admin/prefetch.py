@@ -16,13 +16,19 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from mirror.admin.format import human_size
 from mirror.cache.pinning import parse_platform
+from mirror.cache.prefetch import (
+    BlobProgress,
+    ImageResult,
+    open_puller,
+    prefetch_image,
+    summary_line,
+)
 from mirror.config import Config
+from mirror.meta import MetaStoreError
 from mirror.reference import Digest, ImageRef
 
 if TYPE_CHECKING:
     from tqdm import tqdm
-
-    from mirror.cache.prefetch import BlobProgress, ImageResult
 
 
 def add_parsers(commands: Any) -> list[argparse.ArgumentParser]:
@@ -89,9 +95,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
 async def _prefetch(
     config: Config, images: list[str], platforms: list[str], bars: bool
 ) -> list[ImageResult] | None:
-    from mirror.cache.prefetch import open_puller, prefetch_image, summary_line
-    from mirror.meta.store import MetaStoreError
-
     results = []
     progress = _Bars(sys.stderr) if bars else None
     try:

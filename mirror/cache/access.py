@@ -15,8 +15,9 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Protocol
 
-from mirror.meta.store import Access, MetaStore
+from mirror.meta.store import Access, AccessRecords, Catalog
 from mirror.upstream.routing import UpstreamRepo
 
 log = logging.getLogger(__name__)
@@ -24,10 +25,14 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL_SECONDS = 5.0
 
 
+class UseRecords(AccessRecords, Catalog, Protocol):
+    """What the recorder writes: digests' accesses, pulls, and the repositories seen."""
+
+
 class AccessRecorder:
     def __init__(
         self,
-        meta: MetaStore,
+        meta: UseRecords,
         *,
         interval: float = FLUSH_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.time,

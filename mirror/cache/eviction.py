@@ -20,10 +20,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
-from mirror import metrics
+from mirror import observe
 from mirror.cache.references import named_blobs
-from mirror.meta.store import MetaStore, MetaStoreError
+from mirror.meta.store import AccessRecords, Health, Locks, MetaStoreError, TagRecords
 from mirror.reference import Digest
 from mirror.storage import ContentStore, StoredObject
 
@@ -35,6 +36,11 @@ RECENT_SECONDS = 60.0
 CHECK_INTERVAL_SECONDS = 1.0
 _LOCK = "evict"
 _LOCK_TTL = 600.0
+
+
+class EvictionRecords(Health, Locks, AccessRecords, TagRecords, Protocol):
+    """What eviction uses of the metadata store: its lock, what was used when, the tags that
+    name a manifest, and whether the store answered throughout."""
 
 
 @dataclass
@@ -52,7 +58,7 @@ class Evictor:
     def __init__(
         self,
         store: ContentStore,
-        meta: MetaStore,
+        meta: EvictionRecords,
         *,
         max_bytes: int,
         low_water: float,
@@ -112,7 +118,7 @@ class Evictor:
         accessed = await self._meta.list_accesses()
         pinned = await self._pinned()
         tags = await self._meta.list_tags()
-        if not getattr(self._meta, "available", True):
+        if not self._meta.available:
             log.warning("not evicting: the metadata store failed during the pass")
             return result
         now = self._clock()
@@ -138,16 +144,15 @@ class Evictor:
             evicted.append(str(obj.digest))
             result.objects += 1
             result.bytes += freed
-            metrics.EVICTIONS.labels(obj.kind).inc()
-            metrics.EVICTED_BYTES.labels(obj.kind).inc(freed)
+            referenced = obj.kind == "blob" and obj.digest in still_named
+            observe.evicted(obj.kind, freed, referenced=referenced)
             if obj.kind == "manifest":
                 for key, record in tags:
-                    if record.digest == str(obj.digest):
+                    if record.digest == obj.digest:
                         await self._meta.delete_tag(key)
                         result.tag_records += 1
-            elif obj.digest in still_named:
+            elif referenced:
                 result.referenced_blobs += 1
-                metrics.EVICTED_REFERENCED_BLOBS.inc()
         result.left_bytes = total
         level = logging.WARNING if total > self._max_bytes else logging.INFO
         log.log(

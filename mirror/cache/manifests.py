@@ -17,13 +17,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from mirror import errors, mediatypes, observe
 from mirror.cache.access import AccessRecorder
 from mirror.config import Config
 from mirror.errors import RegistryError
-from mirror.meta.store import MetaStore, TagKey, TagRecord
+from mirror.meta.store import Catalog, Locks, RateLimits, TagKey, TagRecord, TagRecords
 from mirror.ratelimit import RateLimit
 from mirror.reference import Digest
 from mirror.singleflight import SingleFlight
@@ -56,13 +56,18 @@ class Resolved:
     stale: str | None = None
 
 
+class ManifestRecords(TagRecords, Locks, RateLimits, Catalog, Protocol):
+    """What the manifest cache uses of the metadata store: tag records, the lock that makes
+    one process revalidate a tag, the upstream's rate limit, and the catalog it adds to."""
+
+
 class ManifestCache:
     """The manifest side of the pull-through cache."""
 
     def __init__(
         self,
         store: ContentStore,
-        meta: MetaStore,
+        meta: ManifestRecords,
         access: AccessRecorder,
         config: Config,
         *,
@@ -147,9 +152,7 @@ class ManifestCache:
                 key, lambda: self._revalidate(repo, key, accept, record)
             )
         except UpstreamError as exc:
-            if record is None or (
-                with_bytes and not self._store.has_manifest(Digest.parse(record.digest))
-            ):
+            if record is None or (with_bytes and not self._store.has_manifest(record.digest)):
                 observe.cache_lookup("tag", "miss")
                 raise
             log.warning("serving %s:%s stale: %s", repo.qualified, tag, exc)
@@ -172,7 +175,7 @@ class ManifestCache:
         usable = [
             record
             for record in records
-            if record.media_type in accept and self._store.has_manifest(Digest.parse(record.digest))
+            if record.media_type in accept and self._store.has_manifest(record.digest)
         ]
         return max(usable, key=lambda record: record.confirmed_at, default=None)
 
@@ -199,9 +202,8 @@ class ManifestCache:
     async def _answer(
         self, repo: UpstreamRepo, record: TagRecord, with_bytes: bool, *, stale: str | None = None
     ) -> Resolved:
-        digest = Digest.parse(record.digest)
-        manifest = await self.by_digest(repo, digest) if with_bytes else None
-        return Resolved(digest, record.media_type, record.size, manifest, stale)
+        manifest = await self.by_digest(repo, record.digest) if with_bytes else None
+        return Resolved(record.digest, record.media_type, record.size, manifest, stale)
 
     async def _revalidate(
         self, repo: UpstreamRepo, key: TagKey, accept: frozenset[str], known: TagRecord | None
@@ -219,20 +221,20 @@ class ManifestCache:
             try:
                 head = await repo.upstream.head_manifest(repo.name, key.tag, header)
                 if head is not None:
-                    record = TagRecord(str(head.digest), head.media_type, head.size, self._clock())
+                    record = TagRecord(head.digest, head.media_type, head.size, self._clock())
                     if not self._store.has_manifest(head.digest):
                         self._claimed(head.digest, key)
                 else:
                     manifest = await self._fetch_by_tag(repo, key.tag, header)
                     record = TagRecord(
-                        str(manifest.digest),
+                        manifest.digest,
                         manifest.media_type,
                         len(manifest.data),
                         self._clock(),
                     )
             except UpstreamError:
                 if known is not None:
-                    cached = self._store.has_manifest(Digest.parse(known.digest))
+                    cached = self._store.has_manifest(known.digest)
                     observe.revalidated(key.upstream, "stale" if cached else "failed")
                 raise
             if known is not None:

@@ -17,17 +17,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from mirror.cache.references import reachable
 from mirror.config import Config
 from mirror.errors import RegistryError
+from mirror.meta.store import TagRecords
 from mirror.reference import Digest, ImageRef, parse_image
 from mirror.storage import ContentStore
-
-if TYPE_CHECKING:
-    # (the mirror.meta package imports the metrics: not at import time here)
-    from mirror.meta.store import MetaStore
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +80,7 @@ def pinned_images(config: Config) -> list[ImageRef]:
     return images
 
 
-async def pinned_digests(config: Config, store: ContentStore, meta: MetaStore) -> set[Digest]:
+async def pinned_digests(config: Config, store: ContentStore, meta: TagRecords) -> set[Digest]:
     """Every manifest and blob digest the configured `prefetch` images reach in the cache:
     what eviction must leave alone. Content not in the store is still named (a child whose
     manifest is missing is pinned, though nothing below it can be known)."""
@@ -98,9 +94,6 @@ async def pinned_digests(config: Config, store: ContentStore, meta: MetaStore) -
     if wanted:
         for key, record in await meta.list_tags():
             if (key.upstream, key.repo, key.tag) in wanted:
-                try:
-                    roots.add(Digest.parse(record.digest))
-                except RegistryError:
-                    continue
+                roots.add(record.digest)
     platforms = config.prefetch_platforms
     return reachable(store, roots, lambda platform: platform_matches(platforms, platform))

@@ -37,7 +37,7 @@ from mirror.cache.pinning import parse_platform, platform_matches
 from mirror.cache.references import references
 from mirror.config import Config, TagRule
 from mirror.errors import RegistryError
-from mirror.meta.store import MetaStore, MetaStoreError
+from mirror.meta import MetaStore, MetaStoreError, open_meta_store
 from mirror.reference import Digest, ImageRef, parse_image
 from mirror.storage import ContentStore, StoredManifest
 from mirror.storage.filesystem import FilesystemStore
@@ -157,8 +157,6 @@ async def open_puller(config: Config) -> AsyncIterator[Puller]:
 
     Raises MetaStoreError when a configured Redis cannot be reached.
     """
-    from mirror.meta import open_meta_store
-
     store = FilesystemStore(config.data_dir)
     meta = await open_meta_store(
         redis_url=config.redis_url, key_prefix=config.redis_key_prefix, data_dir=config.data_dir

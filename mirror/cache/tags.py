@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 from mirror import errors
 from mirror.config import Config
 from mirror.errors import RegistryError
-from mirror.meta.store import CachedResponse, MetaStore
+from mirror.meta.store import CachedResponse, CachedResponses
 from mirror.upstream.client import UpstreamError
 from mirror.upstream.routing import UpstreamRepo
 
@@ -32,7 +32,7 @@ class TagsAnswer:
 class TagListCache:
     def __init__(
         self,
-        meta: MetaStore,
+        meta: CachedResponses,
         config: Config,
         *,
         clock: Callable[[], float] = time.time,

@@ -4,6 +4,8 @@ data dir; either way behind `ResilientMetaStore`, so losing it never fails a req
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mirror.meta.redis import RedisMetaStore
@@ -11,22 +13,36 @@ from mirror.meta.resilient import ResilientMetaStore
 from mirror.meta.sqlite import SqliteMetaStore
 from mirror.meta.store import (
     Access,
+    AccessRecords,
     CachedResponse,
+    CachedResponses,
+    Catalog,
+    Health,
+    Locks,
     MetaStore,
     MetaStoreError,
     RateLimit,
+    RateLimits,
     TagKey,
     TagRecord,
+    TagRecords,
 )
 
 __all__ = [
     "Access",
+    "AccessRecords",
     "CachedResponse",
+    "CachedResponses",
+    "Catalog",
+    "Health",
+    "Locks",
     "MetaStore",
     "MetaStoreError",
     "RateLimit",
+    "RateLimits",
     "TagKey",
     "TagRecord",
+    "TagRecords",
     "open_meta_store",
 ]
 
@@ -34,17 +50,23 @@ SQLITE_FILE = "meta.sqlite3"
 
 
 async def open_meta_store(
-    *, redis_url: str | None, key_prefix: str, data_dir: Path, resilient: bool = True
+    *,
+    redis_url: str | None,
+    key_prefix: str,
+    data_dir: Path,
+    resilient: bool = True,
+    clock: Callable[[], float] = time.time,
 ) -> MetaStore:
     """The configured backend, opened and (for the server) wrapped. Raises MetaStoreError
     if it cannot be opened at all (Redis unreachable, the SQLite file unusable): a
     misconfiguration is reported at start rather than hidden behind neutral answers. A
     command on a data dir asks for the bare backend (`resilient=False`): it must fail
-    loudly rather than, say, remove what it could not find records for."""
+    loudly rather than, say, remove what it could not find records for. `clock` (unix time)
+    times SQLite's expiries; Redis expires keys by its own clock."""
     inner: MetaStore
     if redis_url:
         inner = await RedisMetaStore.open(redis_url, key_prefix)
     else:
         await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
-        inner = await SqliteMetaStore.open(data_dir / SQLITE_FILE)
+        inner = await SqliteMetaStore.open(data_dir / SQLITE_FILE, clock=clock)
     return ResilientMetaStore(inner) if resilient else inner

@@ -19,6 +19,9 @@ The access times are one sorted set so the oldest digests can be found in one ra
 `ZADD GT` keeps the later of two times, so concurrent batches merge without a script.
 Needs Redis 6.2 or newer.
 
+Expiry (locks, kept responses) is Redis's own, by its server's clock, which every process
+sharing it agrees on; so unlike SQLite this store takes no clock.
+
 Timeouts are short: a stalled Redis must cost a request about a second, not hang it. A
 command that fails on a dead connection (Redis restarted) is retried once on a new one, so
 the client reconnects by itself.
@@ -40,14 +43,17 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from mirror.errors import RegistryError
 from mirror.meta.store import (
     Access,
     CachedResponse,
+    CountedHealth,
     MetaStoreError,
     RateLimit,
     TagKey,
     TagRecord,
 )
+from mirror.reference import Digest
 
 CONNECT_TIMEOUT = 1.0  # seconds
 COMMAND_TIMEOUT = 1.0  # seconds for one reply
@@ -77,7 +83,7 @@ def masked_url(url: str) -> str:
     return masked
 
 
-class RedisMetaStore:
+class RedisMetaStore(CountedHealth):
     """A `MetaStore` in Redis, every key under `key_prefix`."""
 
     def __init__(self, client: Redis, key_prefix: str) -> None:
@@ -109,12 +115,41 @@ class RedisMetaStore:
     def _key(self, *parts: str) -> str:
         return self._prefix + "".join(parts)
 
+    @contextmanager
+    def _errors(self, operation: str) -> Iterator[None]:
+        """Redis failures (including socket errors and timeouts) as MetaStoreError."""
+        with self._counted():
+            try:
+                yield
+            except (RedisError, OSError) as exc:
+                message = f"Redis {operation} failed: {exc or type(exc).__name__}"
+                raise MetaStoreError(message) from exc
+
+    @contextmanager
+    def _corrupt(self, key: str) -> Iterator[None]:
+        """A record that does not decode as MetaStoreError naming its key."""
+        with self._counted():
+            try:
+                yield
+            except (ValueError, KeyError, TypeError, AttributeError, RegistryError) as exc:
+                raise MetaStoreError(f"corrupt record {key!r} in Redis: {exc!r}") from exc
+
+    def _tag_record(self, name: str, raw: Any) -> TagRecord:
+        with self._corrupt(name):
+            data = json.loads(raw)
+            return TagRecord(
+                digest=Digest.parse(data["digest"]),
+                media_type=str(data["media_type"]),
+                size=int(data["size"]),
+                confirmed_at=float(data["confirmed_at"]),
+            )
+
     async def ping(self) -> None:
-        with _errors("ping"):
+        with self._errors("ping"):
             await self._redis.ping()
 
     async def close(self) -> None:
-        with _errors("close"):
+        with self._errors("close"):
             await self._redis.aclose()
 
     # --- tags -----------------------------------------------------------------------------
@@ -124,23 +159,23 @@ class RedisMetaStore:
 
     async def get_tag(self, key: TagKey) -> TagRecord | None:
         name = self._tag_key(key)
-        with _errors("get_tag"):
+        with self._errors("get_tag"):
             raw = await self._redis.get(name)
-        return None if raw is None else _tag_record(name, raw)
+        return None if raw is None else self._tag_record(name, raw)
 
     async def tag_records(self, upstream: str, repo: str, tag: str) -> list[TagRecord]:
         # A glob over the Accept class; the names themselves can hold no glob character
         # except an IPv6 host's brackets.
         stem = _glob_escape(self._key("tag:", upstream, "/", repo, ":", tag, ":"))
-        with _errors("tag_records"):
+        with self._errors("tag_records"):
             names = [_text(n) async for n in self._redis.scan_iter(match=stem + "*", count=500)]
             values = await self._redis.mget(names) if names else []
-        return [_tag_record(name, raw) for name, raw in zip(names, values, strict=True) if raw]
+        return [self._tag_record(name, raw) for name, raw in zip(names, values, strict=True) if raw]
 
     async def list_tags(self) -> list[tuple[TagKey, TagRecord]]:
         prefix = self._key("tag:")
         found: list[tuple[TagKey, TagRecord]] = []
-        with _errors("list_tags"):
+        with self._errors("list_tags"):
             names = [_text(n) async for n in self._redis.scan_iter(match=prefix + "*", count=500)]
             values = await self._redis.mget(names) if names else []
         for name, raw in zip(names, values, strict=True):
@@ -149,35 +184,35 @@ class RedisMetaStore:
             # <upstream>/<repo>:<tag>:<accept>: the upstream has no "/", the rest no ":".
             upstream, _, rest = name.removeprefix(prefix).partition("/")
             repo, tag, accept = rest.split(":", 2)
-            found.append((TagKey(upstream, repo, tag, accept), _tag_record(name, raw)))
+            found.append((TagKey(upstream, repo, tag, accept), self._tag_record(name, raw)))
         return sorted(found, key=lambda item: astuple(item[0]))
 
     async def put_tag(self, key: TagKey, record: TagRecord) -> None:
         value = json.dumps(
             {
-                "digest": record.digest,
+                "digest": str(record.digest),
                 "media_type": record.media_type,
                 "size": record.size,
                 "confirmed_at": record.confirmed_at,
             }
         )
-        with _errors("put_tag"):
+        with self._errors("put_tag"):
             await self._redis.set(self._tag_key(key), value)
 
     async def delete_tag(self, key: TagKey) -> None:
-        with _errors("delete_tag"):
+        with self._errors("delete_tag"):
             await self._redis.delete(self._tag_key(key))
 
     # --- locks ----------------------------------------------------------------------------
 
     async def try_lock(self, name: str, ttl: float) -> str | None:
         token = secrets.token_hex(16)
-        with _errors("try_lock"):
+        with self._errors("try_lock"):
             taken = await self._redis.set(self._key("lock:", name), token, nx=True, px=_ms(ttl))
         return token if taken else None
 
     async def unlock(self, name: str, token: str) -> None:
-        with _errors("unlock"):
+        with self._errors("unlock"):
             await self._unlock(keys=[self._key("lock:", name)], args=[token])
 
     # --- rate limits ----------------------------------------------------------------------
@@ -191,16 +226,16 @@ class RedisMetaStore:
                 "observed_at": limit.observed_at,
             }
         )
-        with _errors("put_rate_limit"):
+        with self._errors("put_rate_limit"):
             await self._redis.set(self._key("ratelimit:", upstream), value)
 
     async def get_rate_limit(self, upstream: str) -> RateLimit | None:
         name = self._key("ratelimit:", upstream)
-        with _errors("get_rate_limit"):
+        with self._errors("get_rate_limit"):
             raw = await self._redis.get(name)
         if raw is None:
             return None
-        with _corrupt(name):
+        with self._corrupt(name):
             data = json.loads(raw)
             return RateLimit(
                 limit=int(data["limit"]),
@@ -215,7 +250,7 @@ class RedisMetaStore:
         if not accesses:
             return
         times = {digest: access.last_access for digest, access in accesses.items()}
-        with _errors("record_access"):
+        with self._errors("record_access"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.zadd(self._key("access"), times, gt=True)
                 for digest, access in accesses.items():
@@ -224,7 +259,7 @@ class RedisMetaStore:
                 await pipe.execute()
 
     async def get_access(self, digest: str) -> Access | None:
-        with _errors("get_access"):
+        with self._errors("get_access"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.zscore(self._key("access"), digest)
                 pipe.smembers(self._key("access-repos:", digest))
@@ -234,7 +269,7 @@ class RedisMetaStore:
         return Access(float(last_access), {_text(repo) for repo in repos})
 
     async def list_accesses(self) -> dict[str, float]:
-        with _errors("list_accesses"):
+        with self._errors("list_accesses"):
             rows = await self._redis.zrange(self._key("access"), 0, -1, withscores=True)
         return {_text(row[0]): float(row[1]) for row in rows}
 
@@ -242,7 +277,7 @@ class RedisMetaStore:
         names = list(digests)
         if not names:
             return
-        with _errors("delete_accesses"):
+        with self._errors("delete_accesses"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(self._key("access"), *names)
                 pipe.delete(*(self._key("access-repos:", digest) for digest in names))
@@ -254,11 +289,11 @@ class RedisMetaStore:
         names = list(repos)
         if not names:
             return
-        with _errors("add_repositories"):
+        with self._errors("add_repositories"):
             await self._redis.sadd(self._key("repos:", upstream), *names)
 
     async def list_repositories(self, upstream: str) -> list[str]:
-        with _errors("list_repositories"):
+        with self._errors("list_repositories"):
             repos = await self._redis.smembers(self._key("repos:", upstream))
         return sorted(_text(repo) for repo in repos)
 
@@ -266,7 +301,7 @@ class RedisMetaStore:
         names = list(repos)
         if not names:
             return
-        with _errors("remove_repositories"):
+        with self._errors("remove_repositories"):
             await self._redis.srem(self._key("repos:", upstream), *names)
 
     # --- pull counts ----------------------------------------------------------------------
@@ -274,14 +309,14 @@ class RedisMetaStore:
     async def record_pulls(self, pulls: Mapping[str, int]) -> None:
         if not pulls:
             return
-        with _errors("record_pulls"):
+        with self._errors("record_pulls"):
             async with self._redis.pipeline(transaction=False) as pipe:
                 for repo, count in pulls.items():
                     pipe.zincrby(self._key("pulls"), count, repo)
                 await pipe.execute()
 
     async def top_repositories(self, limit: int) -> list[tuple[str, int]]:
-        with _errors("top_repositories"):
+        with self._errors("top_repositories"):
             rows = await self._redis.zrevrange(self._key("pulls"), 0, limit - 1, withscores=True)
         return [(_text(row[0]), int(row[1])) for row in rows]
 
@@ -291,16 +326,16 @@ class RedisMetaStore:
         # One value, one SET: the answer and its expiry are written together.
         meta = json.dumps({"headers": dict(response.headers), "stored_at": response.stored_at})
         value = meta.encode() + b"\n" + response.body
-        with _errors("put_response"):
+        with self._errors("put_response"):
             await self._redis.set(self._key("response:", key), value, px=_ms(keep_for))
 
     async def get_response(self, key: str) -> CachedResponse | None:
         name = self._key("response:", key)
-        with _errors("get_response"):
+        with self._errors("get_response"):
             raw = await self._redis.get(name)
         if raw is None:
             return None
-        with _corrupt(name):
+        with self._corrupt(name):
             meta, _, body = _bytes(raw).partition(b"\n")
             data = json.loads(meta)
             headers = {str(k): str(v) for k, v in data["headers"].items()}
@@ -309,35 +344,6 @@ class RedisMetaStore:
 
 def _glob_escape(text: str) -> str:
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
-
-
-def _tag_record(name: str, raw: Any) -> TagRecord:
-    with _corrupt(name):
-        data = json.loads(raw)
-        return TagRecord(
-            digest=str(data["digest"]),
-            media_type=str(data["media_type"]),
-            size=int(data["size"]),
-            confirmed_at=float(data["confirmed_at"]),
-        )
-
-
-@contextmanager
-def _errors(operation: str) -> Iterator[None]:
-    """Redis failures (including socket errors and timeouts) as MetaStoreError."""
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        raise MetaStoreError(f"Redis {operation} failed: {exc or type(exc).__name__}") from exc
-
-
-@contextmanager
-def _corrupt(key: str) -> Iterator[None]:
-    """A record that does not decode as MetaStoreError naming its key."""
-    try:
-        yield
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise MetaStoreError(f"corrupt record {key!r} in Redis: {exc!r}") from exc
 
 
 def _ms(seconds: float) -> int:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TypeVar
 
+from mirror import observe
 from mirror.meta.store import (
     Access,
     CachedResponse,
@@ -29,7 +30,6 @@ from mirror.meta.store import (
     TagKey,
     TagRecord,
 )
-from mirror.metrics import META_STORE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,17 @@ _BACKEND_TOKEN = "store:"  # followed by the backend's own token
 class ResilientMetaStore:
     """A `MetaStore` in front of another that answers "not known" while that one fails."""
 
-    def __init__(self, inner: MetaStore, *, retry_after: float = 2.0) -> None:
+    def __init__(
+        self,
+        inner: MetaStore,
+        *,
+        retry_after: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._inner = inner
         self._retry_after = retry_after
-        self._skip_until = 0.0  # time.monotonic() before which the backend is not asked
+        self._clock = clock  # seconds, for the rest after a failure; tests pass their own
+        self._skip_until = 0.0  # clock() before which the backend is not asked
         self._outage_since: float | None = None
         self._errors = 0
 
@@ -62,7 +69,7 @@ class ResilientMetaStore:
 
     async def _guard(self, operation: str, neutral: T, call: Callable[[], Awaitable[T]]) -> T:
         """`call()`, or `neutral` if the backend fails or is resting after a failure."""
-        now = time.monotonic()
+        now = self._clock()
         if now < self._skip_until:
             return neutral
         if self._outage_since is not None:
@@ -72,8 +79,8 @@ class ResilientMetaStore:
             result = await call()
         except MetaStoreError as exc:
             self._errors += 1
-            META_STORE_ERRORS.labels(operation=operation).inc()
-            self._skip_until = time.monotonic() + self._retry_after
+            observe.meta_store_failed(operation)
+            self._skip_until = self._clock() + self._retry_after
             if self._outage_since is None:
                 self._outage_since = now
                 log.warning(
@@ -83,7 +90,7 @@ class ResilientMetaStore:
                 )
             return neutral
         if self._outage_since is not None:
-            outage = time.monotonic() - self._outage_since
+            outage = self._clock() - self._outage_since
             log.info("metadata store recovered after %.1f s", outage)
             self._outage_since = None
             self._skip_until = 0.0

@@ -3,7 +3,8 @@
 sqlite3 blocks, so every statement runs in a worker thread; one connection, guarded by a
 lock, serves them all. The file is in WAL mode, so readers never wait for the writer, and
 every expiry is a unix time in a column: several processes sharing the data dir (on one
-host, not over NFS) see each other's tags and locks.
+host, not over NFS) see each other's tags and locks. Expiries are measured with the store's
+`clock` (unix time; tests pass their own).
 
 Schema (version 1, in `PRAGMA user_version`):
     tags(upstream, repo, tag, accept) -> digest, media_type, size, confirmed_at
@@ -26,16 +27,19 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from mirror.errors import RegistryError
 from mirror.meta.store import (
     Access,
     CachedResponse,
+    CountedHealth,
     MetaStoreError,
     RateLimit,
     TagKey,
     TagRecord,
 )
+from mirror.reference import Digest
 
 T = TypeVar("T")
 
@@ -94,26 +98,30 @@ _SCHEMA = (
 )
 
 
-class SqliteMetaStore:
+class SqliteMetaStore(CountedHealth):
     """A `MetaStore` in one SQLite file."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, path: Path, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self._conn = conn
         self._path = path
+        self._clock = clock
         self._lock = threading.Lock()
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteMetaStore:
+    async def open(cls, path: Path, *, clock: Callable[[], float] = time.time) -> SqliteMetaStore:
         """Open (creating if missing) the database at `path`, schema included."""
         try:
             conn = await asyncio.to_thread(_connect, path)
         except sqlite3.Error as exc:
             raise MetaStoreError(f"SQLite {path}: {exc}") from exc
-        return cls(conn, path)
+        return cls(conn, path, clock=clock)
 
     async def _run(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         """Run `operation` on the connection in a worker thread, errors as MetaStoreError."""
-        return await asyncio.to_thread(self._locked, operation)
+        with self._counted():
+            return await asyncio.to_thread(self._locked, operation)
 
     def _locked(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
@@ -138,7 +146,7 @@ class SqliteMetaStore:
                 (key.upstream, key.repo, key.tag, key.accept),
             ).fetchone()
         )
-        return None if row is None else TagRecord(*row)
+        return None if row is None else self._tag_record(row)
 
     async def put_tag(self, key: TagKey, record: TagRecord) -> None:
         await self._run(
@@ -149,7 +157,7 @@ class SqliteMetaStore:
                     key.repo,
                     key.tag,
                     key.accept,
-                    record.digest,
+                    str(record.digest),
                     record.media_type,
                     record.size,
                     record.confirmed_at,
@@ -173,7 +181,7 @@ class SqliteMetaStore:
                 (upstream, repo, tag),
             ).fetchall()
         )
-        return [TagRecord(*row) for row in rows]
+        return [self._tag_record(row) for row in rows]
 
     async def list_tags(self) -> list[tuple[TagKey, TagRecord]]:
         rows = await self._run(
@@ -182,7 +190,16 @@ class SqliteMetaStore:
                 " FROM tags ORDER BY upstream, repo, tag, accept"
             ).fetchall()
         )
-        return [(TagKey(*row[:4]), TagRecord(*row[4:])) for row in rows]
+        return [(TagKey(*row[:4]), self._tag_record(row[4:])) for row in rows]
+
+    def _tag_record(self, row: tuple[Any, ...]) -> TagRecord:
+        """The record of a row read, MetaStoreError (counted) if its digest does not parse."""
+        digest, media_type, size, confirmed_at = row
+        with self._counted():
+            try:
+                return TagRecord(Digest.parse(digest), media_type, size, confirmed_at)
+            except (RegistryError, TypeError) as exc:
+                raise MetaStoreError(f"corrupt tag record in SQLite {self._path}: {exc}") from exc
 
     # --- locks ----------------------------------------------------------------------------
 
@@ -191,7 +208,7 @@ class SqliteMetaStore:
 
         def take(c: sqlite3.Connection) -> bool:
             # One statement, so atomic across processes: insert, or take over an expired lock.
-            now = time.time()
+            now = self._clock()
             cursor = c.execute(
                 "INSERT INTO locks VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE"
                 " SET token = excluded.token, expires_at = excluded.expires_at"
@@ -321,7 +338,7 @@ class SqliteMetaStore:
         headers = json.dumps(dict(response.headers))
 
         def put(c: sqlite3.Connection) -> None:
-            now = time.time()
+            now = self._clock()
             with _transaction(c):
                 # Expired answers are dropped here, so the table holds only live ones.
                 c.execute("DELETE FROM responses WHERE expires_at <= ?", (now,))
@@ -336,13 +353,14 @@ class SqliteMetaStore:
         row = await self._run(
             lambda c: c.execute(
                 "SELECT body, headers, stored_at FROM responses WHERE key = ? AND expires_at > ?",
-                (key, time.time()),
+                (key, self._clock()),
             ).fetchone()
         )
         if row is None:
             return None
         body, headers, stored_at = row
-        return CachedResponse(bytes(body), _headers(key, headers), stored_at)
+        with self._counted():
+            return CachedResponse(bytes(body), _headers(key, headers), stored_at)
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -7,26 +7,40 @@ upstream's rate-limit budget, who accessed what and when, which repositories are
 short-lived cached upstream answers (tag lists), and locks that make one process (of many)
 do a piece of upstream work.
 
+The interface is a few roles (`TagRecords`, `Locks`, `RateLimits`, `AccessRecords`,
+`Catalog`, `CachedResponses`, `Health`); a caller asks for the ones it uses, and a backend
+implements all of them (`MetaStore`).
+
 Implementations raise `MetaStoreError` for any backend failure; callers decide how to carry
 on without the store (the mirror keeps serving, going to the upstream as if uncached).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from mirror.ratelimit import RateLimit
+from mirror.reference import Digest
 
 __all__ = [
     "Access",
+    "AccessRecords",
     "CachedResponse",
+    "CachedResponses",
+    "Catalog",
+    "CountedHealth",
+    "Health",
+    "Locks",
     "MetaStore",
     "MetaStoreError",
     "RateLimit",
+    "RateLimits",
     "TagKey",
     "TagRecord",
+    "TagRecords",
 ]
 
 
@@ -46,7 +60,7 @@ class TagKey:
 
 @dataclass(frozen=True)
 class TagRecord:
-    digest: str
+    digest: Digest  # parsed where the backend reads it: a record that does not parse is corrupt
     media_type: str
     size: int
     confirmed_at: float  # unix time the upstream last said the tag names this digest
@@ -69,16 +83,27 @@ class CachedResponse:
     stored_at: float
 
 
-class MetaStore(Protocol):
-    """What the mirror needs from a metadata backend. All methods are coroutines and raise
-    `MetaStoreError` on backend failure."""
+class Health(Protocol):
+    """Whether the backend answers, asked without calling it: readiness checks, and work
+    (eviction, an import) that must not act on answers a failing store left out."""
+
+    @property
+    def available(self) -> bool:
+        """False from a failed call until one answers again."""
+
+    @property
+    def errors(self) -> int:
+        """Calls that failed since the store was opened."""
 
     async def ping(self) -> None:
         """Raise MetaStoreError unless the backend answers."""
 
     async def close(self) -> None: ...
 
-    # tags
+
+class TagRecords(Protocol):
+    """Which digest a tag names, per upstream, repository and Accept class."""
+
     async def get_tag(self, key: TagKey) -> TagRecord | None: ...
 
     async def put_tag(self, key: TagKey, record: TagRecord) -> None: ...
@@ -93,7 +118,10 @@ class MetaStore(Protocol):
         """Every tag record (for garbage collection, eviction and `mirror ls`; not for the
         request path)."""
 
-    # coordination: one process does the upstream work, the others wait for its result
+
+class Locks(Protocol):
+    """Coordination: one process does the upstream work, the others wait for its result."""
+
     async def try_lock(self, name: str, ttl: float) -> str | None:
         """Take the lock `name` for at most `ttl` seconds; a token to release it with, or
         None if someone else holds it."""
@@ -101,12 +129,19 @@ class MetaStore(Protocol):
     async def unlock(self, name: str, token: str) -> None:
         """Release the lock if `token` still holds it."""
 
-    # the upstream's rate-limit budget
+
+class RateLimits(Protocol):
+    """The upstreams' rate-limit budgets, as they last said."""
+
     async def put_rate_limit(self, upstream: str, limit: RateLimit) -> None: ...
 
     async def get_rate_limit(self, upstream: str) -> RateLimit | None: ...
 
-    # access records, written in batches off the request path
+
+class AccessRecords(Protocol):
+    """What was used, when and from where, written in batches off the request path: digests'
+    last accesses (eviction, gc) and pulls per repository (the status page)."""
+
     async def record_access(self, accesses: Mapping[str, Access]) -> None:
         """Merge a batch keyed by digest: keep the later access time, add the repos."""
 
@@ -118,7 +153,16 @@ class MetaStore(Protocol):
     async def delete_accesses(self, digests: Iterable[str]) -> None:
         """Forget the access records of content that is gone."""
 
-    # the catalog: repositories the mirror holds content for
+    async def record_pulls(self, pulls: Mapping[str, int]) -> None:
+        """Add a batch of pull counts, keyed by qualified repository (`docker.io/library/x`)."""
+
+    async def top_repositories(self, limit: int) -> list[tuple[str, int]]:
+        """The most-pulled repositories with their counts, most first."""
+
+
+class Catalog(Protocol):
+    """The repositories the mirror holds content for, per upstream."""
+
     async def add_repositories(self, upstream: str, repos: Iterable[str]) -> None: ...
 
     async def list_repositories(self, upstream: str) -> list[str]:
@@ -126,15 +170,44 @@ class MetaStore(Protocol):
 
     async def remove_repositories(self, upstream: str, repos: Iterable[str]) -> None: ...
 
-    # pulls per repository, for the status page's most-pulled list
-    async def record_pulls(self, pulls: Mapping[str, int]) -> None:
-        """Add a batch of pull counts, keyed by qualified repository (`docker.io/library/x`)."""
 
-    async def top_repositories(self, limit: int) -> list[tuple[str, int]]:
-        """The most-pulled repositories with their counts, most first."""
+class CachedResponses(Protocol):
+    """Small upstream answers (tag lists) kept for reuse."""
 
-    # small cached upstream responses
     async def put_response(self, key: str, response: CachedResponse, keep_for: float) -> None:
         """Keep `response` for `keep_for` seconds (long enough to serve it stale)."""
 
     async def get_response(self, key: str) -> CachedResponse | None: ...
+
+
+class MetaStore(
+    Health, TagRecords, Locks, RateLimits, AccessRecords, Catalog, CachedResponses, Protocol
+):
+    """Every role: what a backend implements. Callers ask for the roles they use."""
+
+
+class CountedHealth:
+    """`Health`'s numbers for a backend that counts its own failures (both do, by inheriting
+    this): every MetaStoreError raised inside `_counted()` is a failed call, and the next
+    call that answers makes the store available again."""
+
+    _answering = True
+    _failed_calls = 0
+
+    @property
+    def available(self) -> bool:
+        return self._answering
+
+    @property
+    def errors(self) -> int:
+        return self._failed_calls
+
+    @contextmanager
+    def _counted(self) -> Iterator[None]:
+        try:
+            yield
+        except MetaStoreError:
+            self._answering = False
+            self._failed_calls += 1
+            raise
+        self._answering = True

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from mirror import metrics, observe
 from mirror.cache.access import AccessRecorder
 from mirror.cache.blobs import BlobCache
 from mirror.cache.eviction import Evictor
@@ -46,6 +47,7 @@ async def create_app(
 
     Raises MetaStoreError when a configured Redis cannot be reached.
     """
+    observe.install(metrics.PrometheusSink())  # what the layers below report is exported
     store = FilesystemStore(config.data_dir)
     if remove_temp_files and (removed := store.remove_temp_files()):
         log.info("removed %d temp files left by an earlier run", removed)

@@ -9,13 +9,14 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from mirror import metrics
 from mirror.cache.access import AccessRecorder
-from mirror.meta.store import MetaStore
+from mirror.meta.store import Health
 from mirror.server import status
 from mirror.storage import ContentStore
 from mirror.upstream.routing import Router
@@ -25,11 +26,15 @@ READY_CHECK_TIMEOUT = 2.0  # seconds a readiness check may take before it counts
 _STATIC_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*\.(?:js|css|png|svg)")
 
 
+class OpsRecords(Health, status.StatusRecords, Protocol):
+    """The metadata store as readiness and the status page see it."""
+
+
 class OpsRoutes:
     def __init__(
         self,
         store: ContentStore,
-        meta: MetaStore,
+        meta: OpsRecords,
         router: Router,
         access: AccessRecorder,
         *,

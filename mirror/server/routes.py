@@ -15,7 +15,7 @@ from mirror.cache.blobs import BlobBody, BlobCache
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.tags import TagListCache
 from mirror.errors import RegistryError
-from mirror.meta.store import MetaStore
+from mirror.meta.store import Catalog
 from mirror.reference import (
     Digest,
     is_digest,
@@ -47,7 +47,7 @@ class RegistryRoutes:
         blobs: BlobCache,
         manifests: ManifestCache,
         tags: TagListCache,
-        meta: MetaStore,
+        meta: Catalog,
     ) -> None:
         self._router = router
         self._blobs = blobs

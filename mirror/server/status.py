@@ -4,18 +4,23 @@ so the page and Prometheus never disagree."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
 from mirror import __version__, observe
-from mirror.meta.store import MetaStore
+from mirror.meta.store import AccessRecords, RateLimits
 from mirror.ratelimit import RateLimit
 from mirror.upstream.client import UpstreamClient
 
 TOP_REPOSITORIES = 10
 # Upstream answers that count as errors on the status page: no answer, throttling, 5xx.
 _ERROR_STATUSES = frozenset({"error", "timeout", "429"})
+
+
+class StatusRecords(AccessRecords, RateLimits, Protocol):
+    """What the page reads from the metadata store: the most-pulled repositories and the
+    upstreams' shared rate-limit records."""
 
 
 class Samples:
@@ -48,7 +53,7 @@ async def build(
     samples: Samples,
     *,
     upstreams: Iterable[UpstreamClient],
-    meta: MetaStore,
+    meta: StatusRecords,
     started_at: float,
     now: float,
 ) -> dict[str, Any]:
@@ -103,7 +108,7 @@ def _usage(samples: Samples, kind: str) -> dict[str, int]:
     }
 
 
-async def _upstream(samples: Samples, upstream: UpstreamClient, meta: MetaStore) -> dict[str, Any]:
+async def _upstream(samples: Samples, upstream: UpstreamClient, meta: RateLimits) -> dict[str, Any]:
     def failed(labels: Mapping[str, str]) -> bool:
         status = labels.get("status", "")
         return status in _ERROR_STATUSES or status.startswith("5")
