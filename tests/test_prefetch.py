@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from mirror import cli, config
-from mirror.cache.pinning import parse_platform, pinned_digests, platform_matches
+from mirror.cache.pinning import pinned_digests
 from mirror.cache.store import FilesystemStore
 from mirror.meta import open_meta_store
+from mirror.platforms import parse_platform, platform_matches
 from mirror.reference import Digest
 from tests.conftest import StartMirror, answered, toml_value
 from tests.fakeupstream import FakeRegistry, Manifest, make_image

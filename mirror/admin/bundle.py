@@ -44,7 +44,7 @@ from typing import IO, TYPE_CHECKING, Any, cast
 
 from mirror import mediatypes
 from mirror.admin.context import DataDir, open_data_dir
-from mirror.admin.format import human_size
+from mirror.units import human_size
 from mirror.cache.references import references
 from mirror.cache.store import FilesystemStore, StoredManifest
 from mirror.config import Config
@@ -343,7 +343,7 @@ def _walk(
             continue
         plan.manifests[digest] = manifest
         refs = references(manifest.data)
-        for child, child_platform in reversed(refs.manifests):
+        for child, child_platform, _ in reversed(refs.manifests):
             if platforms and not _platform_wanted(child_platform, platforms):
                 plan.omitted.add(child)
                 continue
@@ -815,7 +815,7 @@ def _walk_bundle(
             for d in (descriptors if isinstance(descriptors, list) else [])
             if isinstance(d, dict) and isinstance(d.get("mediaType"), str)
         }
-        for child, _ in reversed(refs.manifests):
+        for child, _, _ in reversed(refs.manifests):
             if isinstance(child_type := child_types.get(str(child)), str):
                 media_types.setdefault(child, child_type)
             pending.append((child, f"manifest {digest}", False))

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from mirror.admin.context import DataDir, open_data_dir
-from mirror.admin.format import human_size
 from mirror.cache.references import named_blobs
 from mirror.cache.store import FilesystemStore
 from mirror.config import Config
+from mirror.units import human_size
 
 
 def add_parsers(commands: Any) -> list[argparse.ArgumentParser]:

@@ -14,15 +14,15 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
-from mirror.admin.format import human_size
-from mirror.cache.pinning import parse_platform
 from mirror.config import Config
+from mirror.platforms import parse_platform
 from mirror.reference import Digest, ImageRef
+from mirror.units import human_size
 
 if TYPE_CHECKING:
     from tqdm import tqdm
 
-    from mirror.cache.prefetch import BlobProgress, ImageResult
+    from mirror.cache.prefetch.engine import BlobProgress, ImageResult
 
 
 def add_parsers(commands: Any) -> list[argparse.ArgumentParser]:
@@ -89,7 +89,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
 async def _prefetch(
     config: Config, images: list[str], platforms: list[str], bars: bool
 ) -> list[ImageResult] | None:
-    from mirror.cache.prefetch import open_puller, prefetch_image, summary_line
+    # (the cache machinery imports the metrics: not for the other commands)
+    from mirror.cache.prefetch.engine import prefetch_image
+    from mirror.cache.prefetch.text import summary_line
+    from mirror.cache.prefetch.wiring import open_puller
     from mirror.meta.store import MetaStoreError
 
     results = []

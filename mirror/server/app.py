@@ -14,7 +14,7 @@ from mirror.cache.blobs import BlobCache
 from mirror.cache.eviction import Evictor
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.pinning import pinned_digests
-from mirror.cache.prefetch import schedule as schedule_prefetch
+from mirror.cache.prefetch.schedule import schedule as schedule_prefetch
 from mirror.cache.store import FilesystemStore
 from mirror.cache.tags import TagListCache
 from mirror.config import Config
