@@ -15,7 +15,6 @@ from mirror import cli, config
 from mirror.cache.pinning import pinned_digests
 from mirror.cache.store import FilesystemStore
 from mirror.meta import open_meta_store
-from mirror.platforms import parse_platform, platform_matches
 from mirror.reference import Digest
 from tests.conftest import StartMirror, answered, toml_value
 from tests.fakeupstream import FakeRegistry, Manifest, make_image
@@ -322,16 +321,3 @@ async def test_pinned_digests_are_exactly_what_the_prefetch_list_reaches(
         tmp_path, upstream, data_dir, prefetch=f"alpine@{alpine.digest}, multi:2"
     ) == digests(alpine)
     assert await pinned(tmp_path, upstream, data_dir) == set()
-
-
-def test_platforms_match_by_os_and_arch_and_variant() -> None:
-    assert parse_platform(" Linux/ARM64/v8 ") == "linux/arm64/v8"
-    with pytest.raises(ValueError, match="not a platform"):
-        parse_platform("amd64")
-    assert platform_matches([], None)
-    assert platform_matches(["linux/arm64"], "linux/arm64/v8")
-    assert platform_matches(["linux/arm64/v8"], "linux/arm64")
-    assert platform_matches(["linux/arm"], "linux/arm/v7")
-    assert not platform_matches(["linux/arm/v6"], "linux/arm/v7")
-    assert not platform_matches(["linux/amd64"], "linux/arm64")
-    assert not platform_matches(["linux/amd64"], None)
