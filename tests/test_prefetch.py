@@ -126,6 +126,29 @@ async def test_prefetch_takes_every_platform_by_default_and_again_fetches_nothin
     assert f"0 blobs fetched (0 B), {blobs} already cached" in out
 
 
+async def test_an_immutable_tag_is_not_asked_about_again(
+    tmp_path: Path, upstream: FakeRegistry, alpine: Manifest, data_dir: Path
+) -> None:
+    rules = [{"tag_regex": r"3\.19", "immutable": True}]
+    file = write_config(tmp_path / "immutable.toml", upstream.url, data_dir, tag_rules=rules)
+    assert await prefetch(file, "alpine:3.19") == 0
+    upstream.reset_counts()
+    assert await prefetch(file, "alpine:3.19") == 0
+    assert answered(upstream, kind="manifest") == 0
+
+
+async def test_a_prefetch_is_not_counted_as_a_pull_but_its_accesses_are_recorded(
+    config_file: Path, alpine: Manifest, data_dir: Path
+) -> None:
+    assert await prefetch(config_file, "alpine:3.19") == 0
+    meta = await open_meta_store(redis_url=None, key_prefix="mirror:", data_dir=data_dir)
+    try:
+        assert await meta.top_repositories(10) == []
+        assert await meta.get_access(alpine.digest) is not None
+    finally:
+        await meta.close()
+
+
 async def test_a_prefetched_image_is_served_with_no_upstream_request(
     config_file: Path,
     upstream: FakeRegistry,
