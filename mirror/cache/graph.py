@@ -36,6 +36,7 @@ class Edge:
 
 
 def every_child(platform: str | None) -> bool:
+    """The selector that takes every child of an index."""
     return True
 
 
@@ -76,11 +77,6 @@ class ManifestWalk:
         for blob in refs.blobs:
             self.blobs.setdefault(blob, edge.digest)
         return refs
-
-    @property
-    def missing(self) -> list[Edge]:
-        """The manifests asked for that were not read."""
-        return [edge for digest, edge in self.seen.items() if digest not in self.visited]
 
     @property
     def reached(self) -> set[Digest]:
