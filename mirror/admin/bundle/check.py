@@ -24,7 +24,6 @@ from mirror.errors import RegistryError
 from mirror.reference import Digest, is_registry_host, parse_name, parse_tag
 
 if TYPE_CHECKING:
-    # (the mirror.meta package imports prometheus-client: not before a command runs)
     from mirror.meta.store import TagKey, TagRecord
 
 

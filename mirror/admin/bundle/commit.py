@@ -19,7 +19,6 @@ from mirror.reference import Digest
 from mirror.units import human_size
 
 if TYPE_CHECKING:
-    # (the mirror.meta package imports prometheus-client: not before a command runs)
     from mirror.meta.store import TagKey, TagRecord
 
 # Tag records are kept per Accept class (the same tag names an index for one client and a
