@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from mirror import cli, config
-from mirror.cache.pinning import parse_platform, pinned_digests, platform_matches
+from mirror.cache.pinning import pinned_digests
 from mirror.meta import open_meta_store
 from mirror.reference import Digest
 from mirror.storage.filesystem import FilesystemStore
@@ -124,6 +124,29 @@ async def test_prefetch_takes_every_platform_by_default_and_again_fetches_nothin
     assert upstream.count(server="cdn") == 0
     out = capsys.readouterr().out
     assert f"0 blobs fetched (0 B), {blobs} already cached" in out
+
+
+async def test_an_immutable_tag_is_not_asked_about_again(
+    tmp_path: Path, upstream: FakeRegistry, alpine: Manifest, data_dir: Path
+) -> None:
+    rules = [{"tag_regex": r"3\.19", "immutable": True}]
+    file = write_config(tmp_path / "immutable.toml", upstream.url, data_dir, tag_rules=rules)
+    assert await prefetch(file, "alpine:3.19") == 0
+    upstream.reset_counts()
+    assert await prefetch(file, "alpine:3.19") == 0
+    assert answered(upstream, kind="manifest") == 0
+
+
+async def test_a_prefetch_is_not_counted_as_a_pull_but_its_accesses_are_recorded(
+    config_file: Path, alpine: Manifest, data_dir: Path
+) -> None:
+    assert await prefetch(config_file, "alpine:3.19") == 0
+    meta = await open_meta_store(redis_url=None, key_prefix="mirror:", data_dir=data_dir)
+    try:
+        assert await meta.top_repositories(10) == []
+        assert await meta.get_access(alpine.digest) is not None
+    finally:
+        await meta.close()
 
 
 async def test_a_prefetched_image_is_served_with_no_upstream_request(
@@ -321,16 +344,3 @@ async def test_pinned_digests_are_exactly_what_the_prefetch_list_reaches(
         tmp_path, upstream, data_dir, prefetch=f"alpine@{alpine.digest}, multi:2"
     ) == digests(alpine)
     assert await pinned(tmp_path, upstream, data_dir) == set()
-
-
-def test_platforms_match_by_os_and_arch_and_variant() -> None:
-    assert parse_platform(" Linux/ARM64/v8 ") == "linux/arm64/v8"
-    with pytest.raises(ValueError, match="not a platform"):
-        parse_platform("amd64")
-    assert platform_matches([], None)
-    assert platform_matches(["linux/arm64"], "linux/arm64/v8")
-    assert platform_matches(["linux/arm64/v8"], "linux/arm64")
-    assert platform_matches(["linux/arm"], "linux/arm/v7")
-    assert not platform_matches(["linux/arm/v6"], "linux/arm/v7")
-    assert not platform_matches(["linux/amd64"], "linux/arm64")
-    assert not platform_matches(["linux/amd64"], None)

@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mirror.admin.context import DataDir, open_data_dir
-from mirror.admin.format import human_size
 from mirror.cache.references import named_blobs
 from mirror.config import Config
+from mirror.units import human_size
+from mirror.wiring import DataDir, open_data_dir
 
 
 def add_parsers(commands: Any) -> list[argparse.ArgumentParser]:

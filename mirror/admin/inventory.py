@@ -16,13 +16,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from mirror.admin.context import DataDir, open_data_dir
-from mirror.admin.format import human_size, when
-from mirror.cache.references import reachable, references
+from mirror.cache.graph import reachable, walk_store
 from mirror.config import Config
 from mirror.errors import RegistryError
 from mirror.reference import Digest, ImageRef, parse_image
 from mirror.storage import ContentStore
+from mirror.units import human_size, when
+from mirror.wiring import DataDir, open_data_dir
 
 
 def add_parsers(commands: Any) -> list[argparse.ArgumentParser]:
@@ -167,13 +167,8 @@ async def remove_image(data: DataDir, image: ImageRef) -> list[str]:
             roots.add(record.digest)
             await data.meta.delete_tag(key)
             removed.append(f"tag record {image.host}/{image.name}:{key.tag} ({key.accept})")
-    pending = list(roots)
-    while pending:
-        digest = pending.pop()
-        manifest = data.store.read_manifest(digest)
-        if manifest is None:
-            continue
-        pending.extend(child for child, _ in references(manifest.data).manifests)
+    walk, _ = walk_store(data.store, roots)
+    for digest in walk.visited:
         data.store.remove("manifest", digest)
         removed.append(f"manifest {digest}")
     left = [

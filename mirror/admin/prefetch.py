@@ -14,18 +14,14 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
-from mirror.admin.format import human_size
-from mirror.cache.pinning import parse_platform
-from mirror.cache.prefetch import (
-    BlobProgress,
-    ImageResult,
-    open_puller,
-    prefetch_image,
-    summary_line,
-)
+from mirror.cache.prefetch.engine import BlobProgress, ImageResult, prefetch_image
+from mirror.cache.prefetch.text import summary_line
 from mirror.config import Config
 from mirror.meta import MetaStoreError
+from mirror.platforms import parse_platform
 from mirror.reference import Digest, ImageRef
+from mirror.units import human_size
+from mirror.wiring import pulling
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -98,7 +94,7 @@ async def _prefetch(
     results = []
     progress = _Bars(sys.stderr) if bars else None
     try:
-        async with open_puller(config) as puller:
+        async with pulling(config) as puller:
             for text in images:
                 if progress is None:
                     result = await prefetch_image(puller, text, platforms)

@@ -108,24 +108,46 @@ class ManifestCache:
         return manifest
 
     async def resolve(
-        self, repo: UpstreamRepo, tag: str, accept: frozenset[str], *, with_bytes: bool
+        self,
+        repo: UpstreamRepo,
+        tag: str,
+        accept: frozenset[str],
+        *,
+        with_bytes: bool,
+        revalidate: bool = False,
+        count_pull: bool = True,
     ) -> Resolved:
         """What `tag` names for this Accept class: from a fresh record without asking
         anyone, else revalidated upstream, else (upstream failing) from a stale record.
-        Records are per upstream: the same name on two registries never shares one."""
-        resolved = await self._resolve(repo, tag, accept, with_bytes=with_bytes)
-        self._access.pulled(repo)  # counted only when it worked
+        Records are per upstream: the same name on two registries never shares one.
+
+        `revalidate` asks the upstream however fresh the record is (unless a rule makes the
+        tag immutable), still once however many ask and still answering stale when the
+        upstream fails: what a prefetch wants. `count_pull=False` leaves it out of the
+        pull counts, which are about clients."""
+        resolved = await self._resolve(
+            repo, tag, accept, with_bytes=with_bytes, revalidate=revalidate
+        )
+        if count_pull:
+            self._access.pulled(repo)  # counted only when it worked
         return resolved
 
     async def _resolve(
-        self, repo: UpstreamRepo, tag: str, accept: frozenset[str], *, with_bytes: bool
+        self,
+        repo: UpstreamRepo,
+        tag: str,
+        accept: frozenset[str],
+        *,
+        with_bytes: bool,
+        revalidate: bool,
     ) -> Resolved:
         upstream = repo.upstream
         key = TagKey(upstream.host, repo.name, tag, mediatypes.accept_class(accept))
-        record = await self._get_record(key)
+        record = await self._get_record(key, from_memory=not revalidate)
         if record is not None:
             freshness = self._config.freshness(upstream.host, repo.name, tag)
-            if freshness.immutable or self._clock() - record.confirmed_at < freshness.ttl:
+            fresh = not revalidate and self._clock() - record.confirmed_at < freshness.ttl
+            if freshness.immutable or fresh:
                 observe.cache_lookup("tag", "hit")
                 return await self._answer(repo, record, with_bytes)
             if self._config.offline:
@@ -179,10 +201,12 @@ class ManifestCache:
         ]
         return max(usable, key=lambda record: record.confirmed_at, default=None)
 
-    async def _get_record(self, key: TagKey) -> TagRecord | None:
-        """The tag's record: from memory if read within `tag_cache_seconds`, else the store
-        (one read however many requests find the memory expired at once)."""
-        if (hot := self._hot.get(key)) is not None and hot[1] > time.monotonic():
+    async def _get_record(self, key: TagKey, *, from_memory: bool = True) -> TagRecord | None:
+        """The tag's record: from memory if read within `tag_cache_seconds` (and
+        `from_memory`), else the store (one read however many requests find the memory
+        expired at once)."""
+        hot = self._hot.get(key) if from_memory else None
+        if hot is not None and hot[1] > time.monotonic():
             return hot[0]
         return await self._record_reads.run(key, lambda: self._read_record(key))
 

@@ -5,9 +5,7 @@ it pins is read from the cache itself: the digests its tag records name (under e
 class), and recursively what those manifests refer to, an index's children limited to
 `prefetch_platforms` when that is set.
 
-Platforms are written "os/arch[/variant]" (`linux/amd64`, `linux/arm64/v8`). A wanted
-platform without a variant matches every variant of its os/arch; `linux/arm64` and
-`linux/arm64/v8` are the same platform (v8 is arm64's only variant in practice).
+Platforms are selected as `mirror.platforms` says, as prefetch and export select them.
 
 Nothing heavy is imported here: the data-dir commands use it too.
 """
@@ -15,48 +13,16 @@ Nothing heavy is imported here: the data-dir commands use it too.
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Sequence
 
-from mirror.cache.references import reachable
+from mirror.cache.graph import reachable
 from mirror.config import Config
 from mirror.errors import RegistryError
 from mirror.meta.store import TagRecords
+from mirror.platforms import selector
 from mirror.reference import Digest, ImageRef, parse_image
 from mirror.storage import ContentStore
 
 log = logging.getLogger(__name__)
-
-_PLATFORM_RE = re.compile(r"[a-z0-9][a-z0-9._-]*/[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)?")
-
-
-def parse_platform(text: str) -> str:
-    """A platform as "os/arch[/variant]", lower-cased; ValueError if it is not one."""
-    platform = text.strip().lower()
-    if not _PLATFORM_RE.fullmatch(platform):
-        raise ValueError(f"{text!r} is not a platform such as linux/amd64 or linux/arm64/v8")
-    return platform
-
-
-def _normalise(platform: str) -> tuple[str, ...]:
-    parts = tuple(platform.lower().split("/"))
-    if parts[1:] == ("arm64", "v8"):
-        return parts[:2]
-    return parts
-
-
-def platform_matches(wanted: Sequence[str], platform: str | None) -> bool:
-    """Whether an index entry for `platform` is selected by `wanted` (empty: every entry)."""
-    if not wanted:
-        return True
-    if platform is None:
-        return False
-    have = _normalise(platform)
-    for item in wanted:
-        want = _normalise(item)
-        if have == want or (len(want) == 2 and have[:2] == want):
-            return True
-    return False
 
 
 def repository_name(config: Config, image: ImageRef) -> str:
@@ -95,5 +61,4 @@ async def pinned_digests(config: Config, store: ContentStore, meta: TagRecords) 
         for key, record in await meta.list_tags():
             if (key.upstream, key.repo, key.tag) in wanted:
                 roots.add(record.digest)
-    platforms = config.prefetch_platforms
-    return reachable(store, roots, lambda platform: platform_matches(platforms, platform))
+    return reachable(store, roots, selector(config.prefetch_platforms))

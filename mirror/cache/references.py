@@ -1,29 +1,38 @@
 """What a manifest refers to: the digests that must be cached for it to be pulled.
 
 An image manifest names its config and layers; an index (manifest list) names one manifest
-per platform. Garbage collection, eviction, pinning, export and `mirror ls` all walk these
-references, so they are read in one place.
+per platform. Garbage collection, eviction and every walk of the manifest graph
+(`mirror.cache.graph`) read them here.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from mirror.errors import RegistryError
 from mirror.reference import Digest
 from mirror.storage import ContentStore
 
 
+class Child(NamedTuple):
+    """An index's child: its digest, its platform as "os/arch[/variant]" and its media
+    type, each as far as the index says."""
+
+    digest: Digest
+    platform: str | None
+    media_type: str | None
+
+
 @dataclass(frozen=True)
 class References:
     """A manifest's direct references: `blobs` (config and layers) and `manifests` (an
-    index's children, with their platform as "os/arch[/variant]" when it says)."""
+    index's children)."""
 
     blobs: tuple[Digest, ...]
-    manifests: tuple[tuple[Digest, str | None], ...]
+    manifests: tuple[Child, ...]
 
 
 def references(data: bytes) -> References:
@@ -39,34 +48,18 @@ def references(data: bytes) -> References:
     for descriptor in [document.get("config"), *_list(document.get("layers"))]:
         if (digest := _digest(descriptor)) is not None:
             blobs.append(digest)
-    manifests: list[tuple[Digest, str | None]] = []
+    manifests: list[Child] = []
     for descriptor in _list(document.get("manifests")):
         if (digest := _digest(descriptor)) is not None:
-            manifests.append((digest, _platform(descriptor)))
+            media_type = descriptor.get("mediaType")
+            manifests.append(
+                Child(
+                    digest,
+                    _platform(descriptor),
+                    media_type if isinstance(media_type, str) else None,
+                )
+            )
     return References(tuple(blobs), tuple(manifests))
-
-
-def reachable(
-    store: ContentStore,
-    roots: Iterable[Digest],
-    keep_child: Callable[[str | None], bool] = lambda platform: True,
-) -> set[Digest]:
-    """`roots` and everything their cached manifests refer to, recursively, whether cached
-    or not; an index's children only where `keep_child(platform)` says so."""
-    found: set[Digest] = set()
-    pending = list(roots)
-    while pending:
-        digest = pending.pop()
-        if digest in found:
-            continue
-        found.add(digest)
-        manifest = store.read_manifest(digest)
-        if manifest is None:
-            continue
-        refs = references(manifest.data)
-        found.update(refs.blobs)
-        pending.extend(child for child, platform in refs.manifests if keep_child(platform))
-    return found
 
 
 def named_blobs(store: ContentStore, manifests: Iterable[Digest]) -> set[Digest]:

@@ -1,31 +1,26 @@
-"""Wiring: builds the aiohttp application from a `Config` and owns component lifetimes."""
+"""The aiohttp application: routes and middleware over the parts `mirror.wiring` builds, and
+the background work that runs beside them, with their lifetimes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 
-from mirror import metrics, observe
-from mirror.cache.access import AccessRecorder
-from mirror.cache.blobs import BlobCache
+from mirror import metrics, observe, wiring
 from mirror.cache.eviction import Evictor
-from mirror.cache.manifests import ManifestCache
 from mirror.cache.pinning import pinned_digests
-from mirror.cache.prefetch import schedule as schedule_prefetch
-from mirror.cache.tags import TagListCache
+from mirror.cache.prefetch.schedule import schedule as schedule_prefetch
 from mirror.config import Config
-from mirror.meta import open_meta_store
 from mirror.server import addressing, auth
 from mirror.server.middleware import add_response_headers, observe_requests, registry_errors
 from mirror.server.ops import OpsRoutes
 from mirror.server.routes import RegistryRoutes
 from mirror.storage import ContentStore
-from mirror.storage.filesystem import FilesystemStore
-from mirror.upstream.routing import Router
 
 log = logging.getLogger(__name__)
 
@@ -40,84 +35,85 @@ async def create_app(
     clock: Callable[[], float] = time.time,
     remove_temp_files: bool = True,
 ) -> web.Application:
-    """An application serving `config`. Async because the upstream session and the metadata
-    store must be opened inside the event loop that will use them. `clock` (unix time) is
-    what freshness is measured with; tests pass their own. A worker of several does not
-    remove temp files: its siblings may be writing them.
+    """An application serving `config`: the parts `mirror.wiring` builds, the routes in
+    front of them and the background work beside them. Async because the upstream sessions
+    and the metadata store must be opened inside the event loop that will use them. `clock`
+    (unix time) is what freshness is measured with; tests pass their own. A worker of
+    several does not remove temp files: its siblings may be writing them.
 
     Raises MetaStoreError when a configured Redis cannot be reached.
     """
     observe.install(metrics.PrometheusSink())  # what the layers below report is exported
-    store = FilesystemStore(config.data_dir)
-    if remove_temp_files and (removed := store.remove_temp_files()):
-        log.info("removed %d temp files left by an earlier run", removed)
-    meta = await open_meta_store(
-        redis_url=config.redis_url, key_prefix=config.redis_key_prefix, data_dir=config.data_dir
-    )
-    router = Router.from_config(config)
-    access = AccessRecorder(meta, clock=clock)
-    blobs = BlobCache(store, access, offline=config.offline, min_free_space=config.min_free_space)
-    manifests = ManifestCache(store, meta, access, config, clock=clock)
-    tags = TagListCache(meta, config, clock=clock)
-
+    mirror = await wiring.build(config, clock=clock, remove_temp_files=remove_temp_files)
+    router = mirror.router
     app = web.Application(
         middlewares=[observe_requests, registry_errors, addressing.resolve_repositories(router)]
     )
     app.on_response_prepare.append(add_response_headers)
-    RegistryRoutes(router, blobs, manifests, tags, meta).register(app.router)
-    OpsRoutes(store, meta, router, access, clock=clock).register(app.router)
+    RegistryRoutes(router, mirror.blobs, mirror.manifests, mirror.tags, mirror.meta).register(
+        app.router
+    )
+    OpsRoutes(mirror.store, mirror.meta, router, mirror.access, clock=clock).register(app.router)
     auth.setup(app, config, router, clock=clock)  # client authentication, if configured
-    background: set[asyncio.Task[None]] = set()
-    prefetching: set[asyncio.Task[None]] = set()  # the `prefetch` schedule
-
-    async def start(_: web.Application) -> None:
-        access.start()
-        background.add(asyncio.create_task(_measure_cache(store), name="measure-cache"))
-        if config.max_cache_size > 0:
-            evictor = Evictor(
-                store,
-                meta,
-                max_bytes=config.max_cache_size,
-                low_water=config.cache_low_water,
-                pinned=lambda: pinned_digests(config, store, meta),
-                before_pass=access.flush,
-                clock=clock,
-            )
-            background.add(asyncio.create_task(evictor.run_forever(), name="evict"))
-        if config.prefetch:
-            prefetching.add(
-                asyncio.create_task(
-                    schedule_prefetch(config, store, meta, router, blobs, clock=clock),
-                    name="prefetch",
-                )
-            )
-            background.update(prefetching)
-
-    async def abort_downloads(_: web.Application) -> None:
-        # on_shutdown runs before the server waits for open requests, so streaming clients
-        # are cut off at once instead of holding shutdown until their downloads finish.
-        # The prefetch schedule stops first: it must not start downloads after this.
-        for task in prefetching:
-            task.cancel()
-        await asyncio.gather(*prefetching, return_exceptions=True)
-        await blobs.close()
-
-    async def close(_: web.Application) -> None:
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
-        await access.close()
-        await router.close()
-        await meta.close()
-
-    app.on_startup.append(start)
-    app.on_shutdown.append(abort_downloads)
-    app.on_cleanup.append(close)
+    work = _Background(mirror, clock)
+    app.on_startup.append(work.start)
+    app.on_shutdown.append(work.abort_downloads)
+    app.on_cleanup.append(work.close)
     served = ", ".join(f"{u.host} ({u.name})" for u in router.upstreams)
     mode = f"offline, cache only, for {served}" if config.offline else f"mirroring {served}"
     backend = "Redis" if config.redis_url else "embedded SQLite"
     log.info("%s into %s; metadata in %s", mode, config.data_dir, backend)
     return app
+
+
+class _Background:
+    """What runs beside the requests: access records, cache measuring, eviction and the
+    prefetch schedule; stopped in the order shutdown needs."""
+
+    def __init__(self, mirror: wiring.Mirror, clock: Callable[[], float]) -> None:
+        self._mirror = mirror
+        self._clock = clock
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._prefetching: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        return task
+
+    async def start(self, _: web.Application) -> None:
+        mirror, config = self._mirror, self._mirror.config
+        mirror.access.start()
+        self._spawn(_measure_cache(mirror.store), "measure-cache")
+        if config.max_cache_size > 0:
+            evictor = Evictor(
+                mirror.store,
+                mirror.meta,
+                max_bytes=config.max_cache_size,
+                low_water=config.cache_low_water,
+                pinned=lambda: pinned_digests(config, mirror.store, mirror.meta),
+                before_pass=mirror.access.flush,
+                clock=self._clock,
+            )
+            self._spawn(evictor.run_forever(), "evict")
+        if config.prefetch:
+            work = schedule_prefetch(config, mirror.puller(), mirror.meta, mirror.access)
+            self._prefetching.add(self._spawn(work, "prefetch"))
+
+    async def abort_downloads(self, _: web.Application) -> None:
+        """on_shutdown runs before the server waits for open requests, so streaming clients
+        are cut off at once instead of holding shutdown until their downloads finish. The
+        prefetch schedule stops first: it must not start downloads after this."""
+        for task in self._prefetching:
+            task.cancel()
+        await asyncio.gather(*self._prefetching, return_exceptions=True)
+        await self._mirror.blobs.close()
+
+    async def close(self, _: web.Application) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._mirror.close()
 
 
 async def _measure_cache(store: ContentStore) -> None:

@@ -1,4 +1,4 @@
-"""How the data-dir commands print sizes and times."""
+"""Sizes and times as people read them, in command output and log lines alike."""
 
 from __future__ import annotations
 

@@ -1,0 +1,174 @@
+"""Committing a checked bundle: its staged content into the store (blobs, then manifests
+children first, so whatever a server sees is complete), then its tag records and catalog
+entries. `_commit_blob` and `_commit_manifest` are the one place content is published."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from mirror import mediatypes
+from mirror.admin.bundle.check import Bundle
+from mirror.admin.bundle.layout import KNOWN_TYPES, Staged
+from mirror.admin.bundle.progress import count
+from mirror.meta.store import TagKey, TagRecord
+from mirror.reference import Digest
+from mirror.storage import StoredManifest
+from mirror.storage.filesystem import FilesystemStore
+from mirror.units import human_size
+from mirror.wiring import DataDir
+
+# Tag records are kept per Accept class (the same tag names an index for one client and a
+# single manifest for another), and an offline mirror answers only classes it has a record
+# for. Import also writes, for each tag, a record for these classes when the bundle has
+# none: what skopeo and podman (every type), containerd (`*/*`: the modern four) and the
+# Docker Engine (the modern four, with or without signed schema 1) send.
+CLIENT_ACCEPT_CLASSES: tuple[frozenset[str], ...] = (
+    frozenset(mediatypes.MANIFEST_TYPES),
+    frozenset({*mediatypes.MANIFEST_TYPES, mediatypes.DOCKER_SCHEMA1_SIGNED}),
+    frozenset(KNOWN_TYPES),
+)
+
+
+@dataclass
+class ImportReport:
+    images: int = 0
+    objects: int = 0
+    new_objects: int = 0
+    bytes: int = 0
+    new_bytes: int = 0
+    records_new: int = 0
+    records_updated: int = 0
+    unreferenced: int = 0
+    kept: list[str] = field(default_factory=list)  # records the mirror had newer
+    unserved: set[str] = field(default_factory=set)  # upstream hosts it does not serve
+
+    def summary(self, source: str, *, dry_run: bool) -> str:
+        verb = "would import" if dry_run else "imported"
+        new = (
+            f"{self.new_objects} new ({human_size(self.new_bytes)})"
+            if self.new_objects
+            else "nothing new"
+        )
+        records = f"{count(self.records_new, 'tag record')} new, {self.records_updated} updated"
+        extra = f"; {self.unreferenced} entries nothing names skipped" if self.unreferenced else ""
+        return (
+            f"{verb} {source}: {count(self.images, 'image')}, {count(self.objects, 'object')} "
+            f"({human_size(self.bytes)}), {new}; {records}{extra}"
+        )
+
+
+async def import_bundle(data: DataDir, bundle: Bundle, *, dry_run: bool = False) -> ImportReport:
+    """Put a checked bundle's content into the store, then its tag records and catalog
+    entries. Content the store has is skipped; a tag record the mirror holds newer than the
+    bundle's stays."""
+    report = ImportReport(
+        images=len(bundle.images),
+        objects=len(bundle.staged),
+        bytes=bundle.size,
+        unreferenced=bundle.unreferenced,
+    )
+    await _commit_content(data.store, bundle, report, dry_run=dry_run)
+    await _commit_records(data, bundle, report, dry_run=dry_run)
+    await _commit_catalog(data, bundle, report, dry_run=dry_run)
+    return report
+
+
+async def _commit_content(
+    store: FilesystemStore, bundle: Bundle, report: ImportReport, *, dry_run: bool
+) -> None:
+    """Blobs first, then manifests children first: what names content comes after it."""
+    for digest in bundle.blobs:
+        staged = bundle.staged[digest]
+        if store.blob_size(digest) is not None:
+            continue
+        report.new_objects += 1
+        report.new_bytes += staged.size
+        if not dry_run:
+            _commit_blob(store, digest, staged)
+    for digest, media_type in bundle.manifests.items():
+        staged = bundle.staged[digest]
+        if store.has_manifest(digest):
+            continue
+        report.new_objects += 1
+        report.new_bytes += staged.size
+        if not dry_run:
+            await _commit_manifest(store, digest, media_type, staged)
+
+
+def _commit_blob(store: FilesystemStore, digest: Digest, staged: Staged) -> None:
+    """Publish a verified staged blob (a rename: the temp file is in the data dir)."""
+    target = store.blob_path(digest)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged.path.rename(target)
+    store.count("blob", staged.size)
+
+
+async def _commit_manifest(
+    store: FilesystemStore, digest: Digest, media_type: str, staged: Staged
+) -> None:
+    """Publish a verified staged manifest, as the store writes any manifest."""
+    data_bytes = staged.path.read_bytes()
+    await store.write_manifest(StoredManifest(data_bytes, media_type, digest))
+
+
+async def _commit_records(
+    data: DataDir, bundle: Bundle, report: ImportReport, *, dry_run: bool
+) -> None:
+    """Write the bundle's tag records, except where the mirror's own record is newer."""
+    now = time.time()
+    for key, record in _records_to_write(bundle):
+        # A record from a clock ahead of this one would stay fresh too long.
+        record = _with_time(record, min(record.confirmed_at, now))
+        existing = await data.meta.get_tag(key)
+        if existing is None:
+            report.records_new += 1
+        elif existing.digest == record.digest and existing.confirmed_at >= record.confirmed_at:
+            continue
+        elif existing.confirmed_at >= record.confirmed_at:
+            report.kept.append(
+                f"{key.upstream}/{key.repo}:{key.tag} -> {existing.digest} (the mirror's record "
+                f"is newer than the bundle's {record.digest})"
+            )
+            continue
+        else:
+            report.records_updated += 1
+        if not dry_run:
+            await data.meta.put_tag(key, record)
+
+
+async def _commit_catalog(
+    data: DataDir, bundle: Bundle, report: ImportReport, *, dry_run: bool
+) -> None:
+    """The bundle's repositories join their upstreams' catalogs."""
+    repositories: dict[str, set[str]] = {}
+    for image in bundle.images:
+        repositories.setdefault(image.upstream, set()).add(image.repository)
+    for key, _ in bundle.records:
+        repositories.setdefault(key.upstream, set()).add(key.repo)
+    for upstream, repos in repositories.items():
+        if data.config.upstream(upstream) is None:
+            report.unserved.add(upstream)
+        if not dry_run:
+            await data.meta.add_repositories(upstream, sorted(repos))
+
+
+def _records_to_write(bundle: Bundle) -> Iterator[tuple[TagKey, TagRecord]]:
+    """The bundle's tag records, and for each tag one for each common client Accept class
+    the bundle has none for: the record of its widest class, where that admits its type."""
+    yield from bundle.records
+    by_tag: dict[tuple[str, str, str], list[tuple[TagKey, TagRecord]]] = {}
+    for key, record in bundle.records:
+        by_tag.setdefault((key.upstream, key.repo, key.tag), []).append((key, record))
+    for (upstream, repo, tag), records in by_tag.items():
+        classes = {key.accept for key, _ in records}
+        _, widest = max(records, key=lambda kr: (len(kr[0].accept.split(",")), kr[1].confirmed_at))
+        for types in CLIENT_ACCEPT_CLASSES:
+            accept = mediatypes.accept_class(types)
+            if accept not in classes and widest.media_type in types:
+                yield TagKey(upstream, repo, tag, accept), widest
+
+
+def _with_time(record: TagRecord, confirmed_at: float) -> TagRecord:
+    return TagRecord(record.digest, record.media_type, record.size, confirmed_at)

@@ -1,0 +1,139 @@
+"""The composition root: the one place that builds the mirror's running parts from a `Config`.
+
+Three kinds of process use it, and say how they differ through options rather than by
+building their own parts:
+
+- the server (`server.app.create_app`): the metadata store wrapped so that losing it never
+  fails a request; leftover temp files removed when no sibling worker may be writing them;
+- a command on the data dir (`mirror gc`, `ls`, `rm`, `export`, `import`): the content store
+  and the bare metadata store, which fail loudly instead of answering "nothing known";
+- a one-shot pull (`mirror prefetch`): the server's caches without the HTTP side, asking the
+  upstream about every tag however recently it was confirmed.
+
+Which content store and which metadata backend serve a config is decided here and nowhere
+else, so a new backend is one more branch in `open_store` or `open_meta_store`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from mirror.cache.access import AccessRecorder
+from mirror.cache.blobs import BlobCache
+from mirror.cache.manifests import ManifestCache
+from mirror.cache.prefetch.engine import Puller
+from mirror.cache.tags import TagListCache
+from mirror.config import Config
+from mirror.meta import MetaStore, open_meta_store
+from mirror.storage.filesystem import FilesystemStore
+from mirror.upstream.routing import Router
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """What a command on the data dir works with: the content and the records about it."""
+
+    config: Config
+    store: FilesystemStore
+    meta: MetaStore
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """The pull-through parts: a data dir plus the upstreams and the caches in front."""
+
+    config: Config
+    store: FilesystemStore
+    meta: MetaStore
+    router: Router
+    access: AccessRecorder
+    blobs: BlobCache
+    manifests: ManifestCache
+    tags: TagListCache
+
+    def puller(self) -> Puller:
+        """The parts a prefetch pulls through (the server's own, for its schedule)."""
+        return Puller(self.router, self.store, self.manifests, self.blobs)
+
+    async def close(self) -> None:
+        """Abort downloads still running, write the last access records, then let go of the
+        upstream sessions and the metadata store (each step even if one before failed)."""
+        try:
+            await self.blobs.close()
+            await self.access.close()
+        finally:
+            await self.router.close()
+            await self.meta.close()
+
+
+def open_store(config: Config) -> FilesystemStore:
+    """The content store `config` names."""
+    return FilesystemStore(config.data_dir)
+
+
+async def _open_meta(config: Config, *, resilient: bool, clock: Callable[[], float]) -> MetaStore:
+    return await open_meta_store(
+        redis_url=config.redis_url,
+        key_prefix=config.redis_key_prefix,
+        data_dir=config.data_dir,
+        resilient=resilient,
+        clock=clock,
+    )
+
+
+@asynccontextmanager
+async def open_data_dir(config: Config) -> AsyncIterator[DataDir]:
+    """The content store and the bare metadata store of `config`, for a command. Temp files
+    are left alone: a server may be writing them.
+
+    Raises MetaStoreError when the metadata store cannot be opened."""
+    store = open_store(config)
+    meta = await _open_meta(config, resilient=False, clock=time.time)
+    try:
+        yield DataDir(config, store, meta)
+    finally:
+        await meta.close()
+
+
+async def build(
+    config: Config,
+    *,
+    clock: Callable[[], float] = time.time,
+    remove_temp_files: bool = False,
+) -> Mirror:
+    """The pull-through parts for a server or a one-shot pull. Async because the upstream
+    sessions and the metadata store must be opened in the event loop that uses them.
+    `clock` (unix time) is what freshness and access times are measured with; tests pass
+    their own.
+
+    Raises MetaStoreError when a configured Redis cannot be reached."""
+    store = open_store(config)
+    if remove_temp_files and (removed := store.remove_temp_files()):
+        log.info("removed %d temp files left by an earlier run", removed)
+    meta = await _open_meta(config, resilient=True, clock=clock)
+    router = Router.from_config(config)
+    access = AccessRecorder(meta, clock=clock)
+    blobs = BlobCache(store, access, offline=config.offline, min_free_space=config.min_free_space)
+    manifests = ManifestCache(store, meta, access, config, clock=clock)
+    tags = TagListCache(meta, config, clock=clock)
+    return Mirror(config, store, meta, router, access, blobs, manifests, tags)
+
+
+@asynccontextmanager
+async def pulling(config: Config) -> AsyncIterator[Puller]:
+    """The pull-through parts for a one-shot pull (`mirror prefetch`), closed on the way out
+    (downloads still running aborted). Temp files are left alone: a server may be writing
+    them.
+
+    Raises MetaStoreError when a configured Redis cannot be reached."""
+    mirror = await build(config)
+    try:
+        yield mirror.puller()
+    finally:
+        await mirror.close()
