@@ -5,7 +5,7 @@ their own key prefixes and never flush it), else a private `redis-server` for th
 `redis_server` is always private, for tests that stop and restart it. `meta_store` is an
 opened backend, once SQLite and once Redis.
 
-Everything is asynchronous and bounded, as in `tests.mirrorproc`: waiting on redis-server
+Everything is asynchronous and bounded, as in `testkit.mirrorproc`: waiting on redis-server
 never blocks the event loop the code under test runs in.
 """
 
@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 from mirror.meta.redis import RedisMetaStore
 from mirror.meta.sqlite import SqliteMetaStore
 from mirror.meta.store import MetaStore
-from tests.mirrorproc import free_port
+from testkit.mirrorproc import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 START_TIMEOUT = 5.0  # until it answers PING

@@ -18,10 +18,10 @@ from mirror.cache.store import FilesystemStore
 from mirror.meta import open_meta_store
 from mirror.meta.store import MetaStore
 from mirror.reference import Digest
+from testkit.fakeupstream import FakeRegistry, Fault, Manifest, make_image, random_layer
+from testkit.mirrorproc import run_mirror
 from tests.conftest import Client, FakeClock, StartMirror, answered, files_under
-from tests.fakeupstream import FakeRegistry, Fault, Manifest, make_image, random_layer
 from tests.meta_fixtures import RedisServer
-from tests.mirrorproc import run_mirror
 from tests.test_pull import pull_like_docker
 
 KB = 1024

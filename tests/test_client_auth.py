@@ -22,8 +22,8 @@ from mirror import config
 from mirror.config import ConfigError
 from mirror.server import auth, htpasswd
 from mirror.server.auth import CLIENT_AUTH, ClientAuth, Throttle, Tokens
+from testkit.fakeupstream import FakeRegistry, Manifest, make_image, make_layer
 from tests.conftest import Client, FakeClock, StartMirror, sha256
-from tests.fakeupstream import FakeRegistry, Manifest, make_image, make_layer
 from tests.test_pull import ALL_MANIFESTS
 
 PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-2", "carol": "carol-secret-3"}

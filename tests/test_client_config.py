@@ -16,7 +16,7 @@ import pytest
 
 from mirror import clientconfig, config
 from mirror.clientconfig import ClientConfigError, parse_mirror_url
-from tests.tls import make_private_ca
+from testkit.tls import make_private_ca
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_CLIENTS = REPO_ROOT / "deploy" / "clients"

@@ -26,9 +26,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from testkit.fakeupstream import Blob, FakeRegistry, Fault, Manifest, make_image, random_layer
+from testkit.mirrorproc import MirrorProcess
 from tests.conftest import content_files, files_under
-from tests.fakeupstream import Blob, FakeRegistry, Fault, Manifest, make_image, random_layer
-from tests.mirrorproc import MirrorProcess
 from tests.test_observability import delta, parse
 from tests.test_process import ACCEPT, cached_blobs, get_blob, pull
 

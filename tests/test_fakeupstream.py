@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from tests.fakeupstream import (
+from testkit.fakeupstream import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,

@@ -34,11 +34,11 @@ from typing import Any, Literal
 import aiohttp
 import pytest
 
+from testkit.fakeupstream import Blob, FakeRegistry, Fault, Manifest, make_image, random_layer
+from testkit.mirrorproc import free_port
+from testkit.tls import make_private_ca
 from tests.conftest import Client, StartMirror, content_files, docker_io
-from tests.fakeupstream import Blob, FakeRegistry, Fault, Manifest, make_image, random_layer
-from tests.mirrorproc import free_port
 from tests.test_observability import scrape
-from tests.tls import make_private_ca
 
 Target = Literal["manifest", "blob"]
 Transport = Literal["fake", "refused", "dns", "tls"]

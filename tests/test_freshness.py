@@ -15,8 +15,7 @@ import pytest
 from mirror.meta.redis import RedisMetaStore
 from mirror.meta.sqlite import SqliteMetaStore
 from mirror.meta.store import MetaStore
-from tests.conftest import Client, FakeClock, StartMirror, answered
-from tests.fakeupstream import (
+from testkit.fakeupstream import (
     DOCKER_MANIFEST,
     OCI_INDEX,
     OCI_MANIFEST,
@@ -25,6 +24,7 @@ from tests.fakeupstream import (
     Manifest,
     make_image,
 )
+from tests.conftest import Client, FakeClock, StartMirror, answered
 from tests.meta_fixtures import RedisServer
 
 TAG = "/v2/library/alpine/manifests/3.19"

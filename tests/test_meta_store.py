@@ -28,8 +28,8 @@ from mirror.meta.store import (
     TagKey,
     TagRecord,
 )
+from testkit.mirrorproc import free_port
 from tests.meta_fixtures import RedisServer, forget_prefix, unique_prefix
-from tests.mirrorproc import free_port
 
 HUB = "registry-1.docker.io"
 LOCAL = "localhost:5000"

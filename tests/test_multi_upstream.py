@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from testkit.fakeupstream import FakeRegistry, Manifest, make_image, make_layer
+from testkit.tls import make_private_ca
 from tests.conftest import (
     Client,
     FakeClock,
@@ -18,9 +20,7 @@ from tests.conftest import (
     answered,
     files_under,
 )
-from tests.fakeupstream import FakeRegistry, Manifest, make_image, make_layer
 from tests.test_pull import ALL_MANIFESTS, pull_like_docker
-from tests.tls import make_private_ca
 
 BASE = make_layer({"etc/os-release": b"shared base layer\n"})
 HUB_APP = make_image(layers=[BASE, make_layer({"app": b"the Docker Hub org/app\n"})])

@@ -15,10 +15,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mirror.logs import JsonFormatter
+from testkit.fakeupstream import FakeRegistry, Fault, Manifest, make_image, random_layer
+from testkit.mirrorproc import MirrorProcess
 from tests.conftest import Client, FakeClock, StartMirror, files_under
-from tests.fakeupstream import FakeRegistry, Fault, Manifest, make_image, random_layer
 from tests.meta_fixtures import RedisServer
-from tests.mirrorproc import MirrorProcess
 from tests.test_pull import pull_like_docker
 
 Labels = frozenset[tuple[str, str]]

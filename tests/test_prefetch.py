@@ -16,9 +16,9 @@ from mirror.cache.pinning import parse_platform, pinned_digests, platform_matche
 from mirror.cache.store import FilesystemStore
 from mirror.meta import open_meta_store
 from mirror.reference import Digest
+from testkit.fakeupstream import FakeRegistry, Manifest, make_image
+from testkit.mirrorproc import free_port, run_mirror
 from tests.conftest import StartMirror, answered, toml_value
-from tests.fakeupstream import FakeRegistry, Manifest, make_image
-from tests.mirrorproc import free_port, run_mirror
 from tests.test_pull import pull_like_docker
 
 POLL_TIMEOUT = 5.0

@@ -20,9 +20,9 @@ import pytest
 
 from mirror import __version__
 from mirror.cli import SHUTDOWN_TIMEOUT
+from testkit.fakeupstream import Blob, FakeRegistry, Fault, Manifest, random_layer
+from testkit.mirrorproc import MirrorProcess, free_port, run_mirror
 from tests.conftest import answered, files_under, sha256
-from tests.fakeupstream import Blob, FakeRegistry, Fault, Manifest, random_layer
-from tests.mirrorproc import MirrorProcess, free_port, run_mirror
 
 MB = 1024 * 1024
 ACCEPT = {

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import Client, StartMirror, answered, docker_io, sha256
-from tests.fakeupstream import (
+from testkit.fakeupstream import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,
@@ -15,6 +14,7 @@ from tests.fakeupstream import (
     make_image,
     random_layer,
 )
+from tests.conftest import Client, StartMirror, answered, docker_io, sha256
 
 ALL_MANIFESTS = ", ".join([DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX])
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from testkit.fakeupstream import Blob, FakeRegistry, Fault, random_layer
 from tests.conftest import Client, StartMirror, answered, files_under
-from tests.fakeupstream import Blob, FakeRegistry, Fault, random_layer
 
 MB = 1024 * 1024
 

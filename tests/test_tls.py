@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from mirror import config
 from mirror.server import tls
+from testkit.fakeupstream import FakeRegistry, Manifest
+from testkit.mirrorproc import MirrorProcess, free_port, run_mirror
+from testkit.tls import PrivateCA, make_private_ca
 from tests.conftest import sha256
-from tests.fakeupstream import FakeRegistry, Manifest
-from tests.mirrorproc import MirrorProcess, free_port, run_mirror
-from tests.tls import PrivateCA, make_private_ca
 
 RELOAD_WAIT = 5.0  # seconds from SIGHUP to the log line saying how the reload went
 IO_TIMEOUT = aiohttp.ClientTimeout(total=10)

@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
+from testkit.fakeupstream import FakeRegistry, Manifest, make_image
 from tests.conftest import Client, StartMirror, docker_io
-from tests.fakeupstream import FakeRegistry, Manifest, make_image
 from tests.test_pull import pull_like_docker
 
 

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from testkit.mirrorserver import MirrorServer, http_request
+from testkit.upstream import RealUpstream, SeededImage
 from tests.integration.conftest import StartMirror, require
 from tests.integration.daemons import DOCKER_CLI, DockerDaemon, host_platform, mirror_requests
-from tests.integration.mirrorserver import MirrorServer, http_request
-from tests.integration.upstream import RealUpstream, SeededImage
 
 OUTAGE_FAILURE_BUDGET = 30.0  # seconds an uncached pull may take to fail during an outage
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import SeededImage, skopeo
-from tests.integration.mirrorserver import MirrorServer, http_request
-from tests.integration.upstream import MANIFEST_ACCEPT, RealUpstream
+from testkit.mirrorserver import MirrorServer, http_request
+from testkit.skopeo import skopeo
+from testkit.upstream import MANIFEST_ACCEPT, RealUpstream, SeededImage
 
 pytestmark = pytest.mark.skopeo
 

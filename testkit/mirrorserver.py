@@ -1,7 +1,7 @@
 """Server processes for the synchronous integration suite: the generic `ServerProcess`
 (output to files, bounded start and stop) and `MirrorServer`, the real `mirror serve`.
 
-The synchronous twin of `tests.mirrorproc.MirrorProcess` (which the async unit tests use):
+The synchronous twin of `testkit.mirrorproc.MirrorProcess` (which the async unit tests use):
 
     with MirrorServer(upstream.url, tmp_path / "data") as mirror:
         ...  # mirror.url is http://127.0.0.1:<port>, answering GET /v2/ with 200
@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import urlsplit
 
-from tests.mirrorproc import REPO_ROOT, free_port, mirror_env
+from testkit.mirrorproc import REPO_ROOT, free_port, mirror_env
 
 START_TIMEOUT = 15.0  # until a server answers its readiness probe
 STOP_TIMEOUT = 5.0  # from SIGTERM to the exit; SIGKILL after that
