@@ -20,8 +20,8 @@ from mirror import config
 from mirror.server.app import create_app
 from testkit.fakeupstream import FakeRegistry, Fault, make_image, random_layer
 from tests.chromium import Chromium
+from tests.clients import pull_like_docker
 from tests.conftest import Client, toml_value
-from tests.test_pull import pull_like_docker
 
 MiB = 1024 * 1024
 WIDTH, HEIGHT = 1280, 900

@@ -20,9 +20,9 @@ from mirror.meta.store import MetaStore
 from mirror.reference import Digest
 from testkit.fakeupstream import FakeRegistry, Fault, Manifest, make_image, random_layer
 from testkit.mirrorproc import run_mirror
+from tests.clients import pull_like_docker
 from tests.conftest import Client, FakeClock, StartMirror, answered, files_under
 from tests.meta_fixtures import RedisServer
-from tests.test_pull import pull_like_docker
 
 KB = 1024
 

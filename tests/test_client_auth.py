@@ -23,8 +23,8 @@ from mirror.config import ConfigError
 from mirror.server import auth, htpasswd
 from mirror.server.auth import CLIENT_AUTH, ClientAuth, Throttle, Tokens
 from testkit.fakeupstream import FakeRegistry, Manifest, make_image, make_layer
+from tests.clients import ALL_MANIFESTS
 from tests.conftest import Client, FakeClock, StartMirror, sha256
-from tests.test_pull import ALL_MANIFESTS
 
 PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-2", "carol": "carol-secret-3"}
 GHCR_APP = make_image(layers=[make_layer({"app": b"the ghcr.io org/app\n"})])

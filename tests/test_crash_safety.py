@@ -28,9 +28,9 @@ import pytest
 
 from testkit.fakeupstream import Blob, FakeRegistry, Fault, Manifest, make_image, random_layer
 from testkit.mirrorproc import MirrorProcess
+from tests.clients import ACCEPT, cached_blobs, get_blob, pull
 from tests.conftest import content_files, files_under
-from tests.test_observability import delta, parse
-from tests.test_process import ACCEPT, cached_blobs, get_blob, pull
+from tests.scrape import delta, parse
 
 MB = 1024 * 1024
 LARGE = 64 * MB

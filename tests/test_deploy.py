@@ -25,8 +25,8 @@ import yaml
 
 from mirror import config
 from testkit.fakeupstream import Manifest
+from tests.clients import pull_like_docker
 from tests.conftest import Client
-from tests.test_pull import pull_like_docker
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -38,7 +38,7 @@ from testkit.fakeupstream import Blob, FakeRegistry, Fault, Manifest, make_image
 from testkit.mirrorproc import free_port
 from testkit.tls import make_private_ca
 from tests.conftest import Client, StartMirror, content_files, docker_io
-from tests.test_observability import scrape
+from tests.scrape import scrape
 
 Target = Literal["manifest", "blob"]
 Transport = Literal["fake", "refused", "dns", "tls"]

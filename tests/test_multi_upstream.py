@@ -13,6 +13,7 @@ import pytest
 
 from testkit.fakeupstream import FakeRegistry, Manifest, make_image, make_layer
 from testkit.tls import make_private_ca
+from tests.clients import ALL_MANIFESTS, pull_like_docker
 from tests.conftest import (
     Client,
     FakeClock,
@@ -20,7 +21,7 @@ from tests.conftest import (
     answered,
     files_under,
 )
-from tests.test_pull import ALL_MANIFESTS, pull_like_docker
+from tests.connections import ConnectionCounter
 
 BASE = make_layer({"etc/os-release": b"shared base layer\n"})
 HUB_APP = make_image(layers=[BASE, make_layer({"app": b"the Docker Hub org/app\n"})])
@@ -117,28 +118,6 @@ async def test_ping_and_tag_lists_work_per_registry(
 
 
 # --- hosts nobody configured ----------------------------------------------------------------
-
-
-class ConnectionCounter:
-    """A TCP listener that only counts connections: where a refused host would be."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.address = ""
-
-    async def __aenter__(self) -> ConnectionCounter:
-        async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self.connections += 1
-            writer.close()
-
-        self._server = await asyncio.start_server(accept, "127.0.0.1", 0)
-        host, port = self._server.sockets[0].getsockname()[:2]
-        self.address = f"{host}:{port}"
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        self._server.close()
-        await self._server.wait_closed()
 
 
 @pytest.mark.parametrize(

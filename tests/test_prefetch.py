@@ -18,8 +18,8 @@ from mirror.meta import open_meta_store
 from mirror.reference import Digest
 from testkit.fakeupstream import FakeRegistry, Manifest, make_image
 from testkit.mirrorproc import free_port, run_mirror
+from tests.clients import pull_like_docker
 from tests.conftest import StartMirror, answered, toml_value
-from tests.test_pull import pull_like_docker
 
 POLL_TIMEOUT = 5.0
 

@@ -15,7 +15,7 @@ from testkit.mirrorserver import MirrorServer, free_port
 from testkit.skopeo import skopeo
 from testkit.upstream import RealUpstream
 from tests.integration.conftest import StartMirror
-from tests.integration.test_skopeo import check_dir_copy, check_oci_copy, copy
+from tests.integration.skopeocopy import check_dir_copy, check_oci_copy, copy
 
 pytestmark = pytest.mark.skopeo
 

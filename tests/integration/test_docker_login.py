@@ -27,7 +27,7 @@ from tests.integration.daemons import (
     host_platform,
     mirror_requests,
 )
-from tests.integration.test_docker import repo_digests
+from tests.integration.inventory import repo_digests
 
 PASSWORDS = {"alice": "alice-pw-integration", "bob": "bob-pw-integration"}
 RULES = [{"users": ["alice"]}, {"users": ["bob"], "repositories": ["library/app"]}]

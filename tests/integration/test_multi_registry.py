@@ -35,7 +35,7 @@ from tests.integration.daemons import (
     mirror_requests,
     run,
 )
-from tests.integration.test_containerd import image_row
+from tests.integration.inventory import image_row
 
 REPO, TAG = "library/app", "a"  # on both registries, with different content
 SEED_TIMEOUT = 60.0
