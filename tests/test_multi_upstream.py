@@ -3,7 +3,6 @@ nobody configured are never contacted; caches, tokens and credentials kept per u
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -138,8 +137,7 @@ async def test_an_unconfigured_registry_is_refused_without_any_connection(
 ) -> None:
     async with ConnectionCounter() as elsewhere:
         resp = await two.get(path.format(host=elsewhere.address))
-        await asyncio.sleep(0.05)  # a connection attempt would have landed by now
-        assert elsewhere.connections == 0
+        assert await elsewhere.settle() == 0
     assert resp.status == 404
     error = (await resp.json())["errors"][0]
     assert error["code"] == "NAME_UNKNOWN"

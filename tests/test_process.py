@@ -22,6 +22,7 @@ from mirror import __version__
 from mirror.cli import SHUTDOWN_TIMEOUT
 from testkit.fakeupstream import Blob, FakeRegistry, Fault, Manifest, random_layer
 from testkit.mirrorproc import MirrorProcess, free_port, run_mirror
+from testkit.waiting import wait_until
 from tests.clients import cached_blobs, get_blob, get_manifest, pull
 from tests.conftest import answered, files_under
 
@@ -394,11 +395,12 @@ async def test_workers_end_when_their_supervisor_is_killed(
         children = _children(proc.pid)
         assert len(children) == 2
         os.kill(proc.pid, signal.SIGKILL)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while any(_alive(pid) for pid in children):
-            assert loop.time() < deadline, "workers outlived their supervisor"
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: not any(_alive(pid) for pid in children),
+            within=10,
+            message="workers outlived their supervisor",
+            interval=0.05,
+        )
 
 
 def _children(pid: int) -> list[int]:
