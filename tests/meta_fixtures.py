@@ -27,6 +27,7 @@ from mirror.meta.redis import RedisMetaStore
 from mirror.meta.sqlite import SqliteMetaStore
 from mirror.meta.store import MetaStore
 from testkit.mirrorproc import free_port
+from testkit.waiting import wait_until
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 START_TIMEOUT = 5.0  # until it answers PING
@@ -87,18 +88,15 @@ class RedisServer:
             raise
 
     async def _wait_until_ready(self, proc: asyncio.subprocess.Process) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_TIMEOUT
-        while True:
+        async def answers() -> bool:
             if proc.returncode is not None:
                 log = self.workdir / "redis.log"
                 raise AssertionError(f"redis-server exited with {proc.returncode}; see {log}")
-            with contextlib.suppress(OSError):
-                if await _answers_ping(self.port):
-                    return
-            if loop.time() > deadline:
-                raise AssertionError(f"redis-server did not answer in {START_TIMEOUT} s")
-            await asyncio.sleep(0.02)
+            return await _answers_ping(self.port)
+
+        await wait_until(
+            answers, within=START_TIMEOUT, message="redis-server answers PING", ignoring=(OSError,)
+        )
 
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT. Idempotent."""
