@@ -1,5 +1,6 @@
-"""Server processes for the synchronous integration suite: the generic `ServerProcess`
-(output to files, bounded start and stop) and `MirrorServer`, the real `mirror serve`.
+"""Server processes for synchronous callers (the integration suite, the benchmark): the
+generic `ServerProcess` (output to files, bounded start and stop) and `MirrorServer`, the real
+`mirror serve`.
 
 The synchronous twin of `testkit.mirrorproc.MirrorProcess` (which the async unit tests use):
 

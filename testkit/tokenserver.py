@@ -1,5 +1,5 @@
 """A token server that issues registry bearer tokens the way Docker Hub's auth.docker.io does,
-for the real `docker-registry` upstream of the integration suite.
+for the real `docker-registry` upstream of the integration suite and the benchmark.
 
 Run as a process (the fixtures do this; see `TokenServer` in `testkit.upstream`):
 

@@ -1,5 +1,5 @@
-"""The real upstream of the integration suite: the Go distribution registry (`docker-registry`,
-2.8) with token auth like Docker Hub's, behind our token server.
+"""The real upstream of the integration suite and the benchmark: the Go distribution registry
+(`docker-registry`, 2.8) with token auth like Docker Hub's, behind our token server.
 
     token = TokenServer(workdir / "token", users={"user": "pass"})
     token.start()
