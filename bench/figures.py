@@ -29,7 +29,7 @@ from bench.harness import (
     machine_cpu_seconds,
 )
 from bench.load import CurlResult, WrkResult, curl, curl_parallel, lua_script, run_wrk
-from tests.integration.upstream import BLOB_PATH, MANIFEST_PATH, RealUpstream
+from testkit.upstream import BLOB_PATH, MANIFEST_PATH, RealUpstream
 
 MB = 1_000_000  # figures are in decimal megabytes (wrk's own output uses 2^20)
 RSS_TARGET_MB = 250.0

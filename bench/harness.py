@@ -1,8 +1,8 @@
 """The processes of a benchmark run, all on 127.0.0.1 under one work directory:
 
-- the upstream: the integration suite's `RealUpstream` (distribution 2.8 with token auth
+- the upstream: `testkit.upstream.RealUpstream` (distribution 2.8 with token auth
   through our `TokenServer`), seeded with generated images (`seed`);
-- ours: `mirror serve` (`OursMirror`, the integration suite's `MirrorServer`);
+- ours: `mirror serve` (`OursMirror`, `testkit.mirrorserver.MirrorServer`);
 - theirs: `docker-registry serve` configured as a pull-through cache of the same upstream
   (`TheirsProxy`).
 
@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from tests.integration.conftest import skopeo
-from tests.integration.layout import Layout, RandomContent, random_bytes
-from tests.integration.mirrorserver import MirrorServer, ServerProcess, http_request
-from tests.integration.upstream import REGISTRY_BINARY, RealUpstream, TokenServer
+from testkit.layout import Layout, RandomContent, random_bytes
+from testkit.mirrorserver import MirrorServer, ServerProcess, http_request
+from testkit.skopeo import skopeo
+from testkit.upstream import REGISTRY_BINARY, RealUpstream, TokenServer
 
 MiB = 1024 * 1024
 PUSH_USER, PUSH_PASSWORD = "bench-pusher", "bench-pusher-secret"

@@ -1,5 +1,5 @@
 """`python -m bench.soak`: a bounded load test. Many concurrent clients, for a fixed time,
-against one `mirror serve` process in front of the fake Docker Hub (tests/fakeupstream, in
+against one `mirror serve` process in front of the fake Docker Hub (testkit/fakeupstream, in
 a process of its own), with a mix of warm and cold manifests and blobs. Every answer is
 checked (status, bytes, digest); the mirror's memory is sampled throughout.
 
@@ -47,8 +47,8 @@ from typing import Any
 import aiohttp
 
 from bench.harness import ProcessTree
-from tests.fakeupstream import Blob, FakeRegistry, Manifest, make_image, random_layer
-from tests.mirrorproc import MirrorProcess
+from testkit.fakeupstream import Blob, FakeRegistry, Manifest, make_image, random_layer
+from testkit.mirrorproc import MirrorProcess
 
 MB = 1_000_000
 KiB = 1024

@@ -32,6 +32,8 @@ from typing import Any
 
 import aiohttp
 
+from testkit.waiting import wait_until
+
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -98,13 +100,13 @@ class Page:
     async def wait_until(self, expression: str) -> None:
         """Poll `expression` until it is truthy (bound it with `asyncio.timeout`). A page
         still navigating may have no context to evaluate in: that counts as not yet."""
-        while True:
-            try:
-                if await self.evaluate(expression):
-                    return
-            except ProtocolError:
-                pass
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: self.evaluate(expression),
+            within=None,
+            message=f"{expression} holds",
+            interval=0.05,
+            ignoring=(ProtocolError,),
+        )
 
     async def screenshot(self) -> bytes:
         """The viewport as PNG."""
@@ -257,13 +259,16 @@ class Chromium:
 
 async def _devtools_url(process: asyncio.subprocess.Process, log: Path) -> str:
     """The browser's websocket address, which it prints on stderr once it listens."""
-    while True:
+
+    async def listening() -> str | None:
         text = await asyncio.to_thread(log.read_text, errors="replace")
         if match := _LISTENING.search(text):
             return match.group(1)
         if process.returncode is not None:
             raise ChromiumError(f"chromium exited with {process.returncode}; see {log}")
-        await asyncio.sleep(0.05)
+        return None
+
+    return await wait_until(listening, within=None, message="chromium listens", interval=0.05)
 
 
 async def _stop(process: asyncio.subprocess.Process) -> None:

@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from mirror import config
 from mirror.server.app import create_app
-from tests.fakeupstream import FakeRegistry, Manifest, make_image, make_index, make_layer
+from testkit.fakeupstream import FakeRegistry, Manifest, make_image, make_index, make_layer
 
 pytest_plugins = ["tests.meta_fixtures"]
 

@@ -8,7 +8,7 @@ opened store, once per implementation: SQLite, Redis, and the resilient wrapper 
 expires keys by its server's clock, so a test that lets a TTL run out moves `meta_clock`
 and then waits (`until`) for the store to say so: at once for SQLite, soon for Redis.
 
-Everything is asynchronous and bounded, as in `tests.mirrorproc`: waiting on redis-server
+Everything is asynchronous and bounded, as in `testkit.mirrorproc`: waiting on redis-server
 never blocks the event loop the code under test runs in.
 """
 
@@ -32,7 +32,8 @@ from mirror.meta.redis import RedisMetaStore
 from mirror.meta.resilient import ResilientMetaStore
 from mirror.meta.sqlite import SqliteMetaStore
 from mirror.meta.store import MetaStore
-from tests.mirrorproc import free_port
+from testkit.mirrorproc import free_port
+from testkit.waiting import wait_until
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 START_TIMEOUT = 5.0  # until it answers PING
@@ -94,18 +95,15 @@ class RedisServer:
             raise
 
     async def _wait_until_ready(self, proc: asyncio.subprocess.Process) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_TIMEOUT
-        while True:
+        async def answers() -> bool:
             if proc.returncode is not None:
                 log = self.workdir / "redis.log"
                 raise AssertionError(f"redis-server exited with {proc.returncode}; see {log}")
-            with contextlib.suppress(OSError):
-                if await _answers_ping(self.port):
-                    return
-            if loop.time() > deadline:
-                raise AssertionError(f"redis-server did not answer in {START_TIMEOUT} s")
-            await asyncio.sleep(0.02)
+            return await _answers_ping(self.port)
+
+        await wait_until(
+            answers, within=START_TIMEOUT, message="redis-server answers PING", ignoring=(OSError,)
+        )
 
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL if it has not exited within STOP_TIMEOUT. Idempotent."""

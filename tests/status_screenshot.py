@@ -18,10 +18,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from mirror import config
 from mirror.server.app import create_app
+from testkit.fakeupstream import FakeRegistry, Fault, make_image, random_layer
 from tests.chromium import Chromium
+from tests.clients import pull_like_docker
 from tests.conftest import Client, toml_value
-from tests.fakeupstream import FakeRegistry, Fault, make_image, random_layer
-from tests.test_pull import pull_like_docker
 
 MiB = 1024 * 1024
 WIDTH, HEIGHT = 1280, 900

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mirror.server.responses import ByteRange, parse_range
+from testkit.fakeupstream import FakeRegistry, Manifest
 from tests.conftest import Client, content_files
-from tests.fakeupstream import FakeRegistry, Manifest
 
 SHA = "sha256:" + "a" * 64
 

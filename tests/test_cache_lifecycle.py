@@ -18,11 +18,12 @@ from mirror.meta import open_meta_store
 from mirror.meta.store import MetaStore
 from mirror.reference import Digest
 from mirror.storage.filesystem import FilesystemStore
+from testkit.fakeupstream import FakeRegistry, Fault, Manifest, make_image, random_layer
+from testkit.mirrorproc import run_mirror
+from testkit.waiting import wait_until
+from tests.clients import pull_like_docker
 from tests.conftest import Client, FakeClock, StartMirror, answered, files_under
-from tests.fakeupstream import FakeRegistry, Fault, Manifest, make_image, random_layer
 from tests.meta_fixtures import RedisServer
-from tests.mirrorproc import run_mirror
-from tests.test_pull import pull_like_docker
 
 KB = 1024
 
@@ -140,8 +141,12 @@ async def test_the_server_evicts_in_the_background_while_pulls_go_on(
 
     async def evicted() -> None:
         # The evictor is in the server: only the disk can say it has done its work.
-        while sum(o.size for o in store.objects("blob")) > 4 * one:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: sum(o.size for o in store.objects("blob")) <= 4 * one,
+            within=None,  # bounded below, with the pulls
+            message="the cache evicted down to its limit",
+            interval=0.05,
+        )
 
     # Pulls go on while the evictor works, and all of them succeed.
     await asyncio.wait_for(asyncio.gather(pulls(range(6, 8)), pulls(range(6, 8)), evicted()), 15)

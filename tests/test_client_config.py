@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,8 @@ import pytest
 
 from mirror import clientconfig, config
 from mirror.clientconfig import ClientConfigError, parse_mirror_url
-from tests.tls import make_private_ca
+from testkit.tls import make_private_ca
+from tests.runcli import run_cli
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_CLIENTS = REPO_ROOT / "deploy" / "clients"
@@ -39,19 +39,6 @@ enabled = false
 EXTRA_HOSTS = [h for h in config.BUILTIN_UPSTREAMS if h != "quay.io"] + [
     "registry.example.com:5000"
 ]
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`python -m mirror ARGS` in `cwd` (no mirror.toml unless the test wrote one) with no
-    MIRROR_* variables."""
-    return subprocess.run(
-        [sys.executable, "-m", "mirror", *args],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin"},
-        cwd=cwd,
-        timeout=30,
-    )
 
 
 def client_config(client: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

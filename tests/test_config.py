@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from mirror import config
 from mirror.config import ConfigError
-
-
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mirror", *args],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin", **(env or {})},
-        cwd=cwd,
-        timeout=30,
-    )
+from tests.runcli import run_cli
 
 
 def test_defaults_serve_the_public_registries_docker_hub_with_the_library_prefix(

@@ -26,11 +26,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from testkit.fakeupstream import Blob, FakeRegistry, Fault, Manifest, make_image, random_layer
+from testkit.mirrorproc import MirrorProcess
+from testkit.waiting import wait_until
+from tests.clients import ACCEPT, cached_blobs, get_blob, pull
 from tests.conftest import content_files, files_under
-from tests.fakeupstream import Blob, FakeRegistry, Fault, Manifest, make_image, random_layer
-from tests.mirrorproc import MirrorProcess
-from tests.test_observability import delta, parse
-from tests.test_process import ACCEPT, cached_blobs, get_blob, pull
+from tests.scrape import delta, parse
 
 MB = 1024 * 1024
 LARGE = 64 * MB
@@ -106,13 +107,19 @@ def download_file(data_dir: Path) -> Path | None:
 
 async def until_downloaded(data_dir: Path, at_least: int) -> int:
     """Wait until the download's temp file holds `at_least` bytes; its size then."""
-    async with asyncio.timeout(WAIT):
-        while True:
-            path = download_file(data_dir)
-            with contextlib.suppress(FileNotFoundError):
-                if path is not None and (size := path.stat().st_size) >= at_least:
-                    return size
-            await asyncio.sleep(0.01)
+
+    def grown() -> int | None:
+        path = download_file(data_dir)
+        size = path.stat().st_size if path is not None else -1
+        return size if size >= at_least else None
+
+    return await wait_until(
+        grown,
+        within=WAIT,
+        message=f"a download's temp file of {at_least} bytes",
+        interval=0.01,
+        ignoring=(FileNotFoundError,),  # renamed or removed between the glob and the stat
+    )
 
 
 def lock_holder(lock: Path) -> int:
@@ -216,11 +223,7 @@ async def test_kill_9_of_the_downloading_worker_cuts_every_follower_and_the_pull
         assert cached_blobs(data_dir) == set()
 
         restarted = f"worker {downloader} exited with -9; starting a new one"
-        for _ in range(int(WAIT / 0.05)):
-            if restarted in proc.stderr:
-                break
-            await asyncio.sleep(0.05)
-        assert restarted in proc.stderr
+        await proc.wait_for_log(restarted, within=WAIT)
         upstream.clear_faults()
         records, tasks = await start_transfers(http, url, 4)
         async with asyncio.timeout(WAIT):

@@ -24,9 +24,9 @@ import pytest
 import yaml
 
 from mirror import config
+from testkit.fakeupstream import Manifest
+from tests.clients import pull_like_docker
 from tests.conftest import Client
-from tests.fakeupstream import Manifest
-from tests.test_pull import pull_like_docker
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gzip
 import hashlib
 import io
@@ -19,7 +20,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from tests.fakeupstream import (
+from testkit.fakeupstream import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,
@@ -473,3 +474,23 @@ async def test_request_counting_and_ratelimit(
     assert (recorded.server, recorded.kind, recorded.status) == ("registry", "manifest", 200)
     hub.reset_counts()
     assert hub.count() == 0
+
+
+async def test_a_test_can_wait_for_a_request_to_arrive(
+    hub: FakeRegistry, session: aiohttp.ClientSession, auth: dict[str, str]
+) -> None:
+    """Requests are recorded on arrival, before a fault's delay: a test acts while the
+    client still waits for the answer."""
+    hub.reset_counts()
+    hub.add_fault(Fault("slow", delay=5, path_contains="/manifests/"))
+    url = f"{hub.url}/v2/library/alpine/manifests/latest"
+    slow = asyncio.create_task(session.get(url, headers=auth))
+    arrived = await hub.wait_for_request(kind="manifest", method="GET", within=2)
+    assert arrived.path == "/v2/library/alpine/manifests/latest"
+    assert not slow.done()
+    slow.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await slow
+    assert await hub.wait_for_request(kind="manifest") is arrived  # already there: at once
+    with pytest.raises(AssertionError, match=r"no request .*'kind': 'tags'.* within 0\.05 s"):
+        await hub.wait_for_request(kind="tags", within=0.05)

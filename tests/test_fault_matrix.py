@@ -34,11 +34,12 @@ from typing import Any, Literal
 import aiohttp
 import pytest
 
+from testkit.fakeupstream import Blob, FakeRegistry, Fault, Manifest, make_image, random_layer
+from testkit.mirrorproc import free_port
+from testkit.tls import make_private_ca
+from testkit.waiting import wait_until
 from tests.conftest import Client, StartMirror, content_files, docker_io
-from tests.fakeupstream import Blob, FakeRegistry, Fault, Manifest, make_image, random_layer
-from tests.mirrorproc import free_port
-from tests.test_observability import scrape
-from tests.tls import make_private_ca
+from tests.scrape import scrape
 
 Target = Literal["manifest", "blob"]
 Transport = Literal["fake", "refused", "dns", "tls"]
@@ -666,15 +667,16 @@ def leaks(now: Snapshot, reference: Snapshot) -> list[str]:
 
 async def nothing_leaked(reference: Snapshot, within: float = SETTLE_SECONDS) -> None:
     """Wait (bounded) until nothing beyond `reference` is held; fail naming what stayed."""
-    now = snapshot()
-    for _ in range(int(within / 0.05)):
-        if not leaks(now, reference):
-            return
-        await asyncio.sleep(0.05)
+
+    def held() -> str:
         now = snapshot()
-    raise AssertionError(
-        f"held after {TRIES} tries: {leaks(now, reference)}; now {now}; "
-        f"after the first try {reference}"
+        return (
+            f"held after {TRIES} tries: {leaks(now, reference)}; now {now}; "
+            f"after the first try {reference}"
+        )
+
+    await wait_until(
+        lambda: not leaks(snapshot(), reference), within=within, message=held, interval=0.05
     )
 
 

@@ -41,10 +41,10 @@ from hypothesis import strategies as st
 
 from mirror import config
 from mirror.server.app import create_app
+from testkit.fakeupstream import Blob, FakeRegistry, make_image, make_layer
 from tests.conftest import files_under, toml_value
-from tests.fakeupstream import Blob, FakeRegistry, make_image, make_layer
-from tests.test_fuzz_reference import SPEC_DIGEST, SPEC_NAME, SPEC_TAG, components
-from tests.test_multi_upstream import ConnectionCounter
+from tests.connections import ConnectionCounter
+from tests.specgrammar import SPEC_DIGEST, SPEC_NAME, SPEC_TAG, components
 
 T = TypeVar("T")
 

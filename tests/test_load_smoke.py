@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.soak import MIX
-from tests.mirrorproc import REPO_ROOT, mirror_env
+from testkit.mirrorproc import REPO_ROOT, mirror_env
 
 SOAK_TIMEOUT = 120.0
 

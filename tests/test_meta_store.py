@@ -44,8 +44,8 @@ from mirror.meta.store import (
 )
 from mirror.metrics import PrometheusSink
 from mirror.reference import Digest
+from testkit.mirrorproc import free_port
 from tests.meta_fixtures import ManualClock, RedisServer, forget_prefix, unique_prefix, until
-from tests.mirrorproc import free_port
 
 HUB = "registry-1.docker.io"
 LOCAL = "localhost:5000"

@@ -3,7 +3,6 @@ nobody configured are never contacted; caches, tokens and credentials kept per u
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from testkit.fakeupstream import FakeRegistry, Manifest, make_image, make_layer
+from testkit.tls import make_private_ca
+from tests.clients import ALL_MANIFESTS, pull_like_docker
 from tests.conftest import (
     Client,
     FakeClock,
@@ -18,9 +20,7 @@ from tests.conftest import (
     answered,
     files_under,
 )
-from tests.fakeupstream import FakeRegistry, Manifest, make_image, make_layer
-from tests.test_pull import ALL_MANIFESTS, pull_like_docker
-from tests.tls import make_private_ca
+from tests.connections import ConnectionCounter
 
 BASE = make_layer({"etc/os-release": b"shared base layer\n"})
 HUB_APP = make_image(layers=[BASE, make_layer({"app": b"the Docker Hub org/app\n"})])
@@ -119,28 +119,6 @@ async def test_ping_and_tag_lists_work_per_registry(
 # --- hosts nobody configured ----------------------------------------------------------------
 
 
-class ConnectionCounter:
-    """A TCP listener that only counts connections: where a refused host would be."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.address = ""
-
-    async def __aenter__(self) -> ConnectionCounter:
-        async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self.connections += 1
-            writer.close()
-
-        self._server = await asyncio.start_server(accept, "127.0.0.1", 0)
-        host, port = self._server.sockets[0].getsockname()[:2]
-        self.address = f"{host}:{port}"
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        self._server.close()
-        await self._server.wait_closed()
-
-
 @pytest.mark.parametrize(
     "path",
     [
@@ -159,8 +137,7 @@ async def test_an_unconfigured_registry_is_refused_without_any_connection(
 ) -> None:
     async with ConnectionCounter() as elsewhere:
         resp = await two.get(path.format(host=elsewhere.address))
-        await asyncio.sleep(0.05)  # a connection attempt would have landed by now
-        assert elsewhere.connections == 0
+        assert await elsewhere.settle() == 0
     assert resp.status == 404
     error = (await resp.json())["errors"][0]
     assert error["code"] == "NAME_UNKNOWN"

@@ -8,54 +8,20 @@ import json
 import logging
 import shutil
 from collections import Counter
-from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
 import bcrypt
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from mirror.logs import JsonFormatter
 from mirror.server.middleware import route_label
+from testkit.fakeupstream import FakeRegistry, Fault, Manifest, make_image, random_layer
+from testkit.mirrorproc import MirrorProcess
+from tests.clients import pull_like_docker
 from tests.conftest import Client, FakeClock, StartMirror, files_under
-from tests.fakeupstream import FakeRegistry, Fault, Manifest, make_image, random_layer
 from tests.meta_fixtures import RedisServer
-from tests.mirrorproc import MirrorProcess
-from tests.test_pull import pull_like_docker
-
-Labels = frozenset[tuple[str, str]]
-
-
-async def scrape(mirror: Client) -> dict[tuple[str, Labels], float]:
-    resp = await mirror.get("/metrics")
-    assert resp.status == 200
-    assert resp.headers["Content-Type"].startswith("text/plain; version=")
-    return parse(await resp.text())
-
-
-def parse(text: str) -> dict[tuple[str, Labels], float]:
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def delta(
-    after: Mapping[tuple[str, Labels], float],
-    before: Mapping[tuple[str, Labels], float],
-    name: str,
-    **labels: str,
-) -> float:
-    """How much the sum of `name`'s samples having `labels` grew."""
-
-    def total(samples: Mapping[tuple[str, Labels], float]) -> float:
-        wanted = set(labels.items())
-        return sum(v for (n, have), v in samples.items() if n == name and wanted <= have)
-
-    return total(after) - total(before)
-
+from tests.scrape import delta, parse, scrape
 
 # --- metrics --------------------------------------------------------------------------------
 

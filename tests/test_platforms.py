@@ -15,8 +15,8 @@ from mirror import cli, mediatypes
 from mirror.platforms import normalise, parse_platform, platform_matches
 from mirror.reference import Digest
 from mirror.storage.filesystem import FilesystemStore
+from testkit.fakeupstream import FakeRegistry, Manifest, make_image
 from tests.conftest import toml_value
-from tests.fakeupstream import FakeRegistry, Manifest, make_image
 
 # --- the matcher ----------------------------------------------------------------------------
 

@@ -4,8 +4,6 @@ configured `prefetch` list pins against eviction."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +14,11 @@ from mirror.cache.pinning import pinned_digests
 from mirror.meta import open_meta_store
 from mirror.reference import Digest
 from mirror.storage.filesystem import FilesystemStore
+from testkit.fakeupstream import FakeRegistry, Manifest, make_image
+from testkit.mirrorproc import free_port, run_mirror
+from testkit.waiting import wait_until
+from tests.clients import pull_like_docker
 from tests.conftest import StartMirror, answered, toml_value
-from tests.fakeupstream import FakeRegistry, Manifest, make_image
-from tests.mirrorproc import free_port, run_mirror
-from tests.test_pull import pull_like_docker
 
 POLL_TIMEOUT = 5.0
 
@@ -62,17 +61,6 @@ def requested(upstream: FakeRegistry, manifest: Manifest) -> list[str]:
     """Upstream requests (registry or CDN) naming the manifest or one of its blobs."""
     digests = {manifest.digest, *(b.digest for b in manifest.blobs)}
     return [r.path for r in upstream.requests if any(d in r.path for d in digests)]
-
-
-async def poll(condition: Callable[[], bool | Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + POLL_TIMEOUT
-    while True:
-        outcome = condition()
-        if outcome if isinstance(outcome, bool) else await outcome:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {POLL_TIMEOUT} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 # --- mirror prefetch --------------------------------------------------------------------------
@@ -268,13 +256,18 @@ async def test_the_server_prefetches_the_list_at_start_and_refreshes_it_every_in
 ) -> None:
     await start_mirror(upstream.url, prefetch="library/multi:1", prefetch_interval=0.2)
     everything = (multiarch, *multiarch.children)
-    await poll(lambda: all(in_store(data_dir, *everything).values()), "the list is cached")
+    await wait_until(
+        lambda: all(in_store(data_dir, *everything).values()),
+        within=POLL_TIMEOUT,
+        message="the list is cached",
+    )
     heads = answered(upstream, kind="manifest", method="HEAD")
     assert heads >= 1
     # The tag is fresh for tag_ttl (300 s), yet the schedule asks about it again.
-    await poll(
+    await wait_until(
         lambda: answered(upstream, kind="manifest", method="HEAD") > heads,
-        "the tag is revalidated on the next interval",
+        within=POLL_TIMEOUT,
+        message="the tag is revalidated on the next interval",
     )
     assert answered(upstream, kind="blob", method="GET") == len(multiarch.all_blobs())
 
@@ -287,7 +280,11 @@ async def test_one_process_of_several_prefetches_in_an_interval(
 ) -> None:
     settings: dict[str, Any] = {"prefetch": "alpine:3.19", "prefetch_interval": 3600}
     await start_mirror(upstream.url, **settings)
-    await poll(lambda: all(in_store(data_dir, alpine).values()), "the list is cached")
+    await wait_until(
+        lambda: all(in_store(data_dir, alpine).values()),
+        within=POLL_TIMEOUT,
+        message="the list is cached",
+    )
     assert answered(upstream, kind="manifest", method="HEAD") == 1
     # A second process on the same data dir (and metadata store) starts within the
     # interval: the first one's round counts for it, so it asks the upstream nothing.
@@ -298,9 +295,10 @@ async def test_one_process_of_several_prefetches_in_an_interval(
     # A changed list is another schedule: prefetched at once.
     upstream.push_image("library/other", "1", make_image(seed=7))
     await start_mirror(upstream.url, prefetch="alpine:3.19, other:1", prefetch_interval=3600)
-    await poll(
+    await wait_until(
         lambda: answered(upstream, kind="manifest", method="HEAD") == 3,
-        "the changed list is prefetched",
+        within=POLL_TIMEOUT,
+        message="the changed list is prefetched",
     )
 
 

@@ -20,21 +20,13 @@ import pytest
 
 from mirror import __version__
 from mirror.cli import SHUTDOWN_TIMEOUT
-from tests.conftest import answered, files_under, sha256
-from tests.fakeupstream import Blob, FakeRegistry, Fault, Manifest, random_layer
-from tests.mirrorproc import MirrorProcess, free_port, run_mirror
+from testkit.fakeupstream import Blob, FakeRegistry, Fault, Manifest, random_layer
+from testkit.mirrorproc import MirrorProcess, free_port, run_mirror
+from testkit.waiting import wait_until
+from tests.clients import cached_blobs, get_blob, get_manifest, pull
+from tests.conftest import answered, files_under
 
 MB = 1024 * 1024
-ACCEPT = {
-    "Accept": ", ".join(
-        [
-            "application/vnd.docker.distribution.manifest.v2+json",
-            "application/vnd.docker.distribution.manifest.list.v2+json",
-            "application/vnd.oci.image.manifest.v1+json",
-            "application/vnd.oci.image.index.v1+json",
-        ]
-    )
-}
 SKOPEO_TIMEOUT = 30.0
 
 
@@ -61,41 +53,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 def downloads_in_flight(data_dir: Path) -> int:
     """Downloads with a data file in tmp/ (each also has a lock and a size file)."""
     return sum(1 for name in files_under(data_dir / "tmp") if name.endswith(".download"))
-
-
-def cached_blobs(data_dir: Path) -> set[str]:
-    return {p for p in files_under(data_dir) if p.startswith("blobs/")}
-
-
-async def pull(http: aiohttp.ClientSession, base: str, name: str, tag: str) -> dict[str, bytes]:
-    """Pull like a Docker daemon (HEAD the tag, GET the manifest by digest, GET every blob),
-    checking every digest; returns what was pulled, by digest."""
-    head = await http.head(f"{base}/v2/{name}/manifests/{tag}", headers=ACCEPT)
-    assert head.status == 200, await head.text()
-    digest = head.headers["Docker-Content-Digest"]
-    pulled = {digest: await get_manifest(http, base, name, digest)}
-    manifest = json.loads(pulled[digest])
-    for descriptor in [manifest["config"], *manifest["layers"]]:
-        pulled[descriptor["digest"]] = await get_blob(http, base, name, descriptor["digest"])
-        assert len(pulled[descriptor["digest"]]) == descriptor["size"]
-    return pulled
-
-
-async def get_manifest(http: aiohttp.ClientSession, base: str, name: str, digest: str) -> bytes:
-    async with http.get(f"{base}/v2/{name}/manifests/{digest}", headers=ACCEPT) as resp:
-        assert resp.status == 200, await resp.text()
-        data = await resp.read()
-    assert sha256(data) == digest
-    return data
-
-
-async def get_blob(http: aiohttp.ClientSession, base: str, name: str, digest: str) -> bytes:
-    async with http.get(f"{base}/v2/{name}/blobs/{digest}") as resp:
-        assert resp.status == 200, await resp.text()
-        assert resp.headers["Docker-Content-Digest"] == digest
-        data = await resp.read()
-    assert sha256(data) == digest
-    return data
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -438,11 +395,12 @@ async def test_workers_end_when_their_supervisor_is_killed(
         children = _children(proc.pid)
         assert len(children) == 2
         os.kill(proc.pid, signal.SIGKILL)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while any(_alive(pid) for pid in children):
-            assert loop.time() < deadline, "workers outlived their supervisor"
-            await asyncio.sleep(0.05)
+        await wait_until(
+            lambda: not any(_alive(pid) for pid in children),
+            within=10,
+            message="workers outlived their supervisor",
+            interval=0.05,
+        )
 
 
 def _children(pid: int) -> list[int]:

@@ -2,44 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
-from tests.conftest import Client, StartMirror, answered, docker_io, sha256
-from tests.fakeupstream import (
+from testkit.fakeupstream import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
-    OCI_INDEX,
     OCI_MANIFEST,
     FakeRegistry,
     Manifest,
     make_image,
     random_layer,
 )
-
-ALL_MANIFESTS = ", ".join([DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MANIFEST, OCI_INDEX])
-
-
-async def pull_like_docker(mirror: Client, name: str, tag: str) -> Manifest | None:
-    """What a Docker daemon does: HEAD the tag, GET the manifest by digest, GET every blob.
-    Checks every digest on the way; returns nothing, fails on any mismatch."""
-    head = await mirror.head(f"/v2/{name}/manifests/{tag}", headers={"Accept": ALL_MANIFESTS})
-    assert head.status == 200, await head.text()
-    digest = head.headers["Docker-Content-Digest"]
-    resp = await mirror.get(f"/v2/{name}/manifests/{digest}", headers={"Accept": ALL_MANIFESTS})
-    assert resp.status == 200
-    body = await resp.read()
-    assert sha256(body) == digest
-    assert resp.headers["Content-Type"] == head.headers["Content-Type"]
-    assert int(head.headers["Content-Length"]) == len(body)
-    manifest = json.loads(body)
-    for descriptor in [manifest["config"], *manifest["layers"]]:
-        blob = await mirror.get(f"/v2/{name}/blobs/{descriptor['digest']}")
-        assert blob.status == 200
-        data = await blob.read()
-        assert len(data) == descriptor["size"]
-        assert sha256(data) == descriptor["digest"]
-        assert blob.headers["Docker-Content-Digest"] == descriptor["digest"]
-    return None
+from tests.clients import ALL_MANIFESTS, pull_like_docker
+from tests.conftest import Client, StartMirror, answered, docker_io
 
 
 async def test_ping_answers_with_the_api_version(mirror: Client) -> None:

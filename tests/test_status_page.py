@@ -19,10 +19,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from mirror import config
 from mirror.server.app import create_app
+from testkit.fakeupstream import FakeRegistry, Fault, Manifest, make_image, make_layer
 from tests.chromium import Chromium, Page
+from tests.clients import pull_like_docker
 from tests.conftest import Client, StartMirror
-from tests.fakeupstream import FakeRegistry, Fault, Manifest, make_image, make_layer
-from tests.test_pull import pull_like_docker
 
 # Everything the page shows, as {"text", "value"} pairs: the value is the element's
 # `data-value` parsed as JSON (null where the element has none).

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from testkit.fakeupstream import Blob, FakeRegistry, Fault, random_layer
+from testkit.waiting import wait_until
+from tests.clients import cached_blobs
 from tests.conftest import Client, StartMirror, answered, files_under
-from tests.fakeupstream import Blob, FakeRegistry, Fault, random_layer
 
 MB = 1024 * 1024
 
@@ -25,17 +26,6 @@ async def read_digest(mirror: Client, path: str) -> str:
         async for chunk in resp.content.iter_chunked(MB):
             digest.update(chunk)
     return "sha256:" + digest.hexdigest()
-
-
-def cached_blobs(data_dir: Path) -> set[str]:
-    return {p for p in files_under(data_dir) if p.startswith("blobs/")}
-
-
-async def wait_for(condition: Callable[[], bool]) -> None:
-    """Poll until `condition` holds; fail after 10 s."""
-    async with asyncio.timeout(10):
-        while not condition():  # noqa: ASYNC110 (polls the filesystem)
-            await asyncio.sleep(0.02)
 
 
 def slow_blob(
@@ -89,7 +79,9 @@ async def test_download_finishes_and_is_cached_when_its_client_goes_away(
     resp = await mirror.get(path)
     await resp.content.readany()
     resp.close()
-    await wait_for(lambda: len(cached_blobs(data_dir)) == 1)
+    await wait_until(
+        lambda: len(cached_blobs(data_dir)) == 1, within=10, message="the blob is committed"
+    )
     upstream.reset_counts()
     assert await read_digest(mirror, path) == blob.digest
     assert upstream.requests == []
@@ -197,11 +189,11 @@ async def test_a_follower_whose_downloader_fails_before_any_bytes_tries_itself(
     upstream.add_fault(Fault("status", server="cdn", status=500, delay=0.3))
     path = f"/v2/library/flaky/blobs/{blob.digest}"
 
-    async def follow_a_moment_later() -> str:
-        await asyncio.sleep(0.1)
+    async def follow_once_the_download_started() -> str:
+        await upstream.wait_for_request(server="cdn")
         return await read_digest(second, path)
 
-    leader, follower = await asyncio.gather(first.get(path), follow_a_moment_later())
+    leader, follower = await asyncio.gather(first.get(path), follow_once_the_download_started())
     assert leader.status == 502
     assert follower == blob.digest
     assert answered(upstream, kind="blob", method="GET") == 2

@@ -8,7 +8,6 @@ import asyncio
 import os
 import signal
 import ssl
-import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -19,10 +18,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from mirror import config
 from mirror.server import tls
+from testkit.fakeupstream import FakeRegistry, Manifest
+from testkit.mirrorproc import MirrorProcess, free_port, run_mirror
+from testkit.tls import PrivateCA, make_private_ca
 from tests.conftest import sha256
-from tests.fakeupstream import FakeRegistry, Manifest
-from tests.mirrorproc import MirrorProcess, free_port, run_mirror
-from tests.tls import PrivateCA, make_private_ca
 
 RELOAD_WAIT = 5.0  # seconds from SIGHUP to the log line saying how the reload went
 IO_TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -49,27 +48,9 @@ class HttpsMirrorProcess(MirrorProcess):
     def url(self) -> str:
         return "https://" + super().url.removeprefix("http://")
 
-    async def _wait_ready(self, within: float) -> bool:
-        """True once GET /v2/ answers 200 over verified TLS; False if the process exits
-        first. (MirrorProcess's own probe would not trust the private CA.)"""
-        deadline = time.monotonic() + within
-        connector = aiohttp.TCPConnector(ssl=trusting(self.ca))
-        async with aiohttp.ClientSession(connector=connector) as session:
-            while time.monotonic() < deadline:
-                assert self._proc is not None
-                if self._proc.returncode is not None:
-                    await self._reap()
-                    return False
-                try:
-                    probe = aiohttp.ClientTimeout(total=1.0)
-                    async with session.get(self.url + "/v2/", timeout=probe) as resp:
-                        if resp.status == 200:
-                            return True
-                except (aiohttp.ClientError, TimeoutError):
-                    pass  # not listening yet
-                await asyncio.sleep(0.05)
-        await self.stop(signal.SIGKILL)
-        raise AssertionError(f"no HTTPS answer within {within} s; stderr:\n{self.stderr}")
+    def _probe_session(self) -> aiohttp.ClientSession:
+        """MirrorProcess's own probe would not trust the private CA."""
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusting(self.ca)))
 
 
 def trusting(ca: PrivateCA) -> ssl.SSLContext:
@@ -111,10 +92,7 @@ async def sighup_and_wait(proc: MirrorProcess, outcome: str, count: int = 1) -> 
     """SIGHUP the mirror and wait until its log has `count` more lines with `outcome`."""
     before = proc.stderr.count(outcome)
     os.kill(proc.pid, signal.SIGHUP)
-    deadline = time.monotonic() + RELOAD_WAIT
-    while proc.stderr.count(outcome) < before + count:
-        assert time.monotonic() < deadline, f"no {outcome!r} after SIGHUP:\n{proc.stderr}"
-        await asyncio.sleep(0.05)
+    await proc.wait_for_log(outcome, count=before + count, within=RELOAD_WAIT)
 
 
 def replace_pair(current: PrivateCA, new: PrivateCA) -> None:

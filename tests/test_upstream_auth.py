@@ -8,9 +8,9 @@ import logging
 
 import pytest
 
+from testkit.fakeupstream import FakeRegistry, Manifest, make_image
+from tests.clients import pull_like_docker
 from tests.conftest import Client, StartMirror, docker_io
-from tests.fakeupstream import FakeRegistry, Manifest, make_image
-from tests.test_pull import pull_like_docker
 
 
 async def test_one_token_serves_a_whole_pull_and_the_next_ones(

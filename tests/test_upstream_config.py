@@ -12,7 +12,7 @@ import pytest
 
 from mirror import config
 from mirror.config import ConfigError, UpstreamSettings
-from tests.test_config import run_cli
+from tests.runcli import run_cli
 
 
 def load(tmp_path: Path, text: str, **kwargs: object) -> config.Config:

@@ -5,8 +5,8 @@ token cures."""
 
 from __future__ import annotations
 
+from testkit.fakeupstream import FakeRegistry, Fault, Manifest
 from tests.conftest import StartMirror
-from tests.fakeupstream import FakeRegistry, Fault, Manifest
 
 
 async def test_silent_upstream_times_out_with_504(

@@ -11,15 +11,13 @@ The contract the test modules use:
   a test stopped is started again after it (same port, same storage).
 - `mirror` (function): a started `MirrorServer` in front of `upstream.url` with a fresh data
   dir; `start_mirror(extra_args=(), env=None)` makes more (all stopped after the test).
-- `skopeo(*args, timeout=120)`: skopeo run in isolation, never raising on failure.
+- `skopeo(*args, timeout=120)` (in `testkit.skopeo`): skopeo run in isolation, never raising on
+  failure.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,31 +25,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.layout import Image, Index, Layout, RandomContent, random_bytes
-from tests.integration.mirrorserver import MirrorServer
-from tests.integration.upstream import RealUpstream, SeededImage, TokenServer
-
-__all__ = ["SeededImage", "skopeo"]
+from testkit.layout import Image, Index, Layout, RandomContent, random_bytes
+from testkit.mirrorserver import MirrorServer
+from testkit.skopeo import skopeo
+from testkit.upstream import RealUpstream, SeededImage, TokenServer
 
 HERE = Path(__file__).resolve().parent
 MB = 1024 * 1024
 USER, PASSWORD = "pusher", "pusher-secret"
-SKOPEO_TIMEOUT = 120.0
 SEED_TIMEOUT = 120.0
-
-# Client configuration skopeo must not read from the developer's machine.
-_SKOPEO_ENV_DROP = {
-    "XDG_RUNTIME_DIR",
-    "XDG_CONFIG_HOME",
-    "XDG_DATA_HOME",
-    "REGISTRY_AUTH_FILE",
-    "DOCKER_CONFIG",
-    "DOCKER_AUTH_CONFIG",
-    "HTTP_PROXY",
-    "HTTPS_PROXY",
-    "ALL_PROXY",
-    "NO_PROXY",
-}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -59,60 +41,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE in item.path.parents:
             item.add_marker(pytest.mark.integration)
-
-
-# --- skopeo --------------------------------------------------------------------------------
-
-
-def skopeo(*args: str, timeout: float = SKOPEO_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run `skopeo ARGS` isolated from this machine's client configuration: a fresh HOME with
-    an accept-anything policy.json and an empty registries.d, an empty registries.conf
-    (`CONTAINERS_REGISTRIES_CONF`), an auth file that does not exist, and no credential,
-    proxy or `CONTAINERS_*` variables. Never raises on failure: a run killed after `timeout`
-    seconds comes back with returncode -9 and says so in its stderr."""
-    argv = ["skopeo", *args]
-    with tempfile.TemporaryDirectory(prefix="skopeo-home-") as tmp:
-        home = Path(tmp)
-        containers = home / ".config" / "containers"
-        (containers / "registries.d").mkdir(parents=True)
-        (containers / "policy.json").write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
-        (containers / "registries.conf").write_text("")
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k.upper() not in _SKOPEO_ENV_DROP and not k.startswith("CONTAINERS_")
-        }
-        env |= {
-            "HOME": str(home),
-            "CONTAINERS_REGISTRIES_CONF": str(containers / "registries.conf"),
-            "REGISTRY_AUTH_FILE": str(home / "auth.json"),
-            "TMPDIR": str(home),
-        }
-        try:
-            return subprocess.run(
-                argv,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            return subprocess.CompletedProcess(
-                argv,
-                -9,
-                _text(exc.stdout),
-                _text(exc.stderr) + f"\n[skopeo killed after {timeout} s]",
-            )
-        except FileNotFoundError:
-            return subprocess.CompletedProcess(argv, 127, "", "skopeo is not installed")
-
-
-def _text(output: str | bytes | None) -> str:
-    if isinstance(output, bytes):
-        return output.decode(errors="replace")
-    return output or ""
 
 
 def require(*commands: str) -> None:

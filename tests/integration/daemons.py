@@ -44,6 +44,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from testkit.waiting import WaitTimeout, wait_until_sync
+
 START_TIMEOUT = 60.0  # until the daemon answers its CLI
 STOP_TIMEOUT = 15.0  # from SIGTERM to SIGKILL
 COMMAND_TIMEOUT = 180.0  # any one CLI command (a pull of the 100 MB image included)
@@ -263,21 +265,22 @@ class _Process:
     def wait_ready(self, probe: Callable[[], bool], timeout: float = START_TIMEOUT) -> None:
         """Poll `probe` until it is true; fail with the log tail if the daemon exits first or
         the deadline passes."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def started() -> bool:
             if self.proc.poll() is not None:
                 raise DaemonError(
                     f"{self.name} exited with {self.proc.returncode} while starting\n"
                     f"{' '.join(self.args)}\n--- {self.log_path} (tail)\n{log_tail(self.log_path)}"
                 )
-            if probe():
-                return
-            if time.monotonic() > deadline:
-                raise DaemonError(
-                    f"{self.name} did not become ready within {timeout} s\n"
-                    f"{' '.join(self.args)}\n--- {self.log_path} (tail)\n{log_tail(self.log_path)}"
-                )
-            time.sleep(0.2)
+            return probe()
+
+        try:
+            wait_until_sync(started, within=timeout, message=f"{self.name} is ready", interval=0.2)
+        except WaitTimeout as exc:
+            raise DaemonError(
+                f"{self.name} did not become ready within {timeout} s\n"
+                f"{' '.join(self.args)}\n--- {self.log_path} (tail)\n{log_tail(self.log_path)}"
+            ) from exc
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM, a bounded wait, then SIGKILL to its whole process group if it is still

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import StartMirror, skopeo
-from tests.integration.mirrorserver import MirrorServer, free_port
-from tests.integration.test_skopeo import check_dir_copy, check_oci_copy, copy
-from tests.integration.upstream import RealUpstream
-from tests.mirrorproc import mirror_env
+from testkit.mirrorproc import mirror_env
+from testkit.mirrorserver import MirrorServer, free_port
+from testkit.skopeo import skopeo
+from testkit.upstream import RealUpstream
+from tests.integration.conftest import StartMirror
+from tests.integration.skopeocopy import check_dir_copy, check_oci_copy, copy
 
 pytestmark = pytest.mark.skopeo
 

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from testkit.mirrorserver import MirrorServer
+from testkit.upstream import RealUpstream, SeededImage
 from tests.integration.conftest import require
 from tests.integration.daemons import Containerd, host_platform, mirror_requests
-from tests.integration.mirrorserver import MirrorServer
-from tests.integration.upstream import RealUpstream, SeededImage
+from tests.integration.inventory import image_row
 
 
 @pytest.fixture
@@ -44,20 +45,6 @@ def pull(containerd: Containerd, mirror: MirrorServer, image: SeededImage) -> st
     ).check()
     assert f"unpacking {host_platform()} " in result.stdout, result.describe()
     return result.stdout
-
-
-def image_row(containerd: Containerd, ref: str) -> dict[str, str]:
-    """REF, TYPE and DIGEST of `ref` in `ctr images ls`, and its whole ROW (the columns
-    after those may hold spaces: SIZE is "1.2 KiB")."""
-    listing = containerd.ctr("images", "ls").check().stdout
-    lines = listing.splitlines()
-    header = lines[0].split()[:3]
-    assert header == ["REF", "TYPE", "DIGEST"], listing
-    for line in lines[1:]:
-        fields = line.split()
-        if fields and fields[0] == ref:
-            return dict(zip(header, fields[:3], strict=True)) | {"ROW": line}
-    raise AssertionError(f"{ref} is not among the images:\n{listing}")
 
 
 def test_pull_through_the_mirror_with_hosts_toml(

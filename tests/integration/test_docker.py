@@ -15,10 +15,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from testkit.mirrorserver import MirrorServer, http_request
+from testkit.upstream import RealUpstream, SeededImage
 from tests.integration.conftest import StartMirror, require
 from tests.integration.daemons import DOCKER_CLI, DockerDaemon, host_platform, mirror_requests
-from tests.integration.mirrorserver import MirrorServer, http_request
-from tests.integration.upstream import RealUpstream, SeededImage
+from tests.integration.inventory import repo_digests
 
 OUTAGE_FAILURE_BUDGET = 30.0  # seconds an uncached pull may take to fail during an outage
 
@@ -34,13 +35,6 @@ def dockerd(mirror: MirrorServer) -> Iterator[DockerDaemon]:
 def docker_name(image: SeededImage) -> str:
     """How a Docker user names a Hub image: `library/alpine` is just `alpine`."""
     return image.repo.removeprefix("library/")
-
-
-def repo_digests(dockerd: DockerDaemon, ref: str) -> list[str]:
-    """The digests in the image's RepoDigests (`alpine@sha256:...` entries)."""
-    inspected = dockerd.docker("image", "inspect", "--format", "{{json .RepoDigests}}", ref)
-    entries: list[str] = json.loads(inspected.check().stdout)
-    return [entry.partition("@")[2] for entry in entries]
 
 
 def pull(dockerd: DockerDaemon, image: SeededImage) -> str:

@@ -16,7 +16,10 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.integration.conftest import StartMirror, require, skopeo
+from testkit.mirrorserver import MirrorServer, http_request
+from testkit.skopeo import skopeo
+from testkit.upstream import RealUpstream
+from tests.integration.conftest import StartMirror, require
 from tests.integration.daemons import (
     DOCKER_CLI,
     Containerd,
@@ -24,9 +27,7 @@ from tests.integration.daemons import (
     host_platform,
     mirror_requests,
 )
-from tests.integration.mirrorserver import MirrorServer, http_request
-from tests.integration.test_docker import repo_digests
-from tests.integration.upstream import RealUpstream
+from tests.integration.inventory import repo_digests
 
 PASSWORDS = {"alice": "alice-pw-integration", "bob": "bob-pw-integration"}
 RULES = [{"users": ["alice"]}, {"users": ["bob"], "repositories": ["library/app"]}]

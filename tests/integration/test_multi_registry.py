@@ -21,7 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import StartMirror, require, skopeo
+from testkit.layout import Layout, random_bytes
+from testkit.mirrorproc import mirror_env
+from testkit.mirrorserver import MirrorServer
+from testkit.skopeo import skopeo
+from testkit.upstream import RealUpstream, SeededImage, TokenServer
+from tests.integration.conftest import StartMirror, require
 from tests.integration.daemons import (
     Containerd,
     Podman,
@@ -30,11 +35,7 @@ from tests.integration.daemons import (
     mirror_requests,
     run,
 )
-from tests.integration.layout import Layout, random_bytes
-from tests.integration.mirrorserver import MirrorServer
-from tests.integration.test_containerd import image_row
-from tests.integration.upstream import RealUpstream, SeededImage, TokenServer
-from tests.mirrorproc import mirror_env
+from tests.integration.inventory import image_row
 
 REPO, TAG = "library/app", "a"  # on both registries, with different content
 SEED_TIMEOUT = 60.0

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from testkit.mirrorserver import MirrorServer
+from testkit.upstream import RealUpstream, SeededImage
 from tests.integration.conftest import require
 from tests.integration.daemons import Podman, host_platform, mirror_requests
-from tests.integration.mirrorserver import MirrorServer
-from tests.integration.upstream import RealUpstream, SeededImage
 
 
 @pytest.fixture

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import StartMirror, require, skopeo
+from testkit.mirrorserver import MirrorServer
+from testkit.skopeo import skopeo
+from testkit.tls import PrivateCA, make_private_ca
+from testkit.upstream import RealUpstream
+from tests.integration.conftest import StartMirror, require
 from tests.integration.daemons import DOCKER_CLI, DockerDaemon, mirror_requests
-from tests.integration.mirrorserver import MirrorServer
-from tests.integration.test_skopeo import check_oci_copy
-from tests.integration.upstream import RealUpstream
-from tests.tls import PrivateCA, make_private_ca
+from tests.integration.skopeocopy import check_oci_copy
 
 DOCKER_CERTS_D = Path("/etc/docker/certs.d")
 UNTRUSTED = "x509: certificate signed by unknown authority"

@@ -1,5 +1,5 @@
-"""The real upstream of the integration suite: the Go distribution registry (`docker-registry`,
-2.8) with token auth like Docker Hub's, behind our token server.
+"""The real upstream of the integration suite and the benchmark: the Go distribution registry
+(`docker-registry`, 2.8) with token auth like Docker Hub's, behind our token server.
 
     token = TokenServer(workdir / "token", users={"user": "pass"})
     token.start()
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
-from tests.integration.mirrorserver import REPO_ROOT, ServerProcess, http_request
-from tests.integration.tokenserver import make_signing_material
-from tests.mirrorproc import mirror_env
+from testkit.mirrorproc import mirror_env
+from testkit.mirrorserver import REPO_ROOT, ServerProcess, http_request
+from testkit.tokenserver import make_signing_material
 
 REGISTRY_BINARY = "docker-registry"
 ISSUER = "mirror-test-issuer"
@@ -86,7 +86,7 @@ class AccessEntry:
 
 
 class TokenServer(ServerProcess):
-    """`python -m tests.integration.tokenserver` with a fresh EC key and self-signed cert
+    """`python -m testkit.tokenserver` with a fresh EC key and self-signed cert
     (`cert_path`, which is what the registry trusts)."""
 
     name = "tokenserver"
@@ -115,7 +115,7 @@ class TokenServer(ServerProcess):
         return [
             sys.executable,
             "-m",
-            "tests.integration.tokenserver",
+            "testkit.tokenserver",
             "--listen",
             self.host,
             "--key",

@@ -41,6 +41,7 @@ _BODY_FAULTS = ("truncate", "corrupt", "reset", "replace")
 _RESET_FLUSH_SECONDS = 1.0
 
 SERVICE = "fake.registry"
+REQUEST_WAIT = 10.0  # how long wait_for_request waits by default
 CHUNK_SIZE = 64 * 1024
 CDN_URL_TTL = 600
 _CORRUPT_SPAN = 16
@@ -316,6 +317,7 @@ class FakeRegistry:
         self.ratelimit_limit: int | None = ratelimit[0] if ratelimit else None
         self.ratelimit_remaining: int | None = ratelimit[1] if ratelimit else None
         self.requests: list[RecordedRequest] = []
+        self._recorded: list[asyncio.Event] = []  # one per wait_for_request waiting
         self._faults: list[Fault] = []
         self._repos: dict[str, _Repo] = {}
         self._blobs: dict[str, Blob] = {}
@@ -465,6 +467,38 @@ class FakeRegistry:
         """Number of recorded requests matching all given filters."""
         return len(self.filter_requests(server=server, method=method, kind=kind, path=path))
 
+    async def wait_for_request(
+        self,
+        *,
+        within: float = REQUEST_WAIT,
+        server: str | None = None,
+        method: str | None = None,
+        kind: str | None = None,
+        path: str | None = None,
+    ) -> RecordedRequest:
+        """The first recorded request matching all given filters, waiting (at most `within`
+        s) until one arrives. Requests are recorded on arrival, before any fault delays the
+        answer: a test can act at the moment the mirror reached the upstream."""
+        arrived = asyncio.Event()
+        self._recorded.append(arrived)
+        try:
+            async with asyncio.timeout(within):
+                while not (
+                    found := self.filter_requests(
+                        server=server, method=method, kind=kind, path=path
+                    )
+                ):
+                    arrived.clear()
+                    await arrived.wait()
+        except TimeoutError:
+            wanted = {"server": server, "method": method, "kind": kind, "path": path}
+            raise AssertionError(
+                f"no request {wanted} within {within} s; recorded: {self.requests}"
+            ) from None
+        finally:
+            self._recorded.remove(arrived)
+        return found[0]
+
     def reset_counts(self) -> None:
         """Forget recorded requests (content, tokens and faults are kept)."""
         self.requests.clear()
@@ -533,6 +567,8 @@ class FakeRegistry:
             raw_query=request.query_string,
         )
         self.requests.append(record)
+        for arrived in self._recorded:
+            arrived.set()
         applied: list[str] = []
         allowed = route.denial is None
 

@@ -1,9 +1,9 @@
 """A token server that issues registry bearer tokens the way Docker Hub's auth.docker.io does,
-for the real `docker-registry` upstream of the integration suite.
+for the real `docker-registry` upstream of the integration suite and the benchmark.
 
-Run as a process (the fixtures do this; see `TokenServer` in `tests.integration.upstream`):
+Run as a process (the fixtures do this; see `TokenServer` in `testkit.upstream`):
 
-    python -m tests.integration.tokenserver --listen 127.0.0.1:PORT --key KEY.pem \\
+    python -m testkit.tokenserver --listen 127.0.0.1:PORT --key KEY.pem \\
         --cert CERT.pem --issuer ISSUER --service SERVICE --users user:pass
 
 `GET /token?service=S&scope=repository:NAME:pull,push[&scope=...]` answers
@@ -40,7 +40,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.tls import self_signed_ca, write_pem
+from testkit.tls import self_signed_ca, write_pem
 
 TOKEN_LIFETIME = 300  # seconds, as Docker Hub's tokens
 ANONYMOUS_ACTIONS = frozenset({"pull"})

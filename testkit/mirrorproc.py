@@ -24,10 +24,13 @@ from types import TracebackType
 
 import aiohttp
 
+from testkit.waiting import WaitTimeout, wait_until
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 10.0  # until GET /v2/ answers 200
 STOP_TIMEOUT = 4.0  # from the signal to the exit; SIGKILL after that
 COMMAND_TIMEOUT = 10.0  # a one-shot command such as `mirror --version`
+LOG_TIMEOUT = 10.0  # until a line a test waits for is logged
 
 
 def free_port() -> int:
@@ -106,6 +109,7 @@ class MirrorProcess:
         self.killed = False  # stop() had to SIGKILL it
         self._proc: asyncio.subprocess.Process | None = None
         self._stderr = bytearray()
+        self._stderr_grew = asyncio.Event()  # set by every chunk read
         self._reader: asyncio.Task[None] | None = None
 
     @property
@@ -124,6 +128,19 @@ class MirrorProcess:
     def stderr(self) -> str:
         """Everything the process wrote to stderr so far."""
         return self._stderr.decode(errors="replace")
+
+    async def wait_for_log(self, text: str, *, count: int = 1, within: float = LOG_TIMEOUT) -> None:
+        """Wait until stderr holds `text` at least `count` times (woken by each chunk the
+        process writes, not by polling); fail with the stderr after `within` s."""
+        try:
+            async with asyncio.timeout(within):
+                while self.stderr.count(text) < count:
+                    self._stderr_grew.clear()
+                    await self._stderr_grew.wait()
+        except TimeoutError:
+            raise AssertionError(
+                f"{text!r} not logged {count} times within {within} s; stderr:\n{self.stderr}"
+            ) from None
 
     async def start(self, within: float = START_TIMEOUT) -> None:
         """Start the process and wait until it answers `GET /v2/` with 200.
@@ -174,29 +191,40 @@ class MirrorProcess:
         # Draining the pipe continuously also keeps a chatty child from blocking on it.
         while chunk := await stream.read(65536):
             self._stderr += chunk
+            self._stderr_grew.set()
+
+    def _probe_session(self) -> aiohttp.ClientSession:
+        """The session readiness is probed with (a TLS mirror trusts its own CA here)."""
+        return aiohttp.ClientSession()
 
     async def _wait_ready(self, within: float) -> bool:
         """True once GET /v2/ answers 200; False if the process exits first."""
         assert self._proc is not None
+        proc = self._proc
         probe_timeout = aiohttp.ClientTimeout(total=1.0)
+
+        async def answered_or_exited(session: aiohttp.ClientSession) -> str | None:
+            if proc.returncode is not None:
+                return "exited"
+            async with session.get(self.url + "/v2/", timeout=probe_timeout) as resp:
+                return "answered" if resp.status == 200 else None
+
         try:
-            async with asyncio.timeout(within), aiohttp.ClientSession() as session:
-                while True:
-                    if self._proc.returncode is not None:
-                        await self._reap()
-                        return False
-                    try:
-                        async with session.get(self.url + "/v2/", timeout=probe_timeout) as resp:
-                            if resp.status == 200:
-                                return True
-                    except (aiohttp.ClientError, TimeoutError):
-                        pass  # not listening yet
-                    await asyncio.sleep(0.05)
-        except TimeoutError:
+            async with self._probe_session() as session:
+                outcome = await wait_until(
+                    lambda: answered_or_exited(session),
+                    within=within,
+                    message=lambda: f"no 200 from {self.url}/v2/; stderr:\n{self.stderr}",
+                    interval=0.05,
+                    ignoring=(aiohttp.ClientError, TimeoutError),  # not listening yet
+                )
+        except WaitTimeout:
             await self.stop(signal.SIGKILL)
-            raise AssertionError(
-                f"mirror serve did not answer GET /v2/ within {within} s; stderr:\n{self.stderr}"
-            ) from None
+            raise
+        if outcome == "exited":
+            await self._reap()
+            return False
+        return True
 
     async def stop(self, sig: int = signal.SIGTERM, within: float = STOP_TIMEOUT) -> int:
         """Send `sig` and wait (at most `within` s) for the exit; SIGKILL if it is late, and

@@ -1,7 +1,8 @@
-"""Server processes for the synchronous integration suite: the generic `ServerProcess`
-(output to files, bounded start and stop) and `MirrorServer`, the real `mirror serve`.
+"""Server processes for synchronous callers (the integration suite, the benchmark): the
+generic `ServerProcess` (output to files, bounded start and stop) and `MirrorServer`, the real
+`mirror serve`.
 
-The synchronous twin of `tests.mirrorproc.MirrorProcess` (which the async unit tests use):
+The synchronous twin of `testkit.mirrorproc.MirrorProcess` (which the async unit tests use):
 
     with MirrorServer(upstream.url, tmp_path / "data") as mirror:
         ...  # mirror.url is http://127.0.0.1:<port>, answering GET /v2/ with 200
@@ -19,7 +20,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,8 @@ from types import TracebackType
 from typing import Self
 from urllib.parse import urlsplit
 
-from tests.mirrorproc import REPO_ROOT, free_port, mirror_env
+from testkit.mirrorproc import REPO_ROOT, free_port, mirror_env
+from testkit.waiting import WaitTimeout, wait_until_sync
 
 START_TIMEOUT = 15.0  # until a server answers its readiness probe
 STOP_TIMEOUT = 5.0  # from SIGTERM to the exit; SIGKILL after that
@@ -178,16 +179,27 @@ class ServerProcess:
     def _wait_ready(self, within: float) -> bool:
         """True once ready; False if the process exits first; fails on the deadline."""
         assert self._proc is not None
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                self.returncode = self._proc.returncode
-                return False
-            if self.ready():
-                return True
-            time.sleep(0.05)
-        self.stop(signal.SIGKILL)
-        raise AssertionError(f"{self.name} was not ready within {within} s; stderr:\n{self.stderr}")
+        proc = self._proc
+
+        def ready_or_exited() -> str | None:
+            if proc.poll() is not None:
+                return "exited"
+            return "ready" if self.ready() else None
+
+        try:
+            outcome = wait_until_sync(
+                ready_or_exited,
+                within=within,
+                message=lambda: f"{self.name} is ready; stderr:\n{self.stderr}",
+                interval=0.05,
+            )
+        except WaitTimeout:
+            self.stop(signal.SIGKILL)
+            raise
+        if outcome == "exited":
+            self.returncode = proc.returncode
+            return False
+        return True
 
     def stop(self, sig: int = signal.SIGTERM, within: float = STOP_TIMEOUT) -> int:
         """Send `sig`, wait at most `within` s for the exit, SIGKILL if late (then `killed`).
@@ -210,11 +222,12 @@ class ServerProcess:
 
     def wait_until(self, condition: Callable[[], bool], within: float, what: str) -> None:
         """Poll `condition` (bounded); fail naming `what` with this server's stderr."""
-        deadline = time.monotonic() + within
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{what}: not within {within} s; stderr:\n{self.stderr}")
-            time.sleep(0.05)
+        wait_until_sync(
+            condition,
+            within=within,
+            message=lambda: f"{what}; stderr:\n{self.stderr}",
+            interval=0.05,
+        )
 
     def __enter__(self) -> Self:
         self.start()

@@ -1,0 +1,26 @@
+"""The `mirror` command line run as `python -m mirror` in a clean environment, for tests of
+what the command prints and how it exits: no MIRROR_* variables (only PATH, what the test
+gives, and PYTHONPATH naming this tree, so a worktree runs its own code and not whatever
+`mirror` the virtualenv has installed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from testkit.mirrorproc import REPO_ROOT
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """`python -m mirror ARGS` in `cwd` (no mirror.toml unless the test wrote one)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mirror", *args],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT), **(env or {})},
+        cwd=cwd,
+        timeout=30,
+    )
