@@ -17,6 +17,7 @@ import pytest
 from mirror.reference import Digest
 from mirror.storage import ContentStore, IntegrityError, SpoolProgress, StoredManifest
 from mirror.storage.filesystem import FilesystemStore
+from testkit.waiting import wait_until
 
 
 @dataclass(frozen=True)
@@ -300,8 +301,9 @@ async def test_followers_stream_the_spool_and_see_the_commit(backend: Backend) -
     assert reader is not None
     assert reader.read(1000, 100) == DATA[1000:1100], "bytes readable as they arrive"
     reader.close()
-    while not seen or seen[-1].written < 5000:  # noqa: ASYNC110
-        await asyncio.sleep(0.001)
+    await wait_until(
+        lambda: seen and seen[-1].written >= 5000, within=5, message="the follower saw 5000 bytes"
+    )
     assert follower.blob_size(DIGEST) is None
     await writer.write(DATA[5000:])
     await writer.commit(len(DATA))
@@ -328,16 +330,19 @@ async def test_a_download_given_up_ends_its_followers_watch_uncommitted(
     writer = spool.writer(None)
     await writer.write(DATA[:10])
 
-    async def follow() -> list[SpoolProgress]:
+    seen: list[SpoolProgress] = []
+
+    async def follow() -> None:
         async with aclosing(follower.spool(DIGEST).watch()) as progress:
-            return [state async for state in progress]
+            async for state in progress:
+                seen.append(state)
 
     watching = asyncio.create_task(follow())
-    await asyncio.sleep(0.02)
+    await wait_until(lambda: seen, within=5, message="the follower is watching the download")
     assert leader.stale_temp_files(time.time() + 60) == [], "a live spool is no leftover"
     await writer.abort()
     spool.release()
-    seen = await asyncio.wait_for(watching, 5)
+    await asyncio.wait_for(watching, 5)
     assert not any(state.committed for state in seen)
     assert nothing_visible(follower, DIGEST)
     assert follower.spool(DIGEST).open(committed=False) is None
