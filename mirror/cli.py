@@ -19,7 +19,7 @@ from aiohttp import web
 from mirror import __version__, clientconfig, config, logs
 from mirror.admin import bundle, gc, inventory, prefetch
 from mirror.meta import MetaStoreError
-from mirror.server import tls, workers
+from mirror.server import htpasswd, tls, workers
 from mirror.storage.filesystem import FilesystemStore
 
 # Nothing here imports prometheus-client at module level (the server's modules do, so they
@@ -53,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {key: getattr(args, key, None) for key in SERVE_FLAGS}
     try:
         loaded = config.load(config_file=args.config, overrides=overrides)
+        # The config holds values; the files they name are read by the server's own checks.
+        tls.check_files(loaded)
+        htpasswd.check_file(loaded)
     except config.ConfigError as exc:
         print(f"mirror: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -604,16 +604,10 @@ class AuthRule:
 
 
 def _htpasswd(value: Any) -> Path | None:
-    """An htpasswd file of bcrypt entries (empty: no client authentication)."""
+    """An htpasswd file (empty: no client authentication); the server checks its entries."""
     if not isinstance(value, str):
         raise ValueError("expected the path of an htpasswd file")
-    if not value:
-        return None
-    from mirror.server import htpasswd  # not at the top: the config needs no bcrypt
-
-    path = Path(value)
-    htpasswd.load(path)  # readable, bcrypt entries only; the error names the line
-    return path
+    return Path(value) if value else None
 
 
 def _names(value: Any, what: str) -> tuple[str, ...]:
@@ -834,8 +828,8 @@ def load(
 
 
 def _check_tls(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
-    """`tls_cert` and `tls_key` come together and make a pair that can be served;
-    `tls_listen` needs them and its own address."""
+    """`tls_cert` and `tls_key` come together; `tls_listen` needs them and its own address.
+    Whether the files make a pair that can be served is the server's check."""
     cert, key = values["tls_cert"], values["tls_key"]
     if (cert is None) != (key is None):
         given, missing = ("tls_cert", "tls_key") if cert is not None else ("tls_key", "tls_cert")
@@ -855,13 +849,6 @@ def _check_tls(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
             f"tls_listen (from {sources['tls_listen']}): {tls_listen} is `listen` as well; "
             "leave tls_listen empty to serve HTTPS on `listen`"
         )
-    from mirror.server import tls  # not at the top: it imports this module
-
-    try:
-        tls.server_context(cert, key)
-    except tls.TLSFileError as exc:
-        name = "tls_cert" if exc.file == "cert" else "tls_key"
-        raise ConfigError(f"{name} (from {sources[name]}): {exc}") from None
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -682,7 +682,9 @@ def test_several_processes_creating_the_key_at_once_agree(tmp_path: Path) -> Non
 def load(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> config.Config:
     file = tmp_path / "m.toml"
     file.write_text(text)
-    return config.load(config_file=file, environ=environ or {}).config
+    loaded = config.load(config_file=file, environ=environ or {})
+    htpasswd.check_file(loaded)  # what `mirror serve` does before serving
+    return loaded.config
 
 
 @pytest.mark.parametrize(
@@ -707,7 +709,7 @@ def test_htpasswd_errors_name_the_key_and_line(tmp_path: Path, entry: str, messa
 
 def test_htpasswd_must_be_readable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"htpasswd \(from MIRROR_HTPASSWD\): cannot read"):
-        config.load(environ={"MIRROR_HTPASSWD": str(tmp_path / "absent")})
+        htpasswd.check_file(config.load(environ={"MIRROR_HTPASSWD": str(tmp_path / "absent")}))
 
 
 @pytest.mark.parametrize(

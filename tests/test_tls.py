@@ -133,7 +133,10 @@ async def https_mirror(
 
 
 def load(**overrides: str) -> config.Config:
-    return config.load(config_file=None, environ={}, overrides=overrides).config
+    """The settings as `mirror serve` takes them: values first, then the files they name."""
+    loaded = config.load(config_file=None, environ={}, overrides=overrides)
+    tls.check_files(loaded)
+    return loaded.config
 
 
 def test_tls_settings_load_and_decide_the_listeners(ca: PrivateCA) -> None:

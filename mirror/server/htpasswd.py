@@ -1,8 +1,8 @@
 """The users clients log in as: an Apache-style htpasswd file of bcrypt entries.
 
-`parse`/`load` validate the file (the config layer calls them, so a bad file stops the
-mirror with the line it dislikes); `Passwords` checks a user's password against it while
-serving. bcrypt is slow on purpose (tens to hundreds of milliseconds per check), so checks
+`parse`/`load` validate the file (`check_file` runs before the mirror starts, so a bad
+file stops it with the line it dislikes); `Passwords` checks a user's password against it
+while serving. bcrypt is slow on purpose (tens to hundreds of milliseconds per check), so checks
 run in a thread, concurrent checks of the same credentials share one run, and a successful
 check is remembered for a short while: a client sending Basic credentials with each of the
 thirty blob requests of a pull costs one bcrypt run, not thirty. The memory is keyed by a
@@ -25,6 +25,8 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import bcrypt
+
+from mirror.config import ConfigError, LoadedConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,18 @@ def load(path: Path) -> dict[str, bytes]:
         return parse(text)
     except ValueError as exc:
         raise ValueError(f"{path} {exc}") from None
+
+
+def check_file(loaded: LoadedConfig) -> None:
+    """The htpasswd file the config names is readable and holds bcrypt entries only; else
+    a ConfigError naming the key, where its value came from and the line at fault."""
+    path = loaded.config.htpasswd
+    if path is None:
+        return
+    try:
+        load(path)
+    except ValueError as exc:
+        raise ConfigError(f"htpasswd (from {loaded.sources['htpasswd']}): {exc}") from None
 
 
 def _password_bytes(password: str) -> bytes:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from mirror.config import Config, Listen
+from mirror.config import Config, ConfigError, Listen, LoadedConfig
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,20 @@ def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
             "key", f"{key_file} is not the private key of the certificate in {cert_file} ({reason})"
         ) from None
     return context
+
+
+def check_files(loaded: LoadedConfig) -> None:
+    """The certificate and key the config names make a pair that can be served; else a
+    ConfigError naming the key at fault and where its value came from. The config checks
+    only that both or neither are set; reading the files is the server's job."""
+    cert, key = loaded.config.tls_cert, loaded.config.tls_key
+    if cert is None or key is None:
+        return
+    try:
+        server_context(cert, key)
+    except TLSFileError as exc:
+        name = "tls_cert" if exc.file == "cert" else "tls_key"
+        raise ConfigError(f"{name} (from {loaded.sources[name]}): {exc}") from None
 
 
 def fingerprint(cert_file: Path) -> str:
