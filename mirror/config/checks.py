@@ -1,0 +1,63 @@
+"""Checks across settings: values that need each other, and rules that name other
+settings' values. (Files the settings name are checked by the server.)"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from mirror.config.errors import ConfigError
+from mirror.config.schema import Config
+
+
+def check_tls(config: Config, sources: Mapping[str, str]) -> None:
+    """`tls_cert` and `tls_key` come together; `tls_listen` needs them and its own address.
+    Whether the files make a pair that can be served is the server's check."""
+    serving = config.serving
+    cert, key = serving.tls_cert, serving.tls_key
+    if (cert is None) != (key is None):
+        given, missing = ("tls_cert", "tls_key") if cert is not None else ("tls_key", "tls_cert")
+        raise ConfigError(
+            f"{given} (from {sources[given]}): needs {missing} as well "
+            "(the certificate chain and its private key)"
+        )
+    if cert is None:
+        if serving.tls_listen is not None:
+            raise ConfigError(
+                f"tls_listen (from {sources['tls_listen']}): needs tls_cert and tls_key"
+            )
+        return
+    if serving.tls_listen == serving.listen:
+        raise ConfigError(
+            f"tls_listen (from {sources['tls_listen']}): {serving.tls_listen} is `listen` "
+            "as well; leave tls_listen empty to serve HTTPS on `listen`"
+        )
+
+
+def check_auth(config: Config, sources: Mapping[str, str]) -> None:
+    """Authentication settings only mean something with `htpasswd`; rules name groups that
+    exist and registries that are served."""
+    auth = config.auth
+    if auth.htpasswd is None:
+        for key, value in (
+            ("auth_rules", auth.auth_rules),
+            ("auth_groups", auth.auth_groups),
+            ("metrics_auth", auth.metrics_auth),
+        ):
+            if value:
+                raise ConfigError(
+                    f"{key} (from {sources[key]}): needs htpasswd; without it clients are "
+                    "not authenticated and anyone may pull"
+                )
+        return
+    served = {upstream.host for upstream in config.registries.upstreams}
+    for index, rule in enumerate(auth.auth_rules):
+        where = f"auth_rules (from {sources['auth_rules']}): rule {index + 1}"
+        for group in rule.groups:
+            if group not in auth.auth_groups:
+                defined = ", ".join(auth.auth_groups) or "none"
+                raise ConfigError(f"{where}: unknown group {group!r} (auth_groups: {defined})")
+        for host in rule.upstreams:
+            if host != "*" and host not in served:
+                raise ConfigError(
+                    f"{where}: upstream {host!r} is not served (it serves {', '.join(served)})"
+                )

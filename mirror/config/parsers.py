@@ -1,0 +1,198 @@
+"""Value parsers: each takes a raw value (TOML-typed, or a string from the environment or a
+flag) and returns it typed, or raises ValueError saying what it expected. The loader adds
+the key and the layer to the message."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_listen(value: Any) -> Listen:
+    if not isinstance(value, str):
+        raise ValueError("expected a string HOST:PORT")
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range")
+    return Listen(host.strip("[]") or "0.0.0.0", port)
+
+
+def parse_optional_listen(value: Any) -> Listen | None:
+    return parse_listen(value) if value != "" else None
+
+
+def parse_url(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a URL string")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    if parts.username or parts.password:
+        raise ValueError("credentials do not belong in the URL; use username and password_env")
+    return value.rstrip("/")
+
+
+def parse_optional_str(value: Any) -> str | None:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value or None
+
+
+def parse_redis_url(value: Any) -> str | None:
+    text = parse_optional_str(value)
+    if text is not None and urlsplit(text).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {text!r}")
+    return text
+
+
+def parse_path(value: Any) -> Path:
+    if not isinstance(value, str) or not value:
+        raise ValueError("expected a non-empty path")
+    return Path(value)
+
+
+def parse_optional_path(value: Any) -> Path | None:
+    if not isinstance(value, str):
+        raise ValueError("expected a path")
+    return Path(value) if value else None
+
+
+def number_of_seconds(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError("expected a number of seconds")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number of seconds, got {value!r}") from None
+
+
+def parse_seconds(value: Any) -> float:
+    seconds = number_of_seconds(value)
+    if not seconds > 0:
+        raise ValueError("must be greater than 0")
+    return seconds
+
+
+def parse_non_negative_seconds(value: Any) -> float:
+    seconds = number_of_seconds(value)
+    if seconds < 0:
+        raise ValueError("must not be negative")
+    return seconds
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def parse_count(value: Any) -> int:
+    if isinstance(value, bool) or not str(value).strip().isdigit():
+        raise ValueError(f"expected a whole number >= 0, got {value!r}")
+    return int(str(value).strip())
+
+
+def parse_workers(value: Any) -> int:
+    count = parse_count(value)
+    if not 1 <= count <= 64:
+        raise ValueError("expected 1 to 64 worker processes")
+    return count
+
+
+def parse_prefix(value: Any) -> str:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise ValueError("expected a non-empty string without spaces")
+    return value
+
+
+def json_or(value: Any, what: str) -> Any:
+    """`value` as it came from TOML, or parsed as JSON when it came as a string from the
+    environment (None for an empty string)."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value) if value.strip() else None
+        except ValueError:
+            raise ValueError(f"expected JSON ({what})") from None
+    return value
+
+
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp](?:i?b)?|b)?\s*", re.IGNORECASE)
+
+
+def parse_size(value: Any) -> int:
+    """Bytes: a whole number, or a string like "500GB", "20 GiB", "1.5T" (0: no limit).
+    Units are decimal (GB = 10^9) unless binary (GiB = 2^30)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 500GB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    match = _SIZE_RE.fullmatch(str(value))
+    if not match:
+        raise ValueError(f"expected a size such as 500GB or 20GiB, got {value!r}")
+    unit = (match.group(2) or "").lower().removesuffix("b")
+    base = 1024 if unit.endswith("i") else 1000
+    power = "kmgtp".index(unit[0]) + 1 if unit else 0
+    return int(float(match.group(1)) * base**power)
+
+
+def parse_fraction(value: Any) -> float:
+    number = number_of_seconds(value)
+    if not 0 < number < 1:
+        raise ValueError("expected a fraction between 0 and 1, such as 0.9")
+    return number
+
+
+def parse_image_list(value: Any) -> tuple[str, ...]:
+    """Image references (`alpine:3.19`, `ghcr.io/org/app:1`): a list, or from the
+    environment a comma-separated string."""
+    if isinstance(value, str):
+        value = [item.strip() for item in value.split(",") if item.strip()]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError("expected a list of strings")
+    return tuple(value)
+
+
+def parse_names(value: Any, what: str) -> tuple[str, ...]:
+    """A list of non-empty strings (a single string is a list of one)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{what}: expected a list of non-empty strings")
+    return tuple(value)
+
+
+def parse_log_format(value: Any) -> str:
+    text = str(value).lower()
+    if text not in ("text", "json"):
+        raise ValueError(f"expected text or json, got {value!r}")
+    return text
+
+
+def parse_log_level(value: Any) -> str:
+    text = str(value).lower()
+    if text not in ("debug", "info", "warning", "error"):
+        raise ValueError(f"expected debug, info, warning or error, got {value!r}")
+    return text

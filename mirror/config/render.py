@@ -1,0 +1,38 @@
+"""`mirror check-config`: the effective config as TOML, secrets masked, each line saying
+where its value came from."""
+
+from __future__ import annotations
+
+from mirror.config.loading import LoadedConfig
+from mirror.config.schema import FIELDS
+from mirror.config.toml import toml_str, toml_value
+from mirror.config.upstreams import UpstreamSettings
+
+
+def render(loaded: LoadedConfig) -> str:
+    """The settings in section order, then one `[[upstream]]` table per registry served."""
+    lines = []
+    for item in FIELDS:
+        value = getattr(getattr(loaded.config, item.section), item.key)
+        text = '"********"' if item.setting.secret and value else toml_value(value)
+        lines.append(f"{item.key} = {text}  # {loaded.sources[item.key]}")
+    for upstream in loaded.config.registries.upstreams:
+        lines += ["", f"[[upstream]]  # {upstream.source}", *_upstream_lines(upstream)]
+    return "\n".join(lines) + "\n"
+
+
+def _upstream_lines(upstream: UpstreamSettings) -> list[str]:
+    lines = [f"host = {toml_str(upstream.host)}", f"url = {toml_str(upstream.url)}"]
+    if upstream.username is not None:
+        lines.append(f"username = {toml_str(upstream.username)}")
+        lines.append(f'password = "********"  # from {upstream.password_source}')
+    lines.append(f"library_prefix = {toml_value(upstream.library_prefix)}")
+    if upstream.tag_ttl is not None:
+        lines.append(f"tag_ttl = {upstream.tag_ttl!r}")
+    if upstream.tag_rules:
+        lines.append(f"tag_rules = {toml_value(upstream.tag_rules)}")
+    if upstream.ca_file is not None:
+        lines.append(f"ca_file = {toml_str(str(upstream.ca_file))}")
+    if upstream.insecure:
+        lines.append("insecure = true")
+    return lines
