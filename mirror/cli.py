@@ -118,23 +118,23 @@ def _client_config(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def _serve(cfg: config.Config) -> int:
-    logs.configure(cfg.log_level, cfg.log_format)
+    logs.configure(cfg.logging.log_level, cfg.logging.log_format)
     server_tls = None
-    if cfg.tls_cert is not None and cfg.tls_key is not None:
+    if cfg.serving.tls_cert is not None and cfg.serving.tls_key is not None:
         # A SIGHUP (reload) waits until the server handles it: it must not end the process,
         # nor be lost (see _serve_app and workers.supervise).
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
-            server_tls = tls.ServerTLS(cfg.tls_cert, cfg.tls_key)
+            server_tls = tls.ServerTLS(cfg.serving.tls_cert, cfg.serving.tls_key)
         except tls.TLSFileError as exc:  # changed since the config was checked
             print(f"mirror: cannot serve TLS: {exc}", file=sys.stderr)
             return 2
     listeners = tls.listeners(cfg)
-    if cfg.workers == 1:
+    if cfg.serving.workers == 1:
         return _run(cfg, listeners, server_tls)
     # Temp files are cleaned once, here: a worker starting later must not remove the
     # downloads its siblings are writing.
-    if removed := FilesystemStore(cfg.data_dir).remove_temp_files():
+    if removed := FilesystemStore(cfg.storage.data_dir).remove_temp_files():
         logging.getLogger("mirror").info("removed %d temp files left by an earlier run", removed)
     # Workers write their metric values to files here, and any worker's /metrics sums them.
     metrics_dir = tempfile.mkdtemp(prefix="mirror-metrics-")
@@ -151,7 +151,7 @@ def _serve(cfg: config.Config) -> int:
                 return 1
             logging.getLogger("mirror").info("listening on %s", listener)
         return workers.supervise(
-            cfg.workers,
+            cfg.serving.workers,
             lambda: _run(cfg, listeners, server_tls, socks),
             on_exit=multiprocess.mark_process_dead,
             # The supervisor's own copy is what workers it starts later begin with.

@@ -104,13 +104,17 @@ def default_mirror_url(cfg: Config, hostname: str | None = None) -> str:
     (clients then need no insecure settings), else HTTP on `listen`; the host is the listen
     address if it is a specific one (clients can reach nothing else), else this machine's
     host name."""
-    listen = cfg.tls_listen or cfg.listen if cfg.tls_cert is not None else cfg.listen
+    listen = (
+        cfg.serving.tls_listen or cfg.serving.listen
+        if cfg.serving.tls_cert is not None
+        else cfg.serving.listen
+    )
     listen_host = listen.host
     if listen_host in _WILDCARD_HOSTS:
         listen_host = hostname if hostname is not None else socket.gethostname()
     if ":" in listen_host:
         listen_host = f"[{listen_host}]"
-    scheme = "https" if cfg.tls_cert is not None else "http"
+    scheme = "https" if cfg.serving.tls_cert is not None else "http"
     return f"{scheme}://{listen_host.lower()}:{listen.port}"
 
 
@@ -136,7 +140,7 @@ def generate(client: str, cfg: Config, mirror: MirrorURL) -> ClientFiles:
         files = podman(cfg, mirror)
     else:
         raise ClientConfigError(f"unknown client {client!r}; expected one of {', '.join(CLIENTS)}")
-    if cfg.htpasswd is None:
+    if cfg.auth.htpasswd is None:
         return files
     login = {
         "docker": f"docker login {mirror.netloc}",
@@ -156,7 +160,7 @@ def docker(cfg: Config, mirror: MirrorURL) -> ClientFiles:
     when it is plain HTTP off loopback (Docker refuses such a mirror otherwise)."""
     daemon: dict[str, list[str]] = {}
     notes: list[str] = []
-    if cfg.upstream(DOCKER_HUB) is not None:
+    if cfg.registries.upstream(DOCKER_HUB) is not None:
         daemon["registry-mirrors"] = [mirror.url]
     else:
         notes.append(
@@ -165,7 +169,7 @@ def docker(cfg: Config, mirror: MirrorURL) -> ClientFiles:
         )
     if mirror.plain_http and not mirror.loopback:
         daemon["insecure-registries"] = [mirror.netloc]
-    others = [u.host for u in cfg.upstreams if u.host != DOCKER_HUB]
+    others = [u.host for u in cfg.registries.upstreams if u.host != DOCKER_HUB]
     by_prefix = [host for host in others if _path_prefix_ok(host)]
     if by_prefix:
         notes.append(
@@ -194,7 +198,7 @@ def containerd(cfg: Config, mirror: MirrorURL) -> ClientFiles:
     public URL as `server` (containerd's fallback when the mirror fails)."""
     files: dict[str, str] = {}
     printed: dict[str, str] = {}
-    for upstream in cfg.upstreams:
+    for upstream in cfg.registries.upstreams:
         path = f"{upstream.host}/hosts.toml"
         files[path] = "\n".join(
             [
@@ -241,7 +245,7 @@ def podman(cfg: Config, mirror: MirrorURL) -> ClientFiles:
         "# (or merge into /etc/containers/registries.conf).",
     ]
     skipped = []
-    for upstream in cfg.upstreams:
+    for upstream in cfg.registries.upstreams:
         if not _path_prefix_ok(upstream.host):
             skipped.append(upstream.host)
             continue

@@ -74,14 +74,14 @@ class Mirror:
 
 def open_store(config: Config) -> FilesystemStore:
     """The content store `config` names."""
-    return FilesystemStore(config.data_dir)
+    return FilesystemStore(config.storage.data_dir)
 
 
 async def _open_meta(config: Config, *, resilient: bool, clock: Callable[[], float]) -> MetaStore:
     return await open_meta_store(
-        redis_url=config.redis_url,
-        key_prefix=config.redis_key_prefix,
-        data_dir=config.data_dir,
+        redis_url=config.storage.redis_url,
+        key_prefix=config.storage.redis_key_prefix,
+        data_dir=config.storage.data_dir,
         resilient=resilient,
         clock=clock,
     )
@@ -119,7 +119,9 @@ async def build(
     meta = await _open_meta(config, resilient=True, clock=clock)
     router = Router.from_config(config)
     access = AccessRecorder(meta, clock=clock)
-    blobs = BlobCache(store, access, offline=config.offline, min_free_space=config.min_free_space)
+    blobs = BlobCache(
+        store, access, offline=config.freshness.offline, min_free_space=config.cache.min_free_space
+    )
     manifests = ManifestCache(store, meta, access, config, clock=clock)
     tags = TagListCache(meta, config, clock=clock)
     return Mirror(config, store, meta, router, access, blobs, manifests, tags)

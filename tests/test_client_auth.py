@@ -765,10 +765,10 @@ def test_auth_settings_from_the_environment_and_check_config(
     }
     loaded = config.load(environ=environ)
     cfg = loaded.config
-    assert cfg.htpasswd == users_file
-    assert cfg.auth_groups == {"ops": ("alice",)}
-    assert cfg.auth_rules == (config.AuthRule(groups=("ops",), upstreams=("docker.io",)),)
-    assert (cfg.token_ttl, cfg.metrics_auth) == (120.0, True)
+    assert cfg.auth.htpasswd == users_file
+    assert cfg.auth.auth_groups == {"ops": ("alice",)}
+    assert cfg.auth.auth_rules == (config.AuthRule(groups=("ops",), upstreams=("docker.io",)),)
+    assert (cfg.auth.token_ttl, cfg.auth.metrics_auth) == (120.0, True)
     rendered = config.render(loaded)
     assert "0123456789abcdef-secret" not in rendered
     assert 'token_secret = "********"  # MIRROR_TOKEN_SECRET' in rendered
@@ -788,5 +788,5 @@ def test_serve_takes_htpasswd_as_a_flag(users_file: Path) -> None:
     args = cli._parser().parse_args(["serve", "--htpasswd", str(users_file)])
     overrides = {key: getattr(args, key, None) for key in cli.SERVE_FLAGS}
     loaded = config.load(environ={}, overrides=overrides)
-    assert loaded.config.htpasswd == users_file
+    assert loaded.config.auth.htpasswd == users_file
     assert loaded.sources["htpasswd"] == "--htpasswd"

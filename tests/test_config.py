@@ -17,15 +17,15 @@ def test_defaults_serve_the_public_registries_docker_hub_with_the_library_prefix
 ) -> None:
     loaded = config.load(config_file=None, environ={})
     cfg = loaded.config
-    assert str(cfg.listen) == "0.0.0.0:5000"
-    assert cfg.redis_url is None
-    assert [u.host for u in cfg.upstreams] == list(config.BUILTIN_UPSTREAMS)
-    hub = cfg.upstream("docker.io")
+    assert str(cfg.serving.listen) == "0.0.0.0:5000"
+    assert cfg.storage.redis_url is None
+    assert [u.host for u in cfg.registries.upstreams] == list(config.BUILTIN_UPSTREAMS)
+    hub = cfg.registries.upstream("docker.io")
     assert hub is not None
     assert hub.url == "https://registry-1.docker.io"
     assert hub.library_prefix is True
     assert hub.username is None
-    ghcr = cfg.upstream("ghcr.io")
+    ghcr = cfg.registries.upstream("ghcr.io")
     assert ghcr is not None
     assert (ghcr.url, ghcr.library_prefix) == ("https://ghcr.io", False)
 
@@ -38,9 +38,9 @@ def test_layers_override_in_order(tmp_path: Path) -> None:
         environ={"MIRROR_READ_TIMEOUT": "9", "MIRROR_LOG_LEVEL": "warning"},
         overrides={"log_level": "error", "listen": None},
     )
-    assert str(loaded.config.listen) == "127.0.0.1:6000"
-    assert loaded.config.read_timeout == 9.0
-    assert loaded.config.log_level == "error"
+    assert str(loaded.config.serving.listen) == "127.0.0.1:6000"
+    assert loaded.config.registries.read_timeout == 9.0
+    assert loaded.config.logging.log_level == "error"
     assert loaded.sources["listen"] == str(file)
     assert loaded.sources["read_timeout"] == "MIRROR_READ_TIMEOUT"
     assert loaded.sources["log_level"] == "--log-level"
@@ -131,15 +131,15 @@ def test_tag_rules_decide_freshness_first_match_wins(tmp_path: Path) -> None:
     )
     cfg = config.load(config_file=file, environ={}).config
     hub = "docker.io"
-    assert cfg.freshness(hub, "library/alpine", "latest") == config.Freshness(60, False)
-    assert cfg.freshness(hub, "team/app", "v1.2.3") == config.Freshness(300, True)
-    assert cfg.freshness(hub, "library/alpine", "3.19") == config.Freshness(600, False)
-    assert cfg.freshness(hub, "team/app", "edge") == config.Freshness(300, False)
+    assert cfg.tag_freshness(hub, "library/alpine", "latest") == config.Freshness(60, False)
+    assert cfg.tag_freshness(hub, "team/app", "v1.2.3") == config.Freshness(300, True)
+    assert cfg.tag_freshness(hub, "library/alpine", "3.19") == config.Freshness(600, False)
+    assert cfg.tag_freshness(hub, "team/app", "edge") == config.Freshness(300, False)
 
 
 def test_tag_rules_from_the_environment_are_json() -> None:
     cfg = config.load(environ={"MIRROR_TAG_RULES": '[{"match": "*:latest", "ttl": 5}]'}).config
-    assert cfg.freshness("docker.io", "a/b", "latest").ttl == 5
+    assert cfg.tag_freshness("docker.io", "a/b", "latest").ttl == 5
 
 
 @pytest.mark.parametrize(
@@ -161,5 +161,5 @@ def test_bad_tag_rules_name_the_rule(tmp_path: Path, rules: str, message: str) -
 
 def test_offline_and_tag_ttl_flags(tmp_path: Path) -> None:
     cfg = config.load(environ={}, overrides={"offline": True, "tag_ttl": "30"}).config
-    assert cfg.offline is True
-    assert cfg.tag_ttl == 30.0
+    assert cfg.freshness.offline is True
+    assert cfg.freshness.tag_ttl == 30.0

@@ -303,9 +303,9 @@ def test_every_yaml_file_under_deploy_parses() -> None:
 def test_the_image_config_loads_with_the_data_dir_on_the_volume() -> None:
     cfg = load_config(IMAGE_CONFIG)
     instructions = dockerfile()
-    assert str(cfg.data_dir) == only(instructions, "VOLUME").args
-    assert str(cfg.listen.port) == only(instructions, "EXPOSE").args
-    assert cfg.listen.host == "0.0.0.0"
+    assert str(cfg.storage.data_dir) == only(instructions, "VOLUME").args
+    assert str(cfg.serving.listen.port) == only(instructions, "EXPOSE").args
+    assert cfg.serving.listen.host == "0.0.0.0"
 
 
 def test_dockerfile_copies_only_files_the_build_context_sends() -> None:
@@ -399,8 +399,8 @@ def test_compose_mirror_loads_its_mounted_config_with_redis_from_the_environment
     command = exec_form(only(dockerfile(), "CMD").args)
     config_file = mounted_at(bind_mounts(mirror), command[command.index("--config") + 1])
     cfg = load_config(config_file, environ=mirror["environment"])
-    assert f"{cfg.data_dir}" in [v.split(":")[1] for v in mirror["volumes"]]
-    redis = urlsplit(cfg.redis_url or "")
+    assert f"{cfg.storage.data_dir}" in [v.split(":")[1] for v in mirror["volumes"]]
+    redis = urlsplit(cfg.storage.redis_url or "")
     assert redis.hostname in spec["services"]
     assert spec["services"][redis.hostname]["image"].startswith("redis:")
     assert "redis" in mirror["depends_on"]
@@ -417,7 +417,7 @@ def test_prometheus_scrapes_the_mirror_service_on_its_port() -> None:
     (target,) = job["static_configs"][0]["targets"]
     host, port = target.split(":")
     assert host in spec["services"] and spec["services"][host]["build"]
-    assert int(port) == load_config(IMAGE_CONFIG).listen.port
+    assert int(port) == load_config(IMAGE_CONFIG).serving.listen.port
 
 
 def test_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> None:
@@ -488,7 +488,7 @@ def test_kustomization_lists_every_manifest_and_each_is_a_named_object() -> None
 def test_deployment_probes_ask_readyz_and_healthz_on_the_mirror_port(tmp_path: Path) -> None:
     container = mirror_container()
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": kubernetes_config(tmp_path).listen.port}
+    assert ports == {"http": kubernetes_config(tmp_path).serving.listen.port}
     for probe, path in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")]:
         get = container[probe]["httpGet"]
         assert get["path"] == path
@@ -510,12 +510,12 @@ def test_deployment_runs_as_the_image_user_with_config_and_cache_mounted(tmp_pat
     config_file = Path(args[args.index("--config") + 1])
     config_volume = mounts[str(config_file.parent)]["configMap"]
     assert config_file.name in kubernetes_object("ConfigMap", config_volume["name"])["data"]
-    data_volume = mounts[str(kubernetes_config(tmp_path).data_dir)]["persistentVolumeClaim"]
+    data_volume = mounts[str(kubernetes_config(tmp_path).storage.data_dir)]["persistentVolumeClaim"]
     kubernetes_object("PersistentVolumeClaim", data_volume["claimName"])
 
 
 def test_kubernetes_config_loads_and_uses_the_redis_service(tmp_path: Path) -> None:
-    redis = urlsplit(kubernetes_config(tmp_path).redis_url or "")
+    redis = urlsplit(kubernetes_config(tmp_path).storage.redis_url or "")
     service = kubernetes_object("Service", str(redis.hostname))
     assert [p["port"] for p in service["spec"]["ports"]] == [redis.port]
     workload = kubernetes_object("StatefulSet", str(redis.hostname))
@@ -551,7 +551,7 @@ def test_systemd_unit_serves_the_installed_config_as_a_hardened_dedicated_user()
     assert service["User"] not in ("", "root", "0")
     # deploy/mirror.toml is what goes to /etc/mirror/mirror.toml: its data_dir is the
     # directory systemd creates for the service and lets it write.
-    data_dir = load_config(IMAGE_CONFIG).data_dir
+    data_dir = load_config(IMAGE_CONFIG).storage.data_dir
     assert data_dir == Path("/var/lib") / service["StateDirectory"]
     assert str(data_dir) in service["ReadWritePaths"].split()
     assert service["Restart"] == "on-failure"

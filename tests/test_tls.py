@@ -141,12 +141,16 @@ def load(**overrides: str) -> config.Config:
 
 def test_tls_settings_load_and_decide_the_listeners(ca: PrivateCA) -> None:
     plain = load(listen="127.0.0.1:5000")
-    assert (plain.tls_cert, plain.tls_key, plain.tls_listen) == (None, None, None)
+    assert (plain.serving.tls_cert, plain.serving.tls_key, plain.serving.tls_listen) == (
+        None,
+        None,
+        None,
+    )
     assert [str(x) for x in tls.listeners(plain)] == ["127.0.0.1:5000 (http)"]
 
     cert, key = str(ca.cert_file), str(ca.key_file)
     https = load(listen="127.0.0.1:5000", tls_cert=cert, tls_key=key)
-    assert (https.tls_cert, https.tls_key) == (ca.cert_file, ca.key_file)
+    assert (https.serving.tls_cert, https.serving.tls_key) == (ca.cert_file, ca.key_file)
     assert [str(x) for x in tls.listeners(https)] == ["127.0.0.1:5000 (https)"]
 
     both = load(listen="127.0.0.1:5000", tls_cert=cert, tls_key=key, tls_listen="[::]:5443")

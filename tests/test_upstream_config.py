@@ -26,7 +26,7 @@ def load(tmp_path: Path, text: str, **kwargs: object) -> config.Config:
 
 
 def served(cfg: config.Config, host: str) -> UpstreamSettings:
-    upstream = cfg.upstream(host)
+    upstream = cfg.registries.upstream(host)
     assert upstream is not None, f"{host} is not served"
     return upstream
 
@@ -41,7 +41,7 @@ def test_a_table_adds_a_private_registry_next_to_the_built_in_ones(tmp_path: Pat
     assert private.library_prefix is False
     assert private.source == str(tmp_path / "mirror.toml")
     assert served(cfg, "docker.io").url == "https://registry-1.docker.io"
-    assert len(cfg.upstreams) == len(config.BUILTIN_UPSTREAMS) + 1
+    assert len(cfg.registries.upstreams) == len(config.BUILTIN_UPSTREAMS) + 1
 
 
 def test_a_table_for_a_built_in_host_keeps_what_it_does_not_set(tmp_path: Path) -> None:
@@ -58,13 +58,13 @@ def test_the_url_of_a_host_without_a_built_in_default_is_https_host(tmp_path: Pa
 def test_docker_hub_aliases_mean_docker_io(tmp_path: Path) -> None:
     cfg = load(tmp_path, '[[upstream]]\nhost = "index.docker.io"\nurl = "http://127.0.0.1:1"\n')
     assert served(cfg, "docker.io").url == "http://127.0.0.1:1"
-    assert [u.host for u in cfg.upstreams].count("docker.io") == 1
+    assert [u.host for u in cfg.registries.upstreams].count("docker.io") == 1
 
 
 def test_enabled_false_stops_serving_a_registry(tmp_path: Path) -> None:
     cfg = load(tmp_path, '[[upstream]]\nhost = "nvcr.io"\nenabled = false\n')
-    assert cfg.upstream("nvcr.io") is None
-    assert cfg.upstream("quay.io") is not None
+    assert cfg.registries.upstream("nvcr.io") is None
+    assert cfg.registries.upstream("quay.io") is not None
 
 
 def test_without_the_built_ins_only_the_tables_are_served(tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_without_the_built_ins_only_the_tables_are_served(tmp_path: Path) -> Non
         tmp_path,
         'builtin_upstreams = false\n[[upstream]]\nhost = "ghcr.io"\n',
     )
-    assert [u.host for u in cfg.upstreams] == ["ghcr.io"]
+    assert [u.host for u in cfg.registries.upstreams] == ["ghcr.io"]
 
 
 def test_nothing_left_to_serve_is_an_error(tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ def test_tables_from_the_environment_are_json_and_replace_the_files(tmp_path: Pa
         environ={"MIRROR_UPSTREAM": '[{"host": "quay.io", "url": "http://127.0.0.1:7000"}]'},
     )
     assert served(cfg, "quay.io").url == "http://127.0.0.1:7000"
-    assert cfg.upstream("ghcr.io") is not None  # the file's tables no longer apply
+    assert cfg.registries.upstream("ghcr.io") is not None  # the file's tables no longer apply
 
 
 def test_passwords_come_from_the_environment_or_a_file(tmp_path: Path) -> None:
@@ -133,10 +133,10 @@ def test_per_upstream_freshness_comes_before_the_global_rules(tmp_path: Path) ->
         '[[upstream]]\nhost = "ghcr.io"\ntag_ttl = 30\n'
         '[[upstream.tag_rules]]\nmatch = "org/*:latest"\nttl = 5\n',
     )
-    assert cfg.freshness("ghcr.io", "org/app", "latest").ttl == 5
-    assert cfg.freshness("ghcr.io", "other/app", "latest").ttl == 60
-    assert cfg.freshness("ghcr.io", "other/app", "1.0").ttl == 30
-    assert cfg.freshness("docker.io", "library/alpine", "1.0").ttl == 300
+    assert cfg.tag_freshness("ghcr.io", "org/app", "latest").ttl == 5
+    assert cfg.tag_freshness("ghcr.io", "other/app", "latest").ttl == 60
+    assert cfg.tag_freshness("ghcr.io", "other/app", "1.0").ttl == 30
+    assert cfg.tag_freshness("docker.io", "library/alpine", "1.0").ttl == 300
 
 
 @pytest.mark.parametrize(

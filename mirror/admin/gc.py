@@ -67,7 +67,7 @@ async def collect_garbage(
     """Find (and unless `dry_run`, remove) the garbage in a data dir."""
     store, meta = data.store, data.meta
     now = time.time() if now is None else now
-    cutoff = now - data.config.gc_grace
+    cutoff = now - data.config.cache.gc_grace
     report = Report()
 
     for temp in await asyncio.to_thread(store.stale_temp_files, cutoff):

@@ -62,7 +62,7 @@ def _platform(text: str) -> str:
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    images: list[str] = args.images or list(config.prefetch)
+    images: list[str] = args.images or list(config.prefetch.prefetch)
     if not images:
         print(
             "mirror: nothing to prefetch: name images, or list them as `prefetch` in the config",
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     platforms: list[str] = args.platforms or []
     if not platforms:
         try:
-            platforms = [parse_platform(p) for p in config.prefetch_platforms]
+            platforms = [parse_platform(p) for p in config.prefetch.prefetch_platforms]
         except ValueError as exc:
             print(f"mirror: configuration error: prefetch_platforms: {exc}", file=sys.stderr)
             return 2

@@ -95,7 +95,7 @@ class ManifestCache:
         the store lacks it. Stored once whichever upstream it came from."""
         manifest = self._store.read_manifest(digest)
         if manifest is None:
-            if self._config.offline:
+            if self._config.freshness.offline:
                 raise RegistryError(
                     errors.MANIFEST_UNKNOWN, "manifest not in the cache, and the mirror is offline"
                 )
@@ -145,19 +145,19 @@ class ManifestCache:
         key = TagKey(upstream.host, repo.name, tag, mediatypes.accept_class(accept))
         record = await self._get_record(key, from_memory=not revalidate)
         if record is not None:
-            freshness = self._config.freshness(upstream.host, repo.name, tag)
+            freshness = self._config.tag_freshness(upstream.host, repo.name, tag)
             fresh = not revalidate and self._clock() - record.confirmed_at < freshness.ttl
             if freshness.immutable or fresh:
                 observe.cache_lookup("tag", "hit")
                 return await self._answer(repo, record, with_bytes)
-            if self._config.offline:
+            if self._config.freshness.offline:
                 observe.cache_lookup("tag", "stale")
                 return await self._answer(repo, record, with_bytes, stale="the mirror is offline")
             if await self._budget_exhausted(upstream):
                 observe.cache_lookup("tag", "stale")
                 reason = f"upstream {upstream.name} rate limit nearly used up"
                 return await self._answer(repo, record, with_bytes, stale=reason)
-        elif self._config.offline:
+        elif self._config.freshness.offline:
             # Cached for other clients (another Accept class): one of those manifests may
             # be one this client accepts too.
             fallback = await self._offline_record(key, accept)
@@ -217,11 +217,11 @@ class ManifestCache:
         return record
 
     def _keep_hot(self, key: TagKey, record: TagRecord) -> None:
-        if self._config.tag_cache_seconds <= 0:
+        if self._config.freshness.tag_cache_seconds <= 0:
             return
         if len(self._hot) >= HOT_TAGS:
             self._hot.clear()  # crude but bounded; the store still has everything
-        self._hot[key] = (record, time.monotonic() + self._config.tag_cache_seconds)
+        self._hot[key] = (record, time.monotonic() + self._config.freshness.tag_cache_seconds)
 
     async def _answer(
         self, repo: UpstreamRepo, record: TagRecord, with_bytes: bool, *, stale: str | None = None
@@ -235,7 +235,7 @@ class ManifestCache:
         """Ask the upstream what the tag names now, and record it. Across processes sharing
         the metadata store only one asks; the others wait for its record."""
         lock = f"revalidate:{key.upstream}/{key.repo}:{key.tag}#{key.accept}"
-        token = await self._meta.try_lock(lock, ttl=self._config.request_timeout * 2)
+        token = await self._meta.try_lock(lock, ttl=self._config.registries.request_timeout * 2)
         if token is None:
             newer = await self._wait_for_record(key, newer_than=known)
             if newer is not None:
@@ -285,7 +285,7 @@ class ManifestCache:
         """`look()` until it finds something, for at most `request_timeout`: how a process
         waits for the result of upstream work another process holds the lock for."""
         try:
-            async with asyncio.timeout(self._config.request_timeout):
+            async with asyncio.timeout(self._config.registries.request_timeout):
                 # Another process does the work: there is no event to wait on, only the store.
                 while (found := await look()) is None:  # noqa: ASYNC110
                     await asyncio.sleep(_POLL_SECONDS)
@@ -299,7 +299,7 @@ class ManifestCache:
         ratelimit = await self._meta.get_rate_limit(upstream.host)
         ratelimit = ratelimit or upstream.ratelimit
         return ratelimit is not None and ratelimit.exhausted(
-            self._config.ratelimit_floor, self._clock()
+            self._config.freshness.ratelimit_floor, self._clock()
         )
 
     async def _report_ratelimit(self, upstream: UpstreamClient) -> None:
@@ -312,7 +312,7 @@ class ManifestCache:
         """GET a manifest once, even when several processes want it at the same moment: one
         takes the lock and fetches, the others wait for it to appear in the store."""
         lock = f"manifest:{digest}"
-        token = await self._meta.try_lock(lock, ttl=self._config.request_timeout * 2)
+        token = await self._meta.try_lock(lock, ttl=self._config.registries.request_timeout * 2)
         if token is None:
 
             async def stored() -> StoredManifest | None:

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 def repository_name(config: Config, image: ImageRef) -> str:
     """The repository as its upstream knows it (and as tag records name it): upstreams with
     `library_prefix` hold one-segment names under `library/`, as the router does."""
-    upstream = config.upstream(image.host)
+    upstream = config.registries.upstream(image.host)
     if upstream is not None and upstream.library_prefix and "/" not in image.name:
         return f"library/{image.name}"
     return image.name
@@ -38,7 +38,7 @@ def pinned_images(config: Config) -> list[ImageRef]:
     """The configured `prefetch` images; a reference that does not parse is logged and
     skipped (`mirror prefetch` reports it)."""
     images = []
-    for text in config.prefetch:
+    for text in config.prefetch.prefetch:
         try:
             images.append(parse_image(text))
         except RegistryError as exc:
@@ -61,4 +61,4 @@ async def pinned_digests(config: Config, store: ContentStore, meta: TagRecords) 
         for key, record in await meta.list_tags():
             if (key.upstream, key.repo, key.tag) in wanted:
                 roots.add(record.digest)
-    return reachable(store, roots, selector(config.prefetch_platforms))
+    return reachable(store, roots, selector(config.prefetch.prefetch_platforms))

@@ -38,8 +38,8 @@ class TagListCache:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._meta = meta
-        self._ttl = config.tags_list_ttl
-        self._offline = config.offline
+        self._ttl = config.freshness.tags_list_ttl
+        self._offline = config.freshness.offline
         self._clock = clock
 
     async def page(self, repo: UpstreamRepo, query: Sequence[tuple[str, str]]) -> TagsAnswer:

@@ -60,9 +60,11 @@ async def create_app(
     app.on_shutdown.append(work.abort_downloads)
     app.on_cleanup.append(work.close)
     served = ", ".join(f"{u.host} ({u.name})" for u in router.upstreams)
-    mode = f"offline, cache only, for {served}" if config.offline else f"mirroring {served}"
-    backend = "Redis" if config.redis_url else "embedded SQLite"
-    log.info("%s into %s; metadata in %s", mode, config.data_dir, backend)
+    mode = (
+        f"offline, cache only, for {served}" if config.freshness.offline else f"mirroring {served}"
+    )
+    backend = "Redis" if config.storage.redis_url else "embedded SQLite"
+    log.info("%s into %s; metadata in %s", mode, config.storage.data_dir, backend)
     return app
 
 
@@ -85,18 +87,18 @@ class _Background:
         mirror, config = self._mirror, self._mirror.config
         mirror.access.start()
         self._spawn(_measure_cache(mirror.store), "measure-cache")
-        if config.max_cache_size > 0:
+        if config.cache.max_cache_size > 0:
             evictor = Evictor(
                 mirror.store,
                 mirror.meta,
-                max_bytes=config.max_cache_size,
-                low_water=config.cache_low_water,
+                max_bytes=config.cache.max_cache_size,
+                low_water=config.cache.cache_low_water,
                 pinned=lambda: pinned_digests(config, mirror.store, mirror.meta),
                 before_pass=mirror.access.flush,
                 clock=self._clock,
             )
             self._spawn(evictor.run_forever(), "evict")
-        if config.prefetch:
+        if config.prefetch.prefetch:
             work = schedule_prefetch(config, mirror.puller(), mirror.meta, mirror.access)
             self._prefetching.add(self._spawn(work, "prefetch"))
 

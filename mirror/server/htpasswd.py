@@ -95,7 +95,7 @@ def load(path: Path) -> dict[str, bytes]:
 def check_file(loaded: LoadedConfig) -> None:
     """The htpasswd file the config names is readable and holds bcrypt entries only; else
     a ConfigError naming the key, where its value came from and the line at fault."""
-    path = loaded.config.htpasswd
+    path = loaded.config.auth.htpasswd
     if path is None:
         return
     try:

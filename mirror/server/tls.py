@@ -55,11 +55,14 @@ class Listener:
 def listeners(config: Config) -> tuple[Listener, ...]:
     """Where to serve what: without TLS, `listen` is plain HTTP; with TLS, `listen` serves
     HTTPS, unless `tls_listen` is set: then `listen` stays HTTP and `tls_listen` is HTTPS."""
-    if config.tls_cert is None:
-        return (Listener(config.listen, https=False),)
-    if config.tls_listen is None:
-        return (Listener(config.listen, https=True),)
-    return (Listener(config.listen, https=False), Listener(config.tls_listen, https=True))
+    if config.serving.tls_cert is None:
+        return (Listener(config.serving.listen, https=False),)
+    if config.serving.tls_listen is None:
+        return (Listener(config.serving.listen, https=True),)
+    return (
+        Listener(config.serving.listen, https=False),
+        Listener(config.serving.tls_listen, https=True),
+    )
 
 
 def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
@@ -97,7 +100,7 @@ def check_files(loaded: LoadedConfig) -> None:
     """The certificate and key the config names make a pair that can be served; else a
     ConfigError naming the key at fault and where its value came from. The config checks
     only that both or neither are set; reading the files is the server's job."""
-    cert, key = loaded.config.tls_cert, loaded.config.tls_key
+    cert, key = loaded.config.serving.tls_cert, loaded.config.serving.tls_key
     if cert is None or key is None:
         return
     try:

@@ -59,11 +59,11 @@ class Router:
         return cls(
             UpstreamClient(
                 settings,
-                request_timeout=config.request_timeout,
-                connect_timeout=config.connect_timeout,
-                read_timeout=config.read_timeout,
+                request_timeout=config.registries.request_timeout,
+                connect_timeout=config.registries.connect_timeout,
+                read_timeout=config.registries.read_timeout,
             )
-            for settings in config.upstreams
+            for settings in config.registries.upstreams
         )
 
     @property

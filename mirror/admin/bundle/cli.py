@@ -75,7 +75,7 @@ def run_export(args: argparse.Namespace, config: Config) -> int:
             for image in exported.images:
                 print(f"exporting {image.reference} ({image.digest})", file=sys.stderr)
         progress = Progress("exporting", exported.total_bytes, quiet=args.quiet)
-        store = FilesystemStore(config.data_dir)
+        store = FilesystemStore(config.storage.data_dir)
         written = write_bundle(exported, store, args.output, progress)
     except ExportError as exc:
         print(f"mirror: cannot export:\n{exc}", file=sys.stderr)
@@ -97,7 +97,7 @@ def run_export(args: argparse.Namespace, config: Config) -> int:
 
 def run_import(args: argparse.Namespace, config: Config) -> int:
     source = "standard input" if args.bundle == "-" else args.bundle
-    store = FilesystemStore(config.data_dir)
+    store = FilesystemStore(config.storage.data_dir)
     try:
         if args.bundle == "-":
             progress = Progress("verifying", None, quiet=args.quiet)

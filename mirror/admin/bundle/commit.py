@@ -148,7 +148,7 @@ async def _commit_catalog(
     for key, _ in bundle.records:
         repositories.setdefault(key.upstream, set()).add(key.repo)
     for upstream, repos in repositories.items():
-        if data.config.upstream(upstream) is None:
+        if data.config.registries.upstream(upstream) is None:
             report.unserved.add(upstream)
         if not dry_run:
             await data.meta.add_repositories(upstream, sorted(repos))

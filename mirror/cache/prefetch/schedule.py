@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 def schedule_lock(config: Config) -> str:
     """The lock one process of several takes to prefetch in an interval. It names the list,
     so a changed list is prefetched at once on restart rather than an interval later."""
-    wanted = json.dumps([config.prefetch, config.prefetch_platforms])
+    wanted = json.dumps([config.prefetch.prefetch, config.prefetch.prefetch_platforms])
     return "prefetch:" + hashlib.sha256(wanted.encode()).hexdigest()[:16]
 
 
@@ -30,25 +30,25 @@ async def schedule(config: Config, puller: Puller, locks: Locks, access: AccessR
     """Prefetch the configured list now and every `prefetch_interval` seconds, until
     cancelled. Of several processes sharing the metadata store, one does it per interval:
     it takes a lock that expires after the interval and does not release it."""
-    if not config.prefetch:
+    if not config.prefetch.prefetch:
         return
-    if config.offline:
+    if config.freshness.offline:
         log.info("prefetch: not scheduled, the mirror is offline")
         return
     try:
-        platforms = [parse_platform(p) for p in config.prefetch_platforms]
+        platforms = [parse_platform(p) for p in config.prefetch.prefetch_platforms]
     except ValueError as exc:
         log.error("prefetch: not scheduled: prefetch_platforms: %s", exc)
         return
     lock = schedule_lock(config)
     while True:
         try:
-            if await locks.try_lock(lock, ttl=config.prefetch_interval) is not None:
-                await prefetch_all(puller, config.prefetch, platforms)
+            if await locks.try_lock(lock, ttl=config.prefetch.prefetch_interval) is not None:
+                await prefetch_all(puller, config.prefetch.prefetch, platforms)
                 await access.flush()
         except Exception:  # the schedule must survive anything one round does
             log.exception("prefetch: the scheduled round failed")
-        await asyncio.sleep(config.prefetch_interval)
+        await asyncio.sleep(config.prefetch.prefetch_interval)
 
 
 async def prefetch_all(puller: Puller, images: Sequence[str], platforms: Sequence[str]) -> None:

@@ -29,14 +29,14 @@ class ClientAuth:
     def __init__(
         self, config: Config, router: Router, *, clock: Callable[[], float] = time.time
     ) -> None:
-        assert config.htpasswd is not None
-        self.passwords = Passwords(config.htpasswd, clock=clock)
+        assert config.auth.htpasswd is not None
+        self.passwords = Passwords(config.auth.htpasswd, clock=clock)
         self.logins = Logins(self.passwords, Throttle(clock=clock))
-        policy = Policy(config.auth_rules, config.auth_groups)
-        tokens = Tokens(signing_key(config), config.token_ttl, clock=clock)
-        challenges = Challenges(config.auth_realm, str(config.listen))
+        policy = Policy(config.auth.auth_rules, config.auth.auth_groups)
+        tokens = Tokens(signing_key(config), config.auth.token_ttl, clock=clock)
+        challenges = Challenges(config.auth.auth_realm, str(config.serving.listen))
         self.middleware = AuthMiddleware(
-            self.logins, tokens, policy, challenges, metrics_auth=config.metrics_auth
+            self.logins, tokens, policy, challenges, metrics_auth=config.auth.metrics_auth
         )
         self.endpoint = TokenEndpoint(self.logins, tokens, policy, router, challenges)
 
@@ -59,12 +59,16 @@ def setup(
     """Switch client authentication on for `app` if `htpasswd` is set. Its middleware goes
     innermost: after the error middleware that renders its refusals as the spec's JSON, and
     after the one that resolves the request's repository (see `mirror.server.addressing`)."""
-    if config.htpasswd is None:
+    if config.auth.htpasswd is None:
         return None
     auth = ClientAuth(config, router, clock=clock)
     auth.register(app)
     app[CLIENT_AUTH] = auth
     users = len(auth.passwords.users)
-    rules = f"{len(config.auth_rules)} rules" if config.auth_rules else "no rules: all may pull"
-    log.info("client authentication on: %d users from %s, %s", users, config.htpasswd, rules)
+    rules = (
+        f"{len(config.auth.auth_rules)} rules"
+        if config.auth.auth_rules
+        else "no rules: all may pull"
+    )
+    log.info("client authentication on: %d users from %s, %s", users, config.auth.htpasswd, rules)
     return auth

@@ -94,9 +94,9 @@ class Tokens:
 
 def signing_key(config: Config) -> bytes:
     """The tokens' key: from `token_secret`, or the random one kept in the data dir."""
-    if config.token_secret is not None:
-        return hmac.digest(config.token_secret.encode(), b"mirror token signing key", "sha256")
-    return stored_key(config.data_dir / KEY_FILE)
+    if config.auth.token_secret is not None:
+        return hmac.digest(config.auth.token_secret.encode(), b"mirror token signing key", "sha256")
+    return stored_key(config.storage.data_dir / KEY_FILE)
 
 
 def stored_key(path: Path) -> bytes:
