@@ -24,7 +24,15 @@ from typing import Protocol
 
 from mirror import observe
 from mirror.cache.references import named_blobs
-from mirror.meta.store import AccessRecords, Health, Locks, MetaStoreError, TagRecords
+from mirror.meta.store import (
+    AccessRecords,
+    Health,
+    Locks,
+    MetaStoreError,
+    TagKey,
+    TagRecord,
+    TagRecords,
+)
 from mirror.reference import Digest
 from mirror.storage import ContentStore, StoredObject
 
@@ -110,26 +118,10 @@ class Evictor:
         result = Eviction(left_bytes=total)
         if self._max_bytes <= 0 or total <= self._max_bytes:
             return result
-        try:  # without the metadata store nothing says what is pinned or recently used
-            await self._meta.ping()
-        except MetaStoreError as exc:
-            log.warning("not evicting while the metadata store fails: %s", exc)
+        ranked = await self._candidates(objects)
+        if ranked is None:
             return result
-        accessed = await self._meta.list_accesses()
-        pinned = await self._pinned()
-        tags = await self._meta.list_tags()
-        if not self._meta.available:
-            log.warning("not evicting: the metadata store failed during the pass")
-            return result
-        now = self._clock()
-
-        def last_used(obj: StoredObject) -> float:
-            return max(obj.mtime, accessed.get(str(obj.digest), 0.0))
-
-        candidates = sorted(
-            (o for o in objects if o.digest not in pinned and now - last_used(o) >= RECENT_SECONDS),
-            key=last_used,
-        )
+        candidates, tags = ranked
         still_named = await asyncio.to_thread(
             named_blobs, store, (o.digest for o in objects if o.kind == "manifest")
         )
@@ -142,17 +134,7 @@ class Evictor:
                 continue
             total -= freed
             evicted.append(str(obj.digest))
-            result.objects += 1
-            result.bytes += freed
-            referenced = obj.kind == "blob" and obj.digest in still_named
-            observe.evicted(obj.kind, freed, referenced=referenced)
-            if obj.kind == "manifest":
-                for key, record in tags:
-                    if record.digest == obj.digest:
-                        await self._meta.delete_tag(key)
-                        result.tag_records += 1
-            elif referenced:
-                result.referenced_blobs += 1
+            await self._count(result, obj, freed, obj.digest in still_named, tags)
         result.left_bytes = total
         level = logging.WARNING if total > self._max_bytes else logging.INFO
         log.log(
@@ -167,3 +149,52 @@ class Evictor:
         )
         await self._meta.delete_accesses(evicted)
         return result
+
+    async def _candidates(
+        self, objects: list[StoredObject]
+    ) -> tuple[list[StoredObject], list[tuple[TagKey, TagRecord]]] | None:
+        """What may go, least recently used first (never pinned content, nor anything used
+        within RECENT_SECONDS), with the tag records to drop along with their manifests; None
+        while the metadata store fails: without it nothing says what is pinned or recent."""
+        try:
+            await self._meta.ping()
+        except MetaStoreError as exc:
+            log.warning("not evicting while the metadata store fails: %s", exc)
+            return None
+        accessed = await self._meta.list_accesses()
+        pinned = await self._pinned()
+        tags = await self._meta.list_tags()
+        if not self._meta.available:
+            log.warning("not evicting: the metadata store failed during the pass")
+            return None
+        now = self._clock()
+
+        def last_used(obj: StoredObject) -> float:
+            return max(obj.mtime, accessed.get(str(obj.digest), 0.0))
+
+        candidates = sorted(
+            (o for o in objects if o.digest not in pinned and now - last_used(o) >= RECENT_SECONDS),
+            key=last_used,
+        )
+        return candidates, tags
+
+    async def _count(
+        self,
+        result: Eviction,
+        obj: StoredObject,
+        freed: int,
+        named: bool,
+        tags: list[tuple[TagKey, TagRecord]],
+    ) -> None:
+        """Account for one removed object; an evicted manifest takes its tag records along."""
+        result.objects += 1
+        result.bytes += freed
+        referenced = obj.kind == "blob" and named
+        observe.evicted(obj.kind, freed, referenced=referenced)
+        if obj.kind == "manifest":
+            for key, record in tags:
+                if record.digest == obj.digest:
+                    await self._meta.delete_tag(key)
+                    result.tag_records += 1
+        elif referenced:
+            result.referenced_blobs += 1
