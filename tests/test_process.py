@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from mirror import __version__
-from mirror.cli import SHUTDOWN_TIMEOUT
+from mirror.server.serve import SHUTDOWN_TIMEOUT
 from testkit.fakeupstream import Blob, FakeRegistry, Fault, Manifest, random_layer
 from testkit.mirrorproc import MirrorProcess, free_port, run_mirror
 from testkit.waiting import wait_until
