@@ -33,19 +33,6 @@ class StartMirror(Protocol):
     ) -> Client: ...
 
 
-class FakeClock:
-    """Unix time that moves only when a test says so: freshness without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

@@ -6,7 +6,8 @@ their own key prefixes and never flush it), else a private `redis-server` for th
 opened store, once per implementation: SQLite, Redis, and the resilient wrapper over each.
 `meta_clock` is the unix time the store measures its own expiries with (SQLite's); Redis
 expires keys by its server's clock, so a test that lets a TTL run out moves `meta_clock`
-and then waits (`until`) for the store to say so: at once for SQLite, soon for Redis.
+and then waits (`wait_until`, at most UNTIL_TIMEOUT) for the store to say so: at once for
+SQLite, soon for Redis.
 
 Everything is asynchronous and bounded, as in `testkit.mirrorproc`: waiting on redis-server
 never blocks the event loop the code under test runs in.
@@ -19,8 +20,7 @@ import contextlib
 import os
 import secrets
 import shutil
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -32,13 +32,14 @@ from mirror.meta.redis import RedisMetaStore
 from mirror.meta.resilient import ResilientMetaStore
 from mirror.meta.sqlite import SqliteMetaStore
 from mirror.meta.store import MetaStore
+from testkit.clock import FakeClock
 from testkit.mirrorproc import free_port
 from testkit.waiting import wait_until
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 START_TIMEOUT = 5.0  # until it answers PING
 STOP_TIMEOUT = 3.0  # from SIGTERM to the exit; SIGKILL after that
-UNTIL_TIMEOUT = 5.0  # seconds `until` waits for its condition
+UNTIL_TIMEOUT = 5.0  # seconds a test waits for an expiry to show
 
 
 class RedisServer:
@@ -131,29 +132,6 @@ async def _answers_ping(port: int) -> bool:
             await writer.wait_closed()
 
 
-class ManualClock:
-    """Time that moves only when a test says so (unix time, or any origin)."""
-
-    def __init__(self, now: float | None = None) -> None:
-        self.now = time.time() if now is None else now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-async def until(condition: Callable[[], Awaitable[bool]]) -> None:
-    """Return once `condition()` holds; fail the test if it does not within UNTIL_TIMEOUT."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + UNTIL_TIMEOUT
-    while not await condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"still not so after {UNTIL_TIMEOUT} s")
-        await asyncio.sleep(0.01)
-
-
 def unique_prefix() -> str:
     """A key prefix no other test uses, so tests can share one Redis."""
     return f"test-{secrets.token_hex(4)}:"
@@ -206,13 +184,13 @@ def meta_backend(request: pytest.FixtureRequest) -> MetaBackend:
 
 
 @pytest.fixture
-def meta_clock() -> ManualClock:
-    return ManualClock()
+def meta_clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
 async def meta_store(
-    meta_backend: MetaBackend, meta_clock: ManualClock, tmp_path: Path
+    meta_backend: MetaBackend, meta_clock: FakeClock, tmp_path: Path
 ) -> AsyncIterator[MetaStore]:
     """An opened store, closed after the test."""
     url, prefix = meta_backend.redis_url, unique_prefix()

@@ -18,10 +18,11 @@ import pytest
 from mirror import mediatypes
 from mirror.meta import open_meta_store
 from mirror.meta.store import TagKey, TagRecord
+from testkit.clock import FakeClock
 from testkit.fakeupstream import FakeRegistry, Manifest, make_image, make_layer
 from testkit.mirrorproc import Completed, run_mirror
 from tests.clients import ALL_MANIFESTS, pull_like_docker
-from tests.conftest import Client, FakeClock, StartMirror, content_files
+from tests.conftest import Client, StartMirror, content_files
 
 # What real clients send: skopeo and podman every type, containerd the modern four and
 # */*, the Docker Engine the modern four and signed schema 1 (and application/json).

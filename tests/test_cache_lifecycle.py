@@ -18,11 +18,12 @@ from mirror.meta import open_meta_store
 from mirror.meta.store import MetaStore
 from mirror.reference import Digest
 from mirror.storage.filesystem import FilesystemStore
+from testkit.clock import FakeClock
 from testkit.fakeupstream import FakeRegistry, Fault, Manifest, make_image, random_layer
 from testkit.mirrorproc import run_mirror
 from testkit.waiting import wait_until
 from tests.clients import pull_like_docker
-from tests.conftest import Client, FakeClock, StartMirror, answered, files_under
+from tests.conftest import Client, StartMirror, answered, files_under
 from tests.meta_fixtures import RedisServer
 
 KB = 1024

@@ -30,9 +30,10 @@ from mirror.server.auth.throttle import (
 )
 from mirror.server.auth.tokens import CLOCK_SKEW, KEY_FILE, Tokens, stored_key
 from mirror.upstream.routing import Router, UpstreamRepo
+from testkit.clock import FakeClock
 from testkit.fakeupstream import FakeRegistry, Manifest, make_image, make_layer
 from tests.clients import ALL_MANIFESTS
-from tests.conftest import Client, FakeClock, StartMirror, sha256
+from tests.conftest import Client, StartMirror, sha256
 
 PASSWORDS = {"alice": "alice-secret-1", "bob": "bob-secret-2", "carol": "carol-secret-3"}
 GHCR_APP = make_image(layers=[make_layer({"app": b"the ghcr.io org/app\n"})])

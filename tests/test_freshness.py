@@ -15,6 +15,7 @@ import pytest
 from mirror.meta.redis import RedisMetaStore
 from mirror.meta.sqlite import SqliteMetaStore
 from mirror.meta.store import MetaStore
+from testkit.clock import FakeClock
 from testkit.fakeupstream import (
     DOCKER_MANIFEST,
     OCI_INDEX,
@@ -25,7 +26,7 @@ from testkit.fakeupstream import (
     make_image,
 )
 from testkit.waiting import wait_until
-from tests.conftest import Client, FakeClock, StartMirror, answered
+from tests.conftest import Client, StartMirror, answered
 from tests.meta_fixtures import RedisServer
 
 TAG = "/v2/library/alpine/manifests/3.19"

@@ -44,8 +44,10 @@ from mirror.meta.store import (
 )
 from mirror.metrics import PrometheusSink
 from mirror.reference import Digest
+from testkit.clock import FakeClock
 from testkit.mirrorproc import free_port
-from tests.meta_fixtures import ManualClock, RedisServer, forget_prefix, unique_prefix, until
+from testkit.waiting import wait_until
+from tests.meta_fixtures import UNTIL_TIMEOUT, RedisServer, forget_prefix, unique_prefix
 
 HUB = "registry-1.docker.io"
 LOCAL = "localhost:5000"
@@ -164,7 +166,7 @@ async def test_unlock_with_a_wrong_token_does_nothing(meta_store: Locks) -> None
     await meta_store.unlock("never-taken", "whatever")
 
 
-async def test_a_lock_expires_after_its_ttl(meta_store: Locks, meta_clock: ManualClock) -> None:
+async def test_a_lock_expires_after_its_ttl(meta_store: Locks, meta_clock: FakeClock) -> None:
     stale = await meta_store.try_lock("lock", ttl=SHORT_TTL)
     assert stale is not None
     meta_clock.advance(2 * SHORT_TTL)
@@ -172,7 +174,7 @@ async def test_a_lock_expires_after_its_ttl(meta_store: Locks, meta_clock: Manua
     async def taken_over() -> bool:
         return await meta_store.try_lock("lock", ttl=30) is not None
 
-    await until(taken_over)
+    await wait_until(taken_over, within=UNTIL_TIMEOUT, message="the lock was not taken over")
     # The first holder's late unlock must not release the second holder's lock.
     await meta_store.unlock("lock", stale)
     assert await meta_store.try_lock("lock", ttl=30) is None
@@ -274,7 +276,7 @@ async def test_cached_responses_round_trip(meta_store: CachedResponses) -> None:
 
 
 async def test_cached_responses_expire_after_keep_for(
-    meta_store: CachedResponses, meta_clock: ManualClock
+    meta_store: CachedResponses, meta_clock: FakeClock
 ) -> None:
     await meta_store.put_response("short", CachedResponse(b"a", {}, 1e9), keep_for=SHORT_TTL)
     await meta_store.put_response("long", CachedResponse(b"b", {}, 1e9), keep_for=60)
@@ -283,7 +285,7 @@ async def test_cached_responses_expire_after_keep_for(
     async def short_gone() -> bool:
         return await meta_store.get_response("short") is None
 
-    await until(short_gone)
+    await wait_until(short_gone, within=UNTIL_TIMEOUT, message="the response was still kept")
     assert await meta_store.get_response("long") == CachedResponse(b"b", {}, 1e9)
 
 
@@ -519,7 +521,7 @@ async def test_resilient_store_rides_out_a_redis_outage_and_recovers(
 ) -> None:
     caplog.set_level(logging.INFO, logger="mirror.meta.resilient")
     prefix = unique_prefix()
-    rest = ManualClock(0.0)  # the wrapper's monotonic seconds: its rest after a failure
+    rest = FakeClock(0.0)  # the wrapper's monotonic seconds: its rest after a failure
     store = ResilientMetaStore(
         await RedisMetaStore.open(redis_server.url, prefix), retry_after=0.5, clock=rest
     )

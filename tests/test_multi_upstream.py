@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from testkit.clock import FakeClock
 from testkit.fakeupstream import FakeRegistry, Manifest, make_image, make_layer
 from testkit.tls import make_private_ca
 from tests.clients import ALL_MANIFESTS, pull_like_docker
 from tests.conftest import (
     Client,
-    FakeClock,
     StartMirror,
     answered,
     files_under,

@@ -16,10 +16,11 @@ import pytest
 
 from mirror.logs import JsonFormatter
 from mirror.server.middleware import route_label
+from testkit.clock import FakeClock
 from testkit.fakeupstream import FakeRegistry, Fault, Manifest, make_image, random_layer
 from testkit.mirrorproc import MirrorProcess
 from tests.clients import pull_like_docker
-from tests.conftest import Client, FakeClock, StartMirror, files_under
+from tests.conftest import Client, StartMirror, files_under
 from tests.meta_fixtures import RedisServer
 from tests.scrape import delta, parse, scrape
 
