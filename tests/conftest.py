@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -48,6 +49,21 @@ def toml_value(value: Any) -> str:
 
 def toml_table(table: dict[str, Any]) -> str:
     return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in table.items()) + "}"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """The cwd of a `mirror` process a test starts: empty, so no mirror.toml is found there."""
+    path = tmp_path / "cwd"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for tests that talk to `mirror serve` processes (bounded waits)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        yield session
 
 
 @pytest.fixture

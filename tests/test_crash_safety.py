@@ -19,7 +19,7 @@ import hashlib
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,19 +42,6 @@ KILL_AFTER = 8 * MB  # bytes in the temp file when the mirror is killed
 CLIENTS = 4
 WAIT = 20.0  # bound on every wait below
 DISK = "8m"  # the tmpfs a full-disk test runs on
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "cwd"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        yield session
 
 
 # --- clients streaming a blob ------------------------------------------------------------------

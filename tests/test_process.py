@@ -12,7 +12,7 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -31,23 +31,9 @@ SKOPEO_TIMEOUT = 30.0
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    """The processes' cwd: empty, so no mirror.toml is found there."""
-    path = tmp_path / "cwd"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def serve(upstream: FakeRegistry, data_dir: Path, workdir: Path) -> Callable[[], MirrorProcess]:
     """A new `mirror serve` process in front of the fake upstream, on the test's data dir."""
     return lambda: MirrorProcess(upstream.url, data_dir, cwd=workdir)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-        yield session
 
 
 def downloads_in_flight(data_dir: Path) -> int:

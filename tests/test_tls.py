@@ -102,13 +102,6 @@ def replace_pair(current: PrivateCA, new: PrivateCA) -> None:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "cwd"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def ca(tmp_path: Path) -> PrivateCA:
     return make_private_ca(tmp_path / "ca")
 
