@@ -4,6 +4,7 @@ configured `prefetch` list pins against eviction."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -277,7 +278,9 @@ async def test_one_process_of_several_prefetches_in_an_interval(
     upstream: FakeRegistry,
     alpine: Manifest,
     data_dir: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="mirror.cache.prefetch.schedule")
     settings: dict[str, Any] = {"prefetch": "alpine:3.19", "prefetch_interval": 3600}
     await start_mirror(upstream.url, **settings)
     await wait_until(
@@ -289,7 +292,11 @@ async def test_one_process_of_several_prefetches_in_an_interval(
     # A second process on the same data dir (and metadata store) starts within the
     # interval: the first one's round counts for it, so it asks the upstream nothing.
     await start_mirror(upstream.url, **settings)
-    await asyncio.sleep(0.5)
+    await wait_until(
+        lambda: "another process has this interval's round" in caplog.text,
+        within=POLL_TIMEOUT,
+        message="the second process's schedule passes its round",
+    )
     assert answered(upstream, kind="manifest", method="HEAD") == 1
 
     # A changed list is another schedule: prefetched at once.

@@ -46,6 +46,8 @@ async def schedule(config: Config, puller: Puller, locks: Locks, access: AccessR
             if await locks.try_lock(lock, ttl=config.prefetch.prefetch_interval) is not None:
                 await prefetch_all(puller, config.prefetch.prefetch, platforms)
                 await access.flush()
+            else:
+                log.debug("prefetch: another process has this interval's round")
         except Exception:  # the schedule must survive anything one round does
             log.exception("prefetch: the scheduled round failed")
         await asyncio.sleep(config.prefetch.prefetch_interval)
