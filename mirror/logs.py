@@ -11,6 +11,8 @@ import logging
 import time
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -39,8 +41,6 @@ class MalformedRequests(logging.Filter):
     answered with a 400 already, so it becomes one warning line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from aiohttp.http_exceptions import HttpProcessingError
-
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
             record.msg, record.args = "refused a malformed request: %s", (exc.message[:200],)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
+
+from tqdm import tqdm
 
 from mirror.cache.prefetch.engine import BlobProgress, ImageResult, prefetch_image
 from mirror.cache.prefetch.text import summary_line
@@ -22,9 +24,6 @@ from mirror.platforms import parse_platform
 from mirror.reference import Digest, ImageRef
 from mirror.units import human_size
 from mirror.wiring import pulling
-
-if TYPE_CHECKING:
-    from tqdm import tqdm
 
 
 def add_parsers(commands: Any) -> list[argparse.ArgumentParser]:
@@ -134,10 +133,8 @@ class _Bars:
         self._stream = stream
 
     def bar(self, image: ImageRef, digest: Digest, size: int | None) -> BlobProgress:
-        from tqdm import tqdm as progress_bar
-
         return _Bar(
-            progress_bar(
+            tqdm(
                 total=size,
                 desc=f"{image.name.rsplit('/', 1)[-1]} {digest.hex[:12]}",
                 unit="B",
