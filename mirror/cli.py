@@ -16,11 +16,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from mirror import __version__, clientconfig, config, logs
+from mirror import __version__, clientconfig, config, logs, wiring
 from mirror.admin import bundle, gc, inventory, prefetch
 from mirror.meta import MetaStoreError
 from mirror.server import htpasswd, tls, workers
-from mirror.storage.filesystem import FilesystemStore
 
 # Nothing here imports prometheus-client at module level (the server's modules do, so they
 # are imported in `_serve_app`): with several workers it must be imported only after
@@ -134,7 +133,7 @@ def _serve(cfg: config.Config) -> int:
         return _run(cfg, listeners, server_tls)
     # Temp files are cleaned once, here: a worker starting later must not remove the
     # downloads its siblings are writing.
-    if removed := FilesystemStore(cfg.storage.data_dir).remove_temp_files():
+    if removed := wiring.open_store(cfg).remove_temp_files():
         logging.getLogger("mirror").info("removed %d temp files left by an earlier run", removed)
     # Workers write their metric values to files here, and any worker's /metrics sums them.
     metrics_dir = tempfile.mkdtemp(prefix="mirror-metrics-")
