@@ -196,7 +196,7 @@ async def _stage(
         await writer.verify(size)
     except IntegrityError as exc:
         await writer.abort()
-        found = f"its content hashes to {exc.actual}, not to its name" if exc.actual else exc
+        found = f"its content hashes to {exc.actual}, not to its name" if exc.actual else str(exc)
         raise BundleError(name, f"corrupt: {found}") from None
     except BaseException:
         await writer.abort()
