@@ -29,6 +29,7 @@ from mirror.cache.prefetch.engine import Puller
 from mirror.cache.tags import TagListCache
 from mirror.config import Config
 from mirror.meta import MetaStore, open_meta_store
+from mirror.storage import ContentStore
 from mirror.storage.filesystem import FilesystemStore
 from mirror.upstream.routing import Router
 
@@ -40,7 +41,7 @@ class DataDir:
     """What a command on the data dir works with: the content and the records about it."""
 
     config: Config
-    store: FilesystemStore
+    store: ContentStore
     meta: MetaStore
 
 
@@ -49,7 +50,7 @@ class Mirror:
     """The pull-through parts: a data dir plus the upstreams and the caches in front."""
 
     config: Config
-    store: FilesystemStore
+    store: ContentStore
     meta: MetaStore
     router: Router
     access: AccessRecorder
@@ -72,7 +73,7 @@ class Mirror:
             await self.meta.close()
 
 
-def open_store(config: Config) -> FilesystemStore:
+def open_store(config: Config) -> ContentStore:
     """The content store `config` names."""
     return FilesystemStore(config.storage.data_dir)
 
@@ -88,12 +89,15 @@ async def _open_meta(config: Config, *, resilient: bool, clock: Callable[[], flo
 
 
 @asynccontextmanager
-async def open_data_dir(config: Config) -> AsyncIterator[DataDir]:
+async def open_data_dir(
+    config: Config, *, store: ContentStore | None = None
+) -> AsyncIterator[DataDir]:
     """The content store and the bare metadata store of `config`, for a command. Temp files
-    are left alone: a server may be writing them.
+    are left alone: a server may be writing them. `store` is the content store when the
+    command opened it already (`mirror import` verifies a bundle into it first).
 
     Raises MetaStoreError when the metadata store cannot be opened."""
-    store = open_store(config)
+    store = open_store(config) if store is None else store
     meta = await _open_meta(config, resilient=False, clock=time.time)
     try:
         yield DataDir(config, store, meta)

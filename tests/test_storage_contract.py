@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import resource
 import time
-from collections.abc import Callable
-from contextlib import aclosing
+from collections.abc import Callable, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,18 @@ async def put(store: ContentStore, data: bytes) -> Digest:
     await writer.write(data)
     await writer.commit(len(data))
     return digest
+
+
+@contextmanager
+def few_descriptors_left(left: int) -> Iterator[None]:
+    """Lower this process's open-file limit to `left` more than it has open, meanwhile."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    open_now = len(list(Path("/proc/self/fd").iterdir()))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + left, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def nothing_visible(store: ContentStore, digest: Digest) -> bool:
@@ -122,6 +135,29 @@ async def test_a_failed_verify_discards_the_bytes(store: ContentStore) -> None:
         await writer.verify()
     await writer.abort()  # harmless after the discard
     assert nothing_visible(store, DIGEST)
+
+
+async def test_a_digest_mismatch_names_what_the_bytes_hash_to(store: ContentStore) -> None:
+    writer = store.blob_writer(DIGEST)
+    await writer.write(b"other bytes")
+    with pytest.raises(IntegrityError) as refused:
+        await writer.verify()
+    assert refused.value.actual == digest_of(b"other bytes")
+
+
+async def test_verified_writers_hold_no_descriptors_until_they_commit(store: ContentStore) -> None:
+    """`mirror import` verifies every blob of a bundle before it commits any."""
+    blobs = [b"blob %d" % number for number in range(200)]
+    with few_descriptors_left(50):
+        writers = []
+        for data in blobs:
+            writer = store.blob_writer(digest_of(data))
+            await writer.write(data)
+            await writer.verify(len(data))
+            writers.append(writer)
+        for writer in writers:
+            await writer.commit()
+    assert store.measure()["blob"].objects == len(blobs)
 
 
 async def test_abort_discards_and_is_idempotent_and_a_commit_outlives_it(

@@ -77,8 +77,7 @@ class FilesystemStore:
 
     def __init__(self, root: Path) -> None:
         self._root = root
-        # Also where `mirror import` stages a bundle's entries (to move onto blob_writer).
-        self.tmp = root / "tmp"
+        self._tmp = root / "tmp"
         for sub in ("blobs", "manifests", "tmp"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         self._recent: OrderedDict[Digest, StoredManifest] = OrderedDict()
@@ -91,7 +90,7 @@ class FilesystemStore:
     def location(self) -> str:
         return str(self._root)
 
-    def count(self, kind: ContentKind, size: int) -> None:
+    def _count(self, kind: ContentKind, size: int) -> None:
         """Note a newly committed object in `usage`."""
         usage = self.usage[kind]
         usage.objects += 1
@@ -99,23 +98,21 @@ class FilesystemStore:
 
     def _count_blob(self, size: int, is_new: bool) -> None:
         if is_new:
-            self.count("blob", size)
+            self._count("blob", size)
 
     # --- blobs ----------------------------------------------------------------------------
 
-    def blob_path(self, digest: Digest) -> Path:
-        """Where a blob lives (only `mirror import`'s staging uses this outside the store,
-        until it writes through `blob_writer`)."""
+    def _blob_path(self, digest: Digest) -> Path:
         return self._root / "blobs" / digest.algorithm / digest.hex[:2] / digest.hex
 
     def blob_size(self, digest: Digest) -> int | None:
         try:
-            return self.blob_path(digest).stat().st_size
+            return self._blob_path(digest).stat().st_size
         except FileNotFoundError:
             return None
 
     def open_blob(self, digest: Digest) -> FileBlob | None:
-        path = self.blob_path(digest)
+        path = self._blob_path(digest)
         try:
             size = path.stat().st_size
         except FileNotFoundError:
@@ -125,14 +122,15 @@ class FilesystemStore:
     def blob_writer(self, digest: Digest) -> FileBlobWriter:
         """A private temp file, published only by `commit` after it is verified."""
         return FileBlobWriter(
-            self._temp_path(digest), self.blob_path(digest), digest, on_commit=self._count_blob
+            self._temp_path(digest), self._blob_path(digest), digest, on_commit=self._count_blob
         )
 
     def spool(self, digest: Digest) -> FileSpool:
-        return FileSpool(digest, self._spool_stem(digest), self.blob_path(digest), self._count_blob)
+        final = self._blob_path(digest)
+        return FileSpool(digest, self._spool_stem(digest), final, self._count_blob)
 
     def _spool_stem(self, digest: Digest) -> Path:
-        return self.tmp / f"{digest.algorithm}-{digest.hex}"
+        return self._tmp / f"{digest.algorithm}-{digest.hex}"
 
     def _spool_of(self, path: Path) -> Digest | None:
         """The digest whose spool `path` (a file in `tmp/`) belongs to, or None for any
@@ -190,7 +188,7 @@ class FilesystemStore:
         )
         await asyncio.to_thread(self._publish, path, manifest.data, digest)
         if is_new:
-            self.count("manifest", len(manifest.data))
+            self._count("manifest", len(manifest.data))
 
     def _publish(self, final: Path, data: bytes, digest: Digest) -> None:
         tmp = self._temp_path(digest)
@@ -205,7 +203,7 @@ class FilesystemStore:
             tmp.unlink(missing_ok=True)
 
     def _temp_path(self, digest: Digest) -> Path:
-        return self.tmp / f"{digest.hex}.{secrets.token_hex(6)}.part"
+        return self._tmp / f"{digest.hex}.{secrets.token_hex(6)}.part"
 
     # --- housekeeping ---------------------------------------------------------------------
 
@@ -226,7 +224,7 @@ class FilesystemStore:
     def remove(self, kind: ContentKind, digest: Digest) -> int:
         """A client reading the file keeps it open until done (the data goes when the last
         one closes it)."""
-        path = self.blob_path(digest) if kind == "blob" else self._manifest_path(digest)
+        path = self._blob_path(digest) if kind == "blob" else self._manifest_path(digest)
         try:
             size = path.stat().st_size
             path.unlink()
@@ -265,13 +263,13 @@ class FilesystemStore:
         return stat.f_bavail * stat.f_frsize
 
     def check_writable(self) -> None:
-        probe = self.tmp / f"ready.{secrets.token_hex(4)}"
+        probe = self._tmp / f"ready.{secrets.token_hex(4)}"
         probe.write_bytes(b"")
         probe.unlink()
 
     def stale_temp_files(self, older_than: float) -> list[TempFile]:
         found = []
-        for path in self.tmp.iterdir():
+        for path in self._tmp.iterdir():
             try:
                 stat = path.stat()
             except FileNotFoundError:
@@ -285,11 +283,11 @@ class FilesystemStore:
         return found
 
     def remove_temp_file(self, temp: TempFile) -> None:
-        (self.tmp / temp.name).unlink(missing_ok=True)
+        (self._tmp / temp.name).unlink(missing_ok=True)
 
     def remove_temp_files(self) -> int:
         removed = 0
-        for path in self.tmp.iterdir():
+        for path in self._tmp.iterdir():
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:

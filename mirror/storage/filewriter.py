@@ -50,24 +50,27 @@ class FileBlobWriter:
         self.written += len(chunk)
 
     async def verify(self, expected_size: int | None = None) -> None:
-        assert self._fd is not None, "verify after commit or abort"
         if self._verified:
             return
+        assert self._fd is not None, "verify after abort"
         actual = self._hash.hexdigest()
         if expected_size is not None and self.written != expected_size:
             await self.abort()
             raise IntegrityError(f"expected {expected_size} bytes, got {self.written}")
         if actual != self.digest.hex:
             await self.abort()
-            raise IntegrityError(f"content hashes to {self.digest.algorithm}:{actual}")
+            raise IntegrityError(
+                f"content hashes to {self.digest.algorithm}:{actual}",
+                actual=Digest(self.digest.algorithm, actual),
+            )
         await asyncio.to_thread(os.fsync, self._fd)
+        # Durable: renaming needs no descriptor, so none is held until the commit.
+        self._close()
         self._verified = True
 
     async def commit(self, expected_size: int | None = None) -> None:
+        assert not self._done, "commit after commit or abort"
         await self.verify(expected_size)
-        assert self._fd is not None
-        os.close(self._fd)
-        self._fd = None
         self._final.parent.mkdir(parents=True, exist_ok=True)
         is_new = not self._final.exists()
         self._path.rename(self._final)
@@ -82,7 +85,10 @@ class FileBlobWriter:
         if self._shared:
             with contextlib.suppress(OSError):
                 os.truncate(self._path, 0)
+        self._close()
+        self._path.unlink(missing_ok=True)
+
+    def _close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        self._path.unlink(missing_ok=True)

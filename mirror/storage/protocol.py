@@ -20,7 +20,12 @@ ContentKind = Literal["blob", "manifest"]
 
 
 class IntegrityError(Exception):
-    """Bytes did not match the digest (or size) they were written for."""
+    """Bytes did not match the digest (or size) they were written for; `actual` is the
+    digest they hash to, when that was the mismatch."""
+
+    def __init__(self, message: str, *, actual: Digest | None = None) -> None:
+        super().__init__(message)
+        self.actual = actual
 
 
 @dataclass
@@ -88,7 +93,8 @@ class BlobWriter(Protocol):
 
     async def verify(self, expected_size: int | None = None) -> None:
         """Check size and digest and make the bytes durable without publishing them;
-        IntegrityError (bytes discarded) on mismatch."""
+        IntegrityError (bytes discarded) on mismatch. A verified writer holds on to no
+        scarce resource (an import keeps one per blob of a bundle until it commits)."""
 
     async def commit(self, expected_size: int | None = None) -> None:
         """verify() unless done, then publish under the digest."""

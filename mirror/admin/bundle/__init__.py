@@ -4,9 +4,9 @@
 manifests, configs and layers, every platform of an index unless `--platform` says which,
 chosen as `mirror prefetch --platform` chooses them: see `mirror.platforms`) as an OCI
 image layout in a tar, plus the mirror's tag records. `mirror import bundle.tar`
-reads it on the other side, entry by entry, into temp files under the data dir's `tmp/`,
-hashing each; only when every entry matches its digest and everything the bundle names is
-in it does anything go into the store. A bad bundle leaves the cache as it was.
+reads it on the other side, entry by entry, into the store's verified writers (nothing is
+visible before a writer commits); only when every entry matches its digest and everything
+the bundle names is in it is anything committed. A bad bundle leaves the cache as it was.
 
 The bundle (a plain tar, entries in this order):
 
@@ -21,11 +21,11 @@ The bundle (a plain tar, entries in this order):
     blobs/<alg>/<hex>   every manifest, config and layer, once
 
 Both commands work on a data dir whether or not a server runs on it: export only reads
-files that never change once written, and import publishes content the way the server
-does (verified temp file, then rename) before it writes any tag record.
+content that never changes once written, and import publishes content the way the server
+does (through the store's verified writer) before it writes any tag record.
 
 The package, by job: `cli` (the two commands), `export` (what to write, and writing it),
-`archive` (reading a bundle into staged temp files, each verified), `check` (what the
+`archive` (reading a bundle into the store's writers, each verified), `check` (what the
 bundle's metadata names is all there), `commit` (staged content into the store, then tag
 records), `progress`, and `layout` (the format's names and limits).
 """

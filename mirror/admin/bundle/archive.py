@@ -1,21 +1,22 @@
 """Reading a bundle: its tar entries, once and in order (standard input works), every blob
-into a temp file while it is hashed; then `check` says whether what the metadata names is
-all there. The one place import stages content (`_stage`); `commit` publishes it."""
+entry streamed into the store's verified writer; then `check` says whether what the
+metadata names is all there. The one place import stages content (`_stage`); `commit`
+publishes it. The archive is a blocking stream, read in threads between the writes."""
 
 from __future__ import annotations
 
-import hashlib
-import os
+import asyncio
+import json
 import re
-import secrets
 import tarfile
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, cast
 
 from mirror.admin.bundle.check import Bundle, check
 from mirror.admin.bundle.layout import (
     INDEX_JSON,
+    MAX_MANIFEST_BYTES,
     MAX_METADATA_BYTES,
     OCI_LAYOUT,
     TAGS_JSON,
@@ -25,6 +26,7 @@ from mirror.admin.bundle.layout import (
 from mirror.admin.bundle.progress import Progress
 from mirror.errors import RegistryError
 from mirror.reference import Digest
+from mirror.storage import ContentStore, IntegrityError
 from mirror.units import human_size
 
 CHUNK = 1024 * 1024
@@ -33,20 +35,28 @@ _DIRECTORIES = re.compile(r"blobs(/[a-z0-9]+)?|mirror")
 _BLOB_ENTRY = re.compile(r"blobs/(?P<algorithm>[^/]+)/(?P<hex>[^/]+)")
 
 
-def read_bundle(source: IO[bytes], tmp: Path, progress: Progress) -> Bundle:
-    """Read a bundle from a stream: every blob entry into a temp file in `tmp` while it is
-    hashed, then check that everything index.json and tags.json name is there. Raises
-    BundleError naming the bad entry, with every temp file removed."""
+async def read_bundle(source: IO[bytes], store: ContentStore, progress: Progress) -> Bundle:
+    """Read a bundle from a blocking stream: every blob entry into one of `store`'s writers,
+    verified there, then check that everything index.json and tags.json name is there.
+    Raises BundleError naming the bad entry, with every writer aborted. The returned
+    bundle's writers are the caller's to commit or abort (`Bundle.discard`); those of
+    entries nothing names are aborted already."""
     staged: dict[Digest, Staged] = {}
     try:
-        metadata = _stage_entries(_CountingReader(source, progress), tmp, staged, progress)
-        return check(staged, metadata)
+        metadata = await _stage_entries(_CountingReader(source, progress), store, staged, progress)
+        bundle = check(staged, metadata)
     except BaseException:
-        for entry in staged.values():
-            entry.discard()
+        await _abort(staged.values())
         raise
     finally:
         progress.finish()
+    await _abort(entry for digest, entry in staged.items() if digest not in bundle.staged)
+    return bundle
+
+
+async def _abort(entries: Iterable[Staged]) -> None:
+    for entry in list(entries):
+        await entry.writer.abort()
 
 
 @dataclass
@@ -57,17 +67,18 @@ class _Position:
     reading: bool = False
 
 
-def _stage_entries(
-    source: _CountingReader, tmp: Path, staged: dict[Digest, Staged], progress: Progress
+async def _stage_entries(
+    source: _CountingReader, store: ContentStore, staged: dict[Digest, Staged], progress: Progress
 ) -> dict[str, bytes]:
     """Stage every blob entry into `staged`; the metadata entries, read into memory."""
     metadata: dict[str, bytes] = {}
     at = _Position()
-    token = secrets.token_hex(6)
     try:
         # A stream (standard input works): entries are read once, in order, nothing seeks.
-        with tarfile.open(fileobj=cast(IO[bytes], source), mode="r|*") as tar:
-            for member in tar:
+        opened = await asyncio.to_thread(tarfile.open, fileobj=cast(IO[bytes], source), mode="r|*")
+        with opened as tar:
+            members = iter(tar)
+            while (member := await asyncio.to_thread(next, members, None)) is not None:
                 at.entry, at.reading = member.name, False
                 name = at.entry = _entry_name(member.name)
                 reader = _open_member(tar, member, name)
@@ -75,12 +86,10 @@ def _stage_entries(
                     continue  # a directory
                 at.reading = True
                 if name in (OCI_LAYOUT, INDEX_JSON, TAGS_JSON):
-                    metadata[name] = _read_metadata(reader, member, name, metadata)
+                    metadata[name] = await _read_metadata(reader, member, name, metadata)
                 else:
                     digest = _blob_digest(name, staged)
-                    target = tmp / f"import-{token}-{digest.algorithm}-{digest.hex}.part"
-                    size = _stage(reader, target, digest, member.size, name)
-                    staged[digest] = Staged(target, size)
+                    staged[digest] = await _stage(reader, store, digest, member.size, name)
                     progress.done(name, 0)
                 at.reading = False
     except (tarfile.TarError, EOFError) as exc:
@@ -106,14 +115,14 @@ def _open_member(tar: tarfile.TarFile, member: tarfile.TarInfo, name: str) -> IO
     return reader
 
 
-def _read_metadata(
+async def _read_metadata(
     reader: IO[bytes], member: tarfile.TarInfo, name: str, metadata: dict[str, bytes]
 ) -> bytes:
     if name in metadata:
         raise BundleError(name, "appears twice")
     if member.size > MAX_METADATA_BYTES:
         raise BundleError(name, f"is too large ({human_size(member.size)})")
-    data = reader.read(member.size)
+    data = await asyncio.to_thread(reader.read, member.size)
     if len(data) != member.size:
         raise BundleError(name, _truncated(len(data), member.size))
     return data
@@ -169,30 +178,37 @@ def _truncated(got: int, expected: int) -> str:
     return f"truncated: {got} of {expected} bytes (the archive ends early)"
 
 
-def _stage(reader: IO[bytes], target: Path, digest: Digest, size: int, name: str) -> int:
-    """Copy one entry to `target`, hashing it; the file is removed unless it verifies."""
-    hasher = hashlib.new(digest.algorithm)
-    written = 0
+async def _stage(
+    reader: IO[bytes], store: ContentStore, digest: Digest, size: int, name: str
+) -> Staged:
+    """Stream one entry into the store's writer for `digest`, which verifies it (aborted
+    unless it does). Its bytes are kept too when it may be a manifest."""
+    writer = store.blob_writer(digest)
+    chunks: list[bytes] | None = [] if size <= MAX_MANIFEST_BYTES else None
     try:
-        with target.open("xb") as out:
-            while written < size:
-                chunk = reader.read(min(CHUNK, size - written))
-                if not chunk:
-                    break
-                out.write(chunk)
-                hasher.update(chunk)
-                written += len(chunk)
-            if written != size:
-                raise BundleError(name, _truncated(written, size))
-            if hasher.hexdigest() != digest.hex:
-                raise BundleError(
-                    name,
-                    f"corrupt: its content hashes to {digest.algorithm}:{hasher.hexdigest()}, "
-                    "not to its name",
-                )
-            out.flush()
-            os.fsync(out.fileno())
+        while writer.written < size:
+            chunk = await asyncio.to_thread(reader.read, min(CHUNK, size - writer.written))
+            if not chunk:
+                raise BundleError(name, _truncated(writer.written, size))
+            await writer.write(chunk)
+            if chunks is not None:
+                chunks.append(chunk)
+        await writer.verify(size)
+    except IntegrityError as exc:
+        await writer.abort()
+        found = f"its content hashes to {exc.actual}, not to its name" if exc.actual else str(exc)
+        raise BundleError(name, f"corrupt: {found}") from None
     except BaseException:
-        target.unlink(missing_ok=True)
+        await writer.abort()
         raise
-    return written
+    data = b"".join(chunks) if chunks is not None else None
+    return Staged(writer, size, data if data is not None and _is_json(data) else None)
+
+
+def _is_json(data: bytes) -> bool:
+    """Whether `data` parses as JSON, as a manifest must (other entries are not kept)."""
+    try:
+        json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return True

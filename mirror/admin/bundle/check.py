@@ -23,6 +23,7 @@ from mirror.cache.graph import ManifestWalk
 from mirror.errors import RegistryError
 from mirror.meta.store import TagKey, TagRecord
 from mirror.reference import Digest, is_registry_host, parse_name, parse_tag
+from mirror.storage import StoredManifest
 
 
 @dataclass(frozen=True)
@@ -36,27 +37,28 @@ class BundleImage:
 
 @dataclass
 class Bundle:
-    """A verified bundle, its content in temp files until committed or discarded."""
+    """A verified bundle, its content in the store's writers until committed or discarded."""
 
     staged: dict[Digest, Staged] = field(default_factory=dict)
     images: list[BundleImage] = field(default_factory=list)
     records: list[tuple[TagKey, TagRecord]] = field(default_factory=list)
-    manifests: dict[Digest, str] = field(default_factory=dict)  # media types, children first
+    manifests: dict[Digest, StoredManifest] = field(default_factory=dict)  # children first
     blobs: list[Digest] = field(default_factory=list)
     unreferenced: int = 0  # entries nothing names (not imported)
     size: int = 0  # bytes of content
 
-    def discard(self) -> None:
-        """Remove the temp files that were not committed."""
+    async def discard(self) -> None:
+        """Abort the writers that were not committed (manifests are published from their
+        bytes, so theirs are never committed): nothing stays behind."""
         for staged in self.staged.values():
-            staged.discard()
+            await staged.writer.abort()
 
 
 def check(staged: dict[Digest, Staged], metadata: dict[str, bytes]) -> Bundle:
     """The bundle the staged entries and metadata make, once everything index.json and
     tags.json name is there and consistent; entries nothing names are dropped."""
     index, tags = _documents(metadata)
-    bundle = Bundle(staged)
+    bundle = Bundle(dict(staged))
     media_types: dict[Digest, str] = {}  # what the descriptors and tags.json say
     listed = _field(tags, "manifests", dict, TAGS_JSON)
     for text, media_type in listed.items():
@@ -81,7 +83,7 @@ def check(staged: dict[Digest, Staged], metadata: dict[str, bytes]) -> Bundle:
     _check_records(bundle)
     used = set(bundle.manifests) | set(bundle.blobs)
     for digest in [d for d in bundle.staged if d not in used]:
-        bundle.staged.pop(digest).discard()
+        del bundle.staged[digest]
         bundle.unreferenced += 1
     bundle.size = sum(s.size for s in bundle.staged.values())
     return bundle
@@ -134,6 +136,7 @@ def _check_graph(
     for digest, who in roots:
         named_by.setdefault(digest, who)
     walk = ManifestWalk(digest for digest, _ in roots)
+    read: dict[Digest, bytes] = {}
     for edge in walk:
         who = f"manifest {edge.parent}" if edge.parent is not None else named_by[edge.digest]
         staged = bundle.staged.get(edge.digest)
@@ -143,27 +146,26 @@ def _check_graph(
             raise BundleError(entry_name(edge.digest), f"named by {who}, but not in the bundle")
         if edge.media_type is not None:
             media_types.setdefault(edge.digest, edge.media_type)
-        refs = walk.visit(edge, _manifest(edge.digest, staged, who, media_types))
+        read[edge.digest] = _manifest(edge.digest, staged, who, media_types)
+        refs = walk.visit(edge, read[edge.digest])
         for blob in refs.blobs:
             if blob not in bundle.staged:
                 raise BundleError(
                     entry_name(blob), f"named by manifest {edge.digest}, but not in the bundle"
                 )
-    bundle.manifests = {digest: media_types[digest] for digest in walk.finished}
+    bundle.manifests = {d: StoredManifest(read[d], media_types[d], d) for d in walk.finished}
     bundle.blobs = [b for b in walk.blobs if b not in bundle.manifests]
 
 
 def _manifest(digest: Digest, staged: Staged, who: str, media_types: dict[Digest, str]) -> bytes:
     """A staged manifest's bytes, once it is a JSON object with a media type (its own, or
-    what names it says)."""
+    what names it says). Staging kept the bytes of every entry that may be one."""
     if staged.size > MAX_MANIFEST_BYTES:
         raise BundleError(entry_name(digest), "a manifest larger than 4 MiB")
-    data = staged.path.read_bytes()
-    try:
-        document = json.loads(data)
-    except ValueError:
-        message = f"named by {who} as a manifest, but not JSON"
-        raise BundleError(entry_name(digest), message) from None
+    if staged.data is None:
+        raise BundleError(entry_name(digest), f"named by {who} as a manifest, but not JSON")
+    data = staged.data
+    document = json.loads(data)
     if not isinstance(document, dict):
         raise BundleError(entry_name(digest), "a manifest that is not a JSON object")
     if isinstance(document.get("mediaType"), str):

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from mirror.admin.bundle.archive import read_bundle
+from mirror.admin.bundle.check import Bundle
 from mirror.admin.bundle.commit import ImportReport, import_bundle
 from mirror.admin.bundle.export import ExportPlan, plan_export, write_bundle
 from mirror.admin.bundle.layout import BundleError, ExportError
@@ -19,9 +21,9 @@ from mirror.errors import RegistryError
 from mirror.meta.store import MetaStoreError
 from mirror.platforms import parse_platform
 from mirror.reference import parse_image
-from mirror.storage.filesystem import FilesystemStore
+from mirror.storage import ContentStore
 from mirror.units import human_size
-from mirror.wiring import open_data_dir
+from mirror.wiring import open_data_dir, open_store
 
 
 def add_parsers(commands: Any) -> list[argparse.ArgumentParser]:
@@ -75,8 +77,7 @@ def run_export(args: argparse.Namespace, config: Config) -> int:
             for image in exported.images:
                 print(f"exporting {image.reference} ({image.digest})", file=sys.stderr)
         progress = Progress("exporting", exported.total_bytes, quiet=args.quiet)
-        store = FilesystemStore(config.storage.data_dir)
-        written = write_bundle(exported, store, args.output, progress)
+        written = write_bundle(exported, open_store(config), args.output, progress)
     except ExportError as exc:
         print(f"mirror: cannot export:\n{exc}", file=sys.stderr)
         return 1
@@ -97,34 +98,23 @@ def run_export(args: argparse.Namespace, config: Config) -> int:
 
 def run_import(args: argparse.Namespace, config: Config) -> int:
     source = "standard input" if args.bundle == "-" else args.bundle
-    store = FilesystemStore(config.storage.data_dir)
+    return asyncio.run(_import(args, config, source))
+
+
+async def _import(args: argparse.Namespace, config: Config, source: str) -> int:
+    """Verify the whole bundle into the store's writers, then commit it; whatever is not
+    committed is aborted, however the import ends."""
+    store = open_store(config)
     try:
-        if args.bundle == "-":
-            progress = Progress("verifying", None, quiet=args.quiet)
-            bundle = read_bundle(sys.stdin.buffer, store.tmp, progress)
-        else:
-            path = Path(args.bundle)
-            with path.open("rb") as fh:
-                progress = Progress("verifying", path.stat().st_size, quiet=args.quiet)
-                bundle = read_bundle(fh, store.tmp, progress)
+        bundle = await _read(args.bundle, store, quiet=args.quiet)
     except BundleError as exc:
         print(f"mirror: {source} refused, nothing was imported: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"mirror: cannot read {source}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-
-    async def commit() -> ImportReport:
-        async with open_data_dir(config) as data:
-            report = await import_bundle(data, bundle, dry_run=args.dry_run)
-            # The store answers "not known" rather than fail while its backend is down:
-            # a write it dropped must fail the import, not pass unseen.
-            if data.meta.errors:
-                raise MetaStoreError("it failed while the tag records were written")
-            return report
-
     try:
-        report = asyncio.run(commit())
+        report = await _commit(config, store, bundle, dry_run=args.dry_run)
     except (OSError, MetaStoreError) as exc:
         print(
             f"mirror: import of {source} failed: {exc}; the content that was verified may be "
@@ -133,7 +123,7 @@ def run_import(args: argparse.Namespace, config: Config) -> int:
         )
         return 1
     finally:
-        bundle.discard()
+        await bundle.discard()
     for host in sorted(report.unserved):
         print(
             f"note: {host} is not a registry this mirror serves; add an [[upstream]] for it "
@@ -144,3 +134,25 @@ def run_import(args: argparse.Namespace, config: Config) -> int:
         print(f"kept {line}", file=sys.stderr)
     print(report.summary(source, dry_run=args.dry_run))
     return 0
+
+
+async def _read(bundle: str, store: ContentStore, *, quiet: bool) -> Bundle:
+    """The bundle at path `bundle` (- for standard input), checked, its content staged in
+    `store`."""
+    if bundle == "-":
+        return await read_bundle(sys.stdin.buffer, store, Progress("verifying", None, quiet=quiet))
+    with await asyncio.to_thread(Path(bundle).open, "rb") as fh:
+        progress = Progress("verifying", os.fstat(fh.fileno()).st_size, quiet=quiet)
+        return await read_bundle(fh, store, progress)
+
+
+async def _commit(
+    config: Config, store: ContentStore, bundle: Bundle, *, dry_run: bool
+) -> ImportReport:
+    async with open_data_dir(config, store=store) as data:
+        report = await import_bundle(data, bundle, dry_run=dry_run)
+        # The store answers "not known" rather than fail while its backend is down:
+        # a write it dropped must fail the import, not pass unseen.
+        if data.meta.errors:
+            raise MetaStoreError("it failed while the tag records were written")
+        return report

@@ -1,6 +1,7 @@
 """Committing a checked bundle: its staged content into the store (blobs, then manifests
 children first, so whatever a server sees is complete), then its tag records and catalog
-entries. `_commit_blob` and `_commit_manifest` are the one place content is published."""
+entries. `_commit_content` is the one place import publishes content: a blob by committing
+its verified writer, a manifest from its bytes with `write_manifest`."""
 
 from __future__ import annotations
 
@@ -10,12 +11,10 @@ from dataclasses import dataclass, field
 
 from mirror import mediatypes
 from mirror.admin.bundle.check import Bundle
-from mirror.admin.bundle.layout import KNOWN_TYPES, Staged
+from mirror.admin.bundle.layout import KNOWN_TYPES
 from mirror.admin.bundle.progress import count
 from mirror.meta.store import TagKey, TagRecord
-from mirror.reference import Digest
-from mirror.storage import StoredManifest
-from mirror.storage.filesystem import FilesystemStore
+from mirror.storage import ContentStore
 from mirror.units import human_size
 from mirror.wiring import DataDir
 
@@ -76,7 +75,7 @@ async def import_bundle(data: DataDir, bundle: Bundle, *, dry_run: bool = False)
 
 
 async def _commit_content(
-    store: FilesystemStore, bundle: Bundle, report: ImportReport, *, dry_run: bool
+    store: ContentStore, bundle: Bundle, report: ImportReport, *, dry_run: bool
 ) -> None:
     """Blobs first, then manifests children first: what names content comes after it."""
     for digest in bundle.blobs:
@@ -86,31 +85,14 @@ async def _commit_content(
         report.new_objects += 1
         report.new_bytes += staged.size
         if not dry_run:
-            _commit_blob(store, digest, staged)
-    for digest, media_type in bundle.manifests.items():
-        staged = bundle.staged[digest]
+            await staged.writer.commit()
+    for digest, manifest in bundle.manifests.items():
         if store.has_manifest(digest):
             continue
         report.new_objects += 1
-        report.new_bytes += staged.size
+        report.new_bytes += len(manifest.data)
         if not dry_run:
-            await _commit_manifest(store, digest, media_type, staged)
-
-
-def _commit_blob(store: FilesystemStore, digest: Digest, staged: Staged) -> None:
-    """Publish a verified staged blob (a rename: the temp file is in the data dir)."""
-    target = store.blob_path(digest)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staged.path.rename(target)
-    store.count("blob", staged.size)
-
-
-async def _commit_manifest(
-    store: FilesystemStore, digest: Digest, media_type: str, staged: Staged
-) -> None:
-    """Publish a verified staged manifest, as the store writes any manifest."""
-    data_bytes = staged.path.read_bytes()
-    await store.write_manifest(StoredManifest(data_bytes, media_type, digest))
+            await store.write_manifest(manifest)
 
 
 async def _commit_records(

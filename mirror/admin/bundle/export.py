@@ -30,8 +30,7 @@ from mirror.cache.graph import Edge, walk_store
 from mirror.meta.store import TagKey, TagRecord
 from mirror.platforms import selector
 from mirror.reference import Digest, ImageRef
-from mirror.storage import StoredManifest
-from mirror.storage.filesystem import FilesystemStore
+from mirror.storage import ContentStore, StoredManifest
 from mirror.wiring import DataDir
 
 
@@ -84,7 +83,7 @@ async def plan_export(
 
 
 def _plan_digest(
-    store: FilesystemStore,
+    store: ContentStore,
     plan: ExportPlan,
     image: ImageRef,
     platforms: Sequence[str],
@@ -101,7 +100,7 @@ def _plan_digest(
 
 
 def _plan_tag(
-    store: FilesystemStore,
+    store: ContentStore,
     plan: ExportPlan,
     image: ImageRef,
     all_tags: list[tuple[TagKey, TagRecord]],
@@ -138,7 +137,7 @@ def _plan_tag(
 
 
 def _plan_graph(
-    store: FilesystemStore,
+    store: ContentStore,
     plan: ExportPlan,
     root: Digest,
     reference: str,
@@ -223,7 +222,7 @@ def _tags_document(plan: ExportPlan) -> bytes:
     return json.dumps(document, indent=2).encode() + b"\n"
 
 
-def write_bundle(plan: ExportPlan, store: FilesystemStore, output: Path, progress: Progress) -> int:
+def write_bundle(plan: ExportPlan, store: ContentStore, output: Path, progress: Progress) -> int:
     """Write the bundle to a temp file beside `output`, hashing every blob as it is read
     (a corrupt cache file fails the export), then rename it into place. Its size."""
     partial = output.with_name(f".{output.name}.{secrets.token_hex(4)}.part")
@@ -265,7 +264,7 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mtime: int) -> None
 
 def _add_blob(
     tar: tarfile.TarFile,
-    store: FilesystemStore,
+    store: ContentStore,
     digest: Digest,
     size: int,
     mtime: int,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from mirror import mediatypes
 from mirror.reference import Digest
+from mirror.storage import BlobWriter
 
 OCI_LAYOUT = "oci-layout"
 INDEX_JSON = "index.json"
@@ -41,10 +41,10 @@ def entry_name(digest: Digest) -> str:
 
 @dataclass(frozen=True)
 class Staged:
-    """One verified blob or manifest of a bundle, in a temp file until committed."""
+    """One verified blob entry of a bundle, in the store's writer until it is committed or
+    aborted. `data` is its bytes when it may be a manifest (small enough, and JSON): `check`
+    reads manifests, and commit publishes them with `write_manifest`."""
 
-    path: Path
+    writer: BlobWriter
     size: int
-
-    def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
+    data: bytes | None = None
