@@ -13,6 +13,7 @@ from mirror.config.parsers import (
     number_of_seconds,
     parse_names,
     parse_optional_str,
+    parse_rules,
     parse_url,
 )
 from mirror.config.toml import toml_str, toml_value
@@ -71,13 +72,7 @@ _AUTH_RULE_KEYS = {"users", "groups", "upstreams", "repositories", "access"}
 
 
 def parse_auth_rules(value: Any) -> tuple[AuthRule, ...]:
-    """A list of tables (TOML `[[auth_rules]]`), or the same as JSON from the environment."""
-    value = json_or(value, "a list of rules")
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise ValueError("expected a list of rules ([[auth_rules]] tables)")
-    return tuple(_auth_rule(raw, f"rule {index + 1}") for index, raw in enumerate(value))
+    return parse_rules(value, "auth_rules", _auth_rule)
 
 
 def _auth_rule(raw: Any, where: str) -> AuthRule:

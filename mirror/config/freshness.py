@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from mirror.config.parsers import json_or, parse_bool, parse_non_negative_seconds
+from mirror.config.parsers import parse_bool, parse_non_negative_seconds, parse_rules
 from mirror.config.toml import toml_str
 
 
@@ -65,13 +65,7 @@ _RULE_KEYS = {"match", "tag_regex", "ttl", "immutable"}
 
 
 def parse_tag_rules(value: Any) -> tuple[TagRule, ...]:
-    """A list of tables (TOML `[[tag_rules]]`), or the same as JSON from the environment."""
-    value = json_or(value, "a list of rules")
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise ValueError("expected a list of rules ([[tag_rules]] tables)")
-    return tuple(_tag_rule(raw, f"rule {index + 1}") for index, raw in enumerate(value))
+    return parse_rules(value, "tag_rules", _tag_rule)
 
 
 def _tag_rule(raw: Any, where: str) -> TagRule:

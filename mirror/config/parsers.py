@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,17 @@ def json_or(value: Any, what: str) -> Any:
         except ValueError:
             raise ValueError(f"expected JSON ({what})") from None
     return value
+
+
+def parse_rules(value: Any, table: str, parse_rule: Callable[[Any, str], T]) -> tuple[T, ...]:
+    """A list of tables (TOML `[[table]]`), or the same as JSON from the environment; each
+    parsed by `parse_rule(raw, "rule N")`, which names the rule in its errors."""
+    value = json_or(value, "a list of rules")
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of rules ([[{table}]] tables)")
+    return tuple(parse_rule(raw, f"rule {index + 1}") for index, raw in enumerate(value))
 
 
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp](?:i?b)?|b)?\s*", re.IGNORECASE)
