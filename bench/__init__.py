@@ -6,8 +6,14 @@ Run it with `scripts/bench` (or `python -m bench --help` inside the virtualenv).
                  reference proxy; process-tree RSS and CPU accounting
     load.py      the load generators: wrk (with a Lua script for headers and a
                  machine-readable summary) and curl (single and parallel transfers)
-    figures.py   the measurements, each figure for both servers, alternating
+    session.py   a run's shared state: options, rows taken so far, the order of the sides,
+                 upstream request counts, warming a mirror
+    figures/     the measurements, each figure for both servers, alternating (one module
+                 per figure, the wrk driver, and the table of figures in `__init__`)
+    rows.py      one table row: a figure's medians for both sides, its target, its JSON
     report.py    the table with targets, the JSON record and the PNG chart
     machine.py   facts about the machine and the software under test
     cli.py       the command line and the order of the run
+    soak.py      `python -m bench.soak`, the bounded load test (its fake upstream in
+                 soak_upstream.py)
 """

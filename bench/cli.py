@@ -23,13 +23,16 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from bench import machine, report
-from bench.figures import FIGURE_IMAGES, FIGURES, WARM_FIGURES, Bench, Options, Row
+from bench.figures import FIGURES, NAMES, Figure
 from bench.harness import Harness
+from bench.rows import Row
+from bench.session import Bench, Options
 
 OURS_DEFAULT_ENV = {"MIRROR_TAG_TTL": "3600", "MIRROR_LOG_LEVEL": "warning"}
 
@@ -62,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         "--only",
         action="append",
         metavar="FIGURE",
-        help=f"only these figures (repeatable or comma-separated): {', '.join(FIGURES)}",
+        help=f"only these figures (repeatable or comma-separated): {', '.join(NAMES)}",
     )
     parser.add_argument(
         "--ours-env",
@@ -121,14 +124,18 @@ def _env_pairs(pairs: Sequence[str], parser: argparse.ArgumentParser) -> dict[st
     return env
 
 
-def _figures(only: Sequence[str] | None, parser: argparse.ArgumentParser) -> list[str]:
+def _figures(only: Sequence[str] | None, parser: argparse.ArgumentParser) -> list[Figure]:
     if not only:
         return list(FIGURES)
     wanted = {name.strip() for item in only for name in item.split(",") if name.strip()}
-    unknown = wanted - set(FIGURES)
+    unknown = wanted - set(NAMES)
     if unknown:
-        parser.error(f"unknown figure(s) {', '.join(sorted(unknown))}; choose from {FIGURES}")
-    return [name for name in FIGURES if name in wanted]
+        parser.error(f"unknown figure(s) {', '.join(sorted(unknown))}; choose from {NAMES}")
+    return [figure for figure in FIGURES if figure.name in wanted]
+
+
+def _names(figures: Sequence[Figure]) -> list[str]:
+    return [figure.name for figure in figures]
 
 
 def _command(argv: Sequence[str]) -> str:
@@ -172,14 +179,7 @@ def _replot(path: Path) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.replot:
-        return _replot(args.replot)
-    figures = _figures(args.only, parser)
-    ours_env = OURS_DEFAULT_ENV | _env_pairs(args.ours_env, parser)
+def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Options:
     options = Options(
         duration=args.duration or (2 if args.quick else 6),
         repeat=args.repeat or (1 if args.quick else 3),
@@ -190,84 +190,107 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if options.duration < 1 or options.repeat < 1:
         parser.error("--duration and --repeat must be at least 1")
+    return options
+
+
+def _require_tools(parser: argparse.ArgumentParser) -> None:
     for tool in ("wrk", "curl", "skopeo", "docker-registry"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} is not installed (scripts/bench installs it)")
 
-    started = datetime.datetime.now(datetime.UTC)
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mirror-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    image_keys = sorted({key for name in figures for key in FIGURE_IMAGES[name]})
-    harness = Harness(workdir, ours_env=ours_env, ours_args=args.ours_arg)
-    bench = Bench(harness, options, workdir, log=_log)
-    errors: dict[str, str] = {}
-    clock = time.monotonic()
 
+def _take(bench: Bench, figures: Sequence[Figure]) -> dict[str, str]:
+    """Start the processes, warm both mirrors, take every figure; the tracebacks of the
+    figures that failed, by name (a failed figure does not stop the run)."""
+    harness = bench.harness
+    image_keys = sorted({key for figure in figures for key in figure.images})
+    _log(f"bench: work directory {bench.workdir}; figures: {', '.join(_names(figures))}")
+    _log(f"bench: starting the token server and upstream, seeding {', '.join(image_keys)}")
+    harness.start(image_keys)
+    _log(
+        f"bench: seeded in {harness.seed_seconds:.1f} s; ours {harness.sides[0].url} "
+        f"theirs {harness.sides[1].url} upstream {bench.up.url}"
+    )
+    warm_keys = tuple(sorted({k for figure in figures if figure.warm for k in figure.images}))
+    if warm_keys:
+        _log(f"bench: warming both mirrors with {', '.join(warm_keys)}")
+        bench.warm(warm_keys)
+    errors: dict[str, str] = {}
+    for figure in figures:
+        _log(f"== {figure.name}")
+        try:
+            figure.take(bench)
+        except (KeyboardInterrupt, TimeLimitExceeded):
+            raise
+        except Exception as exc:
+            errors[figure.name] = "".join(traceback.format_exception(exc))
+            bench.warn(f"figure {figure.name} failed: {exc}")
+            # A mirror that died takes the later figures with it unless restarted.
+            for side in harness.sides:
+                if not side.running:
+                    side.restart_fresh()
+                    if warm_keys:
+                        bench.warm(warm_keys)
+    return errors
+
+
+@dataclass
+class _Outcome:
+    errors: dict[str, str] = field(default_factory=dict)  # figure name -> traceback
+    sides: dict[str, Any] = field(default_factory=dict)  # how each mirror was run
+    status: int | None = None  # the exit status when the run was cut short
+
+
+def _run(bench: Bench, figures: Sequence[Figure], args: argparse.Namespace) -> _Outcome:
+    """`_take` within `--time-limit`, SIGTERM taken as Ctrl-C; whatever happens, every
+    process is stopped and the work directory cleaned up."""
+    outcome = _Outcome()
     signal.signal(signal.SIGTERM, _raise(KeyboardInterrupt))
     signal.signal(signal.SIGALRM, _raise(TimeLimitExceeded))
     signal.setitimer(signal.ITIMER_REAL, args.time_limit)
     failed = True
     try:
-        _log(f"bench: work directory {workdir}; figures: {', '.join(figures)}")
-        _log(f"bench: starting the token server and upstream, seeding {', '.join(image_keys)}")
-        harness.start(image_keys)
-        _log(
-            f"bench: seeded in {harness.seed_seconds:.1f} s; ours {harness.sides[0].url} "
-            f"theirs {harness.sides[1].url} upstream {bench.up.url}"
-        )
-        warm_keys = tuple(
-            sorted({k for name in figures if name in WARM_FIGURES for k in FIGURE_IMAGES[name]})
-        )
-        if warm_keys:
-            _log(f"bench: warming both mirrors with {', '.join(warm_keys)}")
-            bench.warm(warm_keys)
-        for name in figures:
-            _log(f"== {name}")
-            run: Callable[[], None] = getattr(bench, name.replace("-", "_"))
-            try:
-                run()
-            except (KeyboardInterrupt, TimeLimitExceeded):
-                raise
-            except Exception as exc:
-                errors[name] = "".join(traceback.format_exception(exc))
-                bench.warn(f"figure {name} failed: {exc}")
-                # A mirror that died takes the later figures with it unless restarted.
-                for side in harness.sides:
-                    if not side.running:
-                        side.restart_fresh()
-                        if warm_keys:
-                            bench.warm(warm_keys)
-        failed = bool(errors)
+        outcome.errors = _take(bench, figures)
+        failed = bool(outcome.errors)
     except KeyboardInterrupt:
         print("\nbench: interrupted; stopping everything")
-        return 130
+        outcome.status = 130
     except TimeLimitExceeded:
         print(f"\nbench: time limit of {args.time_limit:g} s exceeded; stopping everything")
-        return 124
+        outcome.status = 124
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        record_sides: dict[str, Any] = {}
+        harness = bench.harness
         if harness.ours is not None and harness.theirs is not None:
-            record_sides = {
-                "ours": harness.ours.describe(),
-                "theirs": harness.theirs.describe(),
-            }
+            outcome.sides = {"ours": harness.ours.describe(), "theirs": harness.theirs.describe()}
         harness.close()
-        _cleanup(workdir, args.keep_workdir, failed)
+        _cleanup(bench.workdir, args.keep_workdir, failed)
+    return outcome
 
+
+def _record(
+    bench: Bench,
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    figures: Sequence[Figure],
+    outcome: _Outcome,
+    started: datetime.datetime,
+    clock: float,
+) -> dict[str, Any]:
+    """The JSON record of the run (its format is what the README describes)."""
     finished = datetime.datetime.now(datetime.UTC)
-    record: dict[str, Any] = {
+    harness = bench.harness
+    return {
         "meta": {
             "started_utc": started.isoformat(timespec="seconds"),
             "finished_utc": finished.isoformat(timespec="seconds"),
             "elapsed_s": round(time.monotonic() - clock, 1),
             "command": _command(argv),
-            "figures": figures,
-            "options": options.__dict__,
+            "figures": _names(figures),
+            "options": bench.options.__dict__,
             "quick": args.quick,
             "machine": machine.facts(),
-            **record_sides,
+            **outcome.sides,
             "upstream": {
                 "what": "docker-registry (distribution) with token auth through the "
                 "integration suite's JWT token server; access log on (used for counting)",
@@ -276,17 +299,44 @@ def main(argv: Sequence[str] | None = None) -> int:
             "images": {k: v.__dict__ for k, v in harness.images.items()},
             "units": "MB = 10^6 bytes (wrk's own Transfer/sec uses 2^20); latency in ms",
             "warnings": bench.warnings,
-            "errors": errors,
+            "errors": outcome.errors,
         },
         "rows": [row.to_json() for row in bench.rows],
         "raw": bench.raw,
     }
+
+
+def _report(bench: Bench, record: dict[str, Any], stamp: str, results_dir: Path) -> None:
     print()
     print(report.table(bench.rows))
     passed, judged = report.targets_summary(bench.rows)
     print(f"\ntargets met: {passed} of {judged}")
     if bench.warnings:
         print("warnings:\n  " + "\n  ".join(bench.warnings))
-    for path in report.write(record, bench.rows, stamp, args.results_dir):
+    for path in report.write(record, bench.rows, stamp, results_dir):
         print(f"wrote {path}")
-    return 1 if errors else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.replot:
+        return _replot(args.replot)
+    figures = _figures(args.only, parser)
+    ours_env = OURS_DEFAULT_ENV | _env_pairs(args.ours_env, parser)
+    options = _options(args, parser)
+    _require_tools(parser)
+
+    started = datetime.datetime.now(datetime.UTC)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="mirror-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    harness = Harness(workdir, ours_env=ours_env, ours_args=args.ours_arg)
+    bench = Bench(harness, options, workdir, log=_log)
+    clock = time.monotonic()
+    outcome = _run(bench, figures, args)
+    if outcome.status is not None:
+        return outcome.status
+    record = _record(bench, args, argv, figures, outcome, started, clock)
+    _report(bench, record, started.strftime("%Y%m%dT%H%M%SZ"), args.results_dir)
+    return 1 if outcome.errors else 0

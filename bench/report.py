@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.figures import RSS_TARGET_MB, Row
+from bench.figures.peak_rss import RSS_TARGET_MB
+from bench.rows import Row
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 OURS_COLOR = "#1f77b4"
@@ -136,6 +137,38 @@ def _short(row: Row) -> str:
     return row.label
 
 
+def _whiskers(
+    values: Sequence[float], samples: Sequence[Sequence[float]]
+) -> tuple[list[float], list[float]]:
+    """Distances from each value (a median) down to the lowest and up to the highest of its
+    samples; none for a single sample."""
+    low = [y - min(s) if len(s) > 1 else 0.0 for y, s in zip(values, samples, strict=True)]
+    high = [max(s) - y if len(s) > 1 else 0.0 for y, s in zip(values, samples, strict=True)]
+    return low, high
+
+
+def _label_bars(
+    ax: Any,
+    bars: Any,
+    values: Sequence[float],
+    above: Sequence[float],
+    *,
+    fontsize: float,
+    lift: float = 1,
+) -> None:
+    """Each bar's value on top of it (and of its upper whisker), `lift` points higher."""
+    for bar, y, whisker in zip(bars, values, above, strict=True):
+        ax.annotate(
+            fmt(y),
+            (bar.get_x() + bar.get_width() / 2, y + whisker),
+            ha="center",
+            va="bottom",
+            fontsize=fontsize,
+            xytext=(0, lift),
+            textcoords="offset points",
+        )
+
+
 def _bars(
     ax: Any,
     title: str,
@@ -162,11 +195,7 @@ def _bars(
     for offset, index, name, color in series:
         xs = [i + offset for i in range(len(groups))]
         ys = [(g[1] if index == 1 else g[2]) or 0.0 for g in groups]
-        low, high = [], []
-        for y, by_side in zip(ys, runs, strict=True):
-            values = by_side.get(name, [])
-            low.append(y - min(values) if len(values) > 1 else 0.0)
-            high.append(max(values) - y if len(values) > 1 else 0.0)
+        low, high = _whiskers(ys, [by_side.get(name, []) for by_side in runs])
         bars = ax.bar(
             xs,
             ys,
@@ -177,16 +206,7 @@ def _bars(
             capsize=3,
             ecolor="#333333",
         )
-        for bar, y, above in zip(bars, ys, high, strict=True):
-            ax.annotate(
-                fmt(y),
-                (bar.get_x() + bar.get_width() / 2, y + above),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-                xytext=(0, 1),
-                textcoords="offset points",
-            )
+        _label_bars(ax, bars, ys, high, fontsize=7)
     if hline is not None:
         ax.axhline(hline[0], color="red", linestyle="--", linewidth=1, label=hline[1])
     ax.set_xticks(range(len(groups)), [g[0] for g in groups], fontsize=8)
@@ -197,116 +217,62 @@ def _bars(
     ax.legend(fontsize=7)
 
 
-def chart(record: dict[str, Any], rows: Sequence[Row], path: Path) -> None:
-    plt = _pyplot()
-    by_prefix: dict[str, list[Row]] = {}
-    for row in rows:
-        by_prefix.setdefault(row.key.split(".")[0], []).append(row)
-    fig, axes = plt.subplots(3, 3, figsize=(17, 13))
-    flat = list(axes.flat)
-
-    _bars(flat[0], "Warm blob throughput, MB/s (higher is better)", by_prefix.get("blob", []))
-    manifest = by_prefix.get("manifest", [])
-    _bars(
-        flat[1],
-        "Warm manifest GET, requests/s (higher is better)",
-        [r for r in manifest if r.key.endswith(".rps")],
-    )
-    _bars(
-        flat[2],
-        "Warm manifest GET, p99 latency ms (lower is better)",
-        [r for r in manifest if r.key.endswith(".p99")],
-    )
-
-    cold_rows = by_prefix.get("cold", [])
-    cold_raw = record.get("raw", {}).get("cold")
-    ttfb = [r for r in cold_rows if r.key == "cold.ttfb"]
-    if ttfb and cold_raw:
-        ax = flat[3]
-        up_ttfb = float(cold_raw["upstream_direct_median"]["ttfb_ms"])
-        labels = ["ours", "theirs", "upstream\ndirect"]
-        values = [ttfb[0].ours or 0.0, ttfb[0].theirs or 0.0, up_ttfb]
-        samples = [
-            ttfb[0].runs.get("ours", []),
-            ttfb[0].runs.get("theirs", []),
+def _cold_ttfb(ax: Any, ttfb: Row, cold_raw: dict[str, Any]) -> None:
+    """Ours, theirs and the upstream's own time to first byte, with the target line."""
+    up_ttfb = float(cold_raw["upstream_direct_median"]["ttfb_ms"])
+    values = [ttfb.ours or 0.0, ttfb.theirs or 0.0, up_ttfb]
+    low, high = _whiskers(
+        values,
+        [
+            ttfb.runs.get("ours", []),
+            ttfb.runs.get("theirs", []),
             [r["ttfb_s"] * 1000 for r in cold_raw["upstream_direct"]],
-        ]
-        low = [y - min(s) if len(s) > 1 else 0.0 for y, s in zip(values, samples, strict=True)]
-        high = [max(s) - y if len(s) > 1 else 0.0 for y, s in zip(values, samples, strict=True)]
-        bars = ax.bar(
-            labels,
-            values,
-            color=[OURS_COLOR, THEIRS_COLOR, UPSTREAM_COLOR],
-            yerr=[low, high],
-            capsize=3,
-            ecolor="#333333",
-        )
-        for bar, y, above in zip(bars, values, high, strict=True):
-            ax.annotate(
-                fmt(y),
-                (bar.get_x() + bar.get_width() / 2, y + above),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
-        ax.axhline(
-            up_ttfb + 10, color="red", linestyle="--", linewidth=1, label="target: upstream + 10 ms"
-        )
-        ax.set_title("Cold 200 MiB blob, 1 client: time to first byte, ms (lower)", fontsize=10)
-        ax.legend(fontsize=7)
-        ax.margins(y=0.15)
-    else:
-        flat[3].set_visible(False)
-
-    _bars(
-        flat[4],
-        "Cold 200 MiB blob: total time, s (lower is better)",
-        [r for r in cold_rows if r.key == "cold.total"]
-        + [r for r in by_prefix.get("cold_concurrent", []) if r.key.endswith(".wall")],
-        log=False,
+        ],
     )
+    bars = ax.bar(
+        ["ours", "theirs", "upstream\ndirect"],
+        values,
+        color=[OURS_COLOR, THEIRS_COLOR, UPSTREAM_COLOR],
+        yerr=[low, high],
+        capsize=3,
+        ecolor="#333333",
+    )
+    _label_bars(ax, bars, values, high, fontsize=8, lift=0)
+    ax.axhline(
+        up_ttfb + 10, color="red", linestyle="--", linewidth=1, label="target: upstream + 10 ms"
+    )
+    ax.set_title("Cold 200 MiB blob, 1 client: time to first byte, ms (lower)", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.margins(y=0.15)
+
+
+def _fetch_groups(
+    cold_rows: Sequence[Row], concurrent_rows: Sequence[Row], rss_raw: dict[str, Any] | None
+) -> list[tuple[str, float | None, float | None]]:
+    """Upstream GETs of the cold blob, one group per cold figure (label, ours, theirs)."""
     fetch_rows = [r for r in cold_rows if r.key == "cold.fetches"] + [
-        r for r in by_prefix.get("cold_concurrent", []) if r.key.endswith(".fetches")
+        r for r in concurrent_rows if r.key.endswith(".fetches")
     ]
-    extra: list[tuple[str, float | None, float | None]] = []
+    groups: list[tuple[str, float | None, float | None]] = []
     for row in fetch_rows:
         row_label = row.label.split(":")[0].removeprefix("200 MiB, ").replace(" at once", "")
-        extra.append(
+        groups.append(
             (row_label + ("\n(max)" if row.key.startswith("cold_") else ""), row.ours, row.theirs)
         )
-    rss_raw = record.get("raw", {}).get("rss")
     if rss_raw:
         cold = rss_raw["cold"]
-        extra.append(
+        groups.append(
             (
                 f"{cold['ours']['clients']} clients\n(RSS run)",
                 float(cold["ours"]["upstream_blob_gets"]),
                 float(cold["theirs"]["upstream_blob_gets"]),
             )
         )
-    _bars(
-        flat[5],
-        "Cold 200 MiB blob: upstream GETs of it (lower is better)",
-        [],
-        extra=extra,
-        log=False,
-    )
-    _bars(
-        flat[6],
-        "Pulls of a tag past its freshness: upstream requests (lower)",
-        [r for r in by_prefix.get("revalidate", []) if r.unit == "requests"],
-        log=False,
-    )
-    _bars(
-        flat[7],
-        "Peak RSS of the mirror, MB (lower is better)",
-        by_prefix.get("rss", []),
-        hline=(RSS_TARGET_MB, f"target {RSS_TARGET_MB:g} MB"),
-        log=False,
-    )
+    return groups
 
-    ax = flat[8]
-    ax.axis("off")
+
+def _summary_text(record: dict[str, Any], rows: Sequence[Row]) -> str:
+    """The targets met, each judged row, and the facts of the run, wrapped at 95 columns."""
     lines = []
     for row in rows:
         if row.passed is None:
@@ -336,7 +302,74 @@ def chart(record: dict[str, Any], rows: Sequence[Row], path: Path) -> None:
             wrapped.append(line[:95])
             line = "    " + line[95:]
         wrapped.append(line)
-    ax.text(0, 1, "\n".join(wrapped), va="top", ha="left", fontsize=7.5, family="monospace")
+    return "\n".join(wrapped)
+
+
+def _cold_panels(axes: Sequence[Any], by_prefix: dict[str, list[Row]], raw: dict[str, Any]) -> None:
+    """Cold blob: time to first byte, total time, upstream GETs of the blob."""
+    cold_rows = by_prefix.get("cold", [])
+    concurrent_rows = by_prefix.get("cold_concurrent", [])
+    ttfb = [r for r in cold_rows if r.key == "cold.ttfb"]
+    if ttfb and raw.get("cold"):
+        _cold_ttfb(axes[0], ttfb[0], raw["cold"])
+    else:
+        axes[0].set_visible(False)
+    _bars(
+        axes[1],
+        "Cold 200 MiB blob: total time, s (lower is better)",
+        [r for r in cold_rows if r.key == "cold.total"]
+        + [r for r in concurrent_rows if r.key.endswith(".wall")],
+        log=False,
+    )
+    _bars(
+        axes[2],
+        "Cold 200 MiB blob: upstream GETs of it (lower is better)",
+        [],
+        extra=_fetch_groups(cold_rows, concurrent_rows, raw.get("rss")),
+        log=False,
+    )
+
+
+def chart(record: dict[str, Any], rows: Sequence[Row], path: Path) -> None:
+    """Nine panels: warm blobs, manifests (requests/s, p99), cold time to first byte, cold
+    total time, cold upstream GETs, revalidation, peak RSS, and the targets as text."""
+    plt = _pyplot()
+    by_prefix: dict[str, list[Row]] = {}
+    for row in rows:
+        by_prefix.setdefault(row.key.split(".")[0], []).append(row)
+    fig, axes = plt.subplots(3, 3, figsize=(17, 13))
+    flat = list(axes.flat)
+
+    _bars(flat[0], "Warm blob throughput, MB/s (higher is better)", by_prefix.get("blob", []))
+    manifest = by_prefix.get("manifest", [])
+    _bars(
+        flat[1],
+        "Warm manifest GET, requests/s (higher is better)",
+        [r for r in manifest if r.key.endswith(".rps")],
+    )
+    _bars(
+        flat[2],
+        "Warm manifest GET, p99 latency ms (lower is better)",
+        [r for r in manifest if r.key.endswith(".p99")],
+    )
+    _cold_panels(flat[3:6], by_prefix, record.get("raw", {}))
+    _bars(
+        flat[6],
+        "Pulls of a tag past its freshness: upstream requests (lower)",
+        [r for r in by_prefix.get("revalidate", []) if r.unit == "requests"],
+        log=False,
+    )
+    _bars(
+        flat[7],
+        "Peak RSS of the mirror, MB (lower is better)",
+        by_prefix.get("rss", []),
+        hline=(RSS_TARGET_MB, f"target {RSS_TARGET_MB:g} MB"),
+        log=False,
+    )
+    flat[8].axis("off")
+    flat[8].text(
+        0, 1, _summary_text(record, rows), va="top", ha="left", fontsize=7.5, family="monospace"
+    )
 
     fig.suptitle(
         "mirror (ours) vs distribution pull-through proxy (theirs), same upstream, same machine",

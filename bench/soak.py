@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import multiprocessing
 import random
 import resource
 import sys
@@ -40,20 +39,16 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from bench.harness import ProcessTree
-from testkit.fakeupstream import Blob, FakeRegistry, Manifest, make_image, random_layer
+from bench.soak_upstream import COLD_REPO, WARM_REPO, WARM_TAG, Content, UpstreamProcess
 from testkit.mirrorproc import MirrorProcess
 
 MB = 1_000_000
-KiB = 1024
-WARM_REPO, WARM_TAG = "library/soak", "1"
-COLD_REPO = "library/soak-cold"
 ACCEPT = ", ".join(
     [
         "application/vnd.docker.distribution.manifest.v2+json",
@@ -75,50 +70,6 @@ MIX: tuple[tuple[str, int], ...] = (
 REQUEST_TIMEOUT = 30.0
 RSS_SAMPLE_SECONDS = 0.25
 ERROR_EXAMPLES = 20
-
-
-# --- content ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Content:
-    """What the fake upstream holds: one warm image (pulled before the clock starts) whose
-    layers are the warm blobs, and a pool of small images nobody has pulled yet."""
-
-    warm: Manifest
-    blobs: dict[str, Blob]  # "blob-4k" -> the warm layer of that size
-    cold: tuple[Manifest, ...]
-
-    @staticmethod
-    def make(cold_images: int) -> Content:
-        layers = {
-            "blob-4k": random_layer(4 * KiB, seed=4),
-            "blob-64k": random_layer(64 * KiB, seed=64),
-            "blob-1m": random_layer(1024 * KiB, seed=1024),
-        }
-        warm = make_image(layers=list(layers.values()), seed=1)
-        cold = tuple(
-            make_image(layers=[random_layer(1 * KiB + i % (3 * KiB), seed=100_000 + i)], seed=i)
-            for i in range(cold_images)
-        )
-        return Content(warm, layers, cold)
-
-
-def _serve_upstream(content: Content, conn: Connection) -> None:
-    """The fake upstream's process: serve until the parent says stop, then report what the
-    mirror asked for."""
-    asyncio.run(_upstream_main(content, conn))
-
-
-async def _upstream_main(content: Content, conn: Connection) -> None:
-    async with FakeRegistry() as hub:
-        hub.push_image(WARM_REPO, WARM_TAG, content.warm)
-        for index, image in enumerate(content.cold):
-            hub.push_image(COLD_REPO, f"c{index}", image)
-        conn.send(hub.url)
-        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
-        asked = Counter(f"{r.server} {r.method} {r.kind} {r.status}" for r in hub.requests)
-        conn.send(dict(asked))
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -312,37 +263,69 @@ async def soak(
     async with proc, aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         clients = Clients(proc.url, content, stats)
         await warm_up(clients, session)
-        sampler = RssSampler(proc.pid)
-        rss_after_warm_up = sampler.now()
-        cpu_before = sampler.tree.cpu_seconds()
-        started = time.monotonic()
-        deadline = started + options.ramp + options.duration
-        sampling = asyncio.create_task(sampler.run(started))
-        try:
-            await asyncio.gather(
-                *(
-                    clients.client(
-                        session, n, started + options.ramp * n / options.clients, deadline
-                    )
-                    for n in range(options.clients)
-                )
+        mirror = await _load(clients, session, options, RssSampler(proc.pid))
+        mirror.exit_status = await proc.stop()
+    return _figures(options, stats, mirror, proc.stderr)
+
+
+@dataclass
+class _Mirror:
+    """What the mirror's processes used while the clients ran."""
+
+    sampler: RssSampler
+    seconds: float
+    cpu_seconds: float
+    rss_after_warm_up: int
+    rss_end: int
+    vmhwm: int  # the sum of the kernel's high-water marks
+    processes: int
+    exit_status: int | None = None
+
+
+async def _load(
+    clients: Clients, session: aiohttp.ClientSession, options: Options, sampler: RssSampler
+) -> _Mirror:
+    """Every client from its start (spread over the ramp) to the deadline, the mirror's
+    memory sampled meanwhile."""
+    rss_after_warm_up = sampler.now()
+    cpu_before = sampler.tree.cpu_seconds()
+    started = time.monotonic()
+    deadline = started + options.ramp + options.duration
+    sampling = asyncio.create_task(sampler.run(started))
+    try:
+        await asyncio.gather(
+            *(
+                clients.client(session, n, started + options.ramp * n / options.clients, deadline)
+                for n in range(options.clients)
             )
-        finally:
-            sampling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampling
-        elapsed = time.monotonic() - started
-        cpu = sampler.tree.cpu_seconds() - cpu_before
-        rss_end = sampler.now()
-        hwm, processes = sampler.tree.peak_rss()
-        stopped = await proc.stop()
-    peak = max((rss for _, rss in sampler.samples), default=rss_end)
+        )
+    finally:
+        sampling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampling
+    elapsed = time.monotonic() - started
+    cpu = sampler.tree.cpu_seconds() - cpu_before
+    rss_end = sampler.now()
+    hwm, processes = sampler.tree.peak_rss()
+    return _Mirror(sampler, elapsed, cpu, rss_after_warm_up, rss_end, hwm, processes)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+def _figures(options: Options, stats: Stats, mirror: _Mirror, log: str) -> dict[str, Any]:
+    """The result (the `--json` format): requests, errors, latency per kind, the mirror's
+    memory and CPU; `log` is the mirror's stderr."""
+    samples = mirror.sampler.samples
+    peak = max((rss for _, rss in samples), default=mirror.rss_end)
+    elapsed = mirror.seconds
     kinds = {
         kind: {
             "requests": len(values),
-            "p50_ms": round(percentile(values, 0.50) * 1000, 2),
-            "p99_ms": round(percentile(values, 0.99) * 1000, 2),
-            "max_ms": round(max(values) * 1000, 2),
+            "p50_ms": _ms(percentile(values, 0.50)),
+            "p99_ms": _ms(percentile(values, 0.99)),
+            "max_ms": _ms(max(values)),
         }
         for kind, values in sorted(stats.latencies.items())
     }
@@ -357,23 +340,23 @@ async def soak(
         "requests_per_second": round(stats.requests / elapsed, 1),
         "mb_per_second": round(stats.bytes / MB / elapsed, 2),
         "bytes": stats.bytes,
-        "p50_ms": round(percentile(every, 0.50) * 1000, 2),
-        "p99_ms": round(percentile(every, 0.99) * 1000, 2),
-        "max_ms": round(max(every, default=0.0) * 1000, 2),
+        "p50_ms": _ms(percentile(every, 0.50)),
+        "p99_ms": _ms(percentile(every, 0.99)),
+        "max_ms": _ms(max(every, default=0.0)),
         "kinds": kinds,
         "cold_images_pulled": stats.cold_pulled,
         "cold_pool_exhausted": stats.cold_exhausted,
         "mirror": {
-            "processes": processes,
-            "rss_after_warm_up_mb": round(rss_after_warm_up / MB, 1),
+            "processes": mirror.processes,
+            "rss_after_warm_up_mb": round(mirror.rss_after_warm_up / MB, 1),
             "rss_peak_mb": round(peak / MB, 1),
-            "rss_end_mb": round(rss_end / MB, 1),
-            "vmhwm_sum_mb": round(hwm / MB, 1),
-            "rss_samples": [(round(t, 2), round(rss / MB, 1)) for t, rss in sampler.samples],
-            "cpu_seconds": round(cpu, 1),
-            "exit_status": stopped,
-            "tracebacks": proc.stderr.count("Traceback"),
-            "log_errors": proc.stderr.count(" ERROR "),
+            "rss_end_mb": round(mirror.rss_end / MB, 1),
+            "vmhwm_sum_mb": round(mirror.vmhwm / MB, 1),
+            "rss_samples": [(round(t, 2), round(rss / MB, 1)) for t, rss in samples],
+            "cpu_seconds": round(mirror.cpu_seconds, 1),
+            "exit_status": mirror.exit_status,
+            "tracebacks": log.count("Traceback"),
+            "log_errors": log.count(" ERROR "),
         },
     }
 
@@ -464,20 +447,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one socket per client, twice
     content = Content.make(options.cold_images)
-    parent, child = multiprocessing.get_context("fork").Pipe()
-    upstream = multiprocessing.get_context("fork").Process(
-        target=_serve_upstream, args=(content, child), daemon=True
-    )
-    upstream.start()
-    try:
-        url = parent.recv()
+    upstream = UpstreamProcess(content)
+    with upstream as url:
         with tempfile.TemporaryDirectory(prefix="mirror-soak-") as tmp:
             result = asyncio.run(soak(options, content, url, Path(tmp)))
-        parent.send("stop")
-        result["upstream"] = parent.recv() if parent.poll(10) else {}
-    finally:
-        upstream.terminate()
-        upstream.join(5)
+        result["upstream"] = upstream.stop()
     failures = report(result, options)
     result["failures"] = failures
     if args.json is not None:
