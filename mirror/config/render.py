@@ -10,9 +10,14 @@ from mirror.config.upstreams import UpstreamSettings
 
 
 def render(loaded: LoadedConfig) -> str:
-    """The settings in section order, then one `[[upstream]]` table per registry served."""
-    lines = []
+    """The settings in section order (each under a comment naming its section), then one
+    `[[upstream]]` table per registry served. The keys stay flat, as a file gives them."""
+    lines: list[str] = []
+    section = None
     for item in FIELDS:
+        if item.section != section:
+            section = item.section
+            lines += [*([""] if lines else []), f"# {section}"]
         value = getattr(getattr(loaded.config, item.section), item.key)
         text = '"********"' if item.setting.secret and value else toml_value(value)
         lines.append(f"{item.key} = {text}  # {loaded.sources[item.key]}")
