@@ -1,5 +1,6 @@
 """Fake Docker Hub (registry + token server + CDN) and generated images for mirror tests."""
 
+from .faults import CHUNK_SIZE, Fault
 from .images import (
     DOCKER_CONFIG,
     DOCKER_LAYER,
@@ -18,7 +19,9 @@ from .images import (
     random_layer,
     sha256_digest,
 )
-from .registry import CHUNK_SIZE, SERVICE, FakeRegistry, Fault, RecordedRequest
+from .recording import RecordedRequest
+from .registry import FakeRegistry
+from .tokens import SERVICE
 
 __all__ = [
     "CHUNK_SIZE",
