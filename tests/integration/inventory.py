@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from tests.integration.daemons import Containerd, DockerDaemon
+from tests.integration.containerd import Containerd
+from tests.integration.dockerd import DockerDaemon
 
 
 def image_row(containerd: Containerd, ref: str) -> dict[str, str]:

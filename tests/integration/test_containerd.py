@@ -14,9 +14,11 @@ import pytest
 
 from testkit.mirrorserver import MirrorServer
 from testkit.upstream import RealUpstream, SeededImage
+from tests.integration.accesslog import mirror_requests
 from tests.integration.conftest import require
-from tests.integration.daemons import Containerd, host_platform, mirror_requests
+from tests.integration.containerd import Containerd
 from tests.integration.inventory import image_row
+from tests.integration.processes import host_platform
 
 
 @pytest.fixture

@@ -17,9 +17,11 @@ import pytest
 
 from testkit.mirrorserver import MirrorServer, http_request
 from testkit.upstream import RealUpstream, SeededImage
+from tests.integration.accesslog import mirror_requests
 from tests.integration.conftest import StartMirror, require
-from tests.integration.daemons import DOCKER_CLI, DockerDaemon, host_platform, mirror_requests
+from tests.integration.dockerd import DOCKER_CLI, DockerDaemon
 from tests.integration.inventory import repo_digests
+from tests.integration.processes import host_platform
 
 OUTAGE_FAILURE_BUDGET = 30.0  # seconds an uncached pull may take to fail during an outage
 

@@ -19,15 +19,12 @@ import pytest
 from testkit.mirrorserver import MirrorServer, http_request
 from testkit.skopeo import skopeo
 from testkit.upstream import RealUpstream
+from tests.integration.accesslog import mirror_requests
 from tests.integration.conftest import StartMirror, require
-from tests.integration.daemons import (
-    DOCKER_CLI,
-    Containerd,
-    DockerDaemon,
-    host_platform,
-    mirror_requests,
-)
+from tests.integration.containerd import Containerd
+from tests.integration.dockerd import DOCKER_CLI, DockerDaemon
 from tests.integration.inventory import repo_digests
+from tests.integration.processes import host_platform
 
 PASSWORDS = {"alice": "alice-pw-integration", "bob": "bob-pw-integration"}
 RULES = [{"users": ["alice"]}, {"users": ["bob"], "repositories": ["library/app"]}]

@@ -26,16 +26,12 @@ from testkit.mirrorproc import mirror_env
 from testkit.mirrorserver import MirrorServer
 from testkit.skopeo import skopeo
 from testkit.upstream import RealUpstream, SeededImage, TokenServer
+from tests.integration.accesslog import mirror_requests
 from tests.integration.conftest import StartMirror, require
-from tests.integration.daemons import (
-    Containerd,
-    Podman,
-    Result,
-    host_platform,
-    mirror_requests,
-    run,
-)
+from tests.integration.containerd import Containerd
 from tests.integration.inventory import image_row
+from tests.integration.podman import Podman
+from tests.integration.processes import Result, host_platform, run
 
 REPO, TAG = "library/app", "a"  # on both registries, with different content
 SEED_TIMEOUT = 60.0

@@ -15,8 +15,10 @@ import pytest
 
 from testkit.mirrorserver import MirrorServer
 from testkit.upstream import RealUpstream, SeededImage
+from tests.integration.accesslog import mirror_requests
 from tests.integration.conftest import require
-from tests.integration.daemons import Podman, host_platform, mirror_requests
+from tests.integration.podman import Podman
+from tests.integration.processes import host_platform
 
 
 @pytest.fixture

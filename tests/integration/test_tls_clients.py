@@ -25,8 +25,9 @@ from testkit.mirrorserver import MirrorServer
 from testkit.skopeo import skopeo
 from testkit.tls import PrivateCA, make_private_ca
 from testkit.upstream import RealUpstream
+from tests.integration.accesslog import mirror_requests
 from tests.integration.conftest import StartMirror, require
-from tests.integration.daemons import DOCKER_CLI, DockerDaemon, mirror_requests
+from tests.integration.dockerd import DOCKER_CLI, DockerDaemon
 from tests.integration.skopeocopy import check_oci_copy
 
 DOCKER_CERTS_D = Path("/etc/docker/certs.d")
