@@ -1,5 +1,5 @@
 """Upstream faults against a cold blob pull, one row each. For every row
-(`faultmatrix.check_fault`): what the client sees (a JSON error naming the upstream, or, when
+(`fault_matrix.check_fault`): what the client sees (a JSON error naming the upstream, or, when
 the fault strikes after the blob's response has begun, a transfer cut before its last byte,
 never a complete one), nothing cached, exactly which upstream requests the metrics count and
 the failure on the status page, nothing leaked when the fault repeats, and the same pull
@@ -18,7 +18,7 @@ import pytest
 
 from testkit.fakeupstream import Fault
 from tests.conftest import StartMirror
-from tests.faultmatrix import (
+from tests.fault_matrix import (
     AUTH_BLOB,
     BOGUS_DIGEST,
     BROKEN_BODY,

@@ -1,5 +1,5 @@
 """Upstream faults against a cold manifest pull by tag, one row each. For every row
-(`faultmatrix.check_fault`): the JSON error the client sees, nothing cached, exactly which
+(`fault_matrix.check_fault`): the JSON error the client sees, nothing cached, exactly which
 upstream requests the metrics count, nothing leaked when the fault repeats, and the same
 pull working as soon as the fault is gone.
 
@@ -17,7 +17,7 @@ import pytest
 
 from testkit.fakeupstream import Fault
 from tests.conftest import StartMirror, content_files
-from tests.faultmatrix import (
+from tests.fault_matrix import (
     ACCEPT,
     AUTH_MANIFEST,
     BOGUS_DIGEST,
