@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
@@ -154,73 +154,80 @@ class Issuer:
         }
 
 
+class TokenHandler(BaseHTTPRequestHandler):
+    """`/token` over HTTP/1.1 for the `issuer` a subclass binds (see `make_handler`)."""
+
+    issuer: ClassVar[Issuer]
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, a keep-alive client's
+    # delayed ACK would hold every token after the first for ~40 ms.
+    disable_nagle_algorithm = True
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        if parts.path != "/token":
+            self._send(404, {"errors": [{"code": "NOT_FOUND", "message": parts.path}]})
+            return
+        self._answer(parse_qs(parts.query), self.headers.get("Authorization"))
+
+    def do_POST(self) -> None:
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode(errors="replace")
+        if parts.path != "/token":
+            self._send(404, {"errors": [{"code": "NOT_FOUND", "message": parts.path}]})
+            return
+        form = parse_qs(body)
+        authorization = self.headers.get("Authorization")
+        if form.get("grant_type") == ["password"]:
+            pair = f"{form.get('username', [''])[0]}:{form.get('password', [''])[0]}"
+            authorization = "Basic " + base64.b64encode(pair.encode()).decode()
+        elif form.get("grant_type") != ["refresh_token"]:
+            self._send(400, {"error": "unsupported_grant_type"})
+            return
+        # Scopes are space-separated in the OAuth2 form.
+        form["scope"] = [s for value in form.get("scope", []) for s in value.split()]
+        self._answer(form, authorization)
+
+    def _answer(self, params: Mapping[str, list[str]], authorization: str | None) -> None:
+        ok, subject = self.issuer.authenticate(authorization)
+        if not ok:
+            self._send(
+                401,
+                {"errors": [{"code": "UNAUTHORIZED", "message": "incorrect username or password"}]},
+                {"WWW-Authenticate": 'Basic realm="mirror-test-token-server"'},
+            )
+            return
+        if params.get("service", [self.issuer.service])[0] != self.issuer.service:
+            self._send(400, {"errors": [{"code": "DENIED", "message": "unknown service"}]})
+            return
+        self._send(200, self.issuer.issue(subject, params.get("scope", [])))
+
+    def _send(
+        self, status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+    ) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        sys.stderr.write(f"{self.address_string()} {format % args}\n")
+        sys.stderr.flush()
+
+
 def make_handler(issuer: Issuer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        # Headers and body go out in two writes; with Nagle on, a keep-alive client's
-        # delayed ACK would hold every token after the first for ~40 ms.
-        disable_nagle_algorithm = True
+    """The handler class for a server answering for `issuer` (http.server makes one per
+    request, so the issuer is bound to a class, not passed to an instance)."""
 
-        def do_GET(self) -> None:
-            parts = urlsplit(self.path)
-            if parts.path != "/token":
-                self._send(404, {"errors": [{"code": "NOT_FOUND", "message": parts.path}]})
-                return
-            self._answer(parse_qs(parts.query), self.headers.get("Authorization"))
+    class Handler(TokenHandler):
+        pass
 
-        def do_POST(self) -> None:
-            parts = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length).decode(errors="replace")
-            if parts.path != "/token":
-                self._send(404, {"errors": [{"code": "NOT_FOUND", "message": parts.path}]})
-                return
-            form = parse_qs(body)
-            authorization = self.headers.get("Authorization")
-            if form.get("grant_type") == ["password"]:
-                pair = f"{form.get('username', [''])[0]}:{form.get('password', [''])[0]}"
-                authorization = "Basic " + base64.b64encode(pair.encode()).decode()
-            elif form.get("grant_type") != ["refresh_token"]:
-                self._send(400, {"error": "unsupported_grant_type"})
-                return
-            # Scopes are space-separated in the OAuth2 form.
-            form["scope"] = [s for value in form.get("scope", []) for s in value.split()]
-            self._answer(form, authorization)
-
-        def _answer(self, params: Mapping[str, list[str]], authorization: str | None) -> None:
-            ok, subject = issuer.authenticate(authorization)
-            if not ok:
-                self._send(
-                    401,
-                    {
-                        "errors": [
-                            {"code": "UNAUTHORIZED", "message": "incorrect username or password"}
-                        ]
-                    },
-                    {"WWW-Authenticate": 'Basic realm="mirror-test-token-server"'},
-                )
-                return
-            if params.get("service", [issuer.service])[0] != issuer.service:
-                self._send(400, {"errors": [{"code": "DENIED", "message": "unknown service"}]})
-                return
-            self._send(200, issuer.issue(subject, params.get("scope", [])))
-
-        def _send(
-            self, status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
-        ) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            sys.stderr.write(f"{self.address_string()} {format % args}\n")
-            sys.stderr.flush()
-
+    Handler.issuer = issuer
     return Handler
 
 
