@@ -22,9 +22,22 @@ from testkit.mirrorproc import MirrorProcess
 from tests.clients import pull_like_docker
 from tests.conftest import Client, StartMirror, files_under
 from tests.meta_fixtures import RedisServer
-from tests.scrape import delta, parse, scrape
+from tests.scrape import Labels, delta, parse, scrape
 
 # --- metrics --------------------------------------------------------------------------------
+
+
+Samples = dict[tuple[str, Labels], float]
+
+# What a cold pull of alpine (a manifest and three blobs) asks the fake Docker Hub.
+COLD_PULL_UPSTREAM_REQUESTS = {
+    ("HEAD", "manifest", "401"): 1,  # the challenge before the first token
+    ("GET", "token", "200"): 1,
+    ("HEAD", "manifest", "200"): 1,
+    ("GET", "manifest", "200"): 1,
+    ("GET", "blob", "307"): 3,  # the registry redirects each blob...
+    ("GET", "blob", "200"): 3,  # ...to its CDN
+}
 
 
 async def test_a_cold_then_warm_pull_moves_exactly_these_counters(
@@ -35,6 +48,18 @@ async def test_a_cold_then_warm_pull_moves_exactly_these_counters(
 
     await pull_like_docker(mirror, "library/alpine", "3.19")  # cold
     cold = await scrape(mirror)
+    assert_cold_pull(cold, before, alpine, blob_bytes)
+    assert len(upstream.requests) == sum(COLD_PULL_UPSTREAM_REQUESTS.values())
+
+    await pull_like_docker(mirror, "library/alpine", "3.19")  # warm
+    warm = await scrape(mirror)
+    assert_warm_pull(warm, cold, blob_bytes)
+    assert_both_pulls(warm, before, blob_bytes)
+
+
+def assert_cold_pull(cold: Samples, before: Samples, alpine: Manifest, blob_bytes: int) -> None:
+    """Misses for the tag, the manifest and each blob, all bytes from upstream, and exactly
+    the upstream requests of COLD_PULL_UPSTREAM_REQUESTS."""
     assert delta(cold, before, "mirror_cache_misses_total", kind="tag") == 1
     assert delta(cold, before, "mirror_cache_misses_total", kind="manifest") == 1
     assert delta(cold, before, "mirror_cache_misses_total", kind="blob") == 3
@@ -46,15 +71,7 @@ async def test_a_cold_then_warm_pull_moves_exactly_these_counters(
         delta(cold, before, "mirror_upstream_bytes_total", upstream="docker.io")
         == blob_bytes + alpine.size
     )
-    upstream_requests = {
-        ("HEAD", "manifest", "401"): 1,  # the challenge before the first token
-        ("GET", "token", "200"): 1,
-        ("HEAD", "manifest", "200"): 1,
-        ("GET", "manifest", "200"): 1,
-        ("GET", "blob", "307"): 3,  # the registry redirects each blob...
-        ("GET", "blob", "200"): 3,  # ...to its CDN
-    }
-    for (method, kind, status), count in upstream_requests.items():
+    for (method, kind, status), count in COLD_PULL_UPSTREAM_REQUESTS.items():
         got = delta(
             cold,
             before,
@@ -65,14 +82,16 @@ async def test_a_cold_then_warm_pull_moves_exactly_these_counters(
             status=status,
         )
         assert got == count, (method, kind, status)
-    assert delta(cold, before, "mirror_upstream_requests_total") == sum(upstream_requests.values())
-    assert len(upstream.requests) == sum(upstream_requests.values())
+    assert delta(cold, before, "mirror_upstream_requests_total") == sum(
+        COLD_PULL_UPSTREAM_REQUESTS.values()
+    )
     assert delta(cold, before, "mirror_upstream_request_duration_seconds_count") == sum(
-        upstream_requests.values()
+        COLD_PULL_UPSTREAM_REQUESTS.values()
     )
 
-    await pull_like_docker(mirror, "library/alpine", "3.19")  # warm
-    warm = await scrape(mirror)
+
+def assert_warm_pull(warm: Samples, cold: Samples, blob_bytes: int) -> None:
+    """Hits for everything, all bytes from the cache, nothing asked upstream."""
     assert delta(warm, cold, "mirror_cache_hits_total", kind="tag") == 1
     assert delta(warm, cold, "mirror_cache_hits_total", kind="manifest") == 1
     assert delta(warm, cold, "mirror_cache_hits_total", kind="blob") == 3
@@ -81,7 +100,9 @@ async def test_a_cold_then_warm_pull_moves_exactly_these_counters(
     assert delta(warm, cold, "mirror_upstream_requests_total") == 0
     assert delta(warm, cold, "mirror_upstream_bytes_total") == 0
 
-    # Every request of both pulls, by route, method and status.
+
+def assert_both_pulls(warm: Samples, before: Samples, blob_bytes: int) -> None:
+    """Every request of both pulls, by route, method and status; and the cache's gauges."""
     for route, method, count in (
         ("manifest", "HEAD", 2),
         ("manifest", "GET", 2),
