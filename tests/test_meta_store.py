@@ -1,31 +1,16 @@
-"""The metadata store: one contract suite per role (health, tag records, locks, rate limits,
+"""The metadata store's contract: one suite per role (health, tag records, locks, rate limits,
 access records, catalog, cached responses), each run against every implementation: SQLite,
-Redis, and the resilient wrapper over each. Then what only one backend has (a file that
-outlives the process, key prefixes on a shared server, how a corrupt record is reported),
-the resilient wrapper riding out a Redis that goes away and comes back, and that the store
-loads no metrics library."""
+Redis, and the resilient wrapper over each; and the store loads no metrics library.
+
+What only one backend has is in `test_meta_backends`; the resilient wrapper's own behaviour
+(riding out a Redis that goes away) in `test_meta_resilient`."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
-import pytest
-from prometheus_client import REGISTRY
-from redis.asyncio import Redis
-
-from mirror import observe
-from mirror.meta import open_meta_store
-from mirror.meta.redis import RedisMetaStore, masked_url
-from mirror.meta.resilient import ResilientMetaStore
-from mirror.meta.sqlite import SqliteMetaStore
 from mirror.meta.store import (
     Access,
     AccessRecords,
@@ -35,32 +20,16 @@ from mirror.meta.store import (
     Health,
     Locks,
     MetaStore,
-    MetaStoreError,
     RateLimit,
     RateLimits,
     TagKey,
-    TagRecord,
     TagRecords,
 )
-from mirror.metrics import PrometheusSink
 from mirror.reference import Digest
 from testkit.clock import FakeClock
-from testkit.mirrorproc import free_port
 from testkit.waiting import wait_until
-from tests.meta_fixtures import UNTIL_TIMEOUT, RedisServer, forget_prefix, unique_prefix
-
-HUB = "registry-1.docker.io"
-LOCAL = "localhost:5000"
-OCI = "application/vnd.oci.image.index.v1+json,application/vnd.oci.image.manifest.v1+json"
-DOCKER = "application/vnd.docker.distribution.manifest.v2+json"
-KEY = TagKey(HUB, "library/alpine", "3.19", OCI)
-RECORD = TagRecord(
-    Digest.parse("sha256:" + "a" * 64), "application/vnd.oci.image.index.v1+json", 1234, 1e9
-)
-DIGEST = "sha256:" + "b" * 64
-# A TTL that runs out soon in real time too: Redis expires keys by its own clock.
-SHORT_TTL = 0.05
-
+from tests.meta_fixtures import UNTIL_TIMEOUT
+from tests.meta_samples import DIGEST, DOCKER, HUB, KEY, LOCAL, RECORD, SHORT_TTL
 
 # --- health ---------------------------------------------------------------------------------
 
@@ -287,293 +256,6 @@ async def test_cached_responses_expire_after_keep_for(
 
     await wait_until(short_gone, within=UNTIL_TIMEOUT, message="the response was still kept")
     assert await meta_store.get_response("long") == CachedResponse(b"b", {}, 1e9)
-
-
-# --- SQLite -------------------------------------------------------------------------------
-
-
-async def test_sqlite_keeps_records_across_a_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "meta.sqlite3"
-    store = await SqliteMetaStore.open(path)
-    await store.put_tag(KEY, RECORD)
-    await store.add_repositories(HUB, ["library/alpine"])
-    await store.close()
-
-    reopened = await SqliteMetaStore.open(path)
-    try:
-        assert await reopened.get_tag(KEY) == RECORD
-        assert await reopened.list_repositories(HUB) == ["library/alpine"]
-    finally:
-        await reopened.close()
-
-
-async def test_sqlite_locks_coordinate_stores_sharing_the_file(tmp_path: Path) -> None:
-    """Two connections to one file, as two mirror processes sharing a data dir have."""
-    first = await SqliteMetaStore.open(tmp_path / "meta.sqlite3")
-    second = await SqliteMetaStore.open(tmp_path / "meta.sqlite3")
-    try:
-        token = await first.try_lock("lock", ttl=30)
-        assert token is not None
-        assert await second.try_lock("lock", ttl=30) is None
-        await first.put_tag(KEY, RECORD)
-        assert await second.get_tag(KEY) == RECORD
-        await first.unlock("lock", token)
-        assert await second.try_lock("lock", ttl=30) is not None
-    finally:
-        await first.close()
-        await second.close()
-
-
-async def test_sqlite_failures_are_meta_store_errors(tmp_path: Path) -> None:
-    with pytest.raises(MetaStoreError, match="SQLite"):
-        await SqliteMetaStore.open(tmp_path)  # a directory, not a database file
-    store = await SqliteMetaStore.open(tmp_path / "meta.sqlite3")
-    await store.close()
-    with pytest.raises(MetaStoreError):
-        await store.get_tag(KEY)
-    assert (store.errors, store.available) == (1, False)
-
-    with sqlite3.connect(tmp_path / "newer.sqlite3") as conn:
-        conn.execute("PRAGMA user_version = 99")
-    with pytest.raises(MetaStoreError, match="schema version 99 is newer"):
-        await SqliteMetaStore.open(tmp_path / "newer.sqlite3")
-
-
-async def test_a_sqlite_tag_record_that_does_not_parse_is_a_counted_error(
-    tmp_path: Path,
-) -> None:
-    """Read as Redis reads one: the store says it is corrupt rather than hand it on."""
-    path = tmp_path / "meta.sqlite3"
-    store = await SqliteMetaStore.open(path)
-    try:
-        await store.put_tag(KEY, RECORD)
-        with sqlite3.connect(path) as conn:
-            conn.execute("UPDATE tags SET digest = 'sha256:not-hex'")
-        for read in (
-            store.get_tag(KEY),
-            store.list_tags(),
-            store.tag_records(HUB, KEY.repo, "3.19"),
-        ):
-            with pytest.raises(MetaStoreError, match="corrupt tag record"):
-                await read
-        assert (store.errors, store.available) == (3, False)
-        assert await store.get_tag(replace(KEY, tag="other")) is None
-        assert store.available  # the next call that answers
-    finally:
-        await store.close()
-
-
-async def test_open_meta_store_defaults_to_sqlite_in_the_data_dir(tmp_path: Path) -> None:
-    data_dir = tmp_path / "not" / "yet"
-    store = await open_meta_store(redis_url=None, key_prefix="mirror:", data_dir=data_dir)
-    try:
-        assert isinstance(store, ResilientMetaStore)
-        await store.put_tag(KEY, RECORD)
-        assert (data_dir / "meta.sqlite3").is_file()
-    finally:
-        await store.close()
-
-
-# --- Redis --------------------------------------------------------------------------------
-
-
-async def test_redis_key_prefixes_isolate_stores_on_one_server(redis_url: str) -> None:
-    prefixes = unique_prefix(), unique_prefix()
-    one = await RedisMetaStore.open(redis_url, prefixes[0])
-    two = await RedisMetaStore.open(redis_url, prefixes[1])
-    try:
-        await one.put_tag(KEY, RECORD)
-        await one.add_repositories(HUB, ["library/alpine"])
-        await one.record_access({DIGEST: Access(1.0, {"library/alpine"})})
-        assert await one.try_lock("lock", ttl=30) is not None
-
-        assert await two.get_tag(KEY) is None
-        assert await two.list_repositories(HUB) == []
-        assert await two.get_access(DIGEST) is None
-        assert await two.try_lock("lock", ttl=30) is not None
-    finally:
-        await one.close()
-        await two.close()
-        for prefix in prefixes:
-            await forget_prefix(redis_url, prefix)
-
-
-async def test_redis_keys_all_start_with_the_prefix(redis_server: RedisServer) -> None:
-    store = await RedisMetaStore.open(redis_server.url, "deploy-a:")
-    raw = Redis.from_url(redis_server.url, decode_responses=True)
-    try:
-        await store.put_tag(KEY, RECORD)
-        assert await store.try_lock("lock", ttl=30) is not None
-        await store.put_rate_limit(HUB, RateLimit(100, 99, 21600, 1e9))
-        await store.record_access({DIGEST: Access(1.0, {"library/alpine"})})
-        await store.add_repositories(HUB, ["library/alpine"])
-        await store.put_response("tags", CachedResponse(b"{}", {}, 1e9), keep_for=60)
-
-        keys = sorted(map(str, await raw.keys("*")))
-        assert keys == [
-            "deploy-a:access",
-            f"deploy-a:access-repos:{DIGEST}",
-            "deploy-a:lock:lock",
-            f"deploy-a:ratelimit:{HUB}",
-            f"deploy-a:repos:{HUB}",
-            "deploy-a:response:tags",
-            f"deploy-a:tag:{HUB}/library/alpine:3.19:{OCI}",
-        ]
-        assert 0 < await raw.pttl("deploy-a:response:tags") <= 60_000
-    finally:
-        await raw.aclose()
-        await store.close()
-
-
-async def test_a_redis_tag_record_that_does_not_parse_is_a_counted_error(
-    redis_server: RedisServer,
-) -> None:
-    store = await RedisMetaStore.open(redis_server.url, "deploy-a:")
-    raw = Redis.from_url(redis_server.url, decode_responses=True)
-    try:
-        await store.put_tag(KEY, RECORD)
-        name = f"deploy-a:tag:{HUB}/library/alpine:3.19:{OCI}"
-        value = await raw.get(name)
-        assert value is not None
-        await raw.set(name, str(value).replace(str(RECORD.digest), "sha256:not-hex"))
-        with pytest.raises(MetaStoreError, match="corrupt record"):
-            await store.get_tag(KEY)
-        assert (store.errors, store.available) == (1, False)
-        assert await store.get_tag(replace(KEY, tag="other")) is None
-        assert store.available
-    finally:
-        await raw.aclose()
-        await store.close()
-
-
-async def test_unreachable_redis_is_an_error_naming_the_masked_url() -> None:
-    port = free_port()  # nothing listens here
-    url = f"redis://:s3cret@127.0.0.1:{port}/0"
-    started = time.monotonic()
-    with pytest.raises(MetaStoreError) as raised:
-        await open_meta_store(redis_url=url, key_prefix="mirror:", data_dir=Path("unused"))
-    assert f"redis://:***@127.0.0.1:{port}/0" in str(raised.value)
-    assert "s3cret" not in str(raised.value)
-    assert time.monotonic() - started < 3
-
-
-def test_masked_url_hides_every_password() -> None:
-    assert masked_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
-    assert masked_url("redis://user:pa:ss@host:6379/1") == "redis://user:***@host:6379/1"
-    assert masked_url("rediss://:p%40ss@host") == "rediss://:***@host"
-    assert masked_url("redis://user@host") == "redis://user@host"
-    assert (
-        masked_url("unix:///run/redis.sock?db=2&password=secret")
-        == "unix:///run/redis.sock?db=2&password=***"
-    )
-
-
-# --- the resilient wrapper ----------------------------------------------------------------
-
-
-@pytest.fixture
-def prometheus_sink() -> Iterator[None]:
-    """Counts go to the Prometheus metrics, as in a server, for the test."""
-    previous = observe.install(PrometheusSink())
-    yield
-    observe.install(previous)
-
-
-def failures(operation: str) -> float:
-    value = REGISTRY.get_sample_value("mirror_meta_store_errors_total", {"operation": operation})
-    return value or 0.0
-
-
-async def test_resilient_store_passes_answers_and_locks_through(tmp_path: Path) -> None:
-    store = ResilientMetaStore(await SqliteMetaStore.open(tmp_path / "meta.sqlite3"))
-    try:
-        await store.put_tag(KEY, RECORD)
-        assert await store.get_tag(KEY) == RECORD
-        token = await store.try_lock("lock", ttl=30)
-        assert token is not None
-        assert await store.try_lock("lock", ttl=30) is None
-        await store.unlock("lock", token)
-        assert await store.try_lock("lock", ttl=30) is not None
-        assert store.available and store.errors == 0
-    finally:
-        await store.close()
-
-
-async def test_resilient_store_answers_a_corrupt_record_as_not_known(
-    tmp_path: Path, prometheus_sink: None
-) -> None:
-    path = tmp_path / "meta.sqlite3"
-    store = ResilientMetaStore(await SqliteMetaStore.open(path))
-    try:
-        await store.put_tag(KEY, RECORD)
-        with sqlite3.connect(path) as conn:
-            conn.execute("UPDATE tags SET digest = 'sha256:not-hex'")
-        before = failures("list_tags")
-        assert await store.list_tags() == []
-        assert (store.errors, store.available) == (1, False)
-        assert failures("list_tags") == before + 1
-    finally:
-        await store.close()
-
-
-async def test_resilient_store_rides_out_a_redis_outage_and_recovers(
-    redis_server: RedisServer, caplog: pytest.LogCaptureFixture, prometheus_sink: None
-) -> None:
-    caplog.set_level(logging.INFO, logger="mirror.meta.resilient")
-    prefix = unique_prefix()
-    rest = FakeClock(0.0)  # the wrapper's monotonic seconds: its rest after a failure
-    store = ResilientMetaStore(
-        await RedisMetaStore.open(redis_server.url, prefix), retry_after=0.5, clock=rest
-    )
-    try:
-        await store.put_tag(KEY, RECORD)
-        held = await store.try_lock("held", ttl=30)
-        assert held is not None
-        before = failures("get_tag")
-
-        await redis_server.stop()
-        async with asyncio.timeout(3):  # bounded by the client's timeouts, never a hang
-            assert await store.get_tag(KEY) is None
-        assert (store.errors, store.available) == (1, False)
-        assert failures("get_tag") == before + 1
-
-        # Resting after the failure: neutral answers at once, Redis is not asked.
-        started = time.monotonic()
-        await store.put_tag(KEY, RECORD)
-        assert await store.list_repositories(HUB) == []
-        assert await store.get_access(DIGEST) is None
-        assert await store.get_response("tags") is None
-        assert await store.get_rate_limit(HUB) is None
-        await store.record_access({DIGEST: Access(1.0)})
-        local = await store.try_lock("lock", ttl=30)
-        assert local is not None  # proceed without coordination
-        await store.unlock("lock", local)
-        await store.unlock("held", held)
-        assert time.monotonic() - started < 0.1
-        assert store.errors == 1
-        with pytest.raises(MetaStoreError):
-            await store.ping()
-
-        # Still down when the rest is over: one more error, but no second warning.
-        rest.advance(0.6)
-        assert await store.get_tag(KEY) is None
-        assert store.errors == 2
-
-        await redis_server.start()  # empty: it keeps nothing on disk
-        rest.advance(0.6)
-        await store.put_tag(KEY, RECORD)
-        assert store.available
-        check = await RedisMetaStore.open(redis_server.url, prefix)
-        try:
-            assert await check.get_tag(KEY) == RECORD
-        finally:
-            await check.close()
-
-        lines = [(r.levelname, r.getMessage()) for r in caplog.records]
-        assert [level for level, _ in lines] == ["WARNING", "INFO"]
-        assert "unavailable" in lines[0][1] and "recovered" in lines[1][1]
-    finally:
-        await store.close()
 
 
 # --- imports --------------------------------------------------------------------------------
