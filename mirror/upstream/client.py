@@ -108,8 +108,10 @@ class UpstreamClient:
         self._auth = Authenticator(
             self._session,
             upstream=self.host,
+            upstream_url=self.url,
             username=settings.username,
             password=settings.password,
+            token_hosts=settings.token_hosts,
         )
 
     async def close(self) -> None:
