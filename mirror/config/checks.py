@@ -74,6 +74,13 @@ def check_deputy(config: Config) -> None:
                 '"passthrough" uses each client\'s own credentials; remove username and '
                 "password from this upstream"
             )
+        if upstream.passthrough and config.auth.htpasswd is not None:
+            raise ConfigError(
+                f"upstream {upstream.host} (from {upstream.source}): client_credentials = "
+                '"passthrough" cannot be combined with htpasswd yet: clients present their '
+                "registry credentials in the same Authorization header the mirror's own "
+                "logins use"
+            )
         if (
             config.auth.htpasswd is None
             and upstream.username is not None

@@ -80,7 +80,12 @@ def basic_header(username: str, password: str) -> str:
 
 
 class TokenError(Exception):
-    """The token realm refused or failed; the message is safe to show a client."""
+    """The token realm refused or failed; the message is safe to show a client.
+    `rejected`: the realm refused the credentials themselves (401/403)."""
+
+    def __init__(self, message: str, *, rejected: bool = False) -> None:
+        super().__init__(message)
+        self.rejected = rejected
 
 
 class Authenticator:
@@ -198,7 +203,8 @@ class Authenticator:
             elapsed = time.monotonic() - started
             observe.upstream_answered(self._upstream, "GET", "token", resp.status, elapsed)
             if resp.status != 200:
-                raise TokenError(f"token realm answered {resp.status}")
+                rejected = resp.status in (401, 403)
+                raise TokenError(f"token realm answered {resp.status}", rejected=rejected)
             body = await _read_whole(resp, MAX_TOKEN_RESPONSE_BYTES)
         return _parse_token(body, started)
 
