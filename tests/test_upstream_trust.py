@@ -4,6 +4,7 @@ service, token responses are read whole but capped, and the token cache stays bo
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -150,7 +151,7 @@ async def test_a_foreign_realm_gets_no_credentials_and_a_clean_502(
 @pytest.fixture
 async def chunking_realm(upstream: FakeRegistry) -> AsyncIterator[tuple[str, list[int]]]:
     """A token realm that fetches the fake's token and sends it back chunked, in pieces
-    (several writes), padded to the size asked for by `?pad=`: (realm URL, padding)."""
+    (several writes, spaced out), padded to the size asked for by `?pad=`: (realm URL, padding)."""
     padding = [0]
 
     async def token(request: web.Request) -> web.StreamResponse:
@@ -163,8 +164,10 @@ async def chunking_realm(upstream: FakeRegistry) -> AsyncIterator[tuple[str, lis
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
-        for start in range(0, len(body), 7):
-            await resp.write(body[start : start + 7])
+        piece = max(7, len(body) // 6)
+        for start in range(0, len(body), piece):
+            await resp.write(body[start : start + piece])
+            await asyncio.sleep(0.002)  # the wire, not a wait: each piece its own read
         await resp.write_eof()
         return resp
 
