@@ -196,8 +196,14 @@ async def test_credentials_never_reach_another_host(
     assert not any(secret in logged for secret in secrets)
 
 
-async def test_the_catalog_does_not_list_passthrough_repositories(mirror: Client) -> None:
+async def test_neither_catalog_nor_status_lists_passthrough_repositories(
+    mirror: Client, other: FakeRegistry
+) -> None:
     await pull_as(mirror, "alice", "alice/app", "1")
-    resp = await mirror.get("/v2/_catalog", headers=basic("alice"))
-    assert resp.status == 200
-    assert "alice/app" not in json.dumps(await resp.json())
+    await pull_as(mirror, "alice", "ghcr.io/org/tool", "1")
+    for path in ("/v2/_catalog", "/api/status"):
+        resp = await mirror.get(path, headers=basic("alice"))
+        assert resp.status == 200
+        listed = json.dumps(await resp.json())
+        assert "alice/app" not in listed
+        assert "ghcr.io/org/tool" in listed  # the other upstream's are listed as ever
