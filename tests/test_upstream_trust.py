@@ -5,6 +5,7 @@ service, token responses are read whole but capped, and the token cache stays bo
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from aiohttp import web
 
 from mirror import config
 from mirror.upstream.auth import Authenticator
+from mirror.upstream.credentials import ClientCredential
 from mirror.upstream.realms import realm_refusal, registrable_domain
 from mirror.upstream.tokencache import Token, TokenCache
 from testkit.clock import FakeClock
@@ -236,6 +238,32 @@ async def test_a_flood_of_repository_names_leaves_the_token_cache_bounded(
         assert upstream.count(server="auth") == 100
 
 
+async def test_many_clients_credentials_share_the_one_bound(upstream: FakeRegistry) -> None:
+    """Passthrough: tokens are cached per client credential (under its keyed hash), in the
+    same bounded cache."""
+    tokens = TokenCache(max_entries=8)
+    users = {f"user{index}": secrets.token_hex(8) for index in range(40)}
+    async with (
+        FakeRegistry(users=users, anonymous_pull=False) as registry,
+        aiohttp.ClientSession() as session,
+    ):
+        auth = Authenticator(
+            session,
+            upstream="docker.io",
+            upstream_url=registry.url,
+            username=None,
+            password=None,
+            tokens=tokens,
+        )
+        assert auth.learn(f'Bearer realm="{registry.auth_url}",service="fake.registry"')
+        for user, password in users.items():
+            client = ClientCredential.of(user, password)
+            assert await auth.authorization("repository:team/app:pull", client)
+            assert len(tokens) <= 8
+        sent = {r.headers["Authorization"] for r in registry.filter_requests(server="auth")}
+        assert len(sent) == len(users)  # each token bought with its own client's credentials
+
+
 def test_expired_tokens_leave_the_cache() -> None:
     clock = FakeClock(now=1000.0)
     tokens = TokenCache(max_entries=4, margin=30.0, clock=clock)
@@ -260,3 +288,11 @@ def test_the_least_recently_used_token_goes_first() -> None:
     tokens.put(("", "c"), Token("c", expires_at=600.0))
     assert tokens.get(("", "b")) is None
     assert tokens.get(("", "a")) is not None and tokens.get(("", "c")) is not None
+
+
+def test_a_client_credential_shows_neither_its_secret_nor_a_plain_hash() -> None:
+    credential = ClientCredential.of("alice", "hunter2")
+    assert "hunter2" not in repr(credential) and credential.key not in repr(credential)
+    assert credential.key != hashlib.sha256(b"alice\0hunter2").hexdigest()  # keyed, not plain
+    assert ClientCredential.of("alice", "hunter2").key == credential.key  # stable per process
+    assert ClientCredential.of("alice", "hunter3").key != credential.key
