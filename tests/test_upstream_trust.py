@@ -232,6 +232,7 @@ async def test_a_flood_of_repository_names_leaves_the_token_cache_bounded(
             name = f"flood/{secrets.token_hex(8)}"
             assert await auth.authorization(f"repository:{name}:pull")
             assert len(tokens) <= 16
+        assert len(tokens) == 16  # full, and no fuller
         assert upstream.count(server="auth") == 100
         # The most recent scope is still cached: asking again costs no token request.
         await auth.authorization(f"repository:{name}:pull")
@@ -260,6 +261,7 @@ async def test_many_clients_credentials_share_the_one_bound(upstream: FakeRegist
             client = ClientCredential.of(user, password)
             assert await auth.authorization("repository:team/app:pull", client)
             assert len(tokens) <= 8
+        assert len(tokens) == 8
         sent = {r.headers["Authorization"] for r in registry.filter_requests(server="auth")}
         assert len(sent) == len(users)  # each token bought with its own client's credentials
 

@@ -115,7 +115,7 @@ class Authenticator:
         self._username = username
         self._password = password
         self._challenge: Challenge | None = None
-        self._tokens = tokens or TokenCache(margin=RENEW_MARGIN_SECONDS)
+        self._tokens = tokens if tokens is not None else TokenCache(margin=RENEW_MARGIN_SECONDS)
         self._fetches: SingleFlight[tuple[str, str], Token] = SingleFlight()
         self._refused_realms: set[str] = set()
 
