@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 from mirror import errors, observe
 from mirror.config import UpstreamSettings
 from mirror.errors import ErrorCode, RegistryError
-from mirror.mediatypes import bare_type
+from mirror.mediatypes import MANIFEST_TYPES, accept_header, bare_type
 from mirror.ratelimit import RateLimit, parse_ratelimit
 from mirror.reference import Digest
 from mirror.upstream.auth import Authenticator, TokenError
@@ -226,12 +226,21 @@ class UpstreamClient:
         redirect counts as an answer and is not followed."""
         method, path = "HEAD", f"/v2/{repo}/manifests/{reference}"
         params: tuple[tuple[str, str], ...] = ()
+        # Every manifest type: some registries answer 404 for a type the client cannot take.
+        headers = {"Accept": accept_header(frozenset(MANIFEST_TYPES))}
         if kind == "blob":
             path = f"/v2/{repo}/blobs/{reference}"
         elif kind == "tags":
             method, path, params = "GET", f"/v2/{repo}/tags/list", (("n", "1"),)
         async with self._request(
-            method, path, repo, kind, params=params, credential=credential, follow_redirects=False
+            method,
+            path,
+            repo,
+            kind,
+            headers=headers,
+            params=params,
+            credential=credential,
+            follow_redirects=False,
         ) as resp:
             return resp.status
 
