@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -59,6 +60,21 @@ def test_passthrough_upstreams_carry_no_credentials_of_their_own(tmp_path: Path)
     file.write_text(CREDENTIALED + 'client_credentials = "passthrough"\n')
     with pytest.raises(config.ConfigError, match=r"upstream ghcr.io .*remove username"):
         config.load(config_file=file, environ={})
+
+
+def test_check_config_prints_the_trust_keys_back(tmp_path: Path) -> None:
+    (tmp_path / "mirror.toml").write_text(
+        '[[upstream]]\nhost = "registry.example.com"\nclient_credentials = "passthrough"\n'
+        'passthrough_ttl = 30\ntoken_hosts = ["auth.example.net"]\n'
+    )
+    result = run_cli("check-config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    printed = tomllib.loads(result.stdout)["upstream"]
+    assert printed[-1]["client_credentials"] == "passthrough"
+    assert printed[-1]["passthrough_ttl"] == 30.0
+    assert printed[-1]["token_hosts"] == ["auth.example.net"]
+    nvcr = next(table for table in printed if table["host"] == "nvcr.io")
+    assert nvcr["token_hosts"] == ["authn.nvidia.com"]
 
 
 @pytest.mark.parametrize(
