@@ -271,7 +271,10 @@ async def setup(
         elif case.transport == "dns":
             hub = await stack.enter_async_context(hub_with(image))
             port = int(hub.url.rsplit(":", 1)[1])
-            mirror = await start_mirror(f"http://{UNRESOLVABLE}:{port}", **settings)
+            url = f"http://{UNRESOLVABLE}:{port}"
+            # The fake's token realm is on 127.0.0.1, outside the upstream's name: allowed.
+            upstream = docker_io(url, token_hosts=["127.0.0.1"])
+            mirror = await start_mirror(url, upstream=upstream, **settings)
 
             @contextlib.asynccontextmanager
             async def resolved() -> AsyncIterator[None]:

@@ -96,6 +96,7 @@ def test_check_config_prints_effective_config_with_secrets_masked(tmp_path: Path
     (tmp_path / "mirror.toml").write_text(
         'redis_url = "redis://:hunter2@127.0.0.1:6379/0"\n'
         '[[upstream]]\nhost = "docker.io"\nusername = "bot"\npassword_env = "HUB_TOKEN"\n'
+        "anonymous_clients_use_credentials = true\n"
     )
     result = run_cli("check-config", env={"HUB_TOKEN": "s3cret"}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -268,12 +268,14 @@ async def test_each_registry_gets_only_its_own_credentials_and_tokens(
                     "url": hub.url,
                     "username": "hubbot",
                     "password": "hub-secret",
+                    "anonymous_clients_use_credentials": True,
                 },
                 {
                     "host": "ghcr.io",
                     "url": ghcr.url,
                     "username": "ghcrbot",
                     "password": "ghcr-secret",
+                    "anonymous_clients_use_credentials": True,
                 },
             ],
         )

@@ -71,7 +71,13 @@ async def test_configured_credentials_reach_the_token_realm(
         assert (await resp.json())["errors"][0]["code"] == "DENIED"
 
         mirror = await start_mirror(
-            private.url, upstream=docker_io(private.url, username="bot", password="s3cret")
+            private.url,
+            upstream=docker_io(
+                private.url,
+                username="bot",
+                password="s3cret",
+                anonymous_clients_use_credentials=True,
+            ),
         )
         await pull_like_docker(mirror, "team/app", "1")
         token_requests = private.filter_requests(server="auth", method="GET")
@@ -83,7 +89,10 @@ async def test_basic_auth_upstreams_work(start_mirror: StartMirror, alpine: Mani
     async with FakeRegistry(auth="basic", users={"bot": "pw"}, redirect_blobs=False) as basic:
         basic.push_image("team/app", "1", alpine)
         mirror = await start_mirror(
-            basic.url, upstream=docker_io(basic.url, username="bot", password="pw")
+            basic.url,
+            upstream=docker_io(
+                basic.url, username="bot", password="pw", anonymous_clients_use_credentials=True
+            ),
         )
         await pull_like_docker(mirror, "team/app", "1")
         assert basic.count(server="auth") == 0
@@ -97,7 +106,12 @@ async def test_credentials_and_tokens_never_appear_in_logs(
         private.push_image("team/app", "1", alpine)
         mirror = await start_mirror(
             private.url,
-            upstream=docker_io(private.url, username="bot", password="hunter2"),
+            upstream=docker_io(
+                private.url,
+                username="bot",
+                password="hunter2",
+                anonymous_clients_use_credentials=True,
+            ),
             log_level="debug",
         )
         await pull_like_docker(mirror, "team/app", "1")

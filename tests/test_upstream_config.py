@@ -83,7 +83,7 @@ def test_nothing_left_to_serve_is_an_error(tmp_path: Path) -> None:
 def test_the_upstream_flag_moves_only_docker_io(tmp_path: Path) -> None:
     text = (
         '[[upstream]]\nhost = "docker.io"\nurl = "https://hub-proxy.internal"\n'
-        'username = "bot"\npassword = "pw"\n'
+        'username = "bot"\npassword = "pw"\nanonymous_clients_use_credentials = true\n'
         '[[upstream]]\nhost = "ghcr.io"\nurl = "https://ghcr-proxy.internal"\n'
     )
     cfg = load(tmp_path, text, overrides={"upstream": "http://127.0.0.1:5001"})
@@ -116,7 +116,9 @@ def test_passwords_come_from_the_environment_or_a_file(tmp_path: Path) -> None:
     cfg = load(
         tmp_path,
         '[[upstream]]\nhost = "ghcr.io"\nusername = "bot"\npassword_env = "GHCR_TOKEN"\n'
-        f'[[upstream]]\nhost = "quay.io"\nusername = "robot"\npassword_file = "{secret}"\n',
+        "anonymous_clients_use_credentials = true\n"
+        f'[[upstream]]\nhost = "quay.io"\nusername = "robot"\npassword_file = "{secret}"\n'
+        "anonymous_clients_use_credentials = true\n",
         environ={"GHCR_TOKEN": "from-the-env"},
     )
     ghcr, quay = served(cfg, "ghcr.io"), served(cfg, "quay.io")
@@ -192,6 +194,7 @@ def test_check_config_shows_every_upstream_and_masks_their_secrets(tmp_path: Pat
     (tmp_path / "mirror.toml").write_text(
         '[[upstream]]\nhost = "registry.example.com"\nusername = "robot"\n'
         'password_env = "EXAMPLE_TOKEN"\ntag_ttl = 30\n'
+        "anonymous_clients_use_credentials = true\n"
     )
     result = run_cli("check-config", env={"EXAMPLE_TOKEN": "t0ps3cret"}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -204,6 +207,7 @@ def test_check_config_shows_every_upstream_and_masks_their_secrets(tmp_path: Pat
     assert example["username"] == "robot"
     assert example["password"] == "********"
     assert example["tag_ttl"] == 30.0
+    assert example["anonymous_clients_use_credentials"] is True
     assert "# from environment variable EXAMPLE_TOKEN" in result.stdout
 
 

@@ -77,7 +77,7 @@ class BlobCache:
                 return download.size
         self._refuse_when_offline()
         observe.cache_lookup("blob", "miss")
-        return await repo.upstream.head_blob(repo.name, digest)
+        return await repo.upstream.head_blob(repo.name, digest, credential=repo.credential)
 
     async def download(self, repo: UpstreamRepo, digest: Digest) -> BlobBody:
         """The download of `digest`, started (size known): joined if one is in flight in

@@ -187,7 +187,7 @@ class Download:
 
     async def _transfer(self, repo: UpstreamRepo, store: ContentStore) -> None:
         upstream = repo.upstream
-        async with upstream.open_blob(repo.name, self.digest) as stream:
+        async with upstream.open_blob(repo.name, self.digest, credential=repo.credential) as stream:
             if stream.size is not None and stream.size > (free := store.free_bytes()):
                 # Refused before any byte: the client gets a clean answer, not a cut.
                 log.warning(

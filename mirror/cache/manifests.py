@@ -243,7 +243,9 @@ class ManifestCache:
         try:
             header = mediatypes.accept_header(accept)
             try:
-                head = await repo.upstream.head_manifest(repo.name, key.tag, header)
+                head = await repo.upstream.head_manifest(
+                    repo.name, key.tag, header, credential=repo.credential
+                )
                 if head is not None:
                     record = TagRecord(head.digest, head.media_type, head.size, self._clock())
                     if not self._store.has_manifest(head.digest):
@@ -325,7 +327,11 @@ class ManifestCache:
         try:
             try:
                 fetched = await repo.upstream.get_manifest(
-                    repo.name, str(digest), accept, algorithm=digest.algorithm
+                    repo.name,
+                    str(digest),
+                    accept,
+                    algorithm=digest.algorithm,
+                    credential=repo.credential,
                 )
             except RegistryError as exc:
                 if exc.status == 404 and (claimed_by := self._unverified.pop(digest, None)):
@@ -366,7 +372,9 @@ class ManifestCache:
         return error
 
     async def _fetch_by_tag(self, repo: UpstreamRepo, tag: str, accept: str) -> StoredManifest:
-        fetched = await repo.upstream.get_manifest(repo.name, tag, accept)
+        fetched = await repo.upstream.get_manifest(
+            repo.name, tag, accept, credential=repo.credential
+        )
         if fetched.claimed is not None and fetched.claimed != fetched.digest:
             raise self._integrity_error(repo, fetched.claimed, fetched)
         return await self._keep(repo, fetched)

@@ -25,7 +25,9 @@ class Passthrough:
 
     async def open(self) -> None:
         stream = await self._stack.enter_async_context(
-            self._repo.upstream.open_blob(self._repo.name, self.digest)
+            self._repo.upstream.open_blob(
+                self._repo.name, self.digest, credential=self._repo.credential
+            )
         )
         self.size = stream.size
         self._stream = stream

@@ -55,7 +55,7 @@ class TagListCache:
                 errors.NAME_UNKNOWN, "tag list not cached, and the mirror is offline"
             )
         try:
-            page = await repo.upstream.get_tags(repo.name, query)
+            page = await repo.upstream.get_tags(repo.name, query, credential=repo.credential)
         except UpstreamError as exc:
             if cached is None:
                 raise

@@ -61,3 +61,37 @@ def check_auth(config: Config, sources: Mapping[str, str]) -> None:
                 raise ConfigError(
                     f"{where}: upstream {host!r} is not served (it serves {', '.join(served)})"
                 )
+
+
+def check_deputy(config: Config) -> None:
+    """An upstream with credentials needs authenticated clients, or the operator's explicit
+    opt-in; otherwise any anonymous client could pull whatever those credentials reach (the
+    mirror a confused deputy). Passthrough upstreams use each client's own credentials."""
+    for upstream in config.registries.upstreams:
+        if upstream.passthrough and upstream.username is not None:
+            raise ConfigError(
+                f"upstream {upstream.host} (from {upstream.source}): client_credentials = "
+                '"passthrough" uses each client\'s own credentials; remove username and '
+                "password from this upstream"
+            )
+        if upstream.passthrough and config.auth.htpasswd is not None:
+            raise ConfigError(
+                f"upstream {upstream.host} (from {upstream.source}): client_credentials = "
+                '"passthrough" cannot be combined with htpasswd yet: clients present their '
+                "registry credentials in the same Authorization header the mirror's own "
+                "logins use"
+            )
+        if (
+            config.auth.htpasswd is None
+            and upstream.username is not None
+            and not upstream.passthrough
+            and not upstream.anonymous_clients_use_credentials
+        ):
+            raise ConfigError(
+                f"upstream {upstream.host} (from {upstream.source}): has credentials "
+                f"(username {upstream.username!r}) but clients are not authenticated, so any "
+                "anonymous client could pull whatever those credentials can reach. Either turn "
+                "on client authentication (htpasswd), or set "
+                "anonymous_clients_use_credentials = true on this upstream if anonymous "
+                "clients really may use them"
+            )

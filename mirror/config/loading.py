@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mirror.config.checks import check_auth, check_tls
+from mirror.config.checks import check_auth, check_deputy, check_tls
 from mirror.config.errors import ConfigError
 from mirror.config.schema import SETTINGS, Config, build
 from mirror.config.upstreams import upstreams
@@ -74,6 +74,7 @@ def load(
     config = build(values)
     check_tls(config, sources)
     check_auth(config, sources)
+    check_deputy(config)
     return LoadedConfig(config=config, sources=sources, file=file)
 
 

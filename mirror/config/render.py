@@ -40,4 +40,11 @@ def _upstream_lines(upstream: UpstreamSettings) -> list[str]:
         lines.append(f"ca_file = {toml_str(str(upstream.ca_file))}")
     if upstream.insecure:
         lines.append("insecure = true")
+    if upstream.token_hosts:
+        lines.append(f"token_hosts = {toml_value(upstream.token_hosts)}")
+    if upstream.anonymous_clients_use_credentials:
+        lines.append("anonymous_clients_use_credentials = true")
+    if upstream.passthrough:
+        lines.append('client_credentials = "passthrough"')
+        lines.append(f"passthrough_ttl = {upstream.passthrough_ttl!r}")
     return lines

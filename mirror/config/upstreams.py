@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -17,6 +18,7 @@ from mirror.config.parsers import (
     parse_non_negative_seconds,
     parse_optional_str,
     parse_path,
+    parse_seconds,
     parse_url,
 )
 from mirror.reference import DOCKER_HUB_ALIASES, is_registry_host
@@ -36,6 +38,12 @@ BUILTIN_UPSTREAMS: Mapping[str, str] = {
     "public.ecr.aws": "https://public.ecr.aws",
     "nvcr.io": "https://nvcr.io",
 }
+# Token services of built-in upstreams that live outside the registry's own domain (the
+# others answer on their own host or domain: auth.docker.io, ghcr.io/token, quay.io/v2/auth,
+# gcr.io/v2/token, public.ecr.aws/token; registry.k8s.io and mcr.microsoft.com ask none).
+BUILTIN_TOKEN_HOSTS: Mapping[str, tuple[str, ...]] = {"nvcr.io": ("authn.nvidia.com",)}
+CLIENT_CREDENTIALS = ("mirror", "passthrough")
+DEFAULT_PASSTHROUGH_TTL = 60.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,18 @@ class UpstreamSettings:
     ca_file: Path | None = None
     insecure: bool = False
     source: str = "built-in"
+    #: Hosts besides the upstream's own domain its token realm may be on.
+    token_hosts: tuple[str, ...] = ()
+    #: The operator's opt-in to let unauthenticated clients pull with these credentials.
+    anonymous_clients_use_credentials: bool = False
+    #: "mirror": the mirror's own credentials (if any); "passthrough": each client's.
+    client_credentials: str = "mirror"
+    #: How long an upstream's acceptance of a client's token for a repository is trusted.
+    passthrough_ttl: float = DEFAULT_PASSTHROUGH_TTL
+
+    @property
+    def passthrough(self) -> bool:
+        return self.client_credentials == "passthrough"
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         """What the upstream's TLS connections verify against: the system CAs (True), a
@@ -90,7 +110,12 @@ def upstreams(
     by_host: dict[str, UpstreamSettings] = {}
     if builtin:
         for host, url in BUILTIN_UPSTREAMS.items():
-            by_host[host] = UpstreamSettings(host, url, library_prefix=host == DOCKER_HUB)
+            by_host[host] = UpstreamSettings(
+                host,
+                url,
+                library_prefix=host == DOCKER_HUB,
+                token_hosts=BUILTIN_TOKEN_HOSTS.get(host, ()),
+            )
     tables: tuple[str, list[Any]] | None = None
     hub_url: tuple[str, str] | None = None
     for source, raw in layers:
@@ -147,6 +172,25 @@ def _apply_tables(
             by_host.pop(settings.host, None)
 
 
+def parse_token_hosts(value: Any) -> tuple[str, ...]:
+    """Host names (no scheme, path or port) a token realm may be on."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of host names")
+    hosts: list[str] = value
+    for host in hosts:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+            raise ValueError(f"{host!r} is not a host name (no scheme, port or path)")
+    return tuple(h.lower() for h in hosts)
+
+
+def parse_client_credentials(value: Any) -> str:
+    if value not in CLIENT_CREDENTIALS:
+        raise ValueError(f'expected "mirror" or "passthrough", got {value!r}')
+    return str(value)
+
+
 _UPSTREAM_KEYS = {
     "host",
     "url",
@@ -160,6 +204,10 @@ _UPSTREAM_KEYS = {
     "ca_file",
     "insecure",
     "enabled",
+    "token_hosts",
+    "anonymous_clients_use_credentials",
+    "client_credentials",
+    "passthrough_ttl",
 }
 _PASSWORD_KEYS = ("password", "password_env", "password_file")
 # How each key of a table is parsed (the password keys have their own rules).
@@ -172,6 +220,10 @@ _TABLE_PARSERS: Mapping[str, Callable[[Any], Any]] = {
     "ca_file": parse_path,
     "insecure": parse_bool,
     "enabled": parse_bool,
+    "token_hosts": parse_token_hosts,
+    "anonymous_clients_use_credentials": parse_bool,
+    "client_credentials": parse_client_credentials,
+    "passthrough_ttl": parse_seconds,
 }
 
 
@@ -219,6 +271,10 @@ def _upstream_table(
         ca_file=ca_file,
         insecure=values.get("insecure", False),
         source=source,
+        token_hosts=values.get("token_hosts", BUILTIN_TOKEN_HOSTS.get(host, ())),
+        anonymous_clients_use_credentials=values.get("anonymous_clients_use_credentials", False),
+        client_credentials=values.get("client_credentials", "mirror"),
+        passthrough_ttl=values.get("passthrough_ttl", DEFAULT_PASSTHROUGH_TTL),
     )
     return settings, values.get("enabled", True)
 

@@ -17,6 +17,7 @@ from mirror.cache.pinning import pinned_digests
 from mirror.cache.prefetch.schedule import schedule as schedule_prefetch
 from mirror.config import Config
 from mirror.server import addressing, auth
+from mirror.server.auth import passthrough
 from mirror.server.middleware import add_response_headers, observe_requests, registry_errors
 from mirror.server.ops import OpsRoutes
 from mirror.server.routes import RegistryRoutes
@@ -55,6 +56,7 @@ async def create_app(
     )
     OpsRoutes(mirror.store, mirror.meta, router, mirror.access, clock=clock).register(app.router)
     auth.setup(app, config, router, clock=clock)  # client authentication, if configured
+    passthrough.setup(app, router, clock=clock)  # clients' own upstream credentials, if any
     work = _Background(mirror, clock)
     app.on_startup.append(work.start)
     app.on_shutdown.append(work.abort_downloads)

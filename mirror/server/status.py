@@ -67,7 +67,14 @@ async def build(
     served = from_cache + streamed
     blobs = _usage(samples, "blob")
     manifests = _usage(samples, "manifest")
-    top = await meta.top_repositories(TOP_REPOSITORIES)
+    upstreams = tuple(upstreams)
+    # A passthrough upstream's repository names may be private to the clients pulling them.
+    hidden = {f"{upstream.host}/" for upstream in upstreams if upstream.passthrough}
+    top = [
+        (repo, pulls)
+        for repo, pulls in await meta.top_repositories(TOP_REPOSITORIES)
+        if not repo.startswith(tuple(hidden))
+    ]
     return {
         "version": __version__,
         "started_at": started_at,

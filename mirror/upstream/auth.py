@@ -3,7 +3,8 @@
 Registries say how to authenticate in their 401 challenge. For Bearer (Docker Hub, ghcr.io,
 quay.io) the mirror asks the challenge's realm for a token covering exactly one repository
 scope and reuses it until shortly before it expires, so a pull of many blobs costs one token
-request. Concurrent requests for the same scope share one token fetch.
+request. Concurrent requests for the same scope share one token fetch. Credentials go only
+to a realm the upstream may use (`realms`), and a token response is read whole, capped.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import aiohttp
 
 from mirror import observe
 from mirror.singleflight import SingleFlight
+from mirror.upstream.credentials import ClientCredential
+from mirror.upstream.realms import realm_refusal
+from mirror.upstream.tokencache import Token, TokenCache
 
 log = logging.getLogger(__name__)
 
@@ -75,21 +79,22 @@ def basic_header(username: str, password: str) -> str:
     return f"Basic {token}"
 
 
-@dataclass
-class _Token:
-    value: str
-    expires_at: float  # time.monotonic()
-
-
 class TokenError(Exception):
-    """The token realm refused or failed; the message is safe to show a client."""
+    """The token realm refused or failed; the message is safe to show a client.
+    `rejected`: the realm refused the credentials themselves (401/403)."""
+
+    def __init__(self, message: str, *, rejected: bool = False) -> None:
+        super().__init__(message)
+        self.rejected = rejected
 
 
 class Authenticator:
     """Holds one upstream's credentials, its last challenge and its token cache.
 
-    Tokens are cached per scope; the challenge learnt from the first 401 lets later scopes
-    fetch their token up front instead of paying a 401 round trip each.
+    Tokens are cached per (credential, scope) in a bounded LRU; the challenge learnt from
+    the first 401 lets later scopes fetch their token up front instead of paying a 401
+    round trip each. A request may bring a client's own credential (passthrough); its
+    tokens are cached under the credential's keyed hash, never the secret.
     """
 
     def __init__(
@@ -97,88 +102,133 @@ class Authenticator:
         session: aiohttp.ClientSession,
         *,
         upstream: str,
+        upstream_url: str,
         username: str | None,
         password: str | None,
+        token_hosts: tuple[str, ...] = (),
+        tokens: TokenCache | None = None,
     ) -> None:
         self._session = session
         self._upstream = upstream  # for metrics
+        self._upstream_url = upstream_url
+        self._token_hosts = token_hosts
         self._username = username
         self._password = password
         self._challenge: Challenge | None = None
-        self._tokens: dict[str, _Token] = {}
-        self._fetches: SingleFlight[str, _Token] = SingleFlight()
+        self._tokens = tokens if tokens is not None else TokenCache(margin=RENEW_MARGIN_SECONDS)
+        self._fetches: SingleFlight[tuple[str, str], Token] = SingleFlight()
+        self._refused_realms: set[str] = set()
 
     @property
     def has_credentials(self) -> bool:
         return self._username is not None
 
-    async def authorization(self, scope: str | None) -> str | None:
-        """The `Authorization` value to send for `scope`, or None when none is known to
-        be needed yet (no challenge seen so far)."""
+    async def authorization(
+        self, scope: str | None, client: ClientCredential | None = None
+    ) -> str | None:
+        """The `Authorization` value to send for `scope` (with the client's credential
+        when given, else the mirror's), or None when none is known to be needed yet."""
         challenge = self._challenge
         if challenge is None:
             return None
         if challenge.scheme == "basic":
-            return self._basic()
+            return self._basic(client)
         if challenge.scheme == "bearer":
-            token = await self._token(challenge, scope)
+            token = await self._token(challenge, scope, client)
             return f"Bearer {token.value}"
         return None
 
-    def learn(self, www_authenticate: str) -> bool:
+    def learn(self, www_authenticate: str, client: ClientCredential | None = None) -> bool:
         """Remember the challenge from a 401; False when it is not one the mirror can
         answer (unknown scheme, Bearer without realm, Basic without credentials)."""
         for challenge in parse_challenges(www_authenticate):
             if challenge.scheme == "bearer" and challenge.realm:
                 self._challenge = challenge
                 return True
-            if challenge.scheme == "basic" and self.has_credentials:
+            if challenge.scheme == "basic" and (self.has_credentials or client is not None):
                 self._challenge = challenge
                 return True
         return False
 
-    def forget(self, scope: str | None) -> None:
+    def forget(self, scope: str | None, client: ClientCredential | None = None) -> None:
         """Drop the cached token for a scope after the registry rejected it."""
-        self._tokens.pop(scope or "", None)
+        self._tokens.pop(_key(scope, client))
 
-    def _basic(self) -> str | None:
+    def _basic(self, client: ClientCredential | None) -> str | None:
+        if client is not None:
+            return basic_header(client.username, client.password)
         if self._username is None:
             return None
         return basic_header(self._username, self._password or "")
 
-    async def _token(self, challenge: Challenge, scope: str | None) -> _Token:
-        key = scope or ""
+    async def _token(
+        self, challenge: Challenge, scope: str | None, client: ClientCredential | None
+    ) -> Token:
+        key = _key(scope, client)
         cached = self._tokens.get(key)
-        if cached is not None and cached.expires_at - RENEW_MARGIN_SECONDS > time.monotonic():
+        if cached is not None:
             return cached
-        token = await self._fetches.run(key, lambda: self._fetch(challenge, scope))
-        self._tokens[key] = token
+        token = await self._fetches.run(key, lambda: self._fetch(challenge, scope, client))
+        self._tokens.put(key, token)
         return token
 
-    async def _fetch(self, challenge: Challenge, scope: str | None) -> _Token:
+    def _check_realm(self, realm: str) -> None:
+        """Refuse a realm off the upstream's domain (or not https), logging it once."""
+        reason = realm_refusal(realm, self._upstream_url, self._token_hosts)
+        if reason is None:
+            return
+        if realm not in self._refused_realms and len(self._refused_realms) < 64:
+            self._refused_realms.add(realm)
+            log.warning("upstream %s: refusing to ask for a token: %s", self._upstream, reason)
+        raise TokenError(f"the mirror sends no credentials there: {reason}")
+
+    async def _fetch(
+        self, challenge: Challenge, scope: str | None, client: ClientCredential | None
+    ) -> Token:
         realm = challenge.realm
         assert realm is not None
+        self._check_realm(realm)
         query: list[tuple[str, str]] = []
         if service := challenge.params.get("service"):
             query.append(("service", service))
         if scope:
             query.append(("scope", scope))
         headers = {}
-        if basic := self._basic():
+        if basic := self._basic(client):
             headers["Authorization"] = basic
         started = time.monotonic()
-        async with self._session.get(realm, params=query, headers=headers) as resp:
+        async with self._session.get(
+            realm, params=query, headers=headers, allow_redirects=False
+        ) as resp:
             elapsed = time.monotonic() - started
             observe.upstream_answered(self._upstream, "GET", "token", resp.status, elapsed)
             if resp.status != 200:
-                raise TokenError(f"token realm answered {resp.status}")
-            body = await resp.content.read(MAX_TOKEN_RESPONSE_BYTES + 1)
-        if len(body) > MAX_TOKEN_RESPONSE_BYTES:
-            raise TokenError("token response too large")
+                rejected = resp.status in (401, 403)
+                raise TokenError(f"token realm answered {resp.status}", rejected=rejected)
+            body = await _read_whole(resp, MAX_TOKEN_RESPONSE_BYTES)
         return _parse_token(body, started)
 
 
-def _parse_token(body: bytes, received_at: float) -> _Token:
+def _key(scope: str | None, client: ClientCredential | None) -> tuple[str, str]:
+    return (client.key if client is not None else "", scope or "")
+
+
+async def _read_whole(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body however it arrives (several reads, chunked), refused past `limit`."""
+    too_large = TokenError(f"token response larger than {limit} bytes")
+    if resp.content_length is not None and resp.content_length > limit:
+        raise too_large
+    parts: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_any():
+        total += len(chunk)
+        if total > limit:
+            raise too_large
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _parse_token(body: bytes, received_at: float) -> Token:
     """Read a token response. Expiry counts from when we asked, not from `issued_at`, so a
     skewed upstream clock cannot make every token look expired (or immortal)."""
     try:
@@ -193,4 +243,4 @@ def _parse_token(body: bytes, received_at: float) -> _Token:
     lifetime = data.get("expires_in")
     if not isinstance(lifetime, int | float) or lifetime <= 0:
         lifetime = DEFAULT_TOKEN_LIFETIME
-    return _Token(value=value, expires_at=received_at + float(lifetime))
+    return Token(value=value, expires_at=received_at + float(lifetime))

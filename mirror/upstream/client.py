@@ -22,10 +22,11 @@ from multidict import CIMultiDict
 from mirror import errors, observe
 from mirror.config import UpstreamSettings
 from mirror.errors import ErrorCode, RegistryError
-from mirror.mediatypes import bare_type
+from mirror.mediatypes import MANIFEST_TYPES, accept_header, bare_type
 from mirror.ratelimit import RateLimit, parse_ratelimit
 from mirror.reference import Digest
 from mirror.upstream.auth import Authenticator, TokenError
+from mirror.upstream.credentials import ClientCredential
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,10 @@ class UpstreamClient:
         #: The registry this upstream stands for (`docker.io`): what keys its cache records.
         self.host = settings.host
         self.library_prefix = settings.library_prefix
+        #: Whether clients' own credentials are used here (and for how long an acceptance
+        #: of them for a repository is trusted), not the mirror's.
+        self.passthrough = settings.passthrough
+        self.passthrough_ttl = settings.passthrough_ttl
         parts = urlsplit(self.url)
         self.name = parts.netloc  # used in every message; never includes credentials
         self._origin = (parts.scheme, parts.netloc)
@@ -108,8 +113,10 @@ class UpstreamClient:
         self._auth = Authenticator(
             self._session,
             upstream=self.host,
+            upstream_url=self.url,
             username=settings.username,
             password=settings.password,
+            token_hosts=settings.token_hosts,
         )
 
     async def close(self) -> None:
@@ -117,12 +124,16 @@ class UpstreamClient:
 
     # --- manifests ------------------------------------------------------------------------
 
-    async def head_manifest(self, repo: str, reference: str, accept: str) -> ManifestHead | None:
+    async def head_manifest(
+        self, repo: str, reference: str, accept: str, *, credential: ClientCredential | None = None
+    ) -> ManifestHead | None:
         """Resolve a reference with HEAD (free on Docker Hub). None when the upstream's HEAD
         cannot tell (405, or no digest, length or type), so the caller falls back to GET."""
         path = f"/v2/{repo}/manifests/{reference}"
         headers = {"Accept": accept}
-        async with self._request("HEAD", path, repo, "manifest", headers=headers) as resp:
+        async with self._request(
+            "HEAD", path, repo, "manifest", headers=headers, credential=credential
+        ) as resp:
             if resp.status == 405:
                 return None
             self._raise_for_status(resp, errors.MANIFEST_UNKNOWN)
@@ -134,13 +145,21 @@ class UpstreamClient:
             return ManifestHead(digest=digest, media_type=media_type, size=int(length))
 
     async def get_manifest(
-        self, repo: str, reference: str, accept: str, *, algorithm: str | None = None
+        self,
+        repo: str,
+        reference: str,
+        accept: str,
+        *,
+        algorithm: str | None = None,
+        credential: ClientCredential | None = None,
     ) -> FetchedManifest:
         """GET a manifest and hash it with `algorithm` (default: the one the upstream's
         digest header uses, else sha256); the caller checks the digest it expected."""
         path = f"/v2/{repo}/manifests/{reference}"
         headers = {"Accept": accept}
-        async with self._request("GET", path, repo, "manifest", headers=headers) as resp:
+        async with self._request(
+            "GET", path, repo, "manifest", headers=headers, credential=credential
+        ) as resp:
             self._raise_for_status(resp, errors.MANIFEST_UNKNOWN)
             data = await self._read_capped(resp, MAX_MANIFEST_BYTES, "manifest")
             observe.upstream_received(self.host, len(data))
@@ -153,17 +172,23 @@ class UpstreamClient:
 
     # --- blobs ----------------------------------------------------------------------------
 
-    async def head_blob(self, repo: str, digest: Digest) -> int | None:
+    async def head_blob(
+        self, repo: str, digest: Digest, *, credential: ClientCredential | None = None
+    ) -> int | None:
         """The blob's size from an upstream HEAD (no download); None if not given."""
-        async with self._request("HEAD", f"/v2/{repo}/blobs/{digest}", repo, "blob") as resp:
+        path = f"/v2/{repo}/blobs/{digest}"
+        async with self._request("HEAD", path, repo, "blob", credential=credential) as resp:
             self._raise_for_status(resp, errors.BLOB_UNKNOWN)
             length = resp.headers.get("Content-Length")
             return int(length) if length is not None and length.isdigit() else None
 
     @asynccontextmanager
-    async def open_blob(self, repo: str, digest: Digest) -> AsyncIterator[BlobStream]:
+    async def open_blob(
+        self, repo: str, digest: Digest, *, credential: ClientCredential | None = None
+    ) -> AsyncIterator[BlobStream]:
         """Open the blob body, following redirects to CDN storage (without our credentials)."""
-        async with self._request("GET", f"/v2/{repo}/blobs/{digest}", repo, "blob") as resp:
+        path = f"/v2/{repo}/blobs/{digest}"
+        async with self._request("GET", path, repo, "blob", credential=credential) as resp:
             self._raise_for_status(resp, errors.BLOB_UNKNOWN)
             # Whatever has arrived, as soon as it has: waiting to fill a fixed-size chunk
             # would delay every client's first byte.
@@ -171,12 +196,53 @@ class UpstreamClient:
 
     # --- tags -----------------------------------------------------------------------------
 
-    async def get_tags(self, repo: str, query: Sequence[tuple[str, str]]) -> TagsPage:
+    async def get_tags(
+        self,
+        repo: str,
+        query: Sequence[tuple[str, str]],
+        *,
+        credential: ClientCredential | None = None,
+    ) -> TagsPage:
         path = f"/v2/{repo}/tags/list"
-        async with self._request("GET", path, repo, "tags", params=query) as resp:
+        async with self._request(
+            "GET", path, repo, "tags", params=query, credential=credential
+        ) as resp:
             self._raise_for_status(resp, errors.NAME_UNKNOWN)
             body = await self._read_capped(resp, MAX_TAGS_BYTES, "tag list")
             return TagsPage(body=body, link=resp.headers.get("Link"))
+
+    # --- passthrough ----------------------------------------------------------------------
+
+    async def accepts(
+        self,
+        repo: str,
+        kind: observe.UpstreamKind,
+        reference: str,
+        credential: ClientCredential,
+    ) -> int:
+        """The status the upstream answers with the client's own credential (after its
+        token flow) for `reference` in `repo`: whether it lets that client pull there. A
+        `HEAD` of the manifest or blob (a tag list has no HEAD: a one-entry GET); a
+        redirect counts as an answer and is not followed."""
+        method, path = "HEAD", f"/v2/{repo}/manifests/{reference}"
+        params: tuple[tuple[str, str], ...] = ()
+        # Every manifest type: some registries answer 404 for a type the client cannot take.
+        headers = {"Accept": accept_header(frozenset(MANIFEST_TYPES))}
+        if kind == "blob":
+            path = f"/v2/{repo}/blobs/{reference}"
+        elif kind == "tags":
+            method, path, params = "GET", f"/v2/{repo}/tags/list", (("n", "1"),)
+        async with self._request(
+            method,
+            path,
+            repo,
+            kind,
+            headers=headers,
+            params=params,
+            credential=credential,
+            follow_redirects=False,
+        ) as resp:
+            return resp.status
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -190,6 +256,8 @@ class UpstreamClient:
         *,
         headers: Mapping[str, str] | None = None,
         params: Sequence[tuple[str, str]] = (),
+        credential: ClientCredential | None = None,
+        follow_redirects: bool = True,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send a request and yield the final response, released afterwards.
 
@@ -201,8 +269,22 @@ class UpstreamClient:
         try:
             try:
                 async with asyncio.timeout(self._request_timeout):
-                    resp = await self._send(method, path, repo, kind, headers or {}, params)
+                    resp = await self._send(
+                        method,
+                        path,
+                        repo,
+                        kind,
+                        headers or {},
+                        params,
+                        credential=credential,
+                        follow_redirects=follow_redirects,
+                    )
             except TokenError as exc:
+                if exc.rejected and credential is not None:
+                    raise UpstreamError(
+                        errors.UNAUTHORIZED,
+                        f"upstream {self.name} refused the client's credentials",
+                    ) from None
                 raise UpstreamError(
                     errors.UPSTREAM_BAD_GATEWAY,
                     f"upstream {self.name} token service failed: {exc}",
@@ -231,6 +313,9 @@ class UpstreamClient:
         kind: observe.UpstreamKind,
         headers: Mapping[str, str],
         params: Sequence[tuple[str, str]],
+        *,
+        credential: ClientCredential | None = None,
+        follow_redirects: bool = True,
     ) -> aiohttp.ClientResponse:
         """Retry once on 401 with fresh credentials and follow redirects by hand.
 
@@ -244,7 +329,7 @@ class UpstreamClient:
         while True:
             send = CIMultiDict(headers)
             own_origin = self._is_own_origin(url)
-            if own_origin and (authorization := await self._auth.authorization(scope)):
+            if own_origin and (authorization := await self._auth.authorization(scope, credential)):
                 send["Authorization"] = authorization
             started = time.monotonic()
             resp = await self._session.request(
@@ -259,8 +344,8 @@ class UpstreamClient:
             if resp.status == 401 and own_origin and not retried_auth:
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 resp.release()
-                self._auth.forget(scope)
-                if not self._auth.learn(challenge):
+                self._auth.forget(scope, credential)
+                if not self._auth.learn(challenge, credential):
                     raise UpstreamError(
                         errors.DENIED,
                         f"upstream {self.name} requires authentication the mirror "
@@ -268,7 +353,7 @@ class UpstreamClient:
                     )
                 retried_auth = True
                 continue
-            if resp.status in _REDIRECTS and "Location" in resp.headers:
+            if follow_redirects and resp.status in _REDIRECTS and "Location" in resp.headers:
                 location = resp.headers["Location"]
                 resp.release()
                 hops += 1

@@ -14,13 +14,14 @@ A host that is not configured is refused before anything is resolved or contacte
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mirror import errors
 from mirror.config import DOCKER_HUB, DOCKER_HUB_HOSTS, Config
 from mirror.errors import RegistryError
 from mirror.reference import is_registry_host, looks_like_host, parse_name
 from mirror.upstream.client import UpstreamClient
+from mirror.upstream.credentials import ClientCredential
 
 # How much of an unknown host a refusal quotes back.
 _QUOTE_LIMIT = 100
@@ -32,6 +33,9 @@ class UpstreamRepo:
 
     upstream: UpstreamClient
     name: str  # as the upstream knows it (`library/alpine`, not `alpine`)
+    #: The requesting client's own credential, for a passthrough upstream: every upstream
+    #: request made for this repository on the client's behalf carries it.
+    credential: ClientCredential | None = field(default=None, repr=False, compare=False)
 
     @property
     def qualified(self) -> str:

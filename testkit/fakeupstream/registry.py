@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Literal
 
@@ -52,17 +52,22 @@ class FakeRegistry:
         ratelimit: tuple[int, int] | None = None,
         tls: ssl.SSLContext | None = None,
         port: int = 0,
+        private: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         """Configure behaviour; nothing listens until start(). With `tls` (a server
         context) all three servers speak HTTPS. `port` fixes the registry's port (0: any
-        free one), so a test can bring an upstream back at the address a mirror knows."""
+        free one), so a test can bring an upstream back at the address a mirror knows.
+        `private` maps a repository to the only users who may pull it."""
         self._realm = TokenRealm(
             auth=auth,
             users=users or {},
             anonymous_pull=anonymous_pull,
             token_expires_in=token_expires_in,
-            realm_url=lambda: self.auth_url,
+            realm_url=lambda: self.advertised_realm or self.auth_url,
+            private=private or {},
         )
+        #: A realm URL to advertise instead of our own (a hostile upstream's).
+        self.advertised_realm: str | None = None
         self._content = Content()
         self._cdn = Cdn(self._content, lambda: self.cdn_url)
         self._routes = RegistryRoutes(

@@ -11,7 +11,7 @@ import base64
 import binascii
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -65,8 +65,10 @@ class TokenRealm:
         anonymous_pull: bool,
         token_expires_in: int,
         realm_url: Callable[[], str],
+        private: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
-        """`realm_url` gives the token endpoint's URL once the servers listen."""
+        """`realm_url` gives the token endpoint's URL once the servers listen; `private`
+        names the only users who may pull a repository."""
         if auth not in ("bearer", "basic", "none"):
             raise ValueError(f"unknown auth mode {auth!r}")
         self.auth = auth
@@ -75,6 +77,9 @@ class TokenRealm:
         self.token_expires_in = token_expires_in
         self._realm_url = realm_url
         self._tokens: dict[str, _Grant] = {}
+        self.private: dict[str, frozenset[str]] = {
+            repo: frozenset(users) for repo, users in (private or {}).items()
+        }
 
     def expire_tokens(self) -> None:
         """Make every issued token expired now."""
@@ -164,6 +169,8 @@ class TokenRealm:
                 if kind != "repository" or not repo:
                     continue
                 granted = set(actions.split(",")) & allowed
+                if repo in self.private and user not in self.private[repo]:
+                    granted = set()
                 access.setdefault(repo, set()).update(granted)
         token = secrets.token_urlsafe(32)
         now = time.time()
