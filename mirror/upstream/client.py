@@ -1,5 +1,7 @@
-"""The client for one upstream registry: one long-lived aiohttp session, challenge-driven auth,
-hand-followed redirects, timeouts, and upstream faults mapped to clean registry errors.
+"""The client for one upstream registry: two long-lived connection pools (blob bodies, and
+everything else), challenge-driven auth, hand-followed redirects that cannot reach the
+mirror's own networks, timeouts, a negative cache for 404s, a circuit breaker, and upstream
+faults mapped to clean registry errors.
 
 Everything the mirror asks an upstream goes through `UpstreamClient`; callers get parsed
 answers or a `RegistryError` and never see aiohttp exceptions.
@@ -23,13 +25,19 @@ from mirror import errors, observe
 from mirror.config import UpstreamSettings
 from mirror.errors import ErrorCode, RegistryError
 from mirror.mediatypes import bare_type
+from mirror.observe import PoolName
 from mirror.ratelimit import RateLimit, parse_ratelimit
 from mirror.reference import Digest
+from mirror.upstream.addresses import AddressRefused, GuardedResolver
 from mirror.upstream.auth import Authenticator, TokenError
+from mirror.upstream.breaker import CircuitBreaker
+from mirror.upstream.failures import UpstreamError
+from mirror.upstream.negative import Key, NegativeCache
+from mirror.upstream.options import ClientOptions
+from mirror.upstream.pools import Pool
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = "mirror/0.1 (pull-through cache)"
 MAX_REDIRECTS = 10
 # distribution refuses manifests over 4 MiB; so does the mirror, to bound memory.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
@@ -37,11 +45,13 @@ MAX_TAGS_BYTES = 16 * 1024 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # Where a redirect may lead: never file:, ftp: or anything else aiohttp might not refuse.
 _SCHEMES = frozenset({"http", "https"})
-
-
-class UpstreamError(RegistryError):
-    """The upstream failed to give an answer (network, timeout, 5xx, 429, auth trouble),
-    as opposed to an authoritative answer such as 404."""
+_NOT_FOUND: Mapping[observe.UpstreamKind, ErrorCode] = {
+    "manifest": errors.MANIFEST_UNKNOWN,
+    "blob": errors.BLOB_UNKNOWN,
+}
+# Failures that say the upstream cannot be reached at all (what the circuit breaker counts);
+# any HTTP answer, whatever its status, says it can.
+_CONNECTION_FAILURES = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 @dataclass(frozen=True)
@@ -76,14 +86,8 @@ class BlobStream:
 class UpstreamClient:
     """Talks to one upstream registry. Create inside the event loop; `close()` at shutdown."""
 
-    def __init__(
-        self,
-        settings: UpstreamSettings,
-        *,
-        request_timeout: float = 5.0,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 30.0,
-    ) -> None:
+    def __init__(self, settings: UpstreamSettings, options: ClientOptions | None = None) -> None:
+        options = options if options is not None else ClientOptions()
         self.url = settings.url.rstrip("/")
         #: The registry this upstream stands for (`docker.io`): what keys its cache records.
         self.host = settings.host
@@ -91,29 +95,46 @@ class UpstreamClient:
         parts = urlsplit(self.url)
         self.name = parts.netloc  # used in every message; never includes credentials
         self._origin = (parts.scheme, parts.netloc)
-        self._request_timeout = request_timeout
+        self._request_timeout = options.request_timeout
         #: The latest rate-limit budget the upstream announced (Docker Hub), if any.
         self.ratelimit: RateLimit | None = None
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
-        )
-        self._session = aiohttp.ClientSession(
-            timeout=timeout,
-            auto_decompress=False,  # digests cover the bytes as sent
-            connector=aiohttp.TCPConnector(
-                limit=256, limit_per_host=64, ssl=settings.ssl_context()
-            ),
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-        )
+        self._resolver = GuardedResolver(parts.hostname or "", options.resolver)
+        self._metadata = self._pool("metadata", settings, options, options.metadata_connections)
+        self._blobs = self._pool("blob", settings, options, options.blob_connections)
+        self._negative = NegativeCache(options.negative_ttl, clock=options.clock)
+        self.breaker = CircuitBreaker(self.host, self.name, options.breaker, clock=options.clock)
         self._auth = Authenticator(
-            self._session,
+            self._metadata.session,
             upstream=self.host,
             username=settings.username,
             password=settings.password,
         )
 
+    def _pool(
+        self, name: PoolName, settings: UpstreamSettings, options: ClientOptions, size: int
+    ) -> Pool:
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=options.connect_timeout, sock_read=options.read_timeout
+        )
+        # No connector limit: the pool's slots bound its requests (a request's token fetch
+        # may need a connection besides its own, which a shared limit could deadlock on).
+        connector = aiohttp.TCPConnector(
+            limit=0, ssl=settings.ssl_context(), resolver=self._resolver
+        )
+        return Pool(
+            name,
+            upstream=self.host,
+            label=self.name,
+            size=size,
+            wait=options.pool_timeout,
+            connector=connector,
+            timeout=timeout,
+        )
+
     async def close(self) -> None:
-        await self._session.close()
+        await self._metadata.close()
+        await self._blobs.close()
+        await self._resolver.close()
 
     # --- manifests ------------------------------------------------------------------------
 
@@ -122,7 +143,10 @@ class UpstreamClient:
         cannot tell (405, or no digest, length or type), so the caller falls back to GET."""
         path = f"/v2/{repo}/manifests/{reference}"
         headers = {"Accept": accept}
-        async with self._request("HEAD", path, repo, "manifest", headers=headers) as resp:
+        missing = ("manifest", repo, reference)
+        async with self._request(
+            "HEAD", path, repo, "manifest", missing=missing, headers=headers
+        ) as resp:
             if resp.status == 405:
                 return None
             self._raise_for_status(resp, errors.MANIFEST_UNKNOWN)
@@ -140,7 +164,10 @@ class UpstreamClient:
         digest header uses, else sha256); the caller checks the digest it expected."""
         path = f"/v2/{repo}/manifests/{reference}"
         headers = {"Accept": accept}
-        async with self._request("GET", path, repo, "manifest", headers=headers) as resp:
+        missing = ("manifest", repo, reference)
+        async with self._request(
+            "GET", path, repo, "manifest", missing=missing, headers=headers
+        ) as resp:
             self._raise_for_status(resp, errors.MANIFEST_UNKNOWN)
             data = await self._read_capped(resp, MAX_MANIFEST_BYTES, "manifest")
             observe.upstream_received(self.host, len(data))
@@ -155,7 +182,8 @@ class UpstreamClient:
 
     async def head_blob(self, repo: str, digest: Digest) -> int | None:
         """The blob's size from an upstream HEAD (no download); None if not given."""
-        async with self._request("HEAD", f"/v2/{repo}/blobs/{digest}", repo, "blob") as resp:
+        path, missing = f"/v2/{repo}/blobs/{digest}", ("blob", repo, str(digest))
+        async with self._request("HEAD", path, repo, "blob", missing=missing) as resp:
             self._raise_for_status(resp, errors.BLOB_UNKNOWN)
             length = resp.headers.get("Content-Length")
             return int(length) if length is not None and length.isdigit() else None
@@ -163,7 +191,10 @@ class UpstreamClient:
     @asynccontextmanager
     async def open_blob(self, repo: str, digest: Digest) -> AsyncIterator[BlobStream]:
         """Open the blob body, following redirects to CDN storage (without our credentials)."""
-        async with self._request("GET", f"/v2/{repo}/blobs/{digest}", repo, "blob") as resp:
+        path, missing = f"/v2/{repo}/blobs/{digest}", ("blob", repo, str(digest))
+        async with self._request(
+            "GET", path, repo, "blob", pool=self._blobs, missing=missing
+        ) as resp:
             self._raise_for_status(resp, errors.BLOB_UNKNOWN)
             # Whatever has arrived, as soon as it has: waiting to fill a fixed-size chunk
             # would delay every client's first byte.
@@ -188,43 +219,80 @@ class UpstreamClient:
         repo: str,
         kind: observe.UpstreamKind,
         *,
+        pool: Pool | None = None,
+        missing: Key | None = None,
         headers: Mapping[str, str] | None = None,
         params: Sequence[tuple[str, str]] = (),
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send a request and yield the final response, released afterwards.
 
-        Getting to the response (token, redirects, headers) is bounded by `request_timeout`;
-        reading a body afterwards only by the idle `read_timeout`, so a large blob may take
-        as long as it keeps arriving. Every failure is kept for the status page.
+        A 404 the upstream gave for `missing` less than negative_ttl ago is answered again
+        without asking; an open circuit fails at once. The request waits (at most
+        pool_timeout) for a slot of its `pool`, held until the response is released; then
+        getting to the response (token, redirects, headers) is bounded by `request_timeout`,
+        and reading a body afterwards only by the idle `read_timeout`, so a large blob may
+        take as long as it keeps arriving. Every failure is kept for the status page.
         """
-        started = time.monotonic()
+        if missing is not None and self._negative.missing(missing):
+            observe.negative_hit(self.host)
+            raise RegistryError(_NOT_FOUND[kind], f"not found at upstream {self.name}")
         try:
+            probe = self.breaker.admit()
             try:
-                async with asyncio.timeout(self._request_timeout):
-                    resp = await self._send(method, path, repo, kind, headers or {}, params)
-            except TokenError as exc:
-                raise UpstreamError(
-                    errors.UPSTREAM_BAD_GATEWAY,
-                    f"upstream {self.name} token service failed: {exc}",
-                ) from None
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                status = "timeout" if isinstance(exc, TimeoutError) else "error"
-                observe.upstream_answered(
-                    self.host, method, kind, status, time.monotonic() - started
-                )
-                raise self._fault(exc) from None
-            try:
-                yield resp
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise self._fault(exc) from None
+                async with (pool or self._metadata).slot():
+                    session = (pool or self._metadata).session
+                    resp = await self._answer(session, method, path, repo, kind, headers, params)
+                    if resp.status == 404 and missing is not None:
+                        self._negative.remember(missing)
+                    try:
+                        yield resp
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        raise self._fault(exc) from None
+                    finally:
+                        resp.release()
             finally:
-                resp.release()
+                self.breaker.finished(probe)
         except UpstreamError as exc:
             observe.upstream_failed(self.host, str(exc))
             raise
 
+    async def _answer(
+        self,
+        session: aiohttp.ClientSession,
+        method: str,
+        path: str,
+        repo: str,
+        kind: observe.UpstreamKind,
+        headers: Mapping[str, str] | None,
+        params: Sequence[tuple[str, str]],
+    ) -> aiohttp.ClientResponse:
+        """`_send` within request_timeout, its failures mapped to UpstreamError and told to
+        the circuit breaker (connection failures open it; any answer closes it)."""
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self._request_timeout):
+                resp = await self._send(session, method, path, repo, kind, headers or {}, params)
+        except TokenError as exc:
+            raise UpstreamError(
+                errors.UPSTREAM_BAD_GATEWAY,
+                f"upstream {self.name} token service failed: {exc}",
+            ) from None
+        except AddressRefused as exc:
+            raise UpstreamError(
+                errors.UPSTREAM_BAD_GATEWAY, f"upstream {self.name} sent the mirror to {exc}"
+            ) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            status = "timeout" if isinstance(exc, TimeoutError) else "error"
+            observe.upstream_answered(self.host, method, kind, status, time.monotonic() - started)
+            if isinstance(exc, _CONNECTION_FAILURES):
+                self.breaker.failed()
+            raise self._fault(exc) from None
+        self.breaker.succeeded()
+        return resp
+
     async def _send(
         self,
+        session: aiohttp.ClientSession,
         method: str,
         path: str,
         repo: str,
@@ -247,7 +315,7 @@ class UpstreamClient:
             if own_origin and (authorization := await self._auth.authorization(scope)):
                 send["Authorization"] = authorization
             started = time.monotonic()
-            resp = await self._session.request(
+            resp = await session.request(
                 method, url, headers=send, params=params, allow_redirects=False
             )
             observe.upstream_answered(
@@ -273,6 +341,7 @@ class UpstreamClient:
                 resp.release()
                 hops += 1
                 url = self._redirect_target(url, location, hops)
+                await self._resolver.check_literal(urlsplit(url).hostname or "")
                 params = ()  # the Location carries its own query
                 continue
             return resp

@@ -21,6 +21,7 @@ from mirror.config import DOCKER_HUB, DOCKER_HUB_HOSTS, Config
 from mirror.errors import RegistryError
 from mirror.reference import is_registry_host, looks_like_host, parse_name
 from mirror.upstream.client import UpstreamClient
+from mirror.upstream.options import ClientOptions
 
 # How much of an unknown host a refusal quotes back.
 _QUOTE_LIMIT = 100
@@ -57,12 +58,7 @@ class Router:
     def from_config(cls, config: Config) -> Router:
         """A client for every upstream `config` serves (create inside the event loop)."""
         return cls(
-            UpstreamClient(
-                settings,
-                request_timeout=config.registries.request_timeout,
-                connect_timeout=config.registries.connect_timeout,
-                read_timeout=config.registries.read_timeout,
-            )
+            UpstreamClient(settings, ClientOptions.from_config(config.registries, settings))
             for settings in config.registries.upstreams
         )
 
