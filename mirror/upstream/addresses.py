@@ -66,7 +66,8 @@ def refusal(host: str, address: str, home: Iterable[Network]) -> str | None:
     if network == "public" or network in home:
         return None
     shown = host if host == address else f"{host} ({address})"
-    return f"{shown}, a {network} address, but is not on a {network} network itself: refused"
+    a = "an" if network[0] in "aeiou" else "a"
+    return f"{shown}, {a} {network} address, but is not on {a} {network} network itself: refused"
 
 
 class GuardedResolver(AbstractResolver):
