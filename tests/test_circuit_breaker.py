@@ -20,8 +20,8 @@ from mirror.upstream.options import ClientOptions
 from testkit.clock import FakeClock
 from testkit.fakeupstream import DOCKER_MANIFEST, FakeRegistry, Manifest
 from tests.clients import pull_like_docker
-from tests.connections import ConnectionCounter
 from tests.conftest import StartMirror
+from tests.connections import ConnectionCounter
 from tests.scrape import scrape
 
 FAILURES = 3

@@ -17,6 +17,7 @@ from mirror.upstream.addresses import AddressRefused, GuardedResolver, network_o
 from mirror.upstream.client import UpstreamClient, UpstreamError
 from mirror.upstream.options import ClientOptions
 from testkit.fakeupstream import DOCKER_MANIFEST, FakeRegistry, Fault, Manifest
+from tests.clients import pull_like_docker
 from tests.conftest import Client, StartMirror
 
 ACCEPT = DOCKER_MANIFEST
@@ -216,3 +217,53 @@ async def test_a_manifest_by_digest_redirected_elsewhere_is_verified_against_its
         resp = await mirror.get(f"/v2/library/alpine/manifests/{alpine.digest}")
         assert resp.status == 200
         assert await resp.read() == alpine.data
+
+
+# --- a registry that redirects manifests to another registry (registry.k8s.io) --------------
+
+
+async def test_a_manifest_redirected_to_another_registry_gets_that_registrys_anonymous_token(
+    start_mirror: StartMirror, alpine: Manifest
+) -> None:
+    """registry.k8s.io sends manifest requests to a regional Artifact Registry, under another
+    name, which challenges the mirror itself: it gets an anonymous token from that
+    registry's token service, and the upstream's credentials stay with the upstream."""
+    async with FakeRegistry(users={"bot": "pw"}) as hub, FakeRegistry() as regional:
+        hub.push_image("library/alpine", "3.19", alpine)
+        regional.push_image("k8s-artifacts-prod/images/alpine", "3.19", alpine)
+        location = f"{regional.url}/v2/k8s-artifacts-prod/images/alpine/manifests/3.19"
+        hub.add_fault(
+            Fault(
+                "status",
+                status=307,
+                headers={"Location": location},
+                path_contains="/library/alpine/manifests/3.19",
+                times=None,
+                before_auth=True,
+            )
+        )
+        table = [{"host": "docker.io", "url": hub.url, "username": "bot", "password": "pw"}]
+        mirror = await start_mirror(hub.url, upstream=table)
+        await pull_like_docker(mirror, "library/alpine", "3.19")
+
+        tokens = regional.filter_requests(server="auth")
+        assert [r.query["scope"] for r in tokens] == [
+            "repository:k8s-artifacts-prod/images/alpine:pull"
+        ]
+        assert all("Authorization" not in r.headers for r in tokens)
+        manifests = regional.filter_requests(kind="manifest")
+        assert manifests[-1].status == 200
+        assert manifests[-1].headers["Authorization"].startswith("Bearer ")
+        assert all("Basic" not in r.headers.get("Authorization", "") for r in manifests)
+
+
+async def test_a_redirect_target_that_wants_credentials_is_refused_by_name(
+    mirror: Client, upstream: FakeRegistry, alpine: Manifest
+) -> None:
+    async with FakeRegistry(auth="basic", users={"someone": "pw"}) as other:
+        redirect_manifests(upstream, f"{other.url}/v2/library/alpine/manifests/3.19")
+        status, message = await manifest_error(mirror)
+        other_host = other.url.split("//")[1]
+    assert status == 403
+    assert f"redirected to {other_host}, which requires authentication" in message
+    assert "never sent to another host" in message

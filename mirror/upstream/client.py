@@ -32,6 +32,7 @@ from mirror.upstream.addresses import AddressRefused, GuardedResolver
 from mirror.upstream.auth import Authenticator, TokenError
 from mirror.upstream.breaker import CircuitBreaker
 from mirror.upstream.failures import UpstreamError
+from mirror.upstream.foreign import ForeignAuth, Origin, origin_of, scope_for
 from mirror.upstream.negative import Key, NegativeCache
 from mirror.upstream.options import ClientOptions
 from mirror.upstream.pools import Pool
@@ -94,7 +95,7 @@ class UpstreamClient:
         self.library_prefix = settings.library_prefix
         parts = urlsplit(self.url)
         self.name = parts.netloc  # used in every message; never includes credentials
-        self._origin = (parts.scheme, parts.netloc)
+        self._origin = origin_of(self.url)
         self._request_timeout = options.request_timeout
         #: The latest rate-limit budget the upstream announced (Docker Hub), if any.
         self.ratelimit: RateLimit | None = None
@@ -109,6 +110,7 @@ class UpstreamClient:
             username=settings.username,
             password=settings.password,
         )
+        self._foreign = ForeignAuth(self._metadata.session, upstream=self.host)
 
     def _pool(
         self, name: PoolName, settings: UpstreamSettings, options: ClientOptions, size: int
@@ -300,19 +302,22 @@ class UpstreamClient:
         headers: Mapping[str, str],
         params: Sequence[tuple[str, str]],
     ) -> aiohttp.ClientResponse:
-        """Retry once on 401 with fresh credentials and follow redirects by hand.
+        """Follow redirects by hand, answering each origin's challenge once.
 
-        Credentials go only to the upstream's own origin: a redirect to a CDN on another
-        host gets none (presigned storage URLs reject them, and they must not leak).
+        Credentials go only to the upstream's own origin: another host (a CDN, or the
+        regional registry registry.k8s.io sends manifests to) gets none, or an anonymous
+        token from its own token service when it asks for one.
         """
-        scope = f"repository:{repo}:pull"
         url = self.url + path
-        retried_auth = False
+        challenged: set[Origin] = set()
         hops = 0
         while True:
+            origin = origin_of(url)
+            own = origin == self._origin
+            scope = f"repository:{repo}:pull" if own else scope_for(url)
+            auth = self._auth if own else self._foreign.get(origin)
             send = CIMultiDict(headers)
-            own_origin = self._is_own_origin(url)
-            if own_origin and (authorization := await self._auth.authorization(scope)):
+            if auth is not None and (authorization := await auth.authorization(scope)):
                 send["Authorization"] = authorization
             started = time.monotonic()
             resp = await session.request(
@@ -321,20 +326,14 @@ class UpstreamClient:
             observe.upstream_answered(
                 self.host, method, kind, resp.status, time.monotonic() - started
             )
-            if own_origin and (ratelimit := parse_ratelimit(resp.headers)):
+            if own and (ratelimit := parse_ratelimit(resp.headers)):
                 self.ratelimit = ratelimit
                 observe.ratelimit_seen(self.host, ratelimit.limit, ratelimit.remaining)
-            if resp.status == 401 and own_origin and not retried_auth:
+            if resp.status == 401 and origin not in challenged:
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 resp.release()
-                self._auth.forget(scope)
-                if not self._auth.learn(challenge):
-                    raise UpstreamError(
-                        errors.DENIED,
-                        f"upstream {self.name} requires authentication the mirror "
-                        "is not configured for",
-                    )
-                retried_auth = True
+                challenged.add(origin)
+                self._answer_challenge(origin, scope, challenge)
                 continue
             if resp.status in _REDIRECTS and "Location" in resp.headers:
                 location = resp.headers["Location"]
@@ -345,6 +344,25 @@ class UpstreamClient:
                 params = ()  # the Location carries its own query
                 continue
             return resp
+
+    def _answer_challenge(self, origin: Origin, scope: str | None, challenge: str) -> None:
+        """Learn a 401's challenge so the request can be sent again with an answer."""
+        if origin == self._origin:
+            self._auth.forget(scope)
+            if self._auth.learn(challenge):
+                return
+            raise UpstreamError(
+                errors.DENIED,
+                f"upstream {self.name} requires authentication the mirror is not configured for",
+            )
+        if (auth := self._foreign.get(origin)) is not None:
+            auth.forget(scope)
+        if not self._foreign.learn(origin, challenge):
+            raise UpstreamError(
+                errors.DENIED,
+                f"upstream {self.name} redirected to {origin[1]}, which requires "
+                "authentication (the upstream's credentials are never sent to another host)",
+            )
 
     def _redirect_target(self, url: str, location: str, hops: int) -> str:
         """Where the `hops`-th redirect leads, refused past MAX_REDIRECTS or to a scheme
@@ -362,10 +380,6 @@ class UpstreamClient:
                 "the mirror follows redirects to http and https only",
             )
         return target
-
-    def _is_own_origin(self, url: str) -> bool:
-        parts = urlsplit(url)
-        return (parts.scheme, parts.netloc) == self._origin
 
     def _fault(self, exc: BaseException) -> UpstreamError:
         """Map a transport failure to the status a client should see, naming the upstream."""
