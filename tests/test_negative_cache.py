@@ -5,10 +5,12 @@ is seen once the period is over."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
-from mirror.config import UpstreamSettings
+from mirror import config
+from mirror.config import Config, ConfigError, UpstreamSettings
 from mirror.errors import RegistryError
 from mirror.reference import Digest
 from mirror.upstream.client import UpstreamClient
@@ -147,3 +149,31 @@ def test_expired_entries_are_dropped_when_looked_up(clock: FakeClock) -> None:
     clock.advance(10)
     assert not cache.missing(("blob", "r", "sha256:x"))
     assert len(cache) == 0
+
+
+# --- configuration --------------------------------------------------------------------------
+
+
+def load(tmp_path: Path, text: str) -> Config:
+    file = tmp_path / "mirror.toml"
+    file.write_text(text)
+    return config.load(config_file=file, environ={}).config
+
+
+def test_an_upstream_table_overrides_the_global_negative_ttl(tmp_path: Path) -> None:
+    cfg = load(tmp_path, 'negative_ttl = 30\n[[upstream]]\nhost = "ghcr.io"\nnegative_ttl = 0\n')
+    options = {
+        u.host: ClientOptions.from_config(cfg.registries, u) for u in cfg.registries.upstreams
+    }
+    assert options["ghcr.io"].negative_ttl == 0
+    assert options["docker.io"].negative_ttl == 30
+    assert "negative_ttl = 0.0" in config.render(
+        config.load(config_file=tmp_path / "mirror.toml", environ={})
+    )
+
+
+def test_a_bad_negative_ttl_names_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="negative_ttl"):
+        load(tmp_path, "negative_ttl = -1\n")
+    with pytest.raises(ConfigError, match=r"upstream ghcr\.io .*: negative_ttl"):
+        load(tmp_path, '[[upstream]]\nhost = "ghcr.io"\nnegative_ttl = "soon"\n')
