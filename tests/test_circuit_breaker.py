@@ -5,12 +5,14 @@ stale meanwhile."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from mirror.config import UpstreamSettings
 from mirror.errors import RegistryError
@@ -27,6 +29,7 @@ from tests.scrape import scrape
 FAILURES = 3
 BACKOFF = 10.0
 MAX_BACKOFF = 20.0
+BOUND = 10.0
 
 
 def closed_port() -> int:
@@ -179,3 +182,37 @@ async def test_cached_tags_are_served_stale_while_the_circuit_is_open(
     upstream_label = frozenset({("upstream", "docker.io")})
     assert metrics[("mirror_upstream_circuit_open", upstream_label)] == 1
     assert metrics[("mirror_upstream_circuit_rejections_total", upstream_label)] >= 3
+
+
+class Unanswered(AbstractResolver):
+    """A DNS server that never answers: connections hang until a timeout."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_request_timeout_while_connecting_counts_as_a_connection_failure() -> None:
+    """A blackholed upstream: request_timeout runs out before connect_timeout, during the
+    connect; that is a connection failure all the same."""
+    options = ClientOptions(
+        request_timeout=0.1,
+        connect_timeout=BOUND,
+        breaker=BreakerSettings(failures=2, backoff=BACKOFF, max_backoff=MAX_BACKOFF),
+        resolver=Unanswered(),
+    )
+    client = UpstreamClient(
+        UpstreamSettings(host="blackhole.test", url="http://blackhole.test"), options
+    )
+    try:
+        for _ in range(2):
+            assert "timed out" in await pull(client)
+        assert client.breaker.is_open
+        assert "circuit open" in await pull(client)
+    finally:
+        await client.close()

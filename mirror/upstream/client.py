@@ -35,7 +35,7 @@ from mirror.upstream.failures import UpstreamError
 from mirror.upstream.foreign import ForeignAuth, Origin, origin_of, scope_for
 from mirror.upstream.negative import Key, NegativeCache
 from mirror.upstream.options import ClientOptions
-from mirror.upstream.pools import Pool
+from mirror.upstream.pools import Attempt, Pool
 
 log = logging.getLogger(__name__)
 
@@ -270,10 +270,12 @@ class UpstreamClient:
     ) -> aiohttp.ClientResponse:
         """`_send` within request_timeout, its failures mapped to UpstreamError and told to
         the circuit breaker (connection failures open it; any answer closes it)."""
-        started = time.monotonic()
+        started, attempt = time.monotonic(), Attempt()
         try:
             async with asyncio.timeout(self._request_timeout):
-                resp = await self._send(session, method, path, repo, kind, headers or {}, params)
+                resp = await self._send(
+                    session, attempt, method, path, repo, kind, headers or {}, params
+                )
         except TokenError as exc:
             raise UpstreamError(
                 errors.UPSTREAM_BAD_GATEWAY,
@@ -286,7 +288,7 @@ class UpstreamClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             status = "timeout" if isinstance(exc, TimeoutError) else "error"
             observe.upstream_answered(self.host, method, kind, status, time.monotonic() - started)
-            if isinstance(exc, _CONNECTION_FAILURES):
+            if isinstance(exc, _CONNECTION_FAILURES) or attempt.connecting:
                 self.breaker.failed()
             raise self._fault(exc) from None
         self.breaker.succeeded()
@@ -295,6 +297,7 @@ class UpstreamClient:
     async def _send(
         self,
         session: aiohttp.ClientSession,
+        attempt: Attempt,
         method: str,
         path: str,
         repo: str,
@@ -321,7 +324,12 @@ class UpstreamClient:
                 send["Authorization"] = authorization
             started = time.monotonic()
             resp = await session.request(
-                method, url, headers=send, params=params, allow_redirects=False
+                method,
+                url,
+                headers=send,
+                params=params,
+                allow_redirects=False,
+                trace_request_ctx=attempt,
             )
             observe.upstream_answered(
                 self.host, method, kind, resp.status, time.monotonic() - started

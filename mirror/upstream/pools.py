@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 
 import aiohttp
 
@@ -20,6 +21,32 @@ from mirror.observe import PoolName
 from mirror.upstream.failures import UpstreamError
 
 USER_AGENT = "mirror/0.1 (pull-through cache)"
+
+
+class Attempt:
+    """Whether a request is opening a connection (DNS, TCP, TLS) right now: a timeout that
+    strikes then is a connect timeout, whichever clock ran out."""
+
+    def __init__(self) -> None:
+        self.connecting = False
+
+
+async def _connecting(_: object, ctx: SimpleNamespace, __: object) -> None:
+    if isinstance(attempt := ctx.trace_request_ctx, Attempt):
+        attempt.connecting = True
+
+
+async def _connected(_: object, ctx: SimpleNamespace, __: object) -> None:
+    if isinstance(attempt := ctx.trace_request_ctx, Attempt):
+        attempt.connecting = False
+
+
+def _connect_trace() -> aiohttp.TraceConfig:
+    """Marks the `Attempt` a request passes as `trace_request_ctx` while it connects."""
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_start.append(_connecting)
+    trace.on_connection_create_end.append(_connected)
+    return trace
 
 
 class Pool:
@@ -47,6 +74,7 @@ class Pool:
             auto_decompress=False,  # digests cover the bytes as sent
             connector=connector,
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+            trace_configs=[_connect_trace()],
         )
 
     @asynccontextmanager
