@@ -288,7 +288,9 @@ class UpstreamClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             status = "timeout" if isinstance(exc, TimeoutError) else "error"
             observe.upstream_answered(self.host, method, kind, status, time.monotonic() - started)
-            if isinstance(exc, _CONNECTION_FAILURES) or attempt.connecting:
+            if isinstance(exc, _CONNECTION_FAILURES) or (
+                isinstance(exc, TimeoutError) and attempt.connecting
+            ):
                 self.breaker.failed()
             raise self._fault(exc) from None
         self.breaker.succeeded()
