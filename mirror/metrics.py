@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from mirror.observe import CacheKind, ContentKind, Outcome, Revalidation, UpstreamKind
+from mirror.observe import CacheKind, ContentKind, Outcome, PoolName, Revalidation, UpstreamKind
 
 # Latency buckets, seconds: sub-millisecond cache hits up to slow cold pulls.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -132,6 +132,30 @@ META_STORE_ERRORS = Counter(
     "Metadata store calls that failed and were answered without the store.",
     ["operation"],
 )
+POOL_EXHAUSTED = Counter(
+    "mirror_upstream_pool_exhausted_total",
+    "Requests answered 503 after waiting pool_timeout for a free upstream connection, by "
+    "upstream and pool (blob: blob bodies; metadata: manifests, tokens, HEADs, tag lists).",
+    ["upstream", "pool"],
+)
+NEGATIVE_HITS = Counter(
+    "mirror_upstream_negative_hits_total",
+    "Manifest and blob requests answered 404 from a remembered upstream 404 (negative_ttl) "
+    "instead of asking the upstream again.",
+    ["upstream"],
+)
+CIRCUIT_OPEN = Gauge(
+    "mirror_upstream_circuit_open",
+    "1 while the upstream's circuit breaker is open (repeated connection failures: requests "
+    "fail fast until a probe succeeds), else 0. With several workers: 1 if any has it open.",
+    ["upstream"],
+    multiprocess_mode="livemax",
+)
+CIRCUIT_REJECTIONS = Counter(
+    "mirror_upstream_circuit_rejections_total",
+    "Requests failed fast (503) without contacting the upstream because its circuit was open.",
+    ["upstream"],
+)
 AUTH_FAILURES = Counter(
     "mirror_auth_failures_total",
     "Client requests refused by authentication (with htpasswd set), by reason: credentials "
@@ -194,6 +218,18 @@ class PrometheusSink:
 
     def meta_store_failed(self, operation: str) -> None:
         META_STORE_ERRORS.labels(operation=operation).inc()
+
+    def pool_exhausted(self, upstream: str, pool: PoolName) -> None:
+        POOL_EXHAUSTED.labels(upstream, pool).inc()
+
+    def negative_hit(self, upstream: str) -> None:
+        NEGATIVE_HITS.labels(upstream).inc()
+
+    def circuit_changed(self, upstream: str, *, is_open: bool) -> None:
+        CIRCUIT_OPEN.labels(upstream).set(1 if is_open else 0)
+
+    def circuit_rejected(self, upstream: str) -> None:
+        CIRCUIT_REJECTIONS.labels(upstream).inc()
 
 
 # How much the cache holds, by kind ("blob", "manifest"): (objects, bytes). Read from the

@@ -26,6 +26,7 @@ Outcome = Literal["hit", "coalesced", "miss", "stale"]
 UpstreamKind = Literal["manifest", "blob", "tags", "token"]
 Revalidation = Literal["unchanged", "changed", "stale", "failed"]
 ContentKind = Literal["blob", "manifest"]
+PoolName = Literal["blob", "metadata"]
 
 # A request's outcome is the most telling of its lookups: a manifest pull whose tag was
 # fresh (hit) but whose manifest had to be fetched (miss) is a miss.
@@ -86,6 +87,14 @@ class Sink(Protocol):
 
     def meta_store_failed(self, operation: str) -> None: ...
 
+    def pool_exhausted(self, upstream: str, pool: PoolName) -> None: ...
+
+    def negative_hit(self, upstream: str) -> None: ...
+
+    def circuit_changed(self, upstream: str, *, is_open: bool) -> None: ...
+
+    def circuit_rejected(self, upstream: str) -> None: ...
+
 
 class DiscardSink:
     """Counts nothing: the sink until the server installs its own."""
@@ -129,6 +138,18 @@ class DiscardSink:
         pass
 
     def meta_store_failed(self, operation: str) -> None:
+        pass
+
+    def pool_exhausted(self, upstream: str, pool: PoolName) -> None:
+        pass
+
+    def negative_hit(self, upstream: str) -> None:
+        pass
+
+    def circuit_changed(self, upstream: str, *, is_open: bool) -> None:
+        pass
+
+    def circuit_rejected(self, upstream: str) -> None:
         pass
 
 
@@ -246,3 +267,23 @@ def evicted(kind: ContentKind, size: int, *, referenced: bool = False) -> None:
 def meta_store_failed(operation: str) -> None:
     """A metadata store call failed and was answered without the store."""
     _sink.meta_store_failed(operation)
+
+
+def pool_exhausted(upstream: str, pool: PoolName) -> None:
+    """A request gave up waiting for a free connection of the upstream's `pool`."""
+    _sink.pool_exhausted(upstream, pool)
+
+
+def negative_hit(upstream: str) -> None:
+    """A manifest or blob answered 404 from the upstream's remembered 404, without asking."""
+    _sink.negative_hit(upstream)
+
+
+def circuit_changed(upstream: str, *, is_open: bool) -> None:
+    """The upstream's circuit breaker opened (connection failures) or closed (it answered)."""
+    _sink.circuit_changed(upstream, is_open=is_open)
+
+
+def circuit_rejected(upstream: str) -> None:
+    """A request failed fast because the upstream's circuit is open."""
+    _sink.circuit_rejected(upstream)

@@ -12,8 +12,9 @@ SETTLE_TIMEOUT = 5.0
 class ConnectionCounter:
     """A TCP listener that only counts connections: where a refused host would be."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.connections = 0
+        self._port = port  # 0: any free port
         self.address = ""
         self._own: dict[tuple[str, int], asyncio.Event] = {}  # settle()'s markers, by address
 
@@ -26,7 +27,7 @@ class ConnectionCounter:
                 self.connections += 1
             writer.close()
 
-        self._server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(accept, "127.0.0.1", self._port)
         host, port = self._server.sockets[0].getsockname()[:2]
         self.address = f"{host}:{port}"
         return self

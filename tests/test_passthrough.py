@@ -207,3 +207,13 @@ async def test_neither_catalog_nor_status_lists_passthrough_repositories(
         listed = json.dumps(await resp.json())
         assert "alice/app" not in listed
         assert "ghcr.io/org/tool" in listed  # the other upstream's are listed as ever
+
+
+async def test_an_upstream_404_for_one_clients_credentials_is_not_remembered_for_others(
+    mirror: Client, private: FakeRegistry
+) -> None:
+    # What one credential may not see (or does not exist yet) says nothing about another's
+    # view, so passthrough requests bypass the negative cache.
+    assert await status_as(mirror, "alice", "/v2/alice/app/manifests/2") == 404
+    private.push_image("alice/app", "2", make_image(seed=35))
+    assert await status_as(mirror, "alice", "/v2/alice/app/manifests/2") == 200

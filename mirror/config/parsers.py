@@ -116,6 +116,13 @@ def parse_count(value: Any) -> int:
     return int(str(value).strip())
 
 
+def parse_positive_count(value: Any) -> int:
+    count = parse_count(value)
+    if count < 1:
+        raise ValueError("expected a whole number >= 1")
+    return count
+
+
 def parse_workers(value: Any) -> int:
     count = parse_count(value)
     if not 1 <= count <= 64:

@@ -34,6 +34,8 @@ def _upstream_lines(upstream: UpstreamSettings) -> list[str]:
     lines.append(f"library_prefix = {toml_value(upstream.library_prefix)}")
     if upstream.tag_ttl is not None:
         lines.append(f"tag_ttl = {upstream.tag_ttl!r}")
+    if upstream.negative_ttl is not None:
+        lines.append(f"negative_ttl = {upstream.negative_ttl!r}")
     if upstream.tag_rules:
         lines.append(f"tag_rules = {toml_value(upstream.tag_rules)}")
     if upstream.ca_file is not None:

@@ -36,6 +36,7 @@ from mirror.config.parsers import (
     parse_optional_listen,
     parse_optional_path,
     parse_path,
+    parse_positive_count,
     parse_prefix,
     parse_redis_url,
     parse_seconds,
@@ -86,6 +87,15 @@ class RegistrySettings:
     read_timeout: float = field(metadata=setting(parse_seconds, 30.0))
     # Bounds getting to an upstream response, and a wait for another process's fetch.
     request_timeout: float = field(metadata=setting(parse_seconds, 5.0))
+    # The longest a request waits for a free upstream connection (its timeout starts after).
+    pool_timeout: float = field(metadata=setting(parse_seconds, 10.0))
+    blob_connections: int = field(metadata=setting(parse_positive_count, 64))
+    # How long an upstream's 404 for a manifest or blob is remembered (0: not at all).
+    negative_ttl: float = field(metadata=setting(parse_non_negative_seconds, 60.0))
+    # The circuit breaker: failures in a row that open it (0: never), then its back-off.
+    circuit_failures: int = field(metadata=setting(parse_count, 5))
+    circuit_backoff: float = field(metadata=setting(parse_seconds, 5.0))
+    circuit_max_backoff: float = field(metadata=setting(parse_seconds, 300.0))
 
     def upstream(self, host: str) -> UpstreamSettings | None:
         return next((u for u in self.upstreams if u.host == host), None)

@@ -60,6 +60,7 @@ class UpstreamSettings:
     password_source: str | None = None
     library_prefix: bool = False
     tag_ttl: float | None = None  # None: the global tag_ttl
+    negative_ttl: float | None = None  # None: the global negative_ttl
     tag_rules: tuple[TagRule, ...] = ()
     ca_file: Path | None = None
     insecure: bool = False
@@ -200,6 +201,7 @@ _UPSTREAM_KEYS = {
     "password_file",
     "library_prefix",
     "tag_ttl",
+    "negative_ttl",
     "tag_rules",
     "ca_file",
     "insecure",
@@ -216,6 +218,7 @@ _TABLE_PARSERS: Mapping[str, Callable[[Any], Any]] = {
     "username": parse_optional_str,
     "library_prefix": parse_bool,
     "tag_ttl": parse_non_negative_seconds,
+    "negative_ttl": parse_non_negative_seconds,
     "tag_rules": parse_tag_rules,
     "ca_file": parse_path,
     "insecure": parse_bool,
@@ -267,6 +270,7 @@ def _upstream_table(
         password_source=password_source,
         library_prefix=values.get("library_prefix", host == DOCKER_HUB),
         tag_ttl=values.get("tag_ttl"),
+        negative_ttl=values.get("negative_ttl"),
         tag_rules=values.get("tag_rules", ()),
         ca_file=ca_file,
         insecure=values.get("insecure", False),

@@ -1,5 +1,7 @@
-"""The client for one upstream registry: one long-lived aiohttp session, challenge-driven auth,
-hand-followed redirects, timeouts, and upstream faults mapped to clean registry errors.
+"""The client for one upstream registry: two long-lived connection pools (blob bodies, and
+everything else), challenge-driven auth, hand-followed redirects that cannot reach the
+mirror's own networks, timeouts, a negative cache for 404s, a circuit breaker, and upstream
+faults mapped to clean registry errors.
 
 Everything the mirror asks an upstream goes through `UpstreamClient`; callers get parsed
 answers or a `RegistryError` and never see aiohttp exceptions.
@@ -23,14 +25,21 @@ from mirror import errors, observe
 from mirror.config import UpstreamSettings
 from mirror.errors import ErrorCode, RegistryError
 from mirror.mediatypes import MANIFEST_TYPES, accept_header, bare_type
+from mirror.observe import PoolName
 from mirror.ratelimit import RateLimit, parse_ratelimit
 from mirror.reference import Digest
+from mirror.upstream.addresses import AddressRefused, GuardedResolver
 from mirror.upstream.auth import Authenticator, TokenError
+from mirror.upstream.breaker import CircuitBreaker
 from mirror.upstream.credentials import ClientCredential
+from mirror.upstream.failures import UpstreamError
+from mirror.upstream.foreign import ForeignAuth, Origin, origin_of, scope_for
+from mirror.upstream.negative import Key, NegativeCache
+from mirror.upstream.options import ClientOptions
+from mirror.upstream.pools import Attempt, Pool
 
 log = logging.getLogger(__name__)
 
-USER_AGENT = "mirror/0.1 (pull-through cache)"
 MAX_REDIRECTS = 10
 # distribution refuses manifests over 4 MiB; so does the mirror, to bound memory.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
@@ -38,11 +47,13 @@ MAX_TAGS_BYTES = 16 * 1024 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 # Where a redirect may lead: never file:, ftp: or anything else aiohttp might not refuse.
 _SCHEMES = frozenset({"http", "https"})
-
-
-class UpstreamError(RegistryError):
-    """The upstream failed to give an answer (network, timeout, 5xx, 429, auth trouble),
-    as opposed to an authoritative answer such as 404."""
+_NOT_FOUND: Mapping[observe.UpstreamKind, ErrorCode] = {
+    "manifest": errors.MANIFEST_UNKNOWN,
+    "blob": errors.BLOB_UNKNOWN,
+}
+# Failures that say the upstream cannot be reached at all (what the circuit breaker counts);
+# any HTTP answer, whatever its status, says it can.
+_CONNECTION_FAILURES = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 @dataclass(frozen=True)
@@ -77,14 +88,8 @@ class BlobStream:
 class UpstreamClient:
     """Talks to one upstream registry. Create inside the event loop; `close()` at shutdown."""
 
-    def __init__(
-        self,
-        settings: UpstreamSettings,
-        *,
-        request_timeout: float = 5.0,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 30.0,
-    ) -> None:
+    def __init__(self, settings: UpstreamSettings, options: ClientOptions | None = None) -> None:
+        options = options if options is not None else ClientOptions()
         self.url = settings.url.rstrip("/")
         #: The registry this upstream stands for (`docker.io`): what keys its cache records.
         self.host = settings.host
@@ -95,32 +100,50 @@ class UpstreamClient:
         self.passthrough_ttl = settings.passthrough_ttl
         parts = urlsplit(self.url)
         self.name = parts.netloc  # used in every message; never includes credentials
-        self._origin = (parts.scheme, parts.netloc)
-        self._request_timeout = request_timeout
+        self._origin = origin_of(self.url)
+        self._request_timeout = options.request_timeout
         #: The latest rate-limit budget the upstream announced (Docker Hub), if any.
         self.ratelimit: RateLimit | None = None
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=read_timeout
-        )
-        self._session = aiohttp.ClientSession(
-            timeout=timeout,
-            auto_decompress=False,  # digests cover the bytes as sent
-            connector=aiohttp.TCPConnector(
-                limit=256, limit_per_host=64, ssl=settings.ssl_context()
-            ),
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
-        )
+        self._resolver = GuardedResolver(parts.hostname or "", options.resolver)
+        self._metadata = self._pool("metadata", settings, options, options.metadata_connections)
+        self._blobs = self._pool("blob", settings, options, options.blob_connections)
+        self._negative = NegativeCache(options.negative_ttl, clock=options.clock)
+        self.breaker = CircuitBreaker(self.host, self.name, options.breaker, clock=options.clock)
         self._auth = Authenticator(
-            self._session,
+            self._metadata.session,
             upstream=self.host,
             upstream_url=self.url,
             username=settings.username,
             password=settings.password,
             token_hosts=settings.token_hosts,
         )
+        self._foreign = ForeignAuth(self._metadata.session, upstream=self.host)
+
+    def _pool(
+        self, name: PoolName, settings: UpstreamSettings, options: ClientOptions, size: int
+    ) -> Pool:
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=options.connect_timeout, sock_read=options.read_timeout
+        )
+        # No connector limit: the pool's slots bound its requests (a request's token fetch
+        # may need a connection besides its own, which a shared limit could deadlock on).
+        connector = aiohttp.TCPConnector(
+            limit=0, ssl=settings.ssl_context(), resolver=self._resolver
+        )
+        return Pool(
+            name,
+            upstream=self.host,
+            label=self.name,
+            size=size,
+            wait=options.pool_timeout,
+            connector=connector,
+            timeout=timeout,
+        )
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._metadata.close()
+        await self._blobs.close()
+        await self._resolver.close()
 
     # --- manifests ------------------------------------------------------------------------
 
@@ -131,8 +154,9 @@ class UpstreamClient:
         cannot tell (405, or no digest, length or type), so the caller falls back to GET."""
         path = f"/v2/{repo}/manifests/{reference}"
         headers = {"Accept": accept}
+        missing = ("manifest", repo, reference)
         async with self._request(
-            "HEAD", path, repo, "manifest", headers=headers, credential=credential
+            "HEAD", path, repo, "manifest", missing=missing, headers=headers, credential=credential
         ) as resp:
             if resp.status == 405:
                 return None
@@ -157,8 +181,9 @@ class UpstreamClient:
         digest header uses, else sha256); the caller checks the digest it expected."""
         path = f"/v2/{repo}/manifests/{reference}"
         headers = {"Accept": accept}
+        missing = ("manifest", repo, reference)
         async with self._request(
-            "GET", path, repo, "manifest", headers=headers, credential=credential
+            "GET", path, repo, "manifest", missing=missing, headers=headers, credential=credential
         ) as resp:
             self._raise_for_status(resp, errors.MANIFEST_UNKNOWN)
             data = await self._read_capped(resp, MAX_MANIFEST_BYTES, "manifest")
@@ -176,8 +201,10 @@ class UpstreamClient:
         self, repo: str, digest: Digest, *, credential: ClientCredential | None = None
     ) -> int | None:
         """The blob's size from an upstream HEAD (no download); None if not given."""
-        path = f"/v2/{repo}/blobs/{digest}"
-        async with self._request("HEAD", path, repo, "blob", credential=credential) as resp:
+        path, missing = f"/v2/{repo}/blobs/{digest}", ("blob", repo, str(digest))
+        async with self._request(
+            "HEAD", path, repo, "blob", missing=missing, credential=credential
+        ) as resp:
             self._raise_for_status(resp, errors.BLOB_UNKNOWN)
             length = resp.headers.get("Content-Length")
             return int(length) if length is not None and length.isdigit() else None
@@ -187,8 +214,10 @@ class UpstreamClient:
         self, repo: str, digest: Digest, *, credential: ClientCredential | None = None
     ) -> AsyncIterator[BlobStream]:
         """Open the blob body, following redirects to CDN storage (without our credentials)."""
-        path = f"/v2/{repo}/blobs/{digest}"
-        async with self._request("GET", path, repo, "blob", credential=credential) as resp:
+        path, missing = f"/v2/{repo}/blobs/{digest}", ("blob", repo, str(digest))
+        async with self._request(
+            "GET", path, repo, "blob", pool=self._blobs, missing=missing, credential=credential
+        ) as resp:
             self._raise_for_status(resp, errors.BLOB_UNKNOWN)
             # Whatever has arrived, as soon as it has: waiting to fill a fixed-size chunk
             # would delay every client's first byte.
@@ -254,6 +283,8 @@ class UpstreamClient:
         repo: str,
         kind: observe.UpstreamKind,
         *,
+        pool: Pool | None = None,
+        missing: Key | None = None,
         headers: Mapping[str, str] | None = None,
         params: Sequence[tuple[str, str]] = (),
         credential: ClientCredential | None = None,
@@ -261,106 +292,173 @@ class UpstreamClient:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """Send a request and yield the final response, released afterwards.
 
-        Getting to the response (token, redirects, headers) is bounded by `request_timeout`;
-        reading a body afterwards only by the idle `read_timeout`, so a large blob may take
-        as long as it keeps arriving. Every failure is kept for the status page.
+        A 404 the upstream gave for `missing` less than negative_ttl ago is answered again
+        without asking; an open circuit fails at once. The request waits (at most
+        pool_timeout) for a slot of its `pool`, held until the response is released; then
+        getting to the response (token, redirects, headers) is bounded by `request_timeout`,
+        and reading a body afterwards only by the idle `read_timeout`, so a large blob may
+        take as long as it keeps arriving. Every failure is kept for the status page.
         """
-        started = time.monotonic()
+        if credential is not None:
+            missing = None  # a 404 for one client's credential says nothing for another's
+        if missing is not None and self._negative.missing(missing):
+            observe.negative_hit(self.host)
+            raise RegistryError(_NOT_FOUND[kind], f"not found at upstream {self.name}")
         try:
+            probe = self.breaker.admit()
             try:
-                async with asyncio.timeout(self._request_timeout):
-                    resp = await self._send(
-                        method,
-                        path,
-                        repo,
-                        kind,
-                        headers or {},
-                        params,
+                async with (pool or self._metadata).slot():
+                    session = (pool or self._metadata).session
+                    resp = await self._answer(
+                        session,
+                        _Call(method, path, repo, kind, headers or {}, params),
                         credential=credential,
                         follow_redirects=follow_redirects,
                     )
-            except TokenError as exc:
-                if exc.rejected and credential is not None:
-                    raise UpstreamError(
-                        errors.UNAUTHORIZED,
-                        f"upstream {self.name} refused the client's credentials",
-                    ) from None
-                raise UpstreamError(
-                    errors.UPSTREAM_BAD_GATEWAY,
-                    f"upstream {self.name} token service failed: {exc}",
-                ) from None
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                status = "timeout" if isinstance(exc, TimeoutError) else "error"
-                observe.upstream_answered(
-                    self.host, method, kind, status, time.monotonic() - started
-                )
-                raise self._fault(exc) from None
-            try:
-                yield resp
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise self._fault(exc) from None
+                    if resp.status == 404 and missing is not None:
+                        self._negative.remember(missing)
+                    try:
+                        yield resp
+                    except (aiohttp.ClientError, TimeoutError) as exc:
+                        raise self._fault(exc) from None
+                    finally:
+                        resp.release()
             finally:
-                resp.release()
+                self.breaker.finished(probe)
         except UpstreamError as exc:
             observe.upstream_failed(self.host, str(exc))
             raise
 
+    async def _answer(
+        self,
+        session: aiohttp.ClientSession,
+        call: _Call,
+        *,
+        credential: ClientCredential | None,
+        follow_redirects: bool,
+    ) -> aiohttp.ClientResponse:
+        """`_send` within request_timeout, its failures mapped to UpstreamError and told to
+        the circuit breaker (connection failures open it; any answer closes it)."""
+        started, attempt = time.monotonic(), Attempt()
+        try:
+            async with asyncio.timeout(self._request_timeout):
+                resp = await self._send(session, attempt, call, credential, follow_redirects)
+        except TokenError as exc:
+            if exc.rejected and credential is not None:
+                raise UpstreamError(
+                    errors.UNAUTHORIZED, f"upstream {self.name} refused the client's credentials"
+                ) from None
+            raise UpstreamError(
+                errors.UPSTREAM_BAD_GATEWAY,
+                f"upstream {self.name} token service failed: {exc}",
+            ) from None
+        except AddressRefused as exc:
+            raise UpstreamError(
+                errors.UPSTREAM_BAD_GATEWAY, f"upstream {self.name} sent the mirror to {exc}"
+            ) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            status = "timeout" if isinstance(exc, TimeoutError) else "error"
+            elapsed = time.monotonic() - started
+            observe.upstream_answered(self.host, call.method, call.kind, status, elapsed)
+            if isinstance(exc, _CONNECTION_FAILURES) or (
+                isinstance(exc, TimeoutError) and attempt.connecting
+            ):
+                self.breaker.failed()
+            raise self._fault(exc) from None
+        self.breaker.succeeded()
+        return resp
+
     async def _send(
         self,
-        method: str,
-        path: str,
-        repo: str,
-        kind: observe.UpstreamKind,
-        headers: Mapping[str, str],
-        params: Sequence[tuple[str, str]],
-        *,
-        credential: ClientCredential | None = None,
-        follow_redirects: bool = True,
+        session: aiohttp.ClientSession,
+        attempt: Attempt,
+        call: _Call,
+        credential: ClientCredential | None,
+        follow_redirects: bool,
     ) -> aiohttp.ClientResponse:
-        """Retry once on 401 with fresh credentials and follow redirects by hand.
+        """Follow redirects by hand, answering each origin's challenge once.
 
-        Credentials go only to the upstream's own origin: a redirect to a CDN on another
-        host gets none (presigned storage URLs reject them, and they must not leak).
+        Credentials go only to the upstream's own origin: another host (a CDN, or the
+        regional registry registry.k8s.io sends manifests to) gets none, or an anonymous
+        token from its own token service when it asks for one. A client's own credential
+        (passthrough) is used with the upstream's token service, never sent elsewhere.
         """
-        scope = f"repository:{repo}:pull"
-        url = self.url + path
-        retried_auth = False
+        url, params = self.url + call.path, call.params
+        challenged: set[Origin] = set()
         hops = 0
         while True:
-            send = CIMultiDict(headers)
-            own_origin = self._is_own_origin(url)
-            if own_origin and (authorization := await self._auth.authorization(scope, credential)):
+            origin = origin_of(url)
+            own = origin == self._origin
+            scope = f"repository:{call.repo}:pull" if own else scope_for(url)
+            send = CIMultiDict(call.headers)
+            if authorization := await self._authorization(origin, scope, credential):
                 send["Authorization"] = authorization
             started = time.monotonic()
-            resp = await self._session.request(
-                method, url, headers=send, params=params, allow_redirects=False
+            resp = await session.request(
+                call.method,
+                url,
+                headers=send,
+                params=params,
+                allow_redirects=False,
+                trace_request_ctx=attempt,
             )
             observe.upstream_answered(
-                self.host, method, kind, resp.status, time.monotonic() - started
+                self.host, call.method, call.kind, resp.status, time.monotonic() - started
             )
-            if own_origin and (ratelimit := parse_ratelimit(resp.headers)):
+            if own and (ratelimit := parse_ratelimit(resp.headers)):
                 self.ratelimit = ratelimit
                 observe.ratelimit_seen(self.host, ratelimit.limit, ratelimit.remaining)
-            if resp.status == 401 and own_origin and not retried_auth:
+            if resp.status == 401 and origin not in challenged:
                 challenge = resp.headers.get("WWW-Authenticate", "")
                 resp.release()
-                self._auth.forget(scope, credential)
-                if not self._auth.learn(challenge, credential):
-                    raise UpstreamError(
-                        errors.DENIED,
-                        f"upstream {self.name} requires authentication the mirror "
-                        "is not configured for",
-                    )
-                retried_auth = True
+                challenged.add(origin)
+                self._answer_challenge(origin, scope, challenge, credential)
                 continue
             if follow_redirects and resp.status in _REDIRECTS and "Location" in resp.headers:
                 location = resp.headers["Location"]
                 resp.release()
                 hops += 1
                 url = self._redirect_target(url, location, hops)
+                await self._resolver.check_literal(urlsplit(url).hostname or "")
                 params = ()  # the Location carries its own query
                 continue
             return resp
+
+    async def _authorization(
+        self, origin: Origin, scope: str | None, credential: ClientCredential | None
+    ) -> str | None:
+        """What to send `origin`: the upstream's own origin gets the mirror's (or the
+        client's) token; another origin at most an anonymous token of its own."""
+        if origin == self._origin:
+            return await self._auth.authorization(scope, credential)
+        if (foreign := self._foreign.get(origin)) is not None:
+            return await foreign.authorization(scope)
+        return None
+
+    def _answer_challenge(
+        self,
+        origin: Origin,
+        scope: str | None,
+        challenge: str,
+        credential: ClientCredential | None,
+    ) -> None:
+        """Learn a 401's challenge so the request can be sent again with an answer."""
+        if origin == self._origin:
+            self._auth.forget(scope, credential)
+            if self._auth.learn(challenge, credential):
+                return
+            raise UpstreamError(
+                errors.DENIED,
+                f"upstream {self.name} requires authentication the mirror is not configured for",
+            )
+        if (auth := self._foreign.get(origin)) is not None:
+            auth.forget(scope)
+        if not self._foreign.learn(origin, challenge):
+            raise UpstreamError(
+                errors.DENIED,
+                f"upstream {self.name} redirected to {origin[1]}, which requires "
+                "authentication (the upstream's credentials are never sent to another host)",
+            )
 
     def _redirect_target(self, url: str, location: str, hops: int) -> str:
         """Where the `hops`-th redirect leads, refused past MAX_REDIRECTS or to a scheme
@@ -378,10 +476,6 @@ class UpstreamClient:
                 "the mirror follows redirects to http and https only",
             )
         return target
-
-    def _is_own_origin(self, url: str) -> bool:
-        parts = urlsplit(url)
-        return (parts.scheme, parts.netloc) == self._origin
 
     def _fault(self, exc: BaseException) -> UpstreamError:
         """Map a transport failure to the status a client should see, naming the upstream."""
@@ -455,6 +549,18 @@ class UpstreamClient:
                 raise too_big
             parts.append(chunk)
         return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One upstream request as the caller asked for it (before redirects and tokens)."""
+
+    method: str
+    path: str
+    repo: str
+    kind: observe.UpstreamKind
+    headers: Mapping[str, str]
+    params: Sequence[tuple[str, str]]
 
 
 def _parse_digest(header: str | None) -> Digest | None:

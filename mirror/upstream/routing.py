@@ -22,6 +22,7 @@ from mirror.errors import RegistryError
 from mirror.reference import is_registry_host, looks_like_host, parse_name
 from mirror.upstream.client import UpstreamClient
 from mirror.upstream.credentials import ClientCredential
+from mirror.upstream.options import ClientOptions
 
 # How much of an unknown host a refusal quotes back.
 _QUOTE_LIMIT = 100
@@ -61,12 +62,7 @@ class Router:
     def from_config(cls, config: Config) -> Router:
         """A client for every upstream `config` serves (create inside the event loop)."""
         return cls(
-            UpstreamClient(
-                settings,
-                request_timeout=config.registries.request_timeout,
-                connect_timeout=config.registries.connect_timeout,
-                read_timeout=config.registries.read_timeout,
-            )
+            UpstreamClient(settings, ClientOptions.from_config(config.registries, settings))
             for settings in config.registries.upstreams
         )
 
