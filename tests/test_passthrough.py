@@ -214,6 +214,7 @@ async def test_an_upstream_404_for_one_clients_credentials_is_not_remembered_for
 ) -> None:
     # What one credential may not see (or does not exist yet) says nothing about another's
     # view, so passthrough requests bypass the negative cache.
+    await pull_as(mirror, "alice", "alice/app", "1")  # alice's access to the repo is known
     assert await status_as(mirror, "alice", "/v2/alice/app/manifests/2") == 404
     private.push_image("alice/app", "2", make_image(seed=35))
     assert await status_as(mirror, "alice", "/v2/alice/app/manifests/2") == 200
