@@ -38,6 +38,10 @@ class ColdMissLimit:
     def in_flight(self, client: str) -> int:
         return self._in_flight.get(client, 0)
 
+    def clients(self) -> int:
+        """How many clients have a cold miss in flight (the table's size)."""
+        return len(self._in_flight)
+
     @contextmanager
     def hold(self, request: web.Request) -> Iterator[None]:
         """Count a cold miss of `request`'s client while the block runs; raise 429
