@@ -4,6 +4,7 @@ the upstream uncached (`passthrough`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -88,10 +89,11 @@ class BlobCache:
             return size
         download = self._downloads.get(digest)
         if download is not None and download.state is not State.FAILED:
-            await download.wait_started()
-            if download.size is not None:
-                observe.cache_lookup("blob", "coalesced")
-                return download.size
+            with contextlib.suppress(DownloadLost):  # gone elsewhere or cancelled: ask upstream
+                await download.wait_started()
+                if download.size is not None:
+                    observe.cache_lookup("blob", "coalesced")
+                    return download.size
         self._refuse_when_offline()
         observe.cache_lookup("blob", "miss")
         return await repo.upstream.head_blob(repo.name, digest)
