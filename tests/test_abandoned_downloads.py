@@ -11,10 +11,11 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
+from mirror import cli
 from testkit.fakeupstream import Blob, FakeRegistry, Fault, make_image, make_layer, random_layer
 from testkit.waiting import wait_until
 from tests.clients import cached_blobs
-from tests.conftest import Client, StartMirror, files_under
+from tests.conftest import Client, StartMirror, files_under, toml_value
 
 MB = 1024 * 1024
 WAIT = 30.0
@@ -166,6 +167,26 @@ async def test_with_no_budget_a_download_stops_with_its_client_and_the_next_pull
     assert await sha256_of(mirror, path_of(blob)) == blob.digest
     assert cdn_requests(upstream, [blob]) == [True, False], "fetched afresh, once"
     assert len(cached_blobs(data_dir)) == 1
+
+
+async def test_a_prefetch_reads_its_own_downloads_so_none_is_abandoned(
+    upstream: FakeRegistry, tmp_path: Path, data_dir: Path
+) -> None:
+    layer = random_layer(MB, seed=3000)
+    upstream.push_image("library/big", "1", make_image(layers=[layer]))
+    upstream.add_fault(Fault("slow", server="cdn", chunk_delay=0.02, times=None))
+    settings = {"upstream": upstream.url, "data_dir": str(data_dir), "abandoned_downloads": 0}
+    config_file = tmp_path / "prefetch.toml"
+    config_file.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in settings.items()))
+    before = abandoned_total()
+
+    # `mirror prefetch` in its own event loop (a thread), so the fake keeps answering.
+    argv = ["prefetch", "--config", str(config_file), "library/big:1"]
+    assert await asyncio.to_thread(cli.main, argv) == 0
+
+    assert layer.digest.split(":")[1] in " ".join(cached_blobs(data_dir))
+    assert abandoned_total() == before
+    assert cdn_requests(upstream, [layer]) == [False]
 
 
 async def sha256_of(mirror: Client, path: str) -> str:
