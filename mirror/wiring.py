@@ -124,14 +124,13 @@ async def build(
     meta = await _open_meta(config, resilient=True, clock=clock)
     router = Router.from_config(config)
     access = AccessRecorder(meta, clock=clock)
+    abandon_budget = AbandonBudget(config.limits.abandoned_downloads, config.limits.abandoned_bytes)
     blobs = BlobCache(
         store,
         access,
+        abandon_budget,
         offline=config.freshness.offline,
         min_free_space=config.cache.min_free_space,
-        abandon_budget=AbandonBudget(
-            config.limits.abandoned_downloads, config.limits.abandoned_bytes
-        ),
     )
     manifests = ManifestCache(store, meta, access, config, clock=clock)
     tags = TagListCache(meta, config, clock=clock)

@@ -54,10 +54,10 @@ class BlobCache:
         self,
         store: ContentStore,
         access: AccessRecorder,
+        abandon_budget: AbandonBudget,
         *,
         offline: bool = False,
         min_free_space: int = 0,
-        abandon_budget: AbandonBudget | None = None,
     ) -> None:
         self._store = store
         self._access = access

@@ -54,10 +54,11 @@ class NoRoom(RegistryError):
 class AbandonBudget:
     """How much reader-less downloading this process allows: at most `downloads` downloads
     with no reader left, and at most `bytes` still to fetch across them (a blob whose size
-    the upstream did not announce counts against `downloads` only)."""
+    the upstream did not announce counts against `downloads` only). From the settings
+    `abandoned_downloads` and `abandoned_bytes`."""
 
-    downloads: int = 8
-    bytes: int = 2 * 1024**3
+    downloads: int
+    bytes: int
 
 
 class State(Enum):
@@ -342,9 +343,9 @@ class Reader:
 class Downloads:
     """This process's downloads, at most one per digest, each run as its own task."""
 
-    def __init__(self, store: ContentStore, budget: AbandonBudget | None = None) -> None:
+    def __init__(self, store: ContentStore, budget: AbandonBudget) -> None:
         self._store = store
-        self._budget = budget or AbandonBudget()
+        self._budget = budget
         self._running: dict[Digest, Download] = {}
         self._task_of: dict[Digest, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()

@@ -49,14 +49,14 @@ class RegistryRoutes:
         manifests: ManifestCache,
         tags: TagListCache,
         meta: Catalog,
-        cold_misses: ColdMissLimit | None = None,
+        cold_misses: ColdMissLimit,
     ) -> None:
         self._router = router
         self._blobs = blobs
         self._manifests = manifests
         self._tags = tags
         self._meta = meta
-        self._cold_misses = cold_misses or ColdMissLimit(0)
+        self._cold_misses = cold_misses
 
     def register(self, router: web.UrlDispatcher) -> None:
         """Add the routes, each named for its metrics label (see `middleware.route_label`).
