@@ -4,6 +4,7 @@ another client reads, and other clients are not limited."""
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -11,6 +12,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 from prometheus_client import REGISTRY
 
+from mirror import observe
 from mirror.errors import RegistryError
 from mirror.server.coldmisses import ColdMissLimit, client_key
 from testkit.fakeupstream import Blob, FakeRegistry, Fault, make_layer, random_layer
@@ -123,7 +125,7 @@ async def test_with_the_limit_off_a_client_may_start_any_number(
         resp.close()
 
 
-def test_clients_are_keyed_by_user_else_address_and_ipv6_by_its_64() -> None:
+def test_clients_are_keyed_by_address_ipv6_by_its_64_and_by_user_when_logged_in() -> None:
     def key(remote: str) -> str:
         request = make_mocked_request("GET", "/v2/", headers={})
         return client_key(request.clone(remote=remote))
@@ -132,6 +134,12 @@ def test_clients_are_keyed_by_user_else_address_and_ipv6_by_its_64() -> None:
     assert key("2001:db8:1:2:aaaa::1") == key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
     assert key("2001:db8:1:3::1") != key("2001:db8:1:2::1")
     assert key("::ffff:192.0.2.7") == "192.0.2.7"
+
+    def logged_in() -> str:
+        observe.begin_request(observe.RequestRecord(request_id="r", user="alice"))
+        return key("192.0.2.7")
+
+    assert contextvars.copy_context().run(logged_in) == "user:alice"
 
 
 def test_the_table_of_clients_holds_only_clients_with_misses_in_flight() -> None:
