@@ -250,7 +250,12 @@ async def soak(
     options: Options, content: Content, upstream_url: str, workdir: Path
 ) -> dict[str, Any]:
     stats = Stats()
-    env = {"MIRROR_TAG_TTL": "3600", "MIRROR_LOG_LEVEL": "warning"}
+    # Every simulated client comes from 127.0.0.1: one client to the per-client limit.
+    env = {
+        "MIRROR_TAG_TTL": "3600",
+        "MIRROR_LOG_LEVEL": "warning",
+        "MIRROR_MAX_COLD_PER_CLIENT": "0",
+    }
     proc = MirrorProcess(
         upstream_url,
         workdir / "data",

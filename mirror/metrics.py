@@ -127,6 +127,16 @@ PASSTHROUGH = Counter(
     "Blob misses streamed from the upstream without being cached, because the data dir's "
     "free space was below min_free_space.",
 )
+DOWNLOADS_ABANDONED = Counter(
+    "mirror_downloads_abandoned_total",
+    "Blob downloads cancelled when their last client left, because the downloads no client "
+    "reads were beyond abandoned_downloads or abandoned_bytes.",
+)
+COLD_MISSES_REFUSED = Counter(
+    "mirror_cold_misses_refused_total",
+    "Blob GETs refused with 429 because their client already had max_cold_per_client cold "
+    "misses in flight.",
+)
 META_STORE_ERRORS = Counter(
     "mirror_meta_store_errors_total",
     "Metadata store calls that failed and were answered without the store.",
@@ -209,6 +219,12 @@ class PrometheusSink:
 
     def passed_through(self) -> None:
         PASSTHROUGH.inc()
+
+    def download_abandoned(self) -> None:
+        DOWNLOADS_ABANDONED.inc()
+
+    def cold_miss_refused(self) -> None:
+        COLD_MISSES_REFUSED.inc()
 
     def evicted(self, kind: ContentKind, size: int, *, referenced: bool) -> None:
         EVICTIONS.labels(kind).inc()

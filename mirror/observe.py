@@ -83,6 +83,10 @@ class Sink(Protocol):
 
     def passed_through(self) -> None: ...
 
+    def download_abandoned(self) -> None: ...
+
+    def cold_miss_refused(self) -> None: ...
+
     def evicted(self, kind: ContentKind, size: int, *, referenced: bool) -> None: ...
 
     def meta_store_failed(self, operation: str) -> None: ...
@@ -132,6 +136,12 @@ class DiscardSink:
         pass
 
     def passed_through(self) -> None:
+        pass
+
+    def download_abandoned(self) -> None:
+        pass
+
+    def cold_miss_refused(self) -> None:
         pass
 
     def evicted(self, kind: ContentKind, size: int, *, referenced: bool) -> None:
@@ -257,6 +267,18 @@ def waiter_left() -> None:
 def passed_through() -> None:
     """A blob miss streamed from the upstream without being cached (the disk is too full)."""
     _sink.passed_through()
+
+
+def download_abandoned() -> None:
+    """A blob download cancelled because its last client left and the downloads nobody
+    reads were beyond `abandoned_downloads` / `abandoned_bytes`."""
+    _sink.download_abandoned()
+
+
+def cold_miss_refused() -> None:
+    """A blob GET refused with 429: its client had `max_cold_per_client` cold misses in
+    flight."""
+    _sink.cold_miss_refused()
 
 
 def evicted(kind: ContentKind, size: int, *, referenced: bool = False) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from mirror.cache.access import AccessRecorder
 from mirror.cache.blobs import BlobCache
+from mirror.cache.downloads import AbandonBudget
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.prefetch.engine import Puller
 from mirror.cache.tags import TagListCache
@@ -123,8 +124,13 @@ async def build(
     meta = await _open_meta(config, resilient=True, clock=clock)
     router = Router.from_config(config)
     access = AccessRecorder(meta, clock=clock)
+    abandon_budget = AbandonBudget(config.limits.abandoned_downloads, config.limits.abandoned_bytes)
     blobs = BlobCache(
-        store, access, offline=config.freshness.offline, min_free_space=config.cache.min_free_space
+        store,
+        access,
+        abandon_budget,
+        offline=config.freshness.offline,
+        min_free_space=config.cache.min_free_space,
     )
     manifests = ManifestCache(store, meta, access, config, clock=clock)
     tags = TagListCache(meta, config, clock=clock)

@@ -4,6 +4,7 @@ the upstream uncached (`passthrough`)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -11,7 +12,14 @@ from typing import Protocol
 
 from mirror import errors, observe
 from mirror.cache.access import AccessRecorder
-from mirror.cache.downloads import Download, DownloadLost, Downloads, NoRoom, State
+from mirror.cache.downloads import (
+    AbandonBudget,
+    DownloadLost,
+    Downloads,
+    NoRoom,
+    Reader,
+    State,
+)
 from mirror.cache.passthrough import Passthrough
 from mirror.errors import RegistryError
 from mirror.reference import Digest
@@ -27,8 +35,11 @@ PASSTHROUGH_LOG_SECONDS = 60.0
 class BlobBody(Protocol):
     """A blob body that is not (yet) in the store: what a miss is answered from."""
 
-    digest: Digest
-    size: int | None
+    @property
+    def digest(self) -> Digest: ...
+
+    @property
+    def size(self) -> int | None: ...
 
     def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]: ...
 
@@ -43,6 +54,7 @@ class BlobCache:
         self,
         store: ContentStore,
         access: AccessRecorder,
+        abandon_budget: AbandonBudget,
         *,
         offline: bool = False,
         min_free_space: int = 0,
@@ -52,7 +64,7 @@ class BlobCache:
         self._offline = offline
         self._min_free_space = min_free_space
         self._passthrough_logged = 0.0
-        self._downloads = Downloads(store)
+        self._downloads = Downloads(store, abandon_budget)
 
     def cached(self, repo: UpstreamRepo, digest: Digest) -> StoredBlob | None:
         """The blob, if the store holds it. Blobs are stored once whichever upstream they
@@ -64,6 +76,12 @@ class BlobCache:
         self._access.touch(str(digest), repo)
         return blob
 
+    def cold(self, digest: Digest) -> bool:
+        """Whether a GET of `digest` (not cached) would cost the upstream a transfer for
+        this client alone: no download of it is running here with another reader."""
+        download = self._downloads.get(digest)
+        return download is None or download.readers == 0
+
     async def size(self, repo: UpstreamRepo, digest: Digest) -> int | None:
         """The blob's size without downloading it: from the cache, from a download in
         flight, or from an upstream HEAD."""
@@ -71,10 +89,11 @@ class BlobCache:
             return size
         download = self._downloads.get(digest)
         if download is not None and download.state is not State.FAILED:
-            await download.wait_started()
-            if download.size is not None:
-                observe.cache_lookup("blob", "coalesced")
-                return download.size
+            with contextlib.suppress(DownloadLost):  # gone elsewhere or cancelled: ask upstream
+                await download.wait_started()
+                if download.size is not None:
+                    observe.cache_lookup("blob", "coalesced")
+                    return download.size
         self._refuse_when_offline()
         observe.cache_lookup("blob", "miss")
         return await repo.upstream.head_blob(repo.name, digest, credential=repo.credential)
@@ -89,19 +108,18 @@ class BlobCache:
             observe.cache_lookup("blob", "miss")
             return await self._pass_through(repo, digest)
         for attempt in range(2):
-            download = self._join_or_start(repo, digest)
+            reader = await self._join_or_start(repo, digest)
             try:
-                await download.wait_started()
-            except DownloadLost:
-                if attempt == 0:
+                await reader.download.wait_started()
+            except BaseException as exc:
+                reader.leave()  # a client gone while waiting may leave it abandoned
+                if isinstance(exc, DownloadLost) and attempt == 0:
                     continue  # the other process gave up before any bytes: try ourselves
+                if isinstance(exc, NoRoom) and self._min_free_space > 0:
+                    return await self._pass_through(repo, digest)
                 raise
-            except NoRoom:
-                if self._min_free_space <= 0:  # passing through is turned off
-                    raise
-                return await self._pass_through(repo, digest)
             self._access.touch(str(digest), repo)
-            return download
+            return reader
         raise AssertionError("unreachable")
 
     async def _pass_through(self, repo: UpstreamRepo, digest: Digest) -> Passthrough:
@@ -111,12 +129,13 @@ class BlobCache:
         self._access.touch(str(digest), repo)
         return passthrough
 
-    def _join_or_start(self, repo: UpstreamRepo, digest: Digest) -> Download:
+    async def _join_or_start(self, repo: UpstreamRepo, digest: Digest) -> Reader:
+        await self._downloads.settled(digest)  # a cancelled download's claim given up
         if (download := self._downloads.get(digest)) is not None:
             observe.cache_lookup("blob", "coalesced")
-            return download
+            return download.reader()
         self._refuse_when_offline()
-        return self._downloads.start(repo, digest)
+        return self._downloads.start(repo, digest).reader()
 
     def _disk_nearly_full(self) -> bool:
         if self._min_free_space <= 0:

@@ -8,6 +8,12 @@ the upstream into the spool), every other one *follows* (watches the spool). Eit
 every client of the digest, the first included, streams the spool. The last byte of any
 response is held back until the download is verified and committed, so a client can never
 complete a transfer of bad bytes: on failure every reader is aborted instead.
+
+Each client holds a `Reader` of the download. A download this process leads that has lost
+all its readers is *abandoned*: it keeps going (the next client gets it cached) while the
+abandoned ones fit the `AbandonBudget`, and is cancelled beyond it, so a client cannot make
+the mirror fetch terabytes nobody reads. The budget is this process's: each worker (and a
+`mirror prefetch`) has its own.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 from enum import Enum
 
 from mirror import errors, observe
@@ -43,6 +50,17 @@ class NoRoom(RegistryError):
     written, and the client has had no byte yet."""
 
 
+@dataclass(frozen=True)
+class AbandonBudget:
+    """How much reader-less downloading this process allows: at most `downloads` downloads
+    with no reader left, and at most `bytes` still to fetch across them (a blob whose size
+    the upstream did not announce counts against `downloads` only). From the settings
+    `abandoned_downloads` and `abandoned_bytes`."""
+
+    downloads: int
+    bytes: int
+
+
 class State(Enum):
     STARTING = "starting"  # waiting for the upstream's response headers
     RUNNING = "running"  # bytes are arriving
@@ -53,14 +71,46 @@ class State(Enum):
 class Download:
     """One blob's download as this process sees it, shared by every client that wants it."""
 
-    def __init__(self, digest: Digest, spool: Spool) -> None:
+    def __init__(
+        self,
+        digest: Digest,
+        spool: Spool,
+        on_idle: Callable[[Download], None] = lambda download: None,
+    ) -> None:
         self.digest = digest
         self.size: int | None = None
         self.written = 0
         self.state = State.STARTING
         self.error: RegistryError | None = None
+        self.readers = 0
+        self.leads = False  # this process fetches it from the upstream (holds the claim)
+        self.cancelled = False  # abandoned beyond the budget: its task is being cancelled
         self._spool = spool
         self._changed = asyncio.Event()
+        # Told when the download may have become abandoned (no reader; or its size became
+        # known while it had none).
+        self._on_idle = on_idle
+
+    @property
+    def abandoned(self) -> bool:
+        """Fetched by this process for nobody: led here, unfinished, with no reader."""
+        in_flight = self.state in (State.STARTING, State.RUNNING)
+        return self.leads and in_flight and self.readers == 0 and not self.cancelled
+
+    @property
+    def remaining(self) -> int:
+        """Bytes still to fetch (0 when the size is unknown)."""
+        return max(0, self.size - self.written) if self.size is not None else 0
+
+    def reader(self) -> Reader:
+        """A new reader of this download (it counts until it leaves)."""
+        return Reader(self)
+
+    def left(self) -> None:
+        """A reader left (`Reader.leave`)."""
+        self.readers -= 1
+        if self.readers == 0:
+            self._on_idle(self)
 
     # --- consumer side (client responses) -------------------------------------------------
 
@@ -106,9 +156,6 @@ class Download:
             observe.waiter_left()
             reader.close()
 
-    async def release(self) -> None:
-        """Nothing to let go: the download belongs to no single reader."""
-
     def _open(self) -> SpoolReader:
         assert self.state is not State.STARTING, "read before wait_started"
         if self.state is State.FAILED:
@@ -129,6 +176,8 @@ class Download:
         self.size = size
         self.state = State.RUNNING
         self._notify()
+        if self.readers == 0:
+            self._on_idle(self)  # its size now counts against the budget
 
     def _progressed(self, written: int) -> None:
         self.written = written
@@ -177,7 +226,7 @@ class Download:
             await self._transfer(repo, store)
             self._committed()
         except asyncio.CancelledError:
-            self._failed(_shutting_down())
+            self._failed(_abandoned() if self.cancelled else _shutting_down())
             raise
         except Exception as exc:
             self._failed(self._failure(repo, exc))
@@ -248,30 +297,108 @@ def _shutting_down() -> UpstreamError:
     return UpstreamError(errors.UPSTREAM_UNAVAILABLE, "the mirror is shutting down")
 
 
+def _abandoned() -> DownloadLost:
+    # Only a reader that joined in the instant of the cancellation can see this.
+    return DownloadLost(
+        errors.UPSTREAM_UNAVAILABLE, "the download was cancelled: no client was reading it"
+    )
+
+
+class Reader:
+    """One client's hold on a download: counted from joining until it leaves (its read ends
+    or it is released), so a download knows when nobody wants it any more."""
+
+    def __init__(self, download: Download) -> None:
+        self.download = download
+        self._left = False
+        download.readers += 1
+
+    @property
+    def digest(self) -> Digest:
+        return self.download.digest
+
+    @property
+    def size(self) -> int | None:
+        return self.download.size
+
+    async def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+        """The download's bytes [start, end) (see `Download.read`); leaves when done."""
+        try:
+            async with aclosing(self.download.read(start, end)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        finally:
+            self.leave()
+
+    async def release(self) -> None:
+        self.leave()
+
+    def leave(self) -> None:
+        """Stop counting as a reader (idempotent)."""
+        if not self._left:
+            self._left = True
+            self.download.left()
+
+
 class Downloads:
     """This process's downloads, at most one per digest, each run as its own task."""
 
-    def __init__(self, store: ContentStore) -> None:
+    def __init__(self, store: ContentStore, budget: AbandonBudget) -> None:
         self._store = store
+        self._budget = budget
         self._running: dict[Digest, Download] = {}
+        self._task_of: dict[Digest, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def get(self, digest: Digest) -> Download | None:
-        return self._running.get(digest)
+        """The download of `digest` running here, unless it is being cancelled."""
+        download = self._running.get(digest)
+        return None if download is None or download.cancelled else download
+
+    async def settled(self, digest: Digest) -> None:
+        """Wait until no cancelled download of `digest` is still giving up its claim, so a
+        new one can take it."""
+        while (download := self._running.get(digest)) is not None and download.cancelled:
+            await asyncio.wait({self._task_of[digest]})
 
     def start(self, repo: UpstreamRepo, digest: Digest) -> Download:
         """Begin `digest`'s download here: led when this process gets the store's claim,
         else followed. The caller checked that none is running."""
         spool = self._store.spool(digest)
-        download = Download(digest, spool)
-        leads = spool.claim()
+        download = Download(digest, spool, self._idle)
+        leads = download.leads = spool.claim()
         # Following another process's download costs the upstream nothing: coalesced too.
         observe.cache_lookup("blob", "miss" if leads else "coalesced")
         self._running[digest] = download
         task = asyncio.create_task(self._run(download, repo, leads), name=f"download {digest}")
+        self._task_of[digest] = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return download
+
+    def _idle(self, download: Download) -> None:
+        """Cancel `download` if it is abandoned and the abandoned ones would not fit the
+        budget with it; a download within the budget keeps going (for the next client)."""
+        if not download.abandoned:
+            return
+        abandoned = [d for d in self._running.values() if d.abandoned]
+        budget = self._budget
+        if (
+            len(abandoned) <= budget.downloads
+            and sum(d.remaining for d in abandoned) <= budget.bytes
+        ):
+            return
+        log.info(
+            "cancelling the download of %s: no client is reading it, and %d abandoned "
+            "downloads exceed abandoned_downloads %d or abandoned_bytes %d",
+            download.digest,
+            len(abandoned),
+            budget.downloads,
+            budget.bytes,
+        )
+        download.cancelled = True
+        observe.download_abandoned()
+        self._task_of[download.digest].cancel()
 
     async def _run(self, download: Download, repo: UpstreamRepo, leads: bool) -> None:
         try:
@@ -282,6 +409,7 @@ class Downloads:
         finally:
             if self._running.get(download.digest) is download:
                 del self._running[download.digest]
+                del self._task_of[download.digest]
 
     async def close(self) -> None:
         """Abort every download (shutdown): readers are cut off, spools emptied."""

@@ -136,6 +136,16 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    """What one client can make the mirror fetch: blob downloads that continue after their
+    clients left (per process), and cold misses in flight per client (0: no limit)."""
+
+    abandoned_downloads: int = field(metadata=setting(parse_count, 8))
+    abandoned_bytes: int = field(metadata=setting(parse_size, "2GiB"))
+    max_cold_per_client: int = field(metadata=setting(parse_count, 16))
+
+
+@dataclass(frozen=True)
 class PrefetchSettings:
     """Images kept warm: which, for which platforms, how often."""
 
@@ -175,6 +185,7 @@ class Config:
     storage: StorageSettings
     freshness: FreshnessSettings
     cache: CacheSettings
+    limits: LimitSettings
     prefetch: PrefetchSettings
     auth: AuthSettings
     logging: LoggingSettings

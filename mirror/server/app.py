@@ -18,6 +18,7 @@ from mirror.cache.prefetch.schedule import schedule as schedule_prefetch
 from mirror.config import Config
 from mirror.server import addressing, auth
 from mirror.server.auth import passthrough
+from mirror.server.coldmisses import ColdMissLimit
 from mirror.server.middleware import add_response_headers, observe_requests, registry_errors
 from mirror.server.ops import OpsRoutes
 from mirror.server.routes import RegistryRoutes
@@ -51,9 +52,10 @@ async def create_app(
         middlewares=[observe_requests, registry_errors, addressing.resolve_repositories(router)]
     )
     app.on_response_prepare.append(add_response_headers)
-    RegistryRoutes(router, mirror.blobs, mirror.manifests, mirror.tags, mirror.meta).register(
-        app.router
-    )
+    cold_misses = ColdMissLimit(config.limits.max_cold_per_client)
+    RegistryRoutes(
+        router, mirror.blobs, mirror.manifests, mirror.tags, mirror.meta, cold_misses
+    ).register(app.router)
     OpsRoutes(mirror.store, mirror.meta, router, mirror.access, clock=clock).register(app.router)
     auth.setup(app, config, router, clock=clock)  # client authentication, if configured
     passthrough.setup(app, router, clock=clock)  # clients' own upstream credentials, if any

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from aiohttp import web
@@ -26,6 +26,7 @@ from mirror.reference import (
 )
 from mirror.server import addressing, responses
 from mirror.server.auth import CATALOG_FILTER
+from mirror.server.coldmisses import ColdMissLimit
 from mirror.storage import StoredBlob
 from mirror.upstream.routing import Router, UpstreamRepo
 
@@ -48,12 +49,14 @@ class RegistryRoutes:
         manifests: ManifestCache,
         tags: TagListCache,
         meta: Catalog,
+        cold_misses: ColdMissLimit,
     ) -> None:
         self._router = router
         self._blobs = blobs
         self._manifests = manifests
         self._tags = tags
         self._meta = meta
+        self._cold_misses = cold_misses
 
     def register(self, router: web.UrlDispatcher) -> None:
         """Add the routes, each named for its metrics label (see `middleware.route_label`).
@@ -114,8 +117,10 @@ class RegistryRoutes:
             if size is not None:
                 response.content_length = size
             return response
-        download = await self._blobs.download(repo, digest)
-        return await _stream_download(request, download)
+        cold = self._blobs.cold(digest)
+        with self._cold_misses.hold(request) if cold else nullcontext():
+            download = await self._blobs.download(repo, digest)
+            return await _stream_download(request, download)
 
     async def tags(self, request: web.Request) -> web.Response:
         self._check_read(request)

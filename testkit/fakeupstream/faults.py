@@ -202,7 +202,10 @@ async def send(
             return response
         await response.write_eof()
     except ConnectionError:
-        pass  # the client went away; aiohttp notices on its own
+        record.client_left = True  # a write failed
+    except asyncio.CancelledError:
+        record.client_left = True  # the server cancels the handler of a client that hung up
+        raise
     return response
 
 

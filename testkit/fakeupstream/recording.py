@@ -24,6 +24,7 @@ class RecordedRequest:
     kind: str = "other"  # ping, manifest, blob, tags, token, cdn or other
     raw_query: str = ""
     fault: str | None = None  # kind(s) of fault applied, e.g. "slow+truncate"
+    client_left: bool = False  # the client closed the connection before the body's end
 
 
 class RequestLog:

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from mirror import errors, mediatypes
 from mirror.cache.blobs import BlobCache
-from mirror.cache.downloads import Download
+from mirror.cache.downloads import Reader
 from mirror.cache.graph import ManifestWalk
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.references import references
@@ -213,7 +213,7 @@ async def _blob(
         result.bytes_cached += cached.size
         return
     download = await puller.blobs.download(repo, digest)
-    if not isinstance(download, Download):  # streamed uncached: the disk is nearly full
+    if not isinstance(download, Reader):  # streamed uncached: the disk is nearly full
         await download.release()
         raise PrefetchError(f"{digest} not cached: the data dir is below min_free_space")
     bar = progress(image, digest, download.size)
