@@ -226,8 +226,10 @@ class ManifestCache:
     async def _answer(
         self, repo: UpstreamRepo, record: TagRecord, with_bytes: bool, *, stale: str | None = None
     ) -> Resolved:
-        manifest = await self.by_digest(repo, record.digest) if with_bytes else None
-        return Resolved(record.digest, record.media_type, record.size, manifest, stale)
+        if not with_bytes:
+            return Resolved(record.digest, record.media_type, record.size, None, stale)
+        manifest = await self.by_digest(repo, record.digest)  # its stored type is the one
+        return Resolved(record.digest, manifest.media_type, record.size, manifest, stale)
 
     async def _revalidate(
         self, repo: UpstreamRepo, key: TagKey, accept: frozenset[str], known: TagRecord | None
@@ -246,8 +248,10 @@ class ManifestCache:
                 head = await repo.upstream.head_manifest(repo.name, key.tag, header)
                 if head is not None:
                     record = TagRecord(head.digest, head.media_type, head.size, self._clock())
-                    if not self._store.has_manifest(head.digest):
+                    if (stored := self._store.read_manifest(head.digest)) is None:
                         self._claimed(head.digest, key)
+                    elif stored.media_type != head.media_type:
+                        raise self._type_conflict(repo, stored, head.media_type)
                 else:
                     manifest = await self._fetch_by_tag(repo, key.tag, header)
                     record = TagRecord(
@@ -373,8 +377,15 @@ class ManifestCache:
 
     async def _keep(self, repo: UpstreamRepo, fetched: FetchedManifest) -> StoredManifest:
         """Store verified bytes; the repository joins its upstream's catalog right away.
-        When they cannot be stored (a full disk), they are answered all the same."""
+        When they cannot be stored (a full disk), they are answered all the same. Bytes
+        already stored keep the type they were stored with: another upstream cannot change
+        what that one's clients are told."""
         manifest = StoredManifest(fetched.data, fetched.media_type, fetched.digest)
+        if (stored := self._store.read_manifest(fetched.digest)) is not None:
+            if stored.media_type != fetched.media_type:
+                raise self._type_conflict(repo, stored, fetched.media_type)
+            await self._meta.add_repositories(repo.upstream.host, [repo.name])
+            return stored
         try:
             await self._store.write_manifest(manifest)
         except OSError as exc:
@@ -382,6 +393,18 @@ class ManifestCache:
             return manifest
         await self._meta.add_repositories(repo.upstream.host, [repo.name])
         return manifest
+
+    def _type_conflict(
+        self, repo: UpstreamRepo, stored: StoredManifest, sent: str
+    ) -> UpstreamError:
+        error = UpstreamError(
+            errors.UPSTREAM_BAD_GATEWAY,
+            f"upstream {repo.upstream.name} sends manifest {stored.digest} as {sent}; the "
+            f"mirror holds it as {stored.media_type} and keeps that type",
+        )
+        log.error("%s", error)
+        observe.upstream_failed(repo.upstream.host, str(error))
+        return error
 
     def _integrity_error(
         self, repo: UpstreamRepo, expected: Digest, got: FetchedManifest
