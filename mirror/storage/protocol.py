@@ -206,9 +206,11 @@ class ContentStore(Protocol):
 
     def stale_temp_files(self, older_than: float) -> list[TempFile]:
         """Leftovers of writes older than `older_than` (unix time), excluding the spools of
-        downloads in progress."""
+        downloads in progress and files a writer is writing now."""
 
     def remove_temp_file(self, temp: TempFile) -> None: ...
 
     def remove_temp_files(self) -> int:
-        """Remove every leftover (at start, when no write can be in progress); how many."""
+        """Remove the leftovers of writes that ended without a commit (at start): another
+        live process's writes (a prefetch, an import, another server) stay, as do files
+        younger than a grace period that a writer may still commit. How many went."""
