@@ -140,3 +140,14 @@ async def test_every_answer_says_nosniff(
     ):
         resp = await mirror.get(path)
         assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+
+
+async def test_an_absurdly_large_manifest_is_refused_and_not_stored(
+    upstream: FakeRegistry, start_mirror: StartMirror, data_dir: Path
+) -> None:
+    huge = b'{"schemaVersion": 2, "padding": "' + b"x" * (5 * 1024 * 1024) + b'"}'
+    upstream.push_image("evil/huge", "1", raw(huge))
+    mirror = await start_mirror(upstream.url)
+    message = await refused(mirror, "/v2/evil/huge/manifests/1")
+    assert "over 4194304 bytes" in message
+    assert stored_manifests(data_dir) == []
