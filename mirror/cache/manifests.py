@@ -23,6 +23,7 @@ from mirror import errors, mediatypes, observe
 from mirror.cache.access import AccessRecorder
 from mirror.config import Config
 from mirror.errors import RegistryError
+from mirror.manifestjson import declared_type, parse_manifest
 from mirror.meta.store import Catalog, Locks, RateLimits, TagKey, TagRecord, TagRecords
 from mirror.ratelimit import RateLimit
 from mirror.reference import Digest
@@ -380,7 +381,7 @@ class ManifestCache:
         When they cannot be stored (a full disk), they are answered all the same. Bytes
         already stored keep the type they were stored with: another upstream cannot change
         what that one's clients are told."""
-        manifest = StoredManifest(fetched.data, fetched.media_type, fetched.digest)
+        manifest = StoredManifest(fetched.data, self._checked_type(repo, fetched), fetched.digest)
         if (stored := self._store.read_manifest(fetched.digest)) is not None:
             if stored.media_type != fetched.media_type:
                 raise self._type_conflict(repo, stored, fetched.media_type)
@@ -393,6 +394,21 @@ class ManifestCache:
             return manifest
         await self._meta.add_repositories(repo.upstream.host, [repo.name])
         return manifest
+
+    def _checked_type(self, repo: UpstreamRepo, fetched: FetchedManifest) -> str:
+        """The type to keep verified bytes as; refused (never stored) when they are no
+        manifest the mirror can parse or their type is off the allow-list."""
+        try:
+            document = parse_manifest(fetched.data)
+            return mediatypes.manifest_type(declared_type(document), fetched.media_type)
+        except ValueError as exc:  # ManifestError, MediaTypeError
+            error = UpstreamError(
+                errors.UPSTREAM_BAD_GATEWAY,
+                f"upstream {repo.upstream.name} sent a manifest the mirror refuses: {exc}",
+            )
+        log.error("%s (%s)", error, repo.name)
+        observe.upstream_failed(repo.upstream.host, str(error))
+        raise error
 
     def _type_conflict(
         self, repo: UpstreamRepo, stored: StoredManifest, sent: str

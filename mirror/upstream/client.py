@@ -22,8 +22,7 @@ from multidict import CIMultiDict
 from mirror import errors, observe
 from mirror.config import UpstreamSettings
 from mirror.errors import ErrorCode, RegistryError
-from mirror.manifestjson import ManifestError, declared_type, parse_manifest
-from mirror.mediatypes import MediaTypeError, bare_type, is_manifest_type, manifest_type
+from mirror.mediatypes import bare_type, is_manifest_type
 from mirror.ratelimit import RateLimit, parse_ratelimit
 from mirror.reference import Digest
 from mirror.upstream.auth import Authenticator, TokenError
@@ -145,23 +144,12 @@ class UpstreamClient:
             self._raise_for_status(resp, errors.MANIFEST_UNKNOWN)
             data = await self._read_capped(resp, MAX_MANIFEST_BYTES, "manifest")
             observe.upstream_received(self.host, len(data))
-            media_type = self._manifest_type(data, resp.headers.get("Content-Type", ""))
+            media_type = bare_type(resp.headers.get("Content-Type", ""))
             claimed = _parse_digest(resp.headers.get("Docker-Content-Digest"))
         if algorithm is None:
             algorithm = claimed.algorithm if claimed is not None else "sha256"
         digest = Digest(algorithm, hashlib.new(algorithm, data).hexdigest())
         return FetchedManifest(data=data, media_type=media_type, digest=digest, claimed=claimed)
-
-    def _manifest_type(self, data: bytes, content_type: str) -> str:
-        """The type to keep a manifest as; refused (never stored) when the bytes are no
-        manifest the mirror can parse or the type is off the allow-list."""
-        try:
-            return manifest_type(declared_type(parse_manifest(data)), content_type)
-        except (ManifestError, MediaTypeError) as exc:
-            raise UpstreamError(
-                errors.UPSTREAM_BAD_GATEWAY,
-                f"upstream {self.name} sent a manifest the mirror refuses: {exc}",
-            ) from None
 
     # --- blobs ----------------------------------------------------------------------------
 
