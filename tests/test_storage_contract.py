@@ -241,6 +241,16 @@ async def test_manifests_keep_their_exact_bytes_and_media_type(backend: Backend)
     assert backend.open().read_manifest(manifest.digest) == manifest, "as another process"
 
 
+async def test_a_stored_manifest_keeps_its_first_media_type(store: ContentStore) -> None:
+    data = b'{"schemaVersion": 2, "layers": []}'
+    first = StoredManifest(data, "application/vnd.oci.image.manifest.v1+json", digest_of(data))
+    await store.write_manifest(first)
+    other = "application/vnd.docker.distribution.manifest.v2+json"
+    await store.write_manifest(StoredManifest(data, other, first.digest))
+    assert store.read_manifest(first.digest) == first
+    assert store.measure()["manifest"].objects == 1
+
+
 async def test_a_manifest_that_does_not_match_its_digest_is_refused(store: ContentStore) -> None:
     wrong = StoredManifest(b"{}", "application/json", digest_of(b"[]"))
     with pytest.raises(IntegrityError):

@@ -183,19 +183,20 @@ class FilesystemStore:
             self._recent_bytes -= len(dropped.data)
 
     async def write_manifest(self, manifest: StoredManifest) -> None:
-        """The media type is written first, so a visible manifest always has its type."""
+        """The media type is written first, so a visible manifest always has its type. A
+        manifest already stored keeps the type it was stored with."""
         digest = manifest.digest
         actual = hashlib.new(digest.algorithm, manifest.data).hexdigest()
         if actual != digest.hex:
             raise IntegrityError(f"manifest hashes to {digest.algorithm}:{actual}")
         path = self._manifest_path(digest)
-        is_new = not path.is_file()
+        if path.is_file():
+            return
         await asyncio.to_thread(
             self._publish, path.with_name(path.name + ".type"), manifest.media_type.encode(), digest
         )
         await asyncio.to_thread(self._publish, path, manifest.data, digest)
-        if is_new:
-            self._count("manifest", len(manifest.data))
+        self._count("manifest", len(manifest.data))
 
     def _publish(self, final: Path, data: bytes, digest: Digest) -> None:
         """Held (flocked) from creation to rename, so no clean-up takes it for a leftover."""

@@ -184,7 +184,8 @@ class ContentStore(Protocol):
 
     async def write_manifest(self, manifest: StoredManifest) -> None:
         """Store manifest bytes with their media type; IntegrityError unless the bytes
-        hash to `manifest.digest`."""
+        hash to `manifest.digest`. A manifest already stored keeps its first type (one
+        upstream cannot change what another's clients see)."""
 
     # --- housekeeping (blocking: run them in a thread)
 
