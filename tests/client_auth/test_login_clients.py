@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
+from mirror import config
+from mirror.config import ConfigError
 from mirror.server import htpasswd
 from mirror.server.auth.logins import PASSWORD_CHECK_THREADS, client_address
 from mirror.server.auth.throttle import FAILURES_BEFORE_BACKOFF, client_key
@@ -55,6 +57,20 @@ def test_x_forwarded_for_is_believed_from_trusted_proxies_only(
     request = make_mocked_request("GET", "/v2/", headers=headers).clone(remote=peer)
     proxies = [ipaddress.ip_network(cidr) for cidr in PROXIES]
     assert client_address(request, proxies) == client
+
+
+def test_trusted_proxies_are_addresses_or_networks_from_a_file_or_the_environment(
+    tmp_path: Path,
+) -> None:
+    file = tmp_path / "m.toml"
+    file.write_text('trusted_proxies = ["10.0.0.0/8", "2001:db8::1", "192.0.2.9/24"]\n')
+    loaded = config.load(config_file=file, environ={})
+    assert loaded.config.auth.trusted_proxies == ("10.0.0.0/8", "2001:db8::1/128", "192.0.2.0/24")
+    env = config.load(config_file=None, environ={"MIRROR_TRUSTED_PROXIES": "10.1.0.0/16, ::1"})
+    assert env.config.auth.trusted_proxies == ("10.1.0.0/16", "::1/128")
+    file.write_text('trusted_proxies = ["proxy.example.com"]\n')
+    with pytest.raises(ConfigError, match=r"trusted_proxies.*'proxy.example.com' is not an IP"):
+        config.load(config_file=file, environ={})
 
 
 async def fail_logins(mirror: Client, forwarded_for: str) -> None:
