@@ -383,8 +383,8 @@ class ManifestCache:
         what that one's clients are told."""
         manifest = StoredManifest(fetched.data, self._checked_type(repo, fetched), fetched.digest)
         if (stored := self._store.read_manifest(fetched.digest)) is not None:
-            if stored.media_type != fetched.media_type:
-                raise self._type_conflict(repo, stored, fetched.media_type)
+            if stored.media_type != manifest.media_type:
+                raise self._type_conflict(repo, stored, manifest.media_type)
             await self._meta.add_repositories(repo.upstream.host, [repo.name])
             return stored
         try:
