@@ -54,3 +54,15 @@ async def test_an_upstream_that_pages_by_itself_is_followed_to_the_end(
     assert "Link" not in resp.headers
     queries = [r.query for r in upstream.filter_requests(kind="tags")]
     assert queries[-1] == {"n": "2", "last": "t3"}, "the upstream's next page was read"
+
+
+async def test_a_flood_of_random_repository_names_stores_no_tag_list(
+    start_mirror: StartMirror, upstream: FakeRegistry, data_dir: Path
+) -> None:
+    mirror = await start_mirror(upstream.url)
+    rng = random.Random(6)
+    for _ in range(50):
+        name = "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=10))
+        resp = await mirror.get(f"/v2/nobody/{name}/tags/list?n=5")
+        assert resp.status == 404
+    assert stored_responses(data_dir) == []
