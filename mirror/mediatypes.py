@@ -1,4 +1,5 @@
-"""Manifest media types and `Accept` negotiation.
+"""Manifest media types: the allow-list, the type a manifest is stored as, and `Accept`
+negotiation.
 
 The same tag can resolve to different manifests depending on what the client accepts (a
 registry answers a client that does not accept manifest lists with one platform's manifest),
@@ -22,6 +23,34 @@ MANIFEST_TYPES: tuple[str, ...] = (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_MA
 _KNOWN_TYPES = (*MANIFEST_TYPES, DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED)
 
 BLOB_CONTENT_TYPE = "application/octet-stream"
+
+
+class MediaTypeError(ValueError):
+    """A manifest answered with a type the mirror will not store or serve; says why."""
+
+
+def is_manifest_type(media_type: str) -> bool:
+    """Whether `media_type` (bare) is on the allow-list of manifest types: anything else
+    (`text/html` from a captive portal, `application/json`) is never stored or served as a
+    manifest, so a client cannot be made to read it as something else."""
+    return media_type in _KNOWN_TYPES
+
+
+def manifest_type(declared: str | None, header: str) -> str:
+    """The type a manifest is stored and served as: the `mediaType` it declares itself
+    when it does (so every upstream sharing its digest agrees, whatever its headers say),
+    and the upstream's `Content-Type`, if sent, must be that same type; else the header's
+    type. Either must be on the allow-list. `MediaTypeError` otherwise."""
+    sent = bare_type(header)
+    if declared is not None:
+        if not is_manifest_type(declared):
+            raise MediaTypeError(f"declares media type {declared!r}, not a manifest type")
+        if sent and sent != declared:
+            raise MediaTypeError(f"declares media type {declared} but was sent as {sent!r}")
+        return declared
+    if not is_manifest_type(sent):
+        raise MediaTypeError(f"was sent as {sent!r}, not a manifest type")
+    return sent
 
 
 def bare_type(content_type: str) -> str:

@@ -2,6 +2,11 @@
 
 Hub sends them on manifest GET and HEAD (`ratelimit-remaining: 20;w=21600`: 20 pulls left in
 a 6-hour window). No headers means the pull is not limited.
+
+A used-up budget defers revalidation until its window rolls over; with no `w=` (or an absurd
+one) that would be forever, since a deferring mirror never asks again and never sees the
+budget refilled. So an untold window counts as `UNTOLD_WINDOW_SECONDS` and none is taken
+as longer than `MAX_WINDOW_SECONDS`: the upstream is asked again after that.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from dataclasses import dataclass
 # ASCII digits only (`str.isdigit` also takes "²", which `int` refuses), and few enough that
 # a hostile header cannot make `int` work hard.
 _NUMBER = re.compile(r"[0-9]{1,18}")
+UNTOLD_WINDOW_SECONDS = 60
+MAX_WINDOW_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -25,9 +32,9 @@ class RateLimit:
 
     def exhausted(self, floor: int, now: float) -> bool:
         """True while the remaining budget is at or below `floor` and the window that
-        budget belongs to has not yet rolled over."""
-        in_window = self.window <= 0 or now - self.observed_at < self.window
-        return self.remaining <= floor and in_window
+        budget belongs to has not yet rolled over (see the module's note on windows)."""
+        window = min(self.window, MAX_WINDOW_SECONDS) if self.window > 0 else UNTOLD_WINDOW_SECONDS
+        return self.remaining <= floor and now - self.observed_at < window
 
 
 def parse_ratelimit(headers: Mapping[str, str], now: float | None = None) -> RateLimit | None:

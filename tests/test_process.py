@@ -20,6 +20,7 @@ import pytest
 
 from mirror import __version__
 from mirror.server.serve import SHUTDOWN_TIMEOUT
+from mirror.storage.filesystem import TEMP_GRACE_SECONDS
 from testkit.fakeupstream import Blob, FakeRegistry, Fault, Manifest, random_layer
 from testkit.mirrorproc import MirrorProcess, free_port, run_mirror
 from testkit.waiting import wait_until
@@ -179,6 +180,8 @@ async def test_temp_files_left_by_a_crash_are_removed_at_start(
     leftover = data_dir / "tmp" / "xyz.part"
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(b"half a blob")
+    old = leftover.stat().st_mtime - TEMP_GRACE_SECONDS - 1  # no writer may still commit it
+    os.utime(leftover, (old, old))
     async with serve() as proc:
         assert not leftover.exists()
         assert files_under(data_dir / "tmp") == set()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import resource
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import aclosing, contextmanager
@@ -24,13 +26,15 @@ from testkit.waiting import wait_until
 @dataclass(frozen=True)
 class Backend:
     """A store under test: `open()` gives a handle on the same content each time (one per
-    process sharing it)."""
+    process sharing it); `STORES[name](root)` is the same store, for another process."""
 
     open: Callable[[], ContentStore]
+    name: str
+    root: Path
 
 
 def _filesystem(tmp_path: Path) -> Backend:
-    return Backend(lambda: FilesystemStore(tmp_path / "data"))
+    return Backend(lambda: FilesystemStore(tmp_path / "data"), "filesystem", tmp_path)
 
 
 STORES: dict[str, Callable[[Path], Backend]] = {"filesystem": _filesystem}
@@ -237,6 +241,16 @@ async def test_manifests_keep_their_exact_bytes_and_media_type(backend: Backend)
     assert backend.open().read_manifest(manifest.digest) == manifest, "as another process"
 
 
+async def test_a_stored_manifest_keeps_its_first_media_type(store: ContentStore) -> None:
+    data = b'{"schemaVersion": 2, "layers": []}'
+    first = StoredManifest(data, "application/vnd.oci.image.manifest.v1+json", digest_of(data))
+    await store.write_manifest(first)
+    other = "application/vnd.docker.distribution.manifest.v2+json"
+    await store.write_manifest(StoredManifest(data, other, first.digest))
+    assert store.read_manifest(first.digest) == first
+    assert store.measure()["manifest"].objects == 1
+
+
 async def test_a_manifest_that_does_not_match_its_digest_is_refused(store: ContentStore) -> None:
     wrong = StoredManifest(b"{}", "application/json", digest_of(b"[]"))
     with pytest.raises(IntegrityError):
@@ -290,17 +304,59 @@ def test_the_store_has_room_and_takes_writes(store: ContentStore) -> None:
 
 
 async def test_leftovers_of_unfinished_writes_are_found_and_removed(backend: Backend) -> None:
-    writer = backend.open().blob_writer(DIGEST)  # a process that dies mid-write
+    writer = backend.open().blob_writer(DIGEST)
     await writer.write(DATA[:100])
     store = backend.open()
+    assert store.stale_temp_files(time.time() + 60) == [], "a live writer's file is no leftover"
+    assert store.remove_temp_files() == 0
+    await writer.abort()
+    dies_mid_write(backend, DATA[:100])
     assert store.stale_temp_files(time.time() - 3600) == [], "too young to be stale"
     (leftover,) = store.stale_temp_files(time.time() + 60)
     assert leftover.size == 100
     store.remove_temp_file(leftover)
     assert store.stale_temp_files(time.time() + 60) == []
-    await backend.open().blob_writer(DIGEST).write(b"x")
-    assert store.remove_temp_files() == 1
     assert nothing_visible(store, DIGEST)
+
+
+async def test_a_start_leaves_a_verified_write_and_a_live_download_alone(
+    backend: Backend,
+) -> None:
+    """Another process (an import, a prefetch, a second server) is mid-way: its files stay;
+    a dead download's go at once."""
+    verified = backend.open().blob_writer(DIGEST)  # an import verifies, commits later
+    await verified.write(DATA)
+    await verified.verify(len(DATA))
+    live = backend.open().spool(digest_of(b"live"))
+    assert live.claim()
+    await live.writer(4).write(b"li")
+    dead = backend.open().spool(digest_of(b"dead"))
+    assert dead.claim()
+    await dead.writer(4).write(b"de")
+    dead.release()  # as the kernel does for a killed holder (its files stay)
+
+    assert backend.open().remove_temp_files() == 1, "the dead download's bytes"
+    await verified.commit()
+    assert backend.open().blob_size(DIGEST) == len(DATA)
+    assert live.in_progress()
+    live.release()
+
+
+def dies_mid_write(backend: Backend, data: bytes) -> None:
+    """A process writes `data` to a blob writer and is killed before it commits."""
+    code = (
+        "import asyncio, os, sys\n"
+        "from mirror.reference import Digest\n"
+        "from tests.test_storage_contract import STORES\n"
+        "from pathlib import Path\n"
+        "store = STORES[sys.argv[1]](Path(sys.argv[2])).open()\n"
+        "writer = store.blob_writer(Digest.parse(sys.argv[3]))\n"
+        "asyncio.run(writer.write(sys.stdin.buffer.read()))\n"
+        "os._exit(0)\n"
+    )
+    name, root = backend.name, str(backend.root)
+    args = [sys.executable, "-c", code, name, root, str(DIGEST)]
+    subprocess.run(args, input=data, check=True, timeout=60)
 
 
 # --- one download per digest: the spool ------------------------------------------------------

@@ -10,7 +10,10 @@ pulled) and counted.
 
 Eviction runs in the background, in one process at a time (a metadata-store lock), and
 never blocks a request: removing a file a client is reading leaves that client's copy
-readable until it is done.
+readable until it is done. A pass that could free nothing (everything pinned or recent) is
+not repeated every second: the next waits until the cache has grown by a percent of its
+limit or `RETRY_IDLE_SECONDS` have passed. Warnings are logged when the state changes (over
+the limit and stuck, still over after a pass, the metadata store failing), not every pass.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ log = logging.getLogger(__name__)
 RECENT_SECONDS = 60.0
 # The size check is an in-memory comparison: cheap enough to make often.
 CHECK_INTERVAL_SECONDS = 1.0
+# After a pass that freed nothing: when to walk the store again (recent content has aged).
+RETRY_IDLE_SECONDS = RECENT_SECONDS
 _LOCK = "evict"
 _LOCK_TTL = 600.0
 
@@ -81,21 +86,46 @@ class Evictor:
         self._pinned = pinned
         self._before_pass = before_pass
         self._clock = clock
+        self._state = "ok"  # what was last logged: ok, stuck, short, meta
+        self._fruitless: tuple[int, float] | None = None  # (usage, time) of a pass freeing none
+
+    def _used(self) -> int:
+        usage = self._store.usage
+        return usage["blob"].bytes + usage["manifest"].bytes
 
     def over_limit(self) -> bool:
-        usage = self._store.usage
-        return self._max_bytes > 0 and usage["blob"].bytes + usage["manifest"].bytes > (
-            self._max_bytes
-        )
+        return self._max_bytes > 0 and self._used() > self._max_bytes
 
     async def run_forever(self, interval: float = CHECK_INTERVAL_SECONDS) -> None:
         while True:
-            if self.over_limit():
-                try:
-                    await self.evict()
-                except Exception:  # keep evicting later; a bad pass must not stop it
-                    log.exception("eviction failed")
+            await self.tick()
             await asyncio.sleep(interval)
+
+    async def tick(self) -> None:
+        """One check: a pass when over the limit, unless the last pass freed nothing and
+        nothing has changed enough since."""
+        if not self.over_limit() or not self._worth_a_pass():
+            return
+        try:
+            result = await self.evict()
+        except Exception:  # keep evicting later; a bad pass must not stop it
+            log.exception("eviction failed")
+            result = Eviction()
+        freed = result is None or result.objects > 0  # None: another process's turn
+        self._fruitless = None if freed else (self._used(), self._clock())
+
+    def _worth_a_pass(self) -> bool:
+        if self._fruitless is None:
+            return True
+        used, at = self._fruitless
+        grown = self._used() - used >= self._max_bytes // 100
+        return grown or self._clock() - at >= RETRY_IDLE_SECONDS
+
+    def _note(self, state: str, level: int, message: str, *args: object) -> None:
+        """Log `message` when eviction's state changes to `state`, not on every pass."""
+        if state != self._state:
+            log.log(level, message, *args)
+        self._state = state
 
     async def evict(self) -> Eviction | None:
         """One pass; None when another process holds the eviction lock."""
@@ -117,6 +147,7 @@ class Evictor:
         total = sum(o.size for o in objects)
         result = Eviction(left_bytes=total)
         if self._max_bytes <= 0 or total <= self._max_bytes:
+            self._note("ok", logging.INFO, "the cache is under its limit again")
             return result
         ranked = await self._candidates(objects)
         if ranked is None:
@@ -136,19 +167,42 @@ class Evictor:
             evicted.append(str(obj.digest))
             await self._count(result, obj, freed, obj.digest in still_named, tags)
         result.left_bytes = total
-        level = logging.WARNING if total > self._max_bytes else logging.INFO
-        log.log(
-            level,
-            "evicted %d objects (%d bytes, %d blobs a cached manifest still names); the cache "
-            "holds %d bytes of at most %d",
-            result.objects,
-            result.bytes,
-            result.referenced_blobs,
-            total,
-            self._max_bytes,
-        )
+        if result.objects:
+            log.info(
+                "evicted %d objects (%d bytes, %d blobs a cached manifest still names); the "
+                "cache holds %d bytes of at most %d",
+                result.objects,
+                result.bytes,
+                result.referenced_blobs,
+                total,
+                self._max_bytes,
+            )
+        self._note_outcome(result, total)
         await self._meta.delete_accesses(evicted)
         return result
+
+    def _note_outcome(self, result: Eviction, total: int) -> None:
+        if total <= self._max_bytes:
+            self._note("ok", logging.INFO, "the cache is under its limit again")
+        elif result.objects == 0:
+            self._note(
+                "stuck",
+                logging.WARNING,
+                "the cache holds %d bytes, over its limit of %d, and nothing can be evicted "
+                "(all of it pinned or used in the last %g s)",
+                total,
+                self._max_bytes,
+                RECENT_SECONDS,
+            )
+        else:
+            self._note(
+                "short",
+                logging.WARNING,
+                "the cache still holds %d bytes after evicting, over its limit of %d (the rest "
+                "is pinned or recent)",
+                total,
+                self._max_bytes,
+            )
 
     async def _candidates(
         self, objects: list[StoredObject]
@@ -159,13 +213,15 @@ class Evictor:
         try:
             await self._meta.ping()
         except MetaStoreError as exc:
-            log.warning("not evicting while the metadata store fails: %s", exc)
+            self._note(
+                "meta", logging.WARNING, "not evicting while the metadata store fails: %s", exc
+            )
             return None
         accessed = await self._meta.list_accesses()
         pinned = await self._pinned()
         tags = await self._meta.list_tags()
         if not self._meta.available:
-            log.warning("not evicting: the metadata store failed during the pass")
+            self._note("meta", logging.WARNING, "not evicting: the metadata store failed in a pass")
             return None
         now = self._clock()
 

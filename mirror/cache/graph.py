@@ -52,6 +52,7 @@ class ManifestWalk:
         self.finished: list[Digest] = []  # the ones read, each after its children
         self.blobs: dict[Digest, Digest] = {}  # blob -> the first manifest naming it
         self.omitted: set[Digest] = set()  # children `select` left out
+        self.unparseable: set[Digest] = set()  # read, but no manifest: they name nothing
 
     def __iter__(self) -> Iterator[Edge]:
         while self._stack:
@@ -65,8 +66,10 @@ class ManifestWalk:
     def visit(self, edge: Edge, data: bytes) -> References:
         """The bytes of the manifest `edge` names: its selected children are walked next,
         its blobs noted. Its references."""
-        refs = references(data)
+        refs = references(data, edge.digest)
         self.visited[edge.digest] = refs
+        if refs.unparseable:
+            self.unparseable.add(edge.digest)
         self._stack.append((edge, True))
         for child in reversed(refs.manifests):
             if self._select(child.platform):

@@ -23,6 +23,7 @@ from mirror import errors, mediatypes, observe
 from mirror.cache.access import AccessRecorder
 from mirror.config import Config
 from mirror.errors import RegistryError
+from mirror.manifestjson import declared_type, parse_manifest
 from mirror.meta.store import Catalog, Locks, RateLimits, TagKey, TagRecord, TagRecords
 from mirror.ratelimit import RateLimit
 from mirror.reference import Digest
@@ -226,8 +227,10 @@ class ManifestCache:
     async def _answer(
         self, repo: UpstreamRepo, record: TagRecord, with_bytes: bool, *, stale: str | None = None
     ) -> Resolved:
-        manifest = await self.by_digest(repo, record.digest) if with_bytes else None
-        return Resolved(record.digest, record.media_type, record.size, manifest, stale)
+        if not with_bytes:
+            return Resolved(record.digest, record.media_type, record.size, None, stale)
+        manifest = await self.by_digest(repo, record.digest)  # its stored type is the one
+        return Resolved(record.digest, manifest.media_type, record.size, manifest, stale)
 
     async def _revalidate(
         self, repo: UpstreamRepo, key: TagKey, accept: frozenset[str], known: TagRecord | None
@@ -248,8 +251,10 @@ class ManifestCache:
                 )
                 if head is not None:
                     record = TagRecord(head.digest, head.media_type, head.size, self._clock())
-                    if not self._store.has_manifest(head.digest):
+                    if (stored := self._store.read_manifest(head.digest)) is None:
                         self._claimed(head.digest, key)
+                    elif stored.media_type != head.media_type:
+                        raise self._type_conflict(repo, stored, head.media_type)
                 else:
                     manifest = await self._fetch_by_tag(repo, key.tag, header)
                     record = TagRecord(
@@ -381,8 +386,15 @@ class ManifestCache:
 
     async def _keep(self, repo: UpstreamRepo, fetched: FetchedManifest) -> StoredManifest:
         """Store verified bytes; the repository joins its upstream's catalog right away.
-        When they cannot be stored (a full disk), they are answered all the same."""
-        manifest = StoredManifest(fetched.data, fetched.media_type, fetched.digest)
+        When they cannot be stored (a full disk), they are answered all the same. Bytes
+        already stored keep the type they were stored with: another upstream cannot change
+        what that one's clients are told."""
+        manifest = StoredManifest(fetched.data, self._checked_type(repo, fetched), fetched.digest)
+        if (stored := self._store.read_manifest(fetched.digest)) is not None:
+            if stored.media_type != manifest.media_type:
+                raise self._type_conflict(repo, stored, manifest.media_type)
+            await self._meta.add_repositories(repo.upstream.host, [repo.name])
+            return stored
         try:
             await self._store.write_manifest(manifest)
         except OSError as exc:
@@ -390,6 +402,33 @@ class ManifestCache:
             return manifest
         await self._meta.add_repositories(repo.upstream.host, [repo.name])
         return manifest
+
+    def _checked_type(self, repo: UpstreamRepo, fetched: FetchedManifest) -> str:
+        """The type to keep verified bytes as; refused (never stored) when they are no
+        manifest the mirror can parse or their type is off the allow-list."""
+        try:
+            document = parse_manifest(fetched.data)
+            return mediatypes.manifest_type(declared_type(document), fetched.media_type)
+        except ValueError as exc:  # ManifestError, MediaTypeError
+            error = UpstreamError(
+                errors.UPSTREAM_BAD_GATEWAY,
+                f"upstream {repo.upstream.name} sent a manifest the mirror refuses: {exc}",
+            )
+        log.error("%s (%s)", error, repo.name)
+        observe.upstream_failed(repo.upstream.host, str(error))
+        raise error
+
+    def _type_conflict(
+        self, repo: UpstreamRepo, stored: StoredManifest, sent: str
+    ) -> UpstreamError:
+        error = UpstreamError(
+            errors.UPSTREAM_BAD_GATEWAY,
+            f"upstream {repo.upstream.name} sends manifest {stored.digest} as {sent}; the "
+            f"mirror holds it as {stored.media_type} and keeps that type",
+        )
+        log.error("%s", error)
+        observe.upstream_failed(repo.upstream.host, str(error))
+        return error
 
     def _integrity_error(
         self, repo: UpstreamRepo, expected: Digest, got: FetchedManifest

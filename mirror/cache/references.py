@@ -7,14 +7,22 @@ per platform. Garbage collection, eviction and every walk of the manifest graph
 
 from __future__ import annotations
 
-import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from mirror.errors import RegistryError
+from mirror.manifestjson import ManifestError, parse_manifest
 from mirror.reference import Digest
 from mirror.storage import ContentStore
+
+log = logging.getLogger(__name__)
+
+# Unparseable manifests already warned about (each once per process, however many walks
+# meet it); bounded, as anything filled from content is.
+_WARNED_AT_MOST = 1000
+_warned: set[Digest] = set()
 
 
 class Child(NamedTuple):
@@ -33,17 +41,19 @@ class References:
 
     blobs: tuple[Digest, ...]
     manifests: tuple[Child, ...]
+    unparseable: bool = False  # the bytes are no manifest: they name nothing
 
 
-def references(data: bytes) -> References:
-    """Parse manifest bytes. Anything unreadable refers to nothing (it stays cached as
-    is); descriptors with digests the mirror cannot verify are skipped."""
+def references(data: bytes, digest: Digest | None = None) -> References:
+    """Parse manifest bytes. Anything unparseable (a stored object from before the mirror
+    refused such manifests, or a corrupt file) refers to nothing: every walk skips it,
+    with one warning naming `digest`. Descriptors with digests the mirror cannot verify
+    are skipped."""
     try:
-        document: Any = json.loads(data)
-    except ValueError:
-        return References((), ())
-    if not isinstance(document, dict):
-        return References((), ())
+        document = parse_manifest(data)
+    except ManifestError as exc:
+        _warn_unparseable(digest, exc)
+        return References((), (), unparseable=True)
     blobs: list[Digest] = []
     for descriptor in [document.get("config"), *_list(document.get("layers"))]:
         if (digest := _digest(descriptor)) is not None:
@@ -67,8 +77,18 @@ def named_blobs(store: ContentStore, manifests: Iterable[Digest]) -> set[Digest]
     named: set[Digest] = set()
     for digest in manifests:
         if (manifest := store.read_manifest(digest)) is not None:
-            named.update(references(manifest.data).blobs)
+            named.update(references(manifest.data, digest).blobs)
     return named
+
+
+def _warn_unparseable(digest: Digest | None, exc: ManifestError) -> None:
+    if digest is not None and digest in _warned:
+        return
+    if len(_warned) >= _WARNED_AT_MOST:
+        _warned.clear()
+    if digest is not None:
+        _warned.add(digest)
+    log.warning("manifest %s cannot be parsed (%s): skipped", digest or "(unnamed)", exc)
 
 
 def _list(value: Any) -> list[Any]:

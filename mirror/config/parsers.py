@@ -4,6 +4,7 @@ the key and the layer to the message."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Callable
@@ -194,6 +195,18 @@ def parse_image_list(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ValueError("expected a list of strings")
     return tuple(value)
+
+
+def parse_networks(value: Any) -> tuple[str, ...]:
+    """Addresses or CIDR networks (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`): a list, or
+    from the environment a comma-separated string. Kept in their canonical spelling."""
+    networks = []
+    for item in parse_image_list(value):
+        try:
+            networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+    return tuple(networks)
 
 
 def parse_names(value: Any, what: str) -> tuple[str, ...]:

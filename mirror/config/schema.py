@@ -32,6 +32,7 @@ from mirror.config.parsers import (
     parse_listen,
     parse_log_format,
     parse_log_level,
+    parse_networks,
     parse_non_negative_seconds,
     parse_optional_listen,
     parse_optional_path,
@@ -165,6 +166,7 @@ class AuthSettings:
     token_ttl: float = field(metadata=setting(parse_token_ttl, 300.0))
     token_secret: str | None = field(metadata=setting(parse_token_secret, "", secret=True))
     auth_realm: str | None = field(metadata=setting(parse_auth_realm, ""))
+    trusted_proxies: tuple[str, ...] = field(metadata=setting(parse_networks, []))
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Executor
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -157,15 +158,18 @@ class Passwords:
         password: str,
         *,
         guard: Callable[[], AbstractContextManager[None]] = nullcontext,
+        executor: Executor | None = None,
     ) -> bool:
         """True if `password` is `user`'s. An unknown user costs a bcrypt run too, so the
         answer's timing does not tell which users exist. `guard()` is held around each
-        bcrypt run this call starts (not around runs it joins or answers it remembers)."""
+        bcrypt run this call starts (not around runs it joins or answers it remembers).
+        Runs go to `executor` (default: asyncio's)."""
         self._reload()
         hashed = self._users.get(user)
+        loop = asyncio.get_running_loop()
         if hashed is None:
             with guard():
-                await asyncio.to_thread(_check, _password_bytes(password), self._dummy)
+                await loop.run_in_executor(executor, _check, _password_bytes(password), self._dummy)
             return False
         key = hmac.digest(
             self._key, b"\0".join((user.encode(), password.encode(), hashed)), hashlib.sha256
@@ -179,9 +183,7 @@ class Passwords:
         if running is None:
             held = guard()
             held.__enter__()  # now, not when the run starts: a burst sees it at once
-            running = asyncio.ensure_future(
-                asyncio.to_thread(_check, _password_bytes(password), hashed)
-            )
+            running = loop.run_in_executor(executor, _check, _password_bytes(password), hashed)
             self._running[key] = running
 
             def done(_: asyncio.Future[bool]) -> None:

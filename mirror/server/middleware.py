@@ -156,7 +156,9 @@ def _log_access(
 
 async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
     """distribution sends the version header on every response; some clients check it. The
-    request id goes back so a client's report can be matched with the mirror's log."""
+    request id goes back so a client's report can be matched with the mirror's log. `nosniff`
+    keeps a browser from reading upstream bytes (a manifest, a blob) as HTML or script."""
     response.headers[API_VERSION_HEADER[0]] = API_VERSION_HEADER[1]
+    response.headers["X-Content-Type-Options"] = "nosniff"
     if (record := request.get(RECORD)) is not None:
         response.headers[REQUEST_ID_HEADER] = record.request_id

@@ -18,6 +18,7 @@ from mirror import metrics
 from mirror.cache.access import AccessRecorder
 from mirror.meta.store import Health
 from mirror.server import status
+from mirror.server.auth import CATALOG_FILTER
 from mirror.storage import ContentStore
 from mirror.upstream.routing import Router
 
@@ -88,6 +89,7 @@ class OpsRoutes:
             meta=self._meta,
             started_at=self._started_at,
             now=self._clock(),
+            visible=request.get(CATALOG_FILTER),  # with auth on, what the user may pull
         )
         return web.json_response(document, headers={"Cache-Control": "no-store"})
 

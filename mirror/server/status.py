@@ -14,6 +14,8 @@ from mirror.ratelimit import RateLimit
 from mirror.upstream.client import UpstreamClient
 
 TOP_REPOSITORIES = 10
+# With auth on, a user's top list is read from this many of the most pulled repositories.
+_TOP_CANDIDATES = 20 * TOP_REPOSITORIES
 # Upstream answers that count as errors on the status page: no answer, throttling, 5xx.
 _ERROR_STATUSES = frozenset({"error", "timeout", "429"})
 
@@ -56,8 +58,11 @@ async def build(
     meta: StatusRecords,
     started_at: float,
     now: float,
+    visible: Callable[[str, str], bool] | None = None,
 ) -> dict[str, Any]:
-    """The `/api/status` document (its shape is what the status page reads)."""
+    """The `/api/status` document (its shape is what the status page reads). `visible`
+    (host, repository) says which repositories the user may see: the ones the rules let
+    them pull (None: all, as with auth off)."""
     hits = samples.total("mirror_cache_hits_total")
     misses = samples.total("mirror_cache_misses_total")
     lookups = hits + misses
@@ -69,12 +74,8 @@ async def build(
     manifests = _usage(samples, "manifest")
     upstreams = tuple(upstreams)
     # A passthrough upstream's repository names may be private to the clients pulling them.
-    hidden = {f"{upstream.host}/" for upstream in upstreams if upstream.passthrough}
-    top = [
-        (repo, pulls)
-        for repo, pulls in await meta.top_repositories(TOP_REPOSITORIES)
-        if not repo.startswith(tuple(hidden))
-    ]
+    hidden = frozenset(upstream.host for upstream in upstreams if upstream.passthrough)
+    top = await _top(meta, _shown(visible, hidden))
     return {
         "version": __version__,
         "started_at": started_at,
@@ -106,6 +107,31 @@ async def build(
             for failure in observe.recent_failures()
         ],
     }
+
+
+async def _top(
+    meta: AccessRecords, visible: Callable[[str, str], bool] | None
+) -> list[tuple[str, int]]:
+    if visible is None:
+        return await meta.top_repositories(TOP_REPOSITORIES)
+    candidates = await meta.top_repositories(_TOP_CANDIDATES)
+    shown = [(repo, n) for repo, n in candidates if visible(*_split(repo))]
+    return shown[:TOP_REPOSITORIES]
+
+
+def _shown(
+    visible: Callable[[str, str], bool] | None, hidden: frozenset[str]
+) -> Callable[[str, str], bool] | None:
+    """What the user may see, less the upstreams whose repository names are hidden."""
+    if not hidden:
+        return visible
+    return lambda host, name: host not in hidden and (visible is None or visible(host, name))
+
+
+def _split(qualified: str) -> tuple[str, str]:
+    """`host/name` -> (host, name)."""
+    host, _, name = qualified.partition("/")
+    return host, name
 
 
 def _usage(samples: Samples, kind: str) -> dict[str, int]:

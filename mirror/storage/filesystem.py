@@ -2,8 +2,10 @@
 
 Nothing becomes visible here unless its digest was verified: bytes go to a temp file under
 `<data_dir>/tmp/` while they are hashed, are fsynced, and only then renamed into place. A
-crash leaves at most a temp file, which the next start removes. Manifests are kept as the
-exact upstream bytes, with their media type beside them. Only this module knows the layout:
+crash leaves at most a temp file, which a later start (a dead download's at once, any other
+once it is `TEMP_GRACE_SECONDS` old and no writer holds it) or gc removes. Manifests are
+kept as the exact upstream bytes, with their media type beside them. Only this module knows
+the layout:
 
     blobs/<algorithm>/<first two hex>/<hex>
     manifests/<algorithm>/<first two hex>/<hex>        the exact bytes
@@ -15,10 +17,12 @@ exact upstream bytes, with their media type beside them. Only this module knows 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import os
 import secrets
 import shutil
+import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
@@ -28,7 +32,7 @@ from typing import BinaryIO
 from mirror.errors import RegistryError
 from mirror.reference import Digest
 from mirror.storage.filespool import SPOOL_SUFFIXES, FileSpool
-from mirror.storage.filewriter import FileBlobWriter
+from mirror.storage.filewriter import FileBlobWriter, sync_directory
 from mirror.storage.protocol import (
     ContentKind,
     IntegrityError,
@@ -41,6 +45,9 @@ from mirror.storage.protocol import (
 # Memory for recently read manifests (a typical one is a few KB).
 RECENT_MANIFEST_BYTES = 32 * 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
+# A temp file no writer holds may still be a verified write waiting for its commit (an
+# import verifies a whole bundle before it commits any of it): it is left alone this long.
+TEMP_GRACE_SECONDS = 6 * 3600
 
 
 @dataclass(frozen=True)
@@ -176,29 +183,33 @@ class FilesystemStore:
             self._recent_bytes -= len(dropped.data)
 
     async def write_manifest(self, manifest: StoredManifest) -> None:
-        """The media type is written first, so a visible manifest always has its type."""
+        """The media type is written first, so a visible manifest always has its type. A
+        manifest already stored keeps the type it was stored with."""
         digest = manifest.digest
         actual = hashlib.new(digest.algorithm, manifest.data).hexdigest()
         if actual != digest.hex:
             raise IntegrityError(f"manifest hashes to {digest.algorithm}:{actual}")
         path = self._manifest_path(digest)
-        is_new = not path.is_file()
+        if path.is_file():
+            return
         await asyncio.to_thread(
             self._publish, path.with_name(path.name + ".type"), manifest.media_type.encode(), digest
         )
         await asyncio.to_thread(self._publish, path, manifest.data, digest)
-        if is_new:
-            self._count("manifest", len(manifest.data))
+        self._count("manifest", len(manifest.data))
 
     def _publish(self, final: Path, data: bytes, digest: Digest) -> None:
+        """Held (flocked) from creation to rename, so no clean-up takes it for a leftover."""
         tmp = self._temp_path(digest)
         try:
             with tmp.open("xb") as fh:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp.rename(final)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                tmp.rename(final)
+            sync_directory(final.parent)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -274,26 +285,55 @@ class FilesystemStore:
                 stat = path.stat()
             except FileNotFoundError:
                 continue
-            if stat.st_mtime > older_than or path.is_dir():
-                continue
-            digest = self._spool_of(path)
-            if digest is not None and self.spool(digest).in_progress():
+            if stat.st_mtime > older_than or path.is_dir() or not self._is_leftover(path):
                 continue
             found.append(TempFile(path.name, stat.st_size))
         return found
+
+    def _is_leftover(self, path: Path) -> bool:
+        """Whether no live process is writing `path`: a download's spool files while its
+        claim is held, a writer's temp file while it holds its flock."""
+        digest = self._spool_of(path)
+        if digest is not None:
+            return not self.spool(digest).in_progress()
+        return not _held(path)
 
     def remove_temp_file(self, temp: TempFile) -> None:
         (self._tmp / temp.name).unlink(missing_ok=True)
 
     def remove_temp_files(self) -> int:
+        """A dead download's files go at once (its claim is free, so no process writes
+        them); anything else once it is old enough and unheld."""
         removed = 0
+        cutoff = time.time() - TEMP_GRACE_SECONDS
         for path in self._tmp.iterdir():
+            try:
+                young = path.stat().st_mtime > cutoff
+            except FileNotFoundError:
+                continue
+            if not self._is_leftover(path) or (young and self._spool_of(path) is None):
+                continue
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
             removed += 1
         return removed
+
+
+def _held(path: Path) -> bool:
+    """Whether a live process holds an flock on `path` (a writer writing it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 _TREES: dict[ContentKind, str] = {"blob": "blobs", "manifest": "manifests"}

@@ -1,10 +1,19 @@
 """The filesystem store's verified writer: a temp file hashed as it is written, fsynced,
-and renamed into place only once its digest (and size) matched."""
+and renamed into place only once its digest (and size) matched.
+
+While it writes, a writer holds an flock on its temp file, so clean-up in another process
+(`remove_temp_files` at a server's start, gc) sees it is alive. Its file may still be
+removed or replaced under it (by a process that took it for a crash's leftover): so the
+commit renames the path only while it is the very file written (same device, inode, size
+and change time as the descriptor had when the writer let it go: a freed inode number can
+be reused at once), and fsyncs the directory after the rename so the commit survives a power cut.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import os
 from collections.abc import Callable
@@ -37,6 +46,12 @@ class FileBlobWriter:
         self._hash = hashlib.new(digest.algorithm)
         flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if shared else os.O_EXCL)
         self._fd: int | None = os.open(tmp_path, flags, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._identity = _identity(os.fstat(self._fd))  # the file this writer writes
+        except OSError:
+            self._close()
+            raise
         self._verified = False
         self._done = False  # committed or aborted
 
@@ -65,30 +80,67 @@ class FileBlobWriter:
             )
         await asyncio.to_thread(os.fsync, self._fd)
         # Durable: renaming needs no descriptor, so none is held until the commit.
+        self._identity = _identity(os.fstat(self._fd))
         self._close()
         self._verified = True
 
     async def commit(self, expected_size: int | None = None) -> None:
         assert not self._done, "commit after commit or abort"
         await self.verify(expected_size)
-        self._final.parent.mkdir(parents=True, exist_ok=True)
-        is_new = not self._final.exists()
-        self._path.rename(self._final)
+        is_new = await asyncio.to_thread(self._rename)
         self._done = True
         if self._on_commit is not None:
             self._on_commit(self.written, is_new)
+
+    def _rename(self) -> bool:
+        """Publish the verified file; whether the final path was new."""
+        if not self._is_ours():
+            self._done = True
+            raise FileNotFoundError(
+                f"temp file {self._path.name} was removed or replaced before its commit"
+            )
+        self._final.parent.mkdir(parents=True, exist_ok=True)
+        is_new = not self._final.exists()
+        self._path.rename(self._final)
+        sync_directory(self._final.parent)
+        return is_new
 
     async def abort(self) -> None:
         if self._done:
             return  # committed: the temp path is no longer ours (a new download may use it)
         self._done = True
-        if self._shared:
+        ours = self._is_ours()
+        if self._shared and ours:
             with contextlib.suppress(OSError):
                 os.truncate(self._path, 0)
         self._close()
-        self._path.unlink(missing_ok=True)
+        if ours:
+            self._path.unlink(missing_ok=True)
+
+    def _is_ours(self) -> bool:
+        """Whether the temp path still names the file this writer wrote."""
+        if self._fd is not None:
+            self._identity = _identity(os.fstat(self._fd))  # written since it was opened
+        try:
+            return _identity(self._path.stat()) == self._identity
+        except FileNotFoundError:
+            return False
 
     def _close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_ctime_ns)
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync a directory, so a rename into it is durable (the file's own fsync is not
+    enough: the new name lives in the directory)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

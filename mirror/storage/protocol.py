@@ -184,7 +184,8 @@ class ContentStore(Protocol):
 
     async def write_manifest(self, manifest: StoredManifest) -> None:
         """Store manifest bytes with their media type; IntegrityError unless the bytes
-        hash to `manifest.digest`."""
+        hash to `manifest.digest`. A manifest already stored keeps its first type (one
+        upstream cannot change what another's clients see)."""
 
     # --- housekeeping (blocking: run them in a thread)
 
@@ -206,9 +207,11 @@ class ContentStore(Protocol):
 
     def stale_temp_files(self, older_than: float) -> list[TempFile]:
         """Leftovers of writes older than `older_than` (unix time), excluding the spools of
-        downloads in progress."""
+        downloads in progress and files a writer is writing now."""
 
     def remove_temp_file(self, temp: TempFile) -> None: ...
 
     def remove_temp_files(self) -> int:
-        """Remove every leftover (at start, when no write can be in progress); how many."""
+        """Remove the leftovers of writes that ended without a commit (at start): another
+        live process's writes (a prefetch, an import, another server) stay, as do files
+        younger than a grace period that a writer may still commit. How many went."""

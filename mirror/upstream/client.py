@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 from mirror import errors, observe
 from mirror.config import UpstreamSettings
 from mirror.errors import ErrorCode, RegistryError
-from mirror.mediatypes import MANIFEST_TYPES, accept_header, bare_type
+from mirror.mediatypes import MANIFEST_TYPES, accept_header, bare_type, is_manifest_type
 from mirror.observe import PoolName
 from mirror.ratelimit import RateLimit, parse_ratelimit
 from mirror.reference import Digest
@@ -164,8 +164,8 @@ class UpstreamClient:
             digest = _parse_digest(resp.headers.get("Docker-Content-Digest"))
             length = resp.headers.get("Content-Length", "")
             media_type = bare_type(resp.headers.get("Content-Type", ""))
-            if digest is None or not length.isdigit() or not media_type:
-                return None
+            if digest is None or not length.isdigit() or not is_manifest_type(media_type):
+                return None  # a type off the allow-list: the GET refuses it, with reasons
             return ManifestHead(digest=digest, media_type=media_type, size=int(length))
 
     async def get_manifest(

@@ -21,6 +21,7 @@ from mirror.admin.bundle.layout import (
 )
 from mirror.cache.graph import ManifestWalk
 from mirror.errors import RegistryError
+from mirror.manifestjson import ManifestError, declared_type, parse_manifest
 from mirror.meta.store import TagKey, TagRecord
 from mirror.reference import Digest, is_registry_host, parse_name, parse_tag
 from mirror.storage import StoredManifest
@@ -158,20 +159,23 @@ def _check_graph(
 
 
 def _manifest(digest: Digest, staged: Staged, who: str, media_types: dict[Digest, str]) -> bytes:
-    """A staged manifest's bytes, once it is a JSON object with a media type (its own, or
-    what names it says). Staging kept the bytes of every entry that may be one."""
+    """A staged manifest's bytes, once it is a JSON object with a manifest media type (its
+    own, else what names it says). Staging kept the bytes of every entry that may be one."""
     if staged.size > MAX_MANIFEST_BYTES:
         raise BundleError(entry_name(digest), "a manifest larger than 4 MiB")
     if staged.data is None:
         raise BundleError(entry_name(digest), f"named by {who} as a manifest, but not JSON")
     data = staged.data
-    document = json.loads(data)
-    if not isinstance(document, dict):
-        raise BundleError(entry_name(digest), "a manifest that is not a JSON object")
-    if isinstance(document.get("mediaType"), str):
-        media_types.setdefault(digest, document["mediaType"])
+    try:
+        document = parse_manifest(data)
+    except ManifestError as exc:
+        raise BundleError(entry_name(digest), f"a manifest that cannot be parsed: {exc}") from None
+    if (declared := declared_type(document)) is not None:
+        media_types[digest] = declared  # its own word, whatever names it says
     if digest not in media_types:
         raise BundleError(entry_name(digest), "a manifest without a media type")
+    if not mediatypes.is_manifest_type(kind := media_types[digest]):
+        raise BundleError(entry_name(digest), f"media type {kind!r} is not a manifest type")
     return data
 
 
@@ -198,6 +202,8 @@ def _json_object(name: str, data: bytes | None, what: str) -> dict[str, Any]:
         raise BundleError(None, f"no {name}: {what}")
     try:
         document = json.loads(data)
+    except RecursionError:
+        raise BundleError(name, "JSON nested too deeply") from None
     except ValueError as exc:
         raise BundleError(name, f"not valid JSON: {exc}") from None
     if not isinstance(document, dict):

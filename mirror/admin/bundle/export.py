@@ -151,6 +151,8 @@ def _plan_graph(
         problems.append(f"{reference}: {what} {edge.digest} is not cached")
 
     walk, manifests = walk_store(store, [root], selector(platforms), missing=missing)
+    for digest in walk.unparseable:
+        problems.append(f"{reference}: manifest {digest} cannot be parsed")
     for digest, manifest in manifests.items():
         plan.manifests.setdefault(digest, manifest)
     plan.omitted |= walk.omitted

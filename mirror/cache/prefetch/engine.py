@@ -144,7 +144,7 @@ async def _prefetch(
     images = await _image_manifests(puller, repo, root, platforms, result)
     blobs: dict[Digest, None] = {}
     for manifest, _ in images:
-        blobs.update(dict.fromkeys(references(manifest.data).blobs))
+        blobs.update(dict.fromkeys(references(manifest.data, manifest.digest).blobs))
     limit = asyncio.Semaphore(PARALLEL_BLOBS)
 
     async def pull(digest: Digest) -> None:
@@ -231,7 +231,7 @@ async def _blob(
 
 def _config_platform(store: ContentStore, manifest: StoredManifest) -> str:
     """The platform an image's config blob describes ("" when it cannot be told)."""
-    refs = references(manifest.data)
+    refs = references(manifest.data, manifest.digest)
     if not refs.blobs:
         return ""
     config = refs.blobs[0]
@@ -241,7 +241,7 @@ def _config_platform(store: ContentStore, manifest: StoredManifest) -> str:
     try:
         with blob.open() as fh:
             document = json.loads(fh.read())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a config blob is upstream input too
         return ""
     if not isinstance(document, dict):
         return ""

@@ -31,7 +31,9 @@ class ClientAuth:
     ) -> None:
         assert config.auth.htpasswd is not None
         self.passwords = Passwords(config.auth.htpasswd, clock=clock)
-        self.logins = Logins(self.passwords, Throttle(clock=clock))
+        self.logins = Logins(
+            self.passwords, Throttle(clock=clock), trusted_proxies=config.auth.trusted_proxies
+        )
         policy = Policy(config.auth.auth_rules, config.auth.auth_groups)
         tokens = Tokens(signing_key(config), config.auth.token_ttl, clock=clock)
         challenges = Challenges(config.auth.auth_realm, str(config.serving.listen))

@@ -4,6 +4,7 @@ request addresses."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from aiohttp import web
@@ -27,8 +28,8 @@ from mirror.server.auth.tokens import Tokens
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 METRICS_PATH = "/metrics"
 
-# What `GET /v2/_catalog` may list for the request's user, as (host, repository) -> bool
-# (set only when auth is on).
+# What the catalog and the status page may list for the request's user, as
+# (host, repository) -> bool (set only when auth is on).
 CATALOG_FILTER: web.RequestKey[Callable[[str, str], bool]] = web.RequestKey("mirror.catalog_filter")
 
 
@@ -62,6 +63,8 @@ class AuthMiddleware:
         registry = path == "/v2" or path.startswith("/v2/")
         user = await self._authenticate(request, registry=registry)
         record_user(user)
+        visible: Callable[[str, str], bool] = functools.partial(self._policy.allows, user)
+        request[CATALOG_FILTER] = visible
         if registry:
             self._authorise(request, user)
         return await handler(request)
@@ -83,12 +86,6 @@ class AuthMiddleware:
 
     def _authorise(self, request: web.Request, user: str) -> None:
         if request.match_info.get("name") is None:
-            if request.path.startswith("/v2/_catalog"):
-
-                def visible(host: str, repo: str) -> bool:
-                    return self._policy.allows(user, host, repo)
-
-                request[CATALOG_FILTER] = visible
             return
         repo = addressing.served_repository(request)
         if repo is None:

@@ -1,0 +1,68 @@
+"""Tag lists keep one stored entry per repository whatever `n` and `last` clients send: a
+flood of random pages is answered from the one whole list, with no upstream request and no
+new entry each."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+from mirror.meta import SQLITE_FILE
+from testkit.fakeupstream import FakeRegistry, Fault, Manifest
+from tests.conftest import StartMirror
+
+
+def stored_responses(data_dir: Path) -> list[str]:
+    with sqlite3.connect(data_dir / SQLITE_FILE) as db:
+        return [key for (key,) in db.execute("SELECT key FROM responses")]
+
+
+async def test_a_flood_of_random_pages_leaves_one_stored_tag_list(
+    start_mirror: StartMirror, upstream: FakeRegistry, alpine: Manifest, data_dir: Path
+) -> None:
+    tags = [f"v{n:03}" for n in range(50)]
+    for tag in tags:
+        upstream.tag("library/alpine", tag, alpine)
+    mirror = await start_mirror(upstream.url)
+    rng = random.Random(14)
+    for _ in range(200):
+        last = rng.choice("abcvxyz019") + "".join(rng.choices("abcxyz0123456789._-", k=11))
+        n = rng.randint(0, 60)
+        resp = await mirror.get(f"/v2/library/alpine/tags/list?n={n}&last={last}")
+        assert resp.status == 200
+        expected = sorted(t for t in [*tags, "3.19"] if t > last)[:n]
+        assert (await resp.json())["tags"] == expected
+    assert stored_responses(data_dir) == ["tags:docker.io/library/alpine"]
+    asked = upstream.filter_requests(kind="tags")
+    assert asked and all(r.query == {} for r in asked), "the whole list, asked for once"
+    assert upstream.count(kind="tags", method="GET") <= 2  # the token dance's first try too
+
+
+async def test_an_upstream_that_pages_by_itself_is_followed_to_the_end(
+    start_mirror: StartMirror, upstream: FakeRegistry, alpine: Manifest
+) -> None:
+    """A registry that paginates unasked (a `Link` on the first answer): every page is
+    read into the one list."""
+    for n in range(5):
+        upstream.tag("library/alpine", f"t{n}", alpine)
+    link = '</v2/library/alpine/tags/list?n=2&last=t3>; rel="next"'
+    upstream.add_fault(Fault("header", path_contains="/tags/list", headers={"Link": link}))
+    mirror = await start_mirror(upstream.url)
+    resp = await mirror.get("/v2/library/alpine/tags/list")
+    assert (await resp.json())["tags"] == ["3.19", "t0", "t1", "t2", "t3", "t4"]
+    assert "Link" not in resp.headers
+    queries = [r.query for r in upstream.filter_requests(kind="tags")]
+    assert queries[-1] == {"n": "2", "last": "t3"}, "the upstream's next page was read"
+
+
+async def test_a_flood_of_random_repository_names_stores_no_tag_list(
+    start_mirror: StartMirror, upstream: FakeRegistry, data_dir: Path
+) -> None:
+    mirror = await start_mirror(upstream.url)
+    rng = random.Random(6)
+    for _ in range(50):
+        name = "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=10))
+        resp = await mirror.get(f"/v2/nobody/{name}/tags/list?n=5")
+        assert resp.status == 404
+    assert stored_responses(data_dir) == []
