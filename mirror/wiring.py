@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from mirror.cache.access import AccessRecorder
 from mirror.cache.blobs import BlobCache
 from mirror.cache.manifests import ManifestCache
+from mirror.cache.scope import RepositoryScope
 from mirror.cache.prefetch.engine import Puller
 from mirror.cache.tags import TagListCache
 from mirror.config import Config
@@ -123,10 +124,15 @@ async def build(
     meta = await _open_meta(config, resilient=True, clock=clock)
     router = Router.from_config(config)
     access = AccessRecorder(meta, clock=clock)
+    scope = RepositoryScope(meta, offline=config.freshness.offline)
     blobs = BlobCache(
-        store, access, offline=config.freshness.offline, min_free_space=config.cache.min_free_space
+        store,
+        access,
+        scope,
+        offline=config.freshness.offline,
+        min_free_space=config.cache.min_free_space,
     )
-    manifests = ManifestCache(store, meta, access, config, clock=clock)
+    manifests = ManifestCache(store, meta, access, scope, config, clock=clock)
     tags = TagListCache(meta, config, clock=clock)
     return Mirror(config, store, meta, router, access, blobs, manifests, tags)
 

@@ -1,6 +1,11 @@
 """Blobs: served from the store when cached; otherwise downloaded once and streamed to
 every client that asks meanwhile (`downloads`), or, on a nearly full disk, streamed from
-the upstream uncached (`passthrough`)."""
+the upstream uncached (`passthrough`).
+
+Cached bytes, a download in flight in this process and one another process leads are all
+served to a repository only when it holds the blob (`scope`: a link, or the upstream's
+HEAD for it); a download this process leads for a repository links the blob to it as soon
+as the upstream answers with the body."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from mirror import errors, observe
 from mirror.cache.access import AccessRecorder
 from mirror.cache.downloads import Download, DownloadLost, Downloads, NoRoom, State
 from mirror.cache.passthrough import Passthrough
+from mirror.cache.scope import RepositoryScope
 from mirror.errors import RegistryError
 from mirror.reference import Digest
 from mirror.storage import ContentStore, StoredBlob
@@ -43,34 +49,40 @@ class BlobCache:
         self,
         store: ContentStore,
         access: AccessRecorder,
+        scope: RepositoryScope,
         *,
         offline: bool = False,
         min_free_space: int = 0,
     ) -> None:
         self._store = store
         self._access = access
+        self._scope = scope
         self._offline = offline
         self._min_free_space = min_free_space
         self._passthrough_logged = 0.0
         self._downloads = Downloads(store)
 
-    def cached(self, repo: UpstreamRepo, digest: Digest) -> StoredBlob | None:
-        """The blob, if the store holds it. Blobs are stored once whichever upstream they
-        came from: a digest names the same bytes everywhere."""
+    async def cached(self, repo: UpstreamRepo, digest: Digest) -> StoredBlob | None:
+        """The blob, if the store holds it and `repo` holds it (else 404 `BLOB_UNKNOWN`, or
+        the upstream's failure: `RepositoryScope.check`). Blobs are stored once whichever
+        repository or upstream they came from: a digest names the same bytes everywhere."""
         blob = self._store.open_blob(digest)
         if blob is None:
             return None
+        await self._scope.check(repo, digest, "blob")
         observe.cache_lookup("blob", "hit")
         self._access.touch(str(digest), repo)
         return blob
 
     async def size(self, repo: UpstreamRepo, digest: Digest) -> int | None:
-        """The blob's size without downloading it: from the cache, from a download in
-        flight, or from an upstream HEAD."""
+        """The blob's size without downloading it: from the cache or a download in flight
+        (either only for a repository that holds it), or from an upstream HEAD."""
         if (size := self._store.blob_size(digest)) is not None:
+            await self._scope.check(repo, digest, "blob")
             return size
         download = self._downloads.get(digest)
         if download is not None and download.state is not State.FAILED:
+            await self._scope.check(repo, digest, "blob")
             await download.wait_started()
             if download.size is not None:
                 observe.cache_lookup("blob", "coalesced")
@@ -89,7 +101,7 @@ class BlobCache:
             observe.cache_lookup("blob", "miss")
             return await self._pass_through(repo, digest)
         for attempt in range(2):
-            download = self._join_or_start(repo, digest)
+            download = await self._join_or_start(repo, digest)
             try:
                 await download.wait_started()
             except DownloadLost:
@@ -100,6 +112,8 @@ class BlobCache:
                 if self._min_free_space <= 0:  # passing through is turned off
                     raise
                 return await self._pass_through(repo, digest)
+            if download.leads_for == repo:
+                await self._scope.link(repo, [digest])  # the upstream is sending it for repo
             self._access.touch(str(digest), repo)
             return download
         raise AssertionError("unreachable")
@@ -111,12 +125,19 @@ class BlobCache:
         self._access.touch(str(digest), repo)
         return passthrough
 
-    def _join_or_start(self, repo: UpstreamRepo, digest: Digest) -> Download:
+    async def _join_or_start(self, repo: UpstreamRepo, digest: Digest) -> Download:
+        """A download of `digest` `repo` may read: one in flight here, or one another
+        process leads, only if `repo` holds the blob (checked before joining); else one
+        this process leads for `repo` (the upstream's answer is the check)."""
         if (download := self._downloads.get(digest)) is not None:
+            await self._scope.check(repo, digest, "blob")
             observe.cache_lookup("blob", "coalesced")
             return download
         self._refuse_when_offline()
-        return self._downloads.start(repo, digest)
+        download = self._downloads.start(repo, digest)
+        if download.leads_for != repo:
+            await self._scope.check(repo, digest, "blob")
+        return download
 
     def _disk_nearly_full(self) -> bool:
         if self._min_free_space <= 0:

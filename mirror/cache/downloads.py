@@ -59,6 +59,9 @@ class Download:
         self.written = 0
         self.state = State.STARTING
         self.error: RegistryError | None = None
+        # The repository this process fetches it for, None when following another process:
+        # a reader for any other repository must hold the blob itself (`BlobCache`).
+        self.leads_for: UpstreamRepo | None = None
         self._spool = spool
         self._changed = asyncio.Event()
 
@@ -265,6 +268,7 @@ class Downloads:
         spool = self._store.spool(digest)
         download = Download(digest, spool)
         leads = spool.claim()
+        download.leads_for = repo if leads else None
         # Following another process's download costs the upstream nothing: coalesced too.
         observe.cache_lookup("blob", "miss" if leads else "coalesced")
         self._running[digest] = download
