@@ -234,9 +234,9 @@ async def test_the_repositories_holding_a_digest_are_listed_sorted(meta_store: L
     await meta_store.add_links([Link(HUB, "a/a", DIGEST), Link(HUB, "a/a", OTHER)])
 
     assert await meta_store.links_of(DIGEST) == [
+        Link(LOCAL, "team/base", DIGEST),
         Link(HUB, "a/a", DIGEST),
         Link(HUB, "b/b", DIGEST),
-        Link(LOCAL, "team/base", DIGEST),
     ]
     assert await meta_store.links_of("sha256:" + "e" * 64) == []
 
