@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from mirror.cache.access import AccessRecorder
 from mirror.cache.blobs import BlobCache
 from mirror.cache.manifests import ManifestCache
-from mirror.cache.scope import RepositoryScope
 from mirror.cache.prefetch.engine import Puller
+from mirror.cache.scope import RepositoryScope
 from mirror.cache.tags import TagListCache
 from mirror.config import Config
 from mirror.meta import MetaStore, open_meta_store

@@ -1,6 +1,7 @@
 """The metadata store's contract: one suite per role (health, tag records, locks, rate limits,
-access records, links and the catalog read from them, cached responses), each run against every implementation: SQLite,
-Redis, and the resilient wrapper over each; and the store loads no metrics library.
+access records, links and the catalog read from them, cached responses), each run against
+every implementation: SQLite, Redis, and the resilient wrapper over each; and the store loads
+no metrics library.
 
 What only one backend has is in `test_meta_backends`; the resilient wrapper's own behaviour
 (riding out a Redis that goes away) in `test_meta_resilient`."""
@@ -272,7 +273,9 @@ async def test_the_catalog_is_the_repositories_with_links_sorted_and_per_upstrea
     await meta_store.add_links(
         Link(HUB, repo, DIGEST) for repo in ["library/nginx", "library/alpine", "a/b"]
     )
-    await meta_store.add_links([Link(HUB, "library/alpine", OTHER), Link(LOCAL, "team/base", OTHER)])
+    await meta_store.add_links(
+        [Link(HUB, "library/alpine", OTHER), Link(LOCAL, "team/base", OTHER)]
+    )
 
     assert await meta_store.list_repositories(HUB) == ["a/b", "library/alpine", "library/nginx"]
     assert await meta_store.list_repositories(LOCAL) == ["team/base"]

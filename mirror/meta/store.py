@@ -4,8 +4,8 @@ restarts and (with Redis) processes.
 Content lives in the content store, keyed by digest and immutable. Everything that changes
 lives here: which digest a tag names and when that was last confirmed upstream, the
 upstream's rate-limit budget, who accessed what and when, which repositories hold which
-content (links, and the catalog read from them), short-lived cached upstream answers (tag lists), and locks that make one process (of many)
-do a piece of upstream work.
+content (links, and the catalog read from them), short-lived cached upstream answers (tag
+lists), and locks that make one process (of many) do a piece of upstream work.
 
 The interface is a few roles (`TagRecords`, `Locks`, `RateLimits`, `AccessRecords`,
 `Links`, `CachedResponses`, `Health`); a caller asks for the ones it uses, and a backend
@@ -30,10 +30,10 @@ __all__ = [
     "AccessRecords",
     "CachedResponse",
     "CachedResponses",
-    "Link",
-    "Links",
     "CountedHealth",
     "Health",
+    "Link",
+    "Links",
     "Locks",
     "MetaStore",
     "MetaStoreError",

@@ -1,7 +1,8 @@
 """Committing a checked bundle: its staged content into the store (blobs, then manifests
 children first, so whatever a server sees is complete), then its tag records and links
-(each image's repository holds what its manifests name; the catalog is read from links). `_commit_content` is the one place import publishes content: a blob by committing
-its verified writer, a manifest from its bytes with `write_manifest`."""
+(each image's repository holds what its manifests name; the catalog is read from links).
+`_commit_content` is the one place import publishes content: a blob by committing its
+verified writer, a manifest from its bytes with `write_manifest`."""
 
 from __future__ import annotations
 
@@ -60,8 +61,9 @@ class ImportReport:
 
 
 async def import_bundle(data: DataDir, bundle: Bundle, *, dry_run: bool = False) -> ImportReport:
-    """Put a checked bundle's content into the store, then its tag records and links. Content the store has is skipped; a tag record the mirror holds newer than the
-    bundle's stays."""
+    """Put a checked bundle's content into the store, then its tag records and links.
+    Content the store has is skipped; a tag record the mirror holds newer than the bundle's
+    stays."""
     report = ImportReport(
         images=len(bundle.images),
         objects=len(bundle.staged),
