@@ -114,6 +114,23 @@ async def test_a_repository_the_upstream_confirms_gets_the_cached_bytes_after_on
     )
 
 
+@pytest.mark.usefixtures("repos")
+async def test_with_the_upstream_failing_only_linked_content_is_served(
+    mirror: Client, upstream: FakeRegistry
+) -> None:
+    await pull_like_docker(mirror, "team/app", "v1")
+    upstream.add_fault(Fault("status", status=503, times=None))
+
+    async with mirror.get(f"/v2/team/app/blobs/{APP_LAYER.digest}") as resp:
+        assert (resp.status, await resp.read()) == (200, APP_LAYER.data)
+    # The mirror cannot tell whether team/other holds it: the upstream's failure, not 200.
+    async with mirror.get(f"/v2/team/other/blobs/{BASE.digest}") as resp:
+        assert resp.status == 502
+        assert (await resp.json())["errors"][0]["message"].startswith("upstream")
+    async with mirror.head(f"/v2/team/other/blobs/{BASE.digest}") as resp:
+        assert resp.status == 502
+
+
 async def test_a_download_in_flight_is_joined_only_from_a_repository_that_holds_it(
     mirror: Client, upstream: FakeRegistry, alpine: Manifest
 ) -> None:
