@@ -40,6 +40,35 @@ async def test_sqlite_keeps_records_across_a_reopen(tmp_path: Path) -> None:
         await reopened.close()
 
 
+async def test_a_version_1_sqlite_file_loses_its_typed_in_catalog_and_keeps_its_tags(
+    tmp_path: Path,
+) -> None:
+    """Version 1 kept a catalog of whatever names clients typed: it is not carried over;
+    the catalog is read from links now."""
+    path = tmp_path / "meta.sqlite3"
+    store = await SqliteMetaStore.open(path)
+    await store.put_tag(KEY, RECORD)
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE links")
+        conn.execute("CREATE TABLE repositories (upstream TEXT, repo TEXT)")
+        conn.execute("INSERT INTO repositories VALUES (?, 'nobody/typed-this')", (HUB,))
+        conn.execute("PRAGMA user_version = 1")
+
+    upgraded = await SqliteMetaStore.open(path)
+    try:
+        assert await upgraded.get_tag(KEY) == RECORD
+        assert await upgraded.list_repositories(HUB) == []
+        await upgraded.add_links([Link(HUB, "library/alpine", DIGEST)])
+        assert await upgraded.list_repositories(HUB) == ["library/alpine"]
+    finally:
+        await upgraded.close()
+    with sqlite3.connect(path) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    assert "repositories" not in tables and version == 2
+
+
 async def test_sqlite_locks_coordinate_stores_sharing_the_file(tmp_path: Path) -> None:
     """Two connections to one file, as two mirror processes sharing a data dir have."""
     first = await SqliteMetaStore.open(tmp_path / "meta.sqlite3")

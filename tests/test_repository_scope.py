@@ -157,6 +157,30 @@ async def test_a_download_in_flight_is_joined_only_from_a_repository_that_holds_
     assert answered(upstream, method="GET", path=f"/v2/library/alpine/blobs/{big.digest}") == 0
 
 
+async def test_another_processs_download_is_followed_only_for_a_repository_that_holds_it(
+    upstream: FakeRegistry, start_mirror: StartMirror, alpine: Manifest
+) -> None:
+    """Two mirror instances on one data dir, as two workers: the second would follow the
+    first's download of the blob (led for team/app) but asks the upstream first."""
+    big = random_layer(2 * 1024 * 1024, seed=15)
+    image = make_image(layers=[big])
+    upstream.push_image("team/app", "v1", image)
+    upstream.push_image("team/mirror", "v1", image)
+    first, second = await start_mirror(upstream.url), await start_mirror(upstream.url)
+    assert (await first.get("/v2/team/app/manifests/v1")).status == 200
+    upstream.add_fault(Fault("slow", server="cdn", chunk_delay=0.05))
+
+    async with first.get(f"/v2/team/app/blobs/{big.digest}") as leader:
+        assert leader.status == 200
+        stranger = f"/v2/library/alpine/blobs/{big.digest}"
+        assert await error_code(second, "GET", stranger) == (404, "BLOB_UNKNOWN")
+        assert heads(upstream, stranger) == 1
+        async with second.get(f"/v2/team/mirror/blobs/{big.digest}") as follower:
+            assert (follower.status, await follower.read()) == (200, big.data)
+        assert await leader.read() == big.data
+    assert answered(upstream, kind="blob", method="GET") == 1
+
+
 @pytest.mark.usefixtures("repos")
 async def test_offline_only_linked_content_is_served(
     start_mirror: StartMirror, upstream: FakeRegistry, backend: dict[str, Any]
