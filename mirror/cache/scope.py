@@ -5,7 +5,9 @@ Content is stored once by digest, whichever repository it came from, but a diges
 capability: `team/app`'s layers must not be readable as `library/alpine`'s, nor probed with a
 HEAD through a name that holds nothing. What the mirror knows is a link (U, R, digest) in
 the metadata store (`mirror.meta.store.Links`), shared by every worker: written when the
-upstream serves or confirms the digest for R, and when a manifest cached for R names it.
+upstream serves or confirms the digest for R, and when a manifest cached for R names it
+(registries refuse a pushed manifest whose blobs the repository lacks, so a configured
+upstream's manifest is trusted to name only what R holds).
 
 Without a link the upstream is asked for R with a HEAD (the mirror's credentials, no body;
 Docker Hub does not count it against the pull limit): a 200 records the link and the cached
