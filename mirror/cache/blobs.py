@@ -126,11 +126,12 @@ class BlobCache:
         return passthrough
 
     async def _join_or_start(self, repo: UpstreamRepo, digest: Digest) -> Download:
-        """A download of `digest` `repo` may read: one in flight here, or one another
-        process leads, only if `repo` holds the blob (checked before joining); else one
-        this process leads for `repo` (the upstream's answer is the check)."""
+        """A download of `digest` `repo` may read: one in flight here or one another
+        process leads, only if `repo` holds the blob (checked before joining); one this
+        process leads for `repo` itself, or a new one (the upstream's answer is the check)."""
         if (download := self._downloads.get(digest)) is not None:
-            await self._scope.check(repo, digest, "blob")
+            if download.leads_for != repo:
+                await self._scope.check(repo, digest, "blob")
             observe.cache_lookup("blob", "coalesced")
             return download
         self._refuse_when_offline()
