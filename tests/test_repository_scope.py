@@ -5,11 +5,14 @@ either metadata backend; the catalog names only repositories with links, a page 
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mirror.cache import scope
 from testkit.fakeupstream import FakeRegistry, Fault, Manifest, make_image, make_layer, random_layer
 from tests.clients import pull_like_docker
 from tests.conftest import Client, StartMirror, answered
@@ -226,6 +229,44 @@ async def test_links_survive_a_restart(
         404,
         "BLOB_UNKNOWN",
     )
+
+
+async def test_a_data_dir_from_before_links_still_serves_its_tagged_images_offline(
+    start_mirror: StartMirror, upstream: FakeRegistry, data_dir: Path
+) -> None:
+    """An upgrade: content and tag records, no links. A tag record is the upstream's answer
+    for its repository, so pulling the tag links the image again, even offline."""
+    upstream.push_image("team/app", "v1", APP)
+    online = await start_mirror(upstream.url)
+    await pull_like_docker(online, "team/app", "v1")
+    await online.close()
+    with sqlite3.connect(data_dir / "meta.sqlite3") as conn:
+        conn.execute("DELETE FROM links")
+    upstream.reset_counts()
+
+    offline = await start_mirror(upstream.url, offline=True)
+    status, _ = await error_code(offline, "GET", f"/v2/team/app/blobs/{APP_LAYER.digest}")
+    assert status == 404  # not linked yet
+    await pull_like_docker(offline, "team/app", "v1")
+    async with offline.get(f"/v2/team/app/blobs/{APP_LAYER.digest}") as resp:
+        assert (resp.status, await resp.read()) == (200, APP_LAYER.data)
+    assert upstream.requests == []
+
+
+@pytest.mark.usefixtures("repos")
+async def test_upstream_answers_are_remembered_a_bounded_number_at_a_time(
+    mirror: Client, upstream: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of names probing a cached blob costs one HEAD each, and the memory of the
+    answers stays bounded."""
+    await pull_like_docker(mirror, "team/app", "v1")
+    monkeypatch.setattr(scope, "PROBE_MEMORY_ENTRIES", 4)
+    paths = [f"/v2/flood/n{i}/blobs/{APP_LAYER.digest}" for i in range(6)]
+    for path in [*paths, paths[-1]]:
+        assert (await mirror.head(path)).status == 404
+    assert [heads(upstream, path) for path in paths] == [1] * 6  # the last remembered
+    assert (await mirror.head(paths[0])).status == 404
+    assert heads(upstream, paths[0]) == 2  # forgotten when the memory filled up
 
 
 async def catalog(mirror: Client, query: str = "") -> tuple[list[str], str | None]:
