@@ -27,6 +27,7 @@ from mirror.cache.blobs import BlobCache
 from mirror.cache.downloads import AbandonBudget
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.prefetch.engine import Puller
+from mirror.cache.scope import RepositoryScope
 from mirror.cache.tags import TagListCache
 from mirror.config import Config
 from mirror.meta import MetaStore, open_meta_store
@@ -125,14 +126,16 @@ async def build(
     router = Router.from_config(config)
     access = AccessRecorder(meta, clock=clock)
     abandon_budget = AbandonBudget(config.limits.abandoned_downloads, config.limits.abandoned_bytes)
+    scope = RepositoryScope(meta, offline=config.freshness.offline)
     blobs = BlobCache(
         store,
         access,
         abandon_budget,
+        scope,
         offline=config.freshness.offline,
         min_free_space=config.cache.min_free_space,
     )
-    manifests = ManifestCache(store, meta, access, config, clock=clock)
+    manifests = ManifestCache(store, meta, access, scope, config, clock=clock)
     tags = TagListCache(meta, config, clock=clock)
     return Mirror(config, store, meta, router, access, blobs, manifests, tags)
 

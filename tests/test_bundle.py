@@ -214,6 +214,38 @@ async def test_exporting_an_image_that_is_not_cached_fails_naming_it_and_writes_
     assert list(out.iterdir()) == []
 
 
+async def test_an_image_by_digest_is_exported_only_as_a_repository_that_holds_it(
+    start_mirror: StartMirror,
+    upstream: FakeRegistry,
+    alpine: Manifest,
+    data_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """What the mirror would not serve as library/alpine it does not export as it either."""
+    app = make_image(layers=[make_layer({"app": b"team/app's own code\n"})])
+    upstream.push_image("team/app", "v1", app)
+    await filled_mirror(
+        start_mirror, upstream, ("library/alpine", "3.19", alpine), ("team/app", "v1", app)
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    result = await mirror_cmd(
+        "export",
+        "--data-dir",
+        str(data_dir),
+        "-o",
+        str(out / "b.tar"),
+        f"alpine@{app.digest}",
+        cwd=tmp_path / "cwd",
+    )
+    assert result.returncode == 1
+    assert f"docker.io/library/alpine@{app.digest} is not known to be in library/alpine" in (
+        result.stderr
+    )
+    assert list(out.iterdir()) == []
+    await export(data_dir, out / "b.tar", f"team/app@{app.digest}", cwd=tmp_path / "cwd")
+
+
 async def test_a_partly_cached_index_is_refused_unless_platform_names_the_cached_ones(
     start_mirror: StartMirror,
     upstream: FakeRegistry,

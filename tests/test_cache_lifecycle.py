@@ -15,7 +15,7 @@ import pytest
 
 from mirror.cache.eviction import RECENT_SECONDS, Evictor
 from mirror.meta import open_meta_store
-from mirror.meta.store import MetaStore
+from mirror.meta.store import Link, MetaStore
 from mirror.reference import Digest
 from mirror.storage.filesystem import FilesystemStore
 from testkit.clock import FakeClock
@@ -101,6 +101,13 @@ async def test_eviction_takes_the_least_recently_used_and_spares_pinned_and_rece
         assert (result.objects, result.bytes) == (len(old.blobs) + 1, old_size)
         assert result.tag_records == 1  # old's tag record went with its manifest
         tags = {key.repo for key, _ in await meta.list_tags()}
+        # The links of what went go too: team/old leaves the catalog.
+        for digest in [old.digest, *(b.digest for b in old.blobs)]:
+            assert await meta.links_of(digest) == []
+        assert await meta.links_of(recent.digest) == [
+            Link("docker.io", "team/recent", recent.digest)
+        ]
+        assert await meta.list_repositories("docker.io") == ["team/pinned", "team/recent"]
     finally:
         await meta.close()
     assert cached(data_dir, old) == set()
@@ -196,7 +203,12 @@ async def test_passed_through_bytes_are_verified_too(
 
 
 async def test_gc_removes_orphans_and_leftovers_but_nothing_in_use(
-    mirror: Client, upstream: FakeRegistry, alpine: Manifest, data_dir: Path, tmp_path: Path
+    mirror: Client,
+    upstream: FakeRegistry,
+    alpine: Manifest,
+    data_dir: Path,
+    tmp_path: Path,
+    meta: MetaStore,
 ) -> None:
     await pull_like_docker(mirror, "library/alpine", "3.19")
     orphan = random_layer(32 * KB, seed=50)
@@ -232,6 +244,8 @@ async def test_gc_removes_orphans_and_leftovers_but_nothing_in_use(
     assert done.returncode == 0, done.stderr
     assert "removed 1 temp files, 1 unreferenced blobs" in done.stdout
     assert store.blob_size(Digest.parse(orphan.digest)) is None
+    assert await meta.links_of(orphan.digest) == []  # its links went with it
+    assert await meta.links_of(alpine.layers[0].digest) != []
     assert not crashed.exists()
     assert all(path.exists() for path in spool_files)
     await writer.abort()
@@ -297,6 +311,9 @@ async def test_rm_removes_an_image_and_the_next_pull_fetches_it_again(
     assert f"removed manifest {alpine.digest}" in removed.stdout
     assert await meta.list_tags() == []
     assert await meta.list_repositories("docker.io") == []
+    # Its last tag gone, the repository has no links: served again once confirmed.
+    for digest in [alpine.digest, *(b.digest for b in alpine.blobs)]:
+        assert await meta.links_of(digest) == []
     assert cached(data_dir, alpine) == {b.digest for b in alpine.blobs}  # blobs: for gc
 
     again = await run_mirror("rm", "alpine:3.19", "--data-dir", str(data_dir), cwd=tmp_path)

@@ -16,7 +16,7 @@ from mirror.meta import open_meta_store
 from mirror.meta.redis import RedisMetaStore, masked_url
 from mirror.meta.resilient import ResilientMetaStore
 from mirror.meta.sqlite import SqliteMetaStore
-from mirror.meta.store import Access, CachedResponse, MetaStoreError, RateLimit
+from mirror.meta.store import Access, CachedResponse, Link, MetaStoreError, RateLimit
 from testkit.mirrorproc import free_port
 from tests.meta_fixtures import RedisServer, forget_prefix, unique_prefix
 from tests.meta_samples import DIGEST, HUB, KEY, OCI, RECORD
@@ -28,15 +28,45 @@ async def test_sqlite_keeps_records_across_a_reopen(tmp_path: Path) -> None:
     path = tmp_path / "meta.sqlite3"
     store = await SqliteMetaStore.open(path)
     await store.put_tag(KEY, RECORD)
-    await store.add_repositories(HUB, ["library/alpine"])
+    await store.add_links([Link(HUB, "library/alpine", DIGEST)])
     await store.close()
 
     reopened = await SqliteMetaStore.open(path)
     try:
         assert await reopened.get_tag(KEY) == RECORD
+        assert await reopened.has_link(Link(HUB, "library/alpine", DIGEST))
         assert await reopened.list_repositories(HUB) == ["library/alpine"]
     finally:
         await reopened.close()
+
+
+async def test_a_version_1_sqlite_file_loses_its_typed_in_catalog_and_keeps_its_tags(
+    tmp_path: Path,
+) -> None:
+    """Version 1 kept a catalog of whatever names clients typed: it is not carried over;
+    the catalog is read from links now."""
+    path = tmp_path / "meta.sqlite3"
+    store = await SqliteMetaStore.open(path)
+    await store.put_tag(KEY, RECORD)
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE links")
+        conn.execute("CREATE TABLE repositories (upstream TEXT, repo TEXT)")
+        conn.execute("INSERT INTO repositories VALUES (?, 'nobody/typed-this')", (HUB,))
+        conn.execute("PRAGMA user_version = 1")
+
+    upgraded = await SqliteMetaStore.open(path)
+    try:
+        assert await upgraded.get_tag(KEY) == RECORD
+        assert await upgraded.list_repositories(HUB) == []
+        await upgraded.add_links([Link(HUB, "library/alpine", DIGEST)])
+        assert await upgraded.list_repositories(HUB) == ["library/alpine"]
+    finally:
+        await upgraded.close()
+    with sqlite3.connect(path) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    assert "repositories" not in tables and version == 2
 
 
 async def test_sqlite_locks_coordinate_stores_sharing_the_file(tmp_path: Path) -> None:
@@ -115,12 +145,13 @@ async def test_redis_key_prefixes_isolate_stores_on_one_server(redis_url: str) -
     two = await RedisMetaStore.open(redis_url, prefixes[1])
     try:
         await one.put_tag(KEY, RECORD)
-        await one.add_repositories(HUB, ["library/alpine"])
+        await one.add_links([Link(HUB, "library/alpine", DIGEST)])
         await one.record_access({DIGEST: Access(1.0, {"library/alpine"})})
         assert await one.try_lock("lock", ttl=30) is not None
 
         assert await two.get_tag(KEY) is None
         assert await two.list_repositories(HUB) == []
+        assert not await two.has_link(Link(HUB, "library/alpine", DIGEST))
         assert await two.get_access(DIGEST) is None
         assert await two.try_lock("lock", ttl=30) is not None
     finally:
@@ -138,16 +169,18 @@ async def test_redis_keys_all_start_with_the_prefix(redis_server: RedisServer) -
         assert await store.try_lock("lock", ttl=30) is not None
         await store.put_rate_limit(HUB, RateLimit(100, 99, 21600, 1e9))
         await store.record_access({DIGEST: Access(1.0, {"library/alpine"})})
-        await store.add_repositories(HUB, ["library/alpine"])
+        await store.add_links([Link(HUB, "library/alpine", DIGEST)])
         await store.put_response("tags", CachedResponse(b"{}", {}, 1e9), keep_for=60)
 
         keys = sorted(map(str, await raw.keys("*")))
         assert keys == [
             "deploy-a:access",
             f"deploy-a:access-repos:{DIGEST}",
+            f"deploy-a:catalog:{HUB}",
+            f"deploy-a:linked:{HUB}/library/alpine",
+            f"deploy-a:links:{DIGEST}",
             "deploy-a:lock:lock",
             f"deploy-a:ratelimit:{HUB}",
-            f"deploy-a:repos:{HUB}",
             "deploy-a:response:tags",
             f"deploy-a:tag:{HUB}/library/alpine:3.19:{OCI}",
         ]

@@ -18,7 +18,7 @@ from mirror import observe
 from mirror.meta.redis import RedisMetaStore
 from mirror.meta.resilient import ResilientMetaStore
 from mirror.meta.sqlite import SqliteMetaStore
-from mirror.meta.store import Access, MetaStoreError
+from mirror.meta.store import Access, Link, MetaStoreError
 from mirror.metrics import PrometheusSink
 from testkit.clock import FakeClock
 from tests.meta_fixtures import RedisServer, unique_prefix
@@ -85,6 +85,7 @@ async def test_resilient_store_rides_out_a_redis_outage_and_recovers(
         await store.put_tag(KEY, RECORD)
         held = await store.try_lock("held", ttl=30)
         assert held is not None
+        await store.add_links([Link(HUB, "library/alpine", DIGEST)])
         before = failures("get_tag")
 
         await redis_server.stop()
@@ -97,6 +98,8 @@ async def test_resilient_store_rides_out_a_redis_outage_and_recovers(
         started = time.monotonic()
         await store.put_tag(KEY, RECORD)
         assert await store.list_repositories(HUB) == []
+        # Not known to be linked: the mirror asks the upstream, or (offline) serves nothing.
+        assert not await store.has_link(Link(HUB, "library/alpine", DIGEST))
         assert await store.get_access(DIGEST) is None
         assert await store.get_response("tags") is None
         assert await store.get_rate_limit(HUB) is None

@@ -1,6 +1,7 @@
 """The metadata store's contract: one suite per role (health, tag records, locks, rate limits,
-access records, catalog, cached responses), each run against every implementation: SQLite,
-Redis, and the resilient wrapper over each; and the store loads no metrics library.
+access records, links and the catalog read from them, cached responses), each run against
+every implementation: SQLite, Redis, and the resilient wrapper over each; and the store loads
+no metrics library.
 
 What only one backend has is in `test_meta_backends`; the resilient wrapper's own behaviour
 (riding out a Redis that goes away) in `test_meta_resilient`."""
@@ -16,8 +17,9 @@ from mirror.meta.store import (
     AccessRecords,
     CachedResponse,
     CachedResponses,
-    Catalog,
     Health,
+    Link,
+    Links,
     Locks,
     MetaStore,
     RateLimit,
@@ -207,25 +209,97 @@ async def test_pull_counts_add_up_and_rank_the_most_pulled_first(
     assert await meta_store.top_repositories(1) == [("ghcr.io/org/app", 5)]
 
 
-# --- catalog --------------------------------------------------------------------------------
+# --- links and the catalog ------------------------------------------------------------------
+
+OTHER = "sha256:" + "d" * 64
 
 
-async def test_repositories_are_sorted_deduplicated_and_per_upstream(meta_store: Catalog) -> None:
+async def test_a_link_is_known_only_for_its_upstream_repository_and_digest(
+    meta_store: Links,
+) -> None:
+    link = Link(HUB, "team/app", DIGEST)
+    assert not await meta_store.has_link(link)
+    await meta_store.add_links([link, link])
+    await meta_store.add_links([])
+
+    assert await meta_store.has_link(link)
+    assert not await meta_store.has_link(Link(HUB, "library/alpine", DIGEST))
+    assert not await meta_store.has_link(Link(LOCAL, "team/app", DIGEST))
+    assert not await meta_store.has_link(Link(HUB, "team/app", OTHER))
+
+
+async def test_the_repositories_holding_a_digest_are_listed_sorted(meta_store: Links) -> None:
+    await meta_store.add_links(
+        Link(*held) for held in [(LOCAL, "team/base", DIGEST), (HUB, "b/b", DIGEST)]
+    )
+    await meta_store.add_links([Link(HUB, "a/a", DIGEST), Link(HUB, "a/a", OTHER)])
+
+    assert await meta_store.links_of(DIGEST) == [
+        Link(LOCAL, "team/base", DIGEST),
+        Link(HUB, "a/a", DIGEST),
+        Link(HUB, "b/b", DIGEST),
+    ]
+    assert await meta_store.links_of("sha256:" + "e" * 64) == []
+
+
+async def test_removing_a_digests_links_keeps_the_others(meta_store: Links) -> None:
+    await meta_store.add_links(
+        [Link(HUB, "a/a", DIGEST), Link(HUB, "a/a", OTHER), Link(HUB, "b/b", DIGEST)]
+    )
+    await meta_store.remove_links([DIGEST, "sha256:" + "e" * 64])
+    await meta_store.remove_links([])
+
+    assert await meta_store.links_of(DIGEST) == []
+    assert not await meta_store.has_link(Link(HUB, "b/b", DIGEST))
+    assert await meta_store.links_of(OTHER) == [Link(HUB, "a/a", OTHER)]
+
+
+async def test_removing_a_repository_forgets_only_its_links(meta_store: Links) -> None:
+    await meta_store.add_links(
+        [Link(HUB, "a/a", DIGEST), Link(HUB, "a/a", OTHER), Link(HUB, "b/b", DIGEST)]
+    )
+    await meta_store.remove_repository(HUB, "a/a")
+    await meta_store.remove_repository(HUB, "not/there")
+
+    assert await meta_store.links_of(DIGEST) == [Link(HUB, "b/b", DIGEST)]
+    assert await meta_store.links_of(OTHER) == []
+    assert await meta_store.list_repositories(HUB) == ["b/b"]
+
+
+async def test_the_catalog_is_the_repositories_with_links_sorted_and_per_upstream(
+    meta_store: Links,
+) -> None:
     assert await meta_store.list_repositories(HUB) == []
-    await meta_store.add_repositories(HUB, ["library/nginx", "library/alpine"])
-    await meta_store.add_repositories(HUB, (name for name in ["library/alpine", "a/b"]))
-    await meta_store.add_repositories(HUB, [])
-    await meta_store.add_repositories(LOCAL, ["team/base"])
+    await meta_store.add_links(
+        Link(HUB, repo, DIGEST) for repo in ["library/nginx", "library/alpine", "a/b"]
+    )
+    await meta_store.add_links(
+        [Link(HUB, "library/alpine", OTHER), Link(LOCAL, "team/base", OTHER)]
+    )
 
     assert await meta_store.list_repositories(HUB) == ["a/b", "library/alpine", "library/nginx"]
     assert await meta_store.list_repositories(LOCAL) == ["team/base"]
 
 
-async def test_repositories_can_be_removed_from_the_catalog(meta_store: Catalog) -> None:
-    await meta_store.add_repositories(HUB, ["a/b", "c/d"])
-    await meta_store.remove_repositories(HUB, ["a/b", "not/there"])
-    await meta_store.remove_repositories(HUB, [])
-    assert await meta_store.list_repositories(HUB) == ["c/d"]
+async def test_the_catalog_is_read_a_page_at_a_time(meta_store: Links) -> None:
+    await meta_store.add_links(Link(HUB, f"r/{i}", d) for i in range(5) for d in (DIGEST, OTHER))
+
+    assert await meta_store.list_repositories(HUB, n=2) == ["r/0", "r/1"]
+    assert await meta_store.list_repositories(HUB, last="r/1", n=2) == ["r/2", "r/3"]
+    assert await meta_store.list_repositories(HUB, last="r/3", n=2) == ["r/4"]
+    assert await meta_store.list_repositories(HUB, last="r/3") == ["r/4"]
+    assert await meta_store.list_repositories(HUB, last="r/4", n=2) == []
+    assert await meta_store.list_repositories(HUB, n=0) == []
+
+
+async def test_a_repository_leaves_the_catalog_with_its_last_link(meta_store: Links) -> None:
+    await meta_store.add_links([Link(HUB, "a/a", DIGEST), Link(HUB, "a/a", OTHER)])
+    await meta_store.add_links([Link(HUB, "b/b", OTHER)])
+
+    await meta_store.remove_links([DIGEST])
+    assert await meta_store.list_repositories(HUB) == ["a/a", "b/b"]
+    await meta_store.remove_links([OTHER])
+    assert await meta_store.list_repositories(HUB) == []
 
 
 # --- cached responses -----------------------------------------------------------------------

@@ -241,6 +241,19 @@ async def test_the_catalog_names_repositories_as_they_are_pulled(
     assert ghcr_only == {"repositories": ["org/app"]}
     page = await two.get("/v2/_catalog?n=1&last=ghcr.io/org/app")
     assert await page.json() == {"repositories": ["library/alpine"]}
+    # Pages are read per upstream from the store and merged in the names clients see.
+    first = await two.get("/v2/_catalog?n=1")
+    assert await first.json() == {"repositories": ["ghcr.io/org/app"]}
+    assert first.headers["Link"] == '</v2/_catalog?n=1&last=ghcr.io%2Forg%2Fapp>; rel="next"'
+    for last, rest in [
+        ("ghcr.io", ["ghcr.io/org/app", "library/alpine", "org/app"]),
+        ("ghcr.io/org/app", ["library/alpine", "org/app"]),
+        ("ghcr.io/zzz/z", ["library/alpine", "org/app"]),
+        ("library/alpine", ["org/app"]),
+        ("org/app", []),
+    ]:
+        page = await two.get(f"/v2/_catalog?last={last}")
+        assert await page.json() == {"repositories": rest}, last
 
 
 # --- credentials and tokens -----------------------------------------------------------------

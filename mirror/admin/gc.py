@@ -4,7 +4,7 @@
   download in progress: the store tells);
 - blobs no cached manifest refers to and nobody used within `gc_grace`;
 - metadata about content that is gone: tag records naming a missing manifest, access
-  records of missing digests.
+  records of missing digests, the links of the blobs it removes.
 
 Manifests themselves stay (they are what tags name; `mirror rm` and eviction remove them).
 A blob a client is reading when it is removed stays readable to that client: the file goes
@@ -109,4 +109,6 @@ async def collect_garbage(
     report.access_records = len(gone)
     if gone and not dry_run:
         await meta.delete_accesses(gone)
+    if removed and not dry_run:
+        await meta.remove_links(sorted(removed))
     return report

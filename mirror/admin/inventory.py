@@ -157,8 +157,10 @@ def run_rm(args: argparse.Namespace, config: Config) -> int:
 
 
 async def remove_image(data: DataDir, image: ImageRef) -> list[str]:
-    """Remove the image's tag records and manifests (an index with its children); what
-    was removed, one line each."""
+    """Remove the image's tag records and manifests (an index with its children), and the
+    links to those manifests; when the repository has no tag left, every link it has (the
+    catalog drops it; its blobs stay for gc, served to it again only once the upstream
+    confirms them). What was removed, one line each."""
     removed: list[str] = []
     roots: set[Digest] = {image.digest} if image.digest is not None else set()
     tags = await data.meta.list_tags()
@@ -168,6 +170,7 @@ async def remove_image(data: DataDir, image: ImageRef) -> list[str]:
             await data.meta.delete_tag(key)
             removed.append(f"tag record {image.host}/{image.name}:{key.tag} ({key.accept})")
     walk, _ = walk_store(data.store, roots)
+    await data.meta.remove_links(str(digest) for digest in walk.visited)
     for digest in walk.visited:
         data.store.remove("manifest", digest)
         removed.append(f"manifest {digest}")
@@ -177,7 +180,7 @@ async def remove_image(data: DataDir, image: ImageRef) -> list[str]:
         if (k.upstream, k.repo) == (image.host, image.name)
     ]
     if removed and not left:
-        await data.meta.remove_repositories(image.host, [image.name])
+        await data.meta.remove_repository(image.host, image.name)
     return removed
 
 

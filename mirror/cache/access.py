@@ -2,9 +2,11 @@
 
 Eviction and garbage collection need them, but a store write per request would put the
 metadata store on the hot path; so accesses collect in memory and are written in batches
-every few seconds (and at shutdown). Repositories seen in a batch join their upstream's
-catalog; access records name them qualified (`ghcr.io/org/app`), unique across upstreams.
-Pulls (tag resolutions) are counted per repository the same way, for the status page.
+every few seconds (and at shutdown). Access records name repositories qualified
+(`ghcr.io/org/app`), unique across upstreams; a repository is only ever touched after the
+content was served to it, that is through a link (`mirror.cache.scope`), so no name a
+client merely typed gets in. The catalog is read from the links, not from here. Pulls (tag
+resolutions that worked) are counted per repository the same way, for the status page.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Protocol
 
-from mirror.meta.store import Access, AccessRecords, Catalog
+from mirror.meta.store import Access, AccessRecords
 from mirror.upstream.routing import UpstreamRepo
 
 log = logging.getLogger(__name__)
@@ -25,14 +26,10 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL_SECONDS = 5.0
 
 
-class UseRecords(AccessRecords, Catalog, Protocol):
-    """What the recorder writes: digests' accesses, pulls, and the repositories seen."""
-
-
 class AccessRecorder:
     def __init__(
         self,
-        meta: UseRecords,
+        meta: AccessRecords,
         *,
         interval: float = FLUSH_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.time,
@@ -41,19 +38,18 @@ class AccessRecorder:
         self._interval = interval
         self._clock = clock
         self._pending: dict[str, Access] = {}
-        self._repos: set[tuple[str, str]] = set()  # (upstream host, repository) seen
         self._pulls: Counter[str] = Counter()  # qualified repository -> tag resolutions
         self._task: asyncio.Task[None] | None = None
 
     def touch(self, digest: str, repo: UpstreamRepo) -> None:
-        """Note an access; costs a dict update, never I/O."""
+        """Note an access of content served to `repo` (so linked to it); costs a dict
+        update, never I/O."""
         access = self._pending.get(digest)
         if access is None:
             access = self._pending[digest] = Access(last_access=self._clock())
         else:
             access.last_access = self._clock()
         access.repos.add(repo.qualified)
-        self._repos.add((repo.upstream.host, repo.name))
 
     def pulled(self, repo: UpstreamRepo) -> None:
         """Count a pull of the repository (a client resolving one of its tags)."""
@@ -62,17 +58,11 @@ class AccessRecorder:
     async def flush(self) -> None:
         """Write what has collected since the last flush."""
         batch, self._pending = self._pending, {}
-        repos, self._repos = self._repos, set()
         pulls, self._pulls = self._pulls, Counter()
         if batch:
             await self._meta.record_access(batch)
         if pulls:
             await self._meta.record_pulls(pulls)
-        by_upstream: dict[str, list[str]] = {}
-        for host, name in sorted(repos):
-            by_upstream.setdefault(host, []).append(name)
-        for host, names in by_upstream.items():
-            await self._meta.add_repositories(host, names)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="access-recorder")

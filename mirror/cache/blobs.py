@@ -1,6 +1,11 @@
 """Blobs: served from the store when cached; otherwise downloaded once and streamed to
 every client that asks meanwhile (`downloads`), or, on a nearly full disk, streamed from
-the upstream uncached (`passthrough`)."""
+the upstream uncached (`passthrough`).
+
+Cached bytes, a download in flight in this process and one another process leads are all
+served to a repository only when it holds the blob (`scope`: a link, or the upstream's
+HEAD for it); a download this process leads for a repository links the blob to it as soon
+as the upstream answers with the body."""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from mirror.cache.downloads import (
     State,
 )
 from mirror.cache.passthrough import Passthrough
+from mirror.cache.scope import RepositoryScope
 from mirror.errors import RegistryError
 from mirror.reference import Digest
 from mirror.storage import ContentStore, StoredBlob
@@ -55,23 +61,27 @@ class BlobCache:
         store: ContentStore,
         access: AccessRecorder,
         abandon_budget: AbandonBudget,
+        scope: RepositoryScope,
         *,
         offline: bool = False,
         min_free_space: int = 0,
     ) -> None:
         self._store = store
         self._access = access
+        self._scope = scope
         self._offline = offline
         self._min_free_space = min_free_space
         self._passthrough_logged = 0.0
         self._downloads = Downloads(store, abandon_budget)
 
-    def cached(self, repo: UpstreamRepo, digest: Digest) -> StoredBlob | None:
-        """The blob, if the store holds it. Blobs are stored once whichever upstream they
-        came from: a digest names the same bytes everywhere."""
+    async def cached(self, repo: UpstreamRepo, digest: Digest) -> StoredBlob | None:
+        """The blob, if the store holds it and `repo` holds it (else 404 `BLOB_UNKNOWN`, or
+        the upstream's failure: `RepositoryScope.check`). Blobs are stored once whichever
+        repository or upstream they came from: a digest names the same bytes everywhere."""
         blob = self._store.open_blob(digest)
         if blob is None:
             return None
+        await self._scope.check(repo, digest, "blob")
         observe.cache_lookup("blob", "hit")
         self._access.touch(str(digest), repo)
         return blob
@@ -83,12 +93,14 @@ class BlobCache:
         return download is None or download.readers == 0
 
     async def size(self, repo: UpstreamRepo, digest: Digest) -> int | None:
-        """The blob's size without downloading it: from the cache, from a download in
-        flight, or from an upstream HEAD."""
+        """The blob's size without downloading it: from the cache or a download in flight
+        (either only for a repository that holds it), or from an upstream HEAD."""
         if (size := self._store.blob_size(digest)) is not None:
+            await self._scope.check(repo, digest, "blob")
             return size
         download = self._downloads.get(digest)
         if download is not None and download.state is not State.FAILED:
+            await self._scope.check(repo, digest, "blob")
             with contextlib.suppress(DownloadLost):  # gone elsewhere or cancelled: ask upstream
                 await download.wait_started()
                 if download.size is not None:
@@ -118,6 +130,8 @@ class BlobCache:
                 if isinstance(exc, NoRoom) and self._min_free_space > 0:
                     return await self._pass_through(repo, digest)
                 raise
+            if reader.download.leads_for == repo:
+                await self._scope.link(repo, [digest])  # the upstream is sending it for repo
             self._access.touch(str(digest), repo)
             return reader
         raise AssertionError("unreachable")
@@ -130,12 +144,21 @@ class BlobCache:
         return passthrough
 
     async def _join_or_start(self, repo: UpstreamRepo, digest: Digest) -> Reader:
+        """A reader of a download of `digest` `repo` may read: one in flight here or one
+        another process leads, only if `repo` holds the blob (checked before joining); one
+        this process leads for `repo` itself, or a new one (the upstream's answer is the
+        check)."""
         await self._downloads.settled(digest)  # a cancelled download's claim given up
         if (download := self._downloads.get(digest)) is not None:
+            if download.leads_for != repo:
+                await self._scope.check(repo, digest, "blob")
             observe.cache_lookup("blob", "coalesced")
             return download.reader()
         self._refuse_when_offline()
-        return self._downloads.start(repo, digest).reader()
+        download = self._downloads.start(repo, digest)
+        if download.leads_for != repo:
+            await self._scope.check(repo, digest, "blob")
+        return download.reader()
 
     def _disk_nearly_full(self) -> bool:
         if self._min_free_space <= 0:

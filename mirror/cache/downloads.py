@@ -83,7 +83,9 @@ class Download:
         self.state = State.STARTING
         self.error: RegistryError | None = None
         self.readers = 0
-        self.leads = False  # this process fetches it from the upstream (holds the claim)
+        # The repository this process fetches it for (holding the claim), None when following
+        # another process: a reader for any other repository must hold the blob (`BlobCache`).
+        self.leads_for: UpstreamRepo | None = None
         self.cancelled = False  # abandoned beyond the budget: its task is being cancelled
         self._spool = spool
         self._changed = asyncio.Event()
@@ -95,7 +97,8 @@ class Download:
     def abandoned(self) -> bool:
         """Fetched by this process for nobody: led here, unfinished, with no reader."""
         in_flight = self.state in (State.STARTING, State.RUNNING)
-        return self.leads and in_flight and self.readers == 0 and not self.cancelled
+        leads = self.leads_for is not None
+        return leads and in_flight and self.readers == 0 and not self.cancelled
 
     @property
     def remaining(self) -> int:
@@ -366,7 +369,8 @@ class Downloads:
         else followed. The caller checked that none is running."""
         spool = self._store.spool(digest)
         download = Download(digest, spool, self._idle)
-        leads = download.leads = spool.claim()
+        leads = spool.claim()
+        download.leads_for = repo if leads else None
         # Following another process's download costs the upstream nothing: coalesced too.
         observe.cache_lookup("blob", "miss" if leads else "coalesced")
         self._running[digest] = download

@@ -30,6 +30,7 @@ from mirror.cache.references import named_blobs
 from mirror.meta.store import (
     AccessRecords,
     Health,
+    Links,
     Locks,
     MetaStoreError,
     TagKey,
@@ -51,9 +52,10 @@ _LOCK = "evict"
 _LOCK_TTL = 600.0
 
 
-class EvictionRecords(Health, Locks, AccessRecords, TagRecords, Protocol):
+class EvictionRecords(Health, Locks, AccessRecords, TagRecords, Links, Protocol):
     """What eviction uses of the metadata store: its lock, what was used when, the tags that
-    name a manifest, and whether the store answered throughout."""
+    name a manifest, the links of what it removes, and whether the store answered
+    throughout."""
 
 
 @dataclass
@@ -179,6 +181,7 @@ class Evictor:
             )
         self._note_outcome(result, total)
         await self._meta.delete_accesses(evicted)
+        await self._meta.remove_links(evicted)
         return result
 
     def _note_outcome(self, result: Eviction, total: int) -> None:

@@ -1,7 +1,8 @@
 """Walking the manifest graph: from root manifests to the index children a platform list
 selects, and to the blobs (config and layers) every manifest names.
 
-Pinning, `mirror ls` and `mirror rm`, prefetch, export and import's check all walk it with
+Pinning, `mirror ls` and `mirror rm`, prefetch, export, import's check and the links a
+manifest cached for a repository gives it (`held_with`) all walk it with
 `ManifestWalk`. The walk itself does no I/O, so one walk serves blocking and async callers:
 iterating it yields each manifest to read (an `Edge`), and the caller reads it where it
 lives (the store, an upstream, a bundle's temp files) and hands the bytes to `visit`. What a
@@ -110,6 +111,20 @@ def walk_store(
         manifests[edge.digest] = manifest
         walk.visit(edge, manifest.data)
     return walk, manifests
+
+
+def held_with(store: ContentStore, root: Digest, data: bytes | None = None) -> set[Digest]:
+    """What a repository holds along with the manifest `root` (blocking: reads manifests):
+    the manifest, its config and layers, an index's children, and what the children the
+    store holds name in turn. `data` is root's bytes when the store does not hold them yet.
+    These are the links written when a manifest is cached for a repository."""
+    walk = ManifestWalk([root])
+    for edge in walk:
+        if edge.digest == root and data is not None:
+            walk.visit(edge, data)
+        elif (manifest := store.read_manifest(edge.digest)) is not None:
+            walk.visit(edge, manifest.data)
+    return walk.reached
 
 
 def reachable(

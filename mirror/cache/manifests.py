@@ -8,6 +8,11 @@ hold yet. When the upstream fails, a tag that was ever resolved is served stale 
 
 Tag records are keyed by Accept class too: the same tag names different manifests for
 different Accept sets (a manifest list vs one platform's manifest).
+
+Manifests are served to a repository only through a link (`scope`): a manifest fetched for
+it, and what that manifest names, is linked before it is stored; a tag resolved for it links
+the digest the tag names; a manifest cached for another repository is served only once the
+upstream confirms it for this one.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from typing import Protocol, TypeVar
 
 from mirror import errors, mediatypes, observe
 from mirror.cache.access import AccessRecorder
+from mirror.cache.graph import held_with
+from mirror.cache.scope import RepositoryScope
 from mirror.config import Config
 from mirror.errors import RegistryError
 from mirror.manifestjson import declared_type, parse_manifest
-from mirror.meta.store import Catalog, Locks, RateLimits, TagKey, TagRecord, TagRecords
+from mirror.meta.store import Locks, RateLimits, TagKey, TagRecord, TagRecords
 from mirror.ratelimit import RateLimit
 from mirror.reference import Digest
 from mirror.singleflight import SingleFlight
@@ -57,9 +64,9 @@ class Resolved:
     stale: str | None = None
 
 
-class ManifestRecords(TagRecords, Locks, RateLimits, Catalog, Protocol):
+class ManifestRecords(TagRecords, Locks, RateLimits, Protocol):
     """What the manifest cache uses of the metadata store: tag records, the lock that makes
-    one process revalidate a tag, the upstream's rate limit, and the catalog it adds to."""
+    one process revalidate a tag, and the upstream's rate limit (links go through `scope`)."""
 
 
 class ManifestCache:
@@ -70,6 +77,7 @@ class ManifestCache:
         store: ContentStore,
         meta: ManifestRecords,
         access: AccessRecorder,
+        scope: RepositoryScope,
         config: Config,
         *,
         clock: Callable[[], float] = time.time,
@@ -77,9 +85,11 @@ class ManifestCache:
         self._store = store
         self._meta = meta
         self._access = access
+        self._scope = scope
         self._config = config
         self._clock = clock
-        self._fetches: SingleFlight[Digest, StoredManifest] = SingleFlight()
+        # Per repository: a fetch for one repository is no proof that another holds it.
+        self._fetches: SingleFlight[tuple[str, str, Digest], StoredManifest] = SingleFlight()
         self._revalidations: SingleFlight[TagKey, TagRecord] = SingleFlight()
         self._record_reads: SingleFlight[TagKey, TagRecord | None] = SingleFlight()
         # Recently read tag records: (record, time.monotonic() until which it may be used).
@@ -92,18 +102,22 @@ class ManifestCache:
         self._unverified: dict[Digest, set[TagKey]] = {}
 
     async def by_digest(self, repo: UpstreamRepo, digest: Digest) -> StoredManifest:
-        """The manifest with this digest; fetched (once, however many ask) and verified if
-        the store lacks it. Stored once whichever upstream it came from."""
+        """The manifest with this digest; fetched (once per repository, however many ask)
+        and verified if the store lacks it. Stored once whichever upstream it came from, but
+        served from the store only to a repository that holds it (`RepositoryScope.check`:
+        404 otherwise)."""
         manifest = self._store.read_manifest(digest)
         if manifest is None:
             if self._config.freshness.offline:
                 raise RegistryError(
                     errors.MANIFEST_UNKNOWN, "manifest not in the cache, and the mirror is offline"
                 )
-            joined = self._fetches.in_flight(digest)
+            key = (repo.upstream.host, repo.name, digest)
+            joined = self._fetches.in_flight(key)
             observe.cache_lookup("manifest", "coalesced" if joined else "miss")
-            manifest = await self._fetches.run(digest, lambda: self._fetch_by_digest(repo, digest))
+            manifest = await self._fetches.run(key, lambda: self._fetch_by_digest(repo, digest))
         else:
+            await self._scope.check(repo, digest, "manifest")
             observe.cache_lookup("manifest", "hit")
         self._access.touch(str(digest), repo)
         return manifest
@@ -227,6 +241,9 @@ class ManifestCache:
     async def _answer(
         self, repo: UpstreamRepo, record: TagRecord, with_bytes: bool, *, stale: str | None = None
     ) -> Resolved:
+        # The record is the upstream's answer for this repository's tag: it links the digest.
+        if not await self._scope.linked(repo, record.digest):
+            await self._link(repo, record.digest)
         if not with_bytes:
             return Resolved(record.digest, record.media_type, record.size, None, stale)
         manifest = await self.by_digest(repo, record.digest)  # its stored type is the one
@@ -318,7 +335,7 @@ class ManifestCache:
     async def _fetch_by_digest(self, repo: UpstreamRepo, digest: Digest) -> StoredManifest:
         """GET a manifest once, even when several processes want it at the same moment: one
         takes the lock and fetches, the others wait for it to appear in the store."""
-        lock = f"manifest:{digest}"
+        lock = f"manifest:{repo.upstream.host}/{repo.name}@{digest}"
         token = await self._meta.try_lock(lock, ttl=self._config.registries.request_timeout * 2)
         if token is None:
 
@@ -385,22 +402,21 @@ class ManifestCache:
         return await self._keep(repo, fetched)
 
     async def _keep(self, repo: UpstreamRepo, fetched: FetchedManifest) -> StoredManifest:
-        """Store verified bytes; the repository joins its upstream's catalog right away.
-        When they cannot be stored (a full disk), they are answered all the same. Bytes
-        already stored keep the type they were stored with: another upstream cannot change
-        what that one's clients are told."""
+        """Store verified bytes fetched for `repo`, linked to it (and what they name) first,
+        so they are never servable to it unlinked. When they cannot be stored (a full
+        disk), they are answered all the same. Bytes already stored keep the type they were
+        stored with: another upstream cannot change what that one's clients are told."""
         manifest = StoredManifest(fetched.data, self._checked_type(repo, fetched), fetched.digest)
         if (stored := self._store.read_manifest(fetched.digest)) is not None:
             if stored.media_type != manifest.media_type:
                 raise self._type_conflict(repo, stored, manifest.media_type)
-            await self._meta.add_repositories(repo.upstream.host, [repo.name])
+            await self._link(repo, stored.digest, stored.data)
             return stored
+        await self._link(repo, manifest.digest, manifest.data)
         try:
             await self._store.write_manifest(manifest)
         except OSError as exc:
             log.error("storing manifest %s failed, served uncached: %s", manifest.digest, exc)
-            return manifest
-        await self._meta.add_repositories(repo.upstream.host, [repo.name])
         return manifest
 
     def _checked_type(self, repo: UpstreamRepo, fetched: FetchedManifest) -> str:
@@ -429,6 +445,11 @@ class ManifestCache:
         log.error("%s", error)
         observe.upstream_failed(repo.upstream.host, str(error))
         return error
+
+    async def _link(self, repo: UpstreamRepo, digest: Digest, data: bytes | None = None) -> None:
+        """Link `repo` to the manifest and what it names (the store's manifests walked)."""
+        held = await asyncio.to_thread(held_with, self._store, digest, data)
+        await self._scope.link(repo, held)
 
     def _integrity_error(
         self, repo: UpstreamRepo, expected: Digest, got: FetchedManifest

@@ -10,14 +10,20 @@ deployments, can share one Redis. Below, `P` is that prefix:
     P ratelimit:<upstream>                   JSON RateLimit
     P access                                 sorted set: digest scored by last access time
     P access-repos:<digest>                  set of repositories the digest was pulled from
-    P repos:<upstream>                       set of cached repositories
+    P links:<digest>                         set of `<upstream>/<repo>` holding the digest
+    P linked:<upstream>/<repo>               set of digests the repository holds
+    P catalog:<upstream>                     sorted set (all scores 0, so ordered by name)
+                                             of the repositories with a link: paged with
+                                             ZRANGEBYLEX
     P pulls                                  sorted set: qualified repository by pulls
     P response:<key>                         JSON {headers, stored_at}, a newline, the body;
                                              with the response's TTL
 
 The access times are one sorted set so the oldest digests can be found in one range query;
 `ZADD GT` keeps the later of two times, so concurrent batches merge without a script.
-Needs Redis 6.2 or newer.
+Needs Redis 6.2 or newer. The three link keys change together (a transaction to add, a
+script to remove), so a repository is in the catalog exactly while it has a link; the
+scripts name keys they compute, which a single Redis (not a cluster) allows.
 
 Expiry (locks, kept responses) is Redis's own, by its server's clock, which every process
 sharing it agrees on; so unlike SQLite this store takes no clock.
@@ -48,6 +54,7 @@ from mirror.meta.store import (
     Access,
     CachedResponse,
     CountedHealth,
+    Link,
     MetaStoreError,
     RateLimit,
     TagKey,
@@ -64,6 +71,40 @@ _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
 end
+return 0
+"""
+
+# ARGV: the key prefix, then digests. Each digest's links go, and a repository left without
+# links leaves its upstream's catalog.
+_REMOVE_LINKS = """
+local prefix = ARGV[1]
+for i = 2, #ARGV do
+    local digest = ARGV[i]
+    local holders = prefix .. 'links:' .. digest
+    for _, member in ipairs(redis.call('SMEMBERS', holders)) do
+        local held = prefix .. 'linked:' .. member
+        redis.call('SREM', held, digest)
+        if redis.call('SCARD', held) == 0 then
+            local slash = string.find(member, '/', 1, true)
+            redis.call('ZREM', prefix .. 'catalog:' .. string.sub(member, 1, slash - 1),
+                       string.sub(member, slash + 1))
+        end
+    end
+    redis.call('DEL', holders)
+end
+return 0
+"""
+
+# ARGV: the key prefix, the upstream, the repository: every link of that repository goes.
+_REMOVE_REPOSITORY = """
+local prefix, upstream, repo = ARGV[1], ARGV[2], ARGV[3]
+local member = upstream .. '/' .. repo
+local held = prefix .. 'linked:' .. member
+for _, digest in ipairs(redis.call('SMEMBERS', held)) do
+    redis.call('SREM', prefix .. 'links:' .. digest, member)
+end
+redis.call('DEL', held)
+redis.call('ZREM', prefix .. 'catalog:' .. upstream, repo)
 return 0
 """
 
@@ -90,6 +131,8 @@ class RedisMetaStore(CountedHealth):
         self._redis = client
         self._prefix = key_prefix
         self._unlock = client.register_script(_UNLOCK)
+        self._remove_links = client.register_script(_REMOVE_LINKS)
+        self._remove_repository = client.register_script(_REMOVE_REPOSITORY)
 
     @classmethod
     async def open(cls, url: str, key_prefix: str) -> RedisMetaStore:
@@ -283,26 +326,58 @@ class RedisMetaStore(CountedHealth):
                 pipe.delete(*(self._key("access-repos:", digest) for digest in names))
                 await pipe.execute()
 
-    # --- catalog --------------------------------------------------------------------------
+    # --- links and the catalog -----------------------------------------------------------
 
-    async def add_repositories(self, upstream: str, repos: Iterable[str]) -> None:
-        names = list(repos)
+    async def add_links(self, links: Iterable[Link]) -> None:
+        batch = list(links)
+        if not batch:
+            return
+        with self._errors("add_links"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for link in batch:
+                    member = f"{link.upstream}/{link.repo}"
+                    pipe.sadd(self._key("links:", link.digest), member)
+                    pipe.sadd(self._key("linked:", member), link.digest)
+                    pipe.zadd(self._key("catalog:", link.upstream), {link.repo: 0})
+                await pipe.execute()
+
+    async def has_link(self, link: Link) -> bool:
+        member = f"{link.upstream}/{link.repo}"
+        with self._errors("has_link"):
+            return bool(await self._redis.sismember(self._key("links:", link.digest), member))
+
+    async def links_of(self, digest: str) -> list[Link]:
+        with self._errors("links_of"):
+            members = await self._redis.smembers(self._key("links:", digest))
+        found = []
+        for member in members:
+            # <upstream>/<repo>: the upstream has no "/".
+            upstream, _, repo = _text(member).partition("/")
+            found.append(Link(upstream, repo, digest))
+        return sorted(found)
+
+    async def remove_links(self, digests: Iterable[str]) -> None:
+        names = list(digests)
         if not names:
             return
-        with self._errors("add_repositories"):
-            await self._redis.sadd(self._key("repos:", upstream), *names)
+        with self._errors("remove_links"):
+            await self._remove_links(args=[self._prefix, *names])
 
-    async def list_repositories(self, upstream: str) -> list[str]:
+    async def remove_repository(self, upstream: str, repo: str) -> None:
+        with self._errors("remove_repository"):
+            await self._remove_repository(args=[self._prefix, upstream, repo])
+
+    async def list_repositories(
+        self, upstream: str, *, last: str = "", n: int | None = None
+    ) -> list[str]:
+        if n == 0:
+            return []
+        after = f"({last}" if last else "-"
         with self._errors("list_repositories"):
-            repos = await self._redis.smembers(self._key("repos:", upstream))
-        return sorted(_text(repo) for repo in repos)
-
-    async def remove_repositories(self, upstream: str, repos: Iterable[str]) -> None:
-        names = list(repos)
-        if not names:
-            return
-        with self._errors("remove_repositories"):
-            await self._redis.srem(self._key("repos:", upstream), *names)
+            repos = await self._redis.zrangebylex(
+                self._key("catalog:", upstream), after, "+", start=0 if n else None, num=n
+            )
+        return [_text(repo) for repo in repos]
 
     # --- pull counts ----------------------------------------------------------------------
 

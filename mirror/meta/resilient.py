@@ -6,6 +6,12 @@ the one that means "not known": no record, no repositories, nothing stored, and 
 caller may proceed under alone. The mirror then behaves as if uncached, which is correct,
 just slower.
 
+Links are the one role where "not known" costs more than speed: no link means the mirror
+does not know the repository holds the content, so it asks the upstream (a HEAD) before
+serving cached bytes to it, and an offline mirror, or one whose upstream fails too, serves
+no cached content to a repository it cannot confirm. Never the other way round: a failing
+store never makes content servable.
+
 After a failure the backend is left alone for `retry_after` seconds, so an outage costs
 each request nothing rather than a timeout; then one call probes it, and the store recovers
 by itself once the backend answers. One warning per outage, one line when it ends, and a
@@ -24,6 +30,7 @@ from mirror import observe
 from mirror.meta.store import (
     Access,
     CachedResponse,
+    Link,
     MetaStore,
     MetaStoreError,
     RateLimit,
@@ -153,19 +160,29 @@ class ResilientMetaStore:
     async def delete_accesses(self, digests: Iterable[str]) -> None:
         await self._guard("delete_accesses", None, lambda: self._inner.delete_accesses(digests))
 
-    async def remove_repositories(self, upstream: str, repos: Iterable[str]) -> None:
+    async def add_links(self, links: Iterable[Link]) -> None:
+        await self._guard("add_links", None, lambda: self._inner.add_links(links))
+
+    async def has_link(self, link: Link) -> bool:
+        """False while the backend fails: not known to be linked (see the module's doc)."""
+        return await self._guard("has_link", False, lambda: self._inner.has_link(link))
+
+    async def links_of(self, digest: str) -> list[Link]:
+        return await self._guard("links_of", [], lambda: self._inner.links_of(digest))
+
+    async def remove_links(self, digests: Iterable[str]) -> None:
+        await self._guard("remove_links", None, lambda: self._inner.remove_links(digests))
+
+    async def remove_repository(self, upstream: str, repo: str) -> None:
         await self._guard(
-            "remove_repositories", None, lambda: self._inner.remove_repositories(upstream, repos)
+            "remove_repository", None, lambda: self._inner.remove_repository(upstream, repo)
         )
 
-    async def add_repositories(self, upstream: str, repos: Iterable[str]) -> None:
-        await self._guard(
-            "add_repositories", None, lambda: self._inner.add_repositories(upstream, repos)
-        )
-
-    async def list_repositories(self, upstream: str) -> list[str]:
+    async def list_repositories(
+        self, upstream: str, *, last: str = "", n: int | None = None
+    ) -> list[str]:
         return await self._guard(
-            "list_repositories", [], lambda: self._inner.list_repositories(upstream)
+            "list_repositories", [], lambda: self._inner.list_repositories(upstream, last=last, n=n)
         )
 
     async def record_pulls(self, pulls: Mapping[str, int]) -> None:

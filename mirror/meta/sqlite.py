@@ -6,12 +6,13 @@ every expiry is a unix time in a column: several processes sharing the data dir 
 host, not over NFS) see each other's tags and locks. Expiries are measured with the store's
 `clock` (unix time; tests pass their own).
 
-Schema (version 1, in `PRAGMA user_version`):
+Schema (version 2, in `PRAGMA user_version`):
     tags(upstream, repo, tag, accept) -> digest, media_type, size, confirmed_at
     locks(name) -> token, expires_at
     rate_limits(upstream) -> max_requests, remaining, window_seconds, observed_at
     accesses(digest) -> last_access;  access_repos(digest, repo)
-    repositories(upstream, repo)
+    links(upstream, repo, digest), indexed by digest too; the catalog is read from it
+    (version 1 had a `repositories` table filled from whatever names clients typed: dropped)
     pulls(repo) -> count
     responses(key) -> body, headers (JSON), stored_at, expires_at
 """
@@ -34,6 +35,7 @@ from mirror.meta.store import (
     Access,
     CachedResponse,
     CountedHealth,
+    Link,
     MetaStoreError,
     RateLimit,
     TagKey,
@@ -43,7 +45,7 @@ from mirror.reference import Digest
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT = 2.0  # seconds a statement waits for another process's write to finish
 
 _SCHEMA = (
@@ -77,9 +79,16 @@ _SCHEMA = (
     ) WITHOUT ROWID
     """,
     """
-    CREATE TABLE IF NOT EXISTS repositories (
-        upstream TEXT NOT NULL, repo TEXT NOT NULL, PRIMARY KEY (upstream, repo)
+    DROP TABLE IF EXISTS repositories
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS links (
+        upstream TEXT NOT NULL, repo TEXT NOT NULL, digest TEXT NOT NULL,
+        PRIMARY KEY (upstream, repo, digest)
     ) WITHOUT ROWID
+    """,
+    """
+    CREATE INDEX IF NOT EXISTS links_by_digest ON links (digest)
     """,
     """
     CREATE TABLE IF NOT EXISTS pulls (
@@ -288,29 +297,54 @@ class SqliteMetaStore(CountedHealth):
 
         await self._run(delete)
 
-    # --- catalog --------------------------------------------------------------------------
+    # --- links and the catalog -----------------------------------------------------------
 
-    async def add_repositories(self, upstream: str, repos: Iterable[str]) -> None:
-        rows = [(upstream, repo) for repo in repos]
+    async def add_links(self, links: Iterable[Link]) -> None:
+        rows = [(link.upstream, link.repo, link.digest) for link in links]
         await self._run(
-            lambda c: c.executemany("INSERT OR IGNORE INTO repositories VALUES (?, ?)", rows)
+            lambda c: c.executemany("INSERT OR IGNORE INTO links VALUES (?, ?, ?)", rows)
         )
 
-    async def list_repositories(self, upstream: str) -> list[str]:
+    async def has_link(self, link: Link) -> bool:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT 1 FROM links WHERE upstream = ? AND repo = ? AND digest = ?",
+                (link.upstream, link.repo, link.digest),
+            ).fetchone()
+        )
+        return row is not None
+
+    async def links_of(self, digest: str) -> list[Link]:
         rows = await self._run(
             lambda c: c.execute(
-                "SELECT repo FROM repositories WHERE upstream = ? ORDER BY repo", (upstream,)
+                "SELECT upstream, repo FROM links WHERE digest = ? ORDER BY upstream, repo",
+                (digest,),
+            ).fetchall()
+        )
+        return [Link(upstream, repo, digest) for upstream, repo in rows]
+
+    async def remove_links(self, digests: Iterable[str]) -> None:
+        rows = [(digest,) for digest in digests]
+        await self._run(lambda c: c.executemany("DELETE FROM links WHERE digest = ?", rows))
+
+    async def remove_repository(self, upstream: str, repo: str) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "DELETE FROM links WHERE upstream = ? AND repo = ?", (upstream, repo)
+            )
+        )
+
+    async def list_repositories(
+        self, upstream: str, *, last: str = "", n: int | None = None
+    ) -> list[str]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT DISTINCT repo FROM links WHERE upstream = ? AND repo > ?"
+                " ORDER BY repo LIMIT ?",
+                (upstream, last, -1 if n is None else n),
             ).fetchall()
         )
         return [repo for (repo,) in rows]
-
-    async def remove_repositories(self, upstream: str, repos: Iterable[str]) -> None:
-        rows = [(upstream, repo) for repo in repos]
-        await self._run(
-            lambda c: c.executemany(
-                "DELETE FROM repositories WHERE upstream = ? AND repo = ?", rows
-            )
-        )
 
     # --- pull counts ----------------------------------------------------------------------
 

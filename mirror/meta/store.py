@@ -3,12 +3,12 @@ restarts and (with Redis) processes.
 
 Content lives in the content store, keyed by digest and immutable. Everything that changes
 lives here: which digest a tag names and when that was last confirmed upstream, the
-upstream's rate-limit budget, who accessed what and when, which repositories are cached,
-short-lived cached upstream answers (tag lists), and locks that make one process (of many)
-do a piece of upstream work.
+upstream's rate-limit budget, who accessed what and when, which repositories hold which
+content (links, and the catalog read from them), short-lived cached upstream answers (tag
+lists), and locks that make one process (of many) do a piece of upstream work.
 
 The interface is a few roles (`TagRecords`, `Locks`, `RateLimits`, `AccessRecords`,
-`Catalog`, `CachedResponses`, `Health`); a caller asks for the ones it uses, and a backend
+`Links`, `CachedResponses`, `Health`); a caller asks for the ones it uses, and a backend
 implements all of them (`MetaStore`).
 
 Implementations raise `MetaStoreError` for any backend failure; callers decide how to carry
@@ -30,9 +30,10 @@ __all__ = [
     "AccessRecords",
     "CachedResponse",
     "CachedResponses",
-    "Catalog",
     "CountedHealth",
     "Health",
+    "Link",
+    "Links",
     "Locks",
     "MetaStore",
     "MetaStoreError",
@@ -64,6 +65,17 @@ class TagRecord:
     media_type: str
     size: int
     confirmed_at: float  # unix time the upstream last said the tag names this digest
+
+
+@dataclass(frozen=True, order=True)
+class Link:
+    """Repository `repo` of upstream `upstream` (host[:port]) holds `digest`: the upstream
+    said so (it served or confirmed the digest for that repository), or a manifest cached
+    for that repository names it."""
+
+    upstream: str
+    repo: str
+    digest: str
 
 
 @dataclass
@@ -160,15 +172,32 @@ class AccessRecords(Protocol):
         """The most-pulled repositories with their counts, most first."""
 
 
-class Catalog(Protocol):
-    """The repositories the mirror holds content for, per upstream."""
+class Links(Protocol):
+    """Which repositories hold which content: the mirror serves a cached digest to a
+    repository only through a link (see `mirror.cache.scope`), and the catalog is the
+    repositories with links, so a name enters it only through content the upstream
+    confirmed for it, never because a client typed it."""
 
-    async def add_repositories(self, upstream: str, repos: Iterable[str]) -> None: ...
+    async def add_links(self, links: Iterable[Link]) -> None:
+        """Record a batch (idempotent)."""
 
-    async def list_repositories(self, upstream: str) -> list[str]:
-        """Sorted."""
+    async def has_link(self, link: Link) -> bool: ...
 
-    async def remove_repositories(self, upstream: str, repos: Iterable[str]) -> None: ...
+    async def links_of(self, digest: str) -> list[Link]:
+        """Every repository holding `digest`, sorted."""
+
+    async def remove_links(self, digests: Iterable[str]) -> None:
+        """Forget the links of content that is gone (gc, eviction, `mirror rm`); a
+        repository left with none leaves the catalog."""
+
+    async def remove_repository(self, upstream: str, repo: str) -> None:
+        """Forget every link of one repository (`mirror rm` of its last tag)."""
+
+    async def list_repositories(
+        self, upstream: str, *, last: str = "", n: int | None = None
+    ) -> list[str]:
+        """The repositories of `upstream` with at least one link: sorted, those after
+        `last` only, at most `n` (a page read from the store, never the whole table)."""
 
 
 class CachedResponses(Protocol):
@@ -181,7 +210,7 @@ class CachedResponses(Protocol):
 
 
 class MetaStore(
-    Health, TagRecords, Locks, RateLimits, AccessRecords, Catalog, CachedResponses, Protocol
+    Health, TagRecords, Locks, RateLimits, AccessRecords, Links, CachedResponses, Protocol
 ):
     """Every role: what a backend implements. Callers ask for the roles they use."""
 

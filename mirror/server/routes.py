@@ -15,7 +15,7 @@ from mirror.cache.blobs import BlobBody, BlobCache
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.tags import TagListCache
 from mirror.errors import RegistryError
-from mirror.meta.store import Catalog
+from mirror.meta.store import Links
 from mirror.reference import (
     Digest,
     is_digest,
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 READ_METHODS = frozenset({"GET", "HEAD"})
 # Enough for any real repository; a bigger `n` is refused rather than passed upstream.
 MAX_TAGS_PAGE = 10_000
+# A catalog page without `n`: the catalog is read from the store a page at a time.
+CATALOG_PAGE = 1_000
 
 _NAME = "{name:.+}"  # the name may contain "/"; the endpoint suffix anchors the match
 
@@ -48,7 +50,7 @@ class RegistryRoutes:
         blobs: BlobCache,
         manifests: ManifestCache,
         tags: TagListCache,
-        meta: Catalog,
+        meta: Links,
         cold_misses: ColdMissLimit,
     ) -> None:
         self._router = router
@@ -109,7 +111,7 @@ class RegistryRoutes:
         self._check_read(request)
         repo = self._repository(request)
         digest = Digest.parse(request.match_info["digest"])
-        if cached := self._blobs.cached(repo, digest):
+        if cached := await self._blobs.cached(repo, digest):
             return _cached_blob_response(request, digest, cached)
         if request.method == "HEAD":
             size = await self._blobs.size(repo, digest)
@@ -136,33 +138,49 @@ class RegistryRoutes:
         return web.Response(body=page.body, content_type="application/json", headers=headers)
 
     async def catalog(self, request: web.Request) -> web.Response:
-        """The repositories this mirror holds content for (not the upstreams' catalogs):
-        with `ns`, that registry's; else all of them, named as they are pulled through the
-        mirror (`library/alpine` for docker.io, `ghcr.io/org/app` for the others)."""
+        """The repositories this mirror holds content for (links, not the upstreams'
+        catalogs): with `ns`, that registry's; else all of them, named as they are pulled
+        through the mirror (`library/alpine` for docker.io, `ghcr.io/org/app` for the
+        others). One page (`n`, default `CATALOG_PAGE`, after `last`), read from the store
+        a page at a time per upstream, with a `Link` to the next."""
         query = dict(_pagination(request, _catalog_name))
+        n = int(query.get("n", CATALOG_PAGE))
+        last = query.get("last", "")
         visible = request.get(CATALOG_FILTER, lambda host, name: True)  # the user's, if any
-        if (ns := request.query.get("ns")) is not None:
-            host = self._router.upstream(ns).host
-            repos = [r for r in await self._meta.list_repositories(host) if visible(host, r)]
-        else:
-            repos = []
-            for upstream in self._router.upstreams:
-                names = await self._meta.list_repositories(upstream.host)
-                names = [name for name in names if visible(upstream.host, name)]
-                if upstream is not self._router.default:
-                    names = [f"{upstream.host}/{name}" for name in names]
-                repos += names
-            repos.sort()
-        if "last" in query:
-            repos = [repo for repo in repos if repo > query["last"]]
+        ns = request.query.get("ns")
+        upstreams = [self._router.upstream(ns)] if ns is not None else self._router.upstreams
+        repos: list[str] = []
+        for upstream in upstreams:
+            prefix = "" if ns is not None or upstream is self._router.default else upstream.host
+            repos += await self._catalog_page(upstream.host, prefix, last, n + 1, visible)
+        repos.sort()
         headers = {}
-        if "n" in query:
-            n = int(query["n"])
-            if len(repos) > n and n > 0:
-                more = urlencode({"n": n, "last": repos[n - 1]})
-                headers["Link"] = f'</v2/_catalog?{more}>; rel="next"'
-            repos = repos[:n]
-        return web.json_response({"repositories": repos}, headers=headers)
+        if len(repos) > n > 0:
+            more = urlencode({"n": n, "last": repos[n - 1]})
+            headers["Link"] = f'</v2/_catalog?{more}>; rel="next"'
+        return web.json_response({"repositories": repos[:n]}, headers=headers)
+
+    async def _catalog_page(
+        self,
+        host: str,
+        prefix: str,
+        last: str,
+        wanted: int,
+        visible: Callable[[str, str], bool],
+    ) -> list[str]:
+        """Up to `wanted` of `host`'s repositories the user may see, named `prefix/name`
+        (or `name`), the first ones after `last` in that naming."""
+        after = _after(prefix, last)
+        if after is None:
+            return []
+        found: list[str] = []
+        while len(found) < wanted:
+            names = await self._meta.list_repositories(host, last=after, n=wanted)
+            found += [name for name in names if visible(host, name)]
+            if len(names) < wanted:
+                break
+            after = names[-1]
+        return [f"{prefix}/{name}" if prefix else name for name in found[:wanted]]
 
     # --- validation -----------------------------------------------------------------------
 
@@ -174,6 +192,16 @@ class RegistryRoutes:
         repo = addressing.repository(request)
         observe.routed(repo.upstream.host)
         return repo
+
+
+def _after(prefix: str, last: str) -> str | None:
+    """The store's `last` for an upstream whose names the catalog shows as `prefix/name`,
+    given the catalog's `last`: None when every one of them sorts before it."""
+    if not prefix:
+        return last
+    if last.startswith(prefix + "/"):
+        return last[len(prefix) + 1 :]
+    return "" if prefix + "/" > last else None
 
 
 def _catalog_name(name: str) -> str:

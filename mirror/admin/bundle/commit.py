@@ -1,7 +1,8 @@
 """Committing a checked bundle: its staged content into the store (blobs, then manifests
-children first, so whatever a server sees is complete), then its tag records and catalog
-entries. `_commit_content` is the one place import publishes content: a blob by committing
-its verified writer, a manifest from its bytes with `write_manifest`."""
+children first, so whatever a server sees is complete), then its tag records and links
+(each image's repository holds what its manifests name; the catalog is read from links).
+`_commit_content` is the one place import publishes content: a blob by committing its
+verified writer, a manifest from its bytes with `write_manifest`."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from mirror import mediatypes
 from mirror.admin.bundle.check import Bundle
 from mirror.admin.bundle.layout import KNOWN_TYPES
 from mirror.admin.bundle.progress import count
-from mirror.meta.store import TagKey, TagRecord
+from mirror.cache.graph import ManifestWalk
+from mirror.meta.store import Link, TagKey, TagRecord
 from mirror.storage import ContentStore
 from mirror.units import human_size
 from mirror.wiring import DataDir
@@ -59,9 +61,9 @@ class ImportReport:
 
 
 async def import_bundle(data: DataDir, bundle: Bundle, *, dry_run: bool = False) -> ImportReport:
-    """Put a checked bundle's content into the store, then its tag records and catalog
-    entries. Content the store has is skipped; a tag record the mirror holds newer than the
-    bundle's stays."""
+    """Put a checked bundle's content into the store, then its tag records and links.
+    Content the store has is skipped; a tag record the mirror holds newer than the bundle's
+    stays."""
     report = ImportReport(
         images=len(bundle.images),
         objects=len(bundle.staged),
@@ -70,7 +72,7 @@ async def import_bundle(data: DataDir, bundle: Bundle, *, dry_run: bool = False)
     )
     await _commit_content(data.store, bundle, report, dry_run=dry_run)
     await _commit_records(data, bundle, report, dry_run=dry_run)
-    await _commit_catalog(data, bundle, report, dry_run=dry_run)
+    await _commit_links(data, bundle, report, dry_run=dry_run)
     return report
 
 
@@ -120,20 +122,24 @@ async def _commit_records(
             await data.meta.put_tag(key, record)
 
 
-async def _commit_catalog(
+async def _commit_links(
     data: DataDir, bundle: Bundle, report: ImportReport, *, dry_run: bool
 ) -> None:
-    """The bundle's repositories join their upstreams' catalogs."""
-    repositories: dict[str, set[str]] = {}
-    for image in bundle.images:
-        repositories.setdefault(image.upstream, set()).add(image.repository)
-    for key, _ in bundle.records:
-        repositories.setdefault(key.upstream, set()).add(key.repo)
-    for upstream, repos in repositories.items():
+    """Link each image's (and tag record's) repository to its manifest and everything the
+    bundle's manifests name from it, so the mirror serves them to that repository only."""
+    roots = {(image.upstream, image.repository, image.digest) for image in bundle.images}
+    roots |= {(key.upstream, key.repo, record.digest) for key, record in bundle.records}
+    links: set[Link] = set()
+    for upstream, repo, root in sorted(roots, key=str):
         if data.config.registries.upstream(upstream) is None:
             report.unserved.add(upstream)
-        if not dry_run:
-            await data.meta.add_repositories(upstream, sorted(repos))
+        walk = ManifestWalk([root])
+        for edge in walk:
+            if (manifest := bundle.manifests.get(edge.digest)) is not None:
+                walk.visit(edge, manifest.data)
+        links |= {Link(upstream, repo, str(digest)) for digest in walk.reached}
+    if not dry_run:
+        await data.meta.add_links(sorted(links))
 
 
 def _records_to_write(bundle: Bundle) -> Iterator[tuple[TagKey, TagRecord]]:

@@ -27,7 +27,7 @@ from mirror.admin.bundle.layout import (
 )
 from mirror.admin.bundle.progress import Progress
 from mirror.cache.graph import Edge, walk_store
-from mirror.meta.store import TagKey, TagRecord
+from mirror.meta.store import Link, TagKey, TagRecord
 from mirror.platforms import selector
 from mirror.reference import Digest, ImageRef
 from mirror.storage import ContentStore, StoredManifest
@@ -63,13 +63,23 @@ async def plan_export(
 ) -> ExportPlan:
     """What to write for `images`: every manifest and blob, found in the store, and their
     tag records; an index's children only for `platforms` (empty: all of them). Raises
-    ExportError listing everything that is not cached."""
+    ExportError listing everything that is not cached, and every image named by digest
+    that is not linked to its repository: what the mirror would not serve as that
+    repository it does not export as that repository either (a tag's record is the
+    upstream's answer for its repository, and what a manifest names is held with it)."""
     plan = ExportPlan()
     problems: list[str] = []
     all_tags = await data.meta.list_tags()
     for image in dict.fromkeys(images):
         if image.digest is not None:
-            _plan_digest(data.store, plan, image, platforms, problems)
+            link = Link(image.host, image.name, str(image.digest))
+            if await data.meta.has_link(link):
+                _plan_digest(data.store, plan, image, platforms, problems)
+            else:
+                problems.append(
+                    f"{image.host}/{image.name}@{image.digest} is not known to be in"
+                    f" {image.name} (pull it through the mirror from that repository first)"
+                )
         else:
             _plan_tag(data.store, plan, image, all_tags, platforms, problems)
     if problems:

@@ -207,7 +207,7 @@ async def _blob(
     progress: ProgressFactory,
     result: ImageResult,
 ) -> None:
-    cached = puller.blobs.cached(repo, digest)
+    cached = await puller.blobs.cached(repo, digest)
     if cached is not None:
         result.blobs_cached += 1
         result.bytes_cached += cached.size
