@@ -255,10 +255,12 @@ async def test_a_data_dir_from_before_links_still_serves_its_tagged_images_offli
 
 @pytest.mark.usefixtures("repos")
 async def test_upstream_answers_are_remembered_a_bounded_number_at_a_time(
-    mirror: Client, upstream: FakeRegistry, monkeypatch: pytest.MonkeyPatch
+    start_mirror: StartMirror, upstream: FakeRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A flood of names probing a cached blob costs one HEAD each, and the memory of the
-    answers stays bounded."""
+    answers stays bounded. (The upstream client's own memory of 404s, `negative_ttl`, is
+    turned off here: it would answer the forgotten probe too.)"""
+    mirror = await start_mirror(upstream.url, negative_ttl=0)
     await pull_like_docker(mirror, "team/app", "v1")
     monkeypatch.setattr(scope, "PROBE_MEMORY_ENTRIES", 4)
     paths = [f"/v2/flood/n{i}/blobs/{APP_LAYER.digest}" for i in range(6)]
