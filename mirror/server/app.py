@@ -52,7 +52,7 @@ async def create_app(
         middlewares=[observe_requests, registry_errors, addressing.resolve_repositories(router)]
     )
     app.on_response_prepare.append(add_response_headers)
-    cold_misses = ColdMissLimit(config.limits.max_cold_per_client)
+    cold_misses = ColdMissLimit(config.limits.max_cold_per_client, config.auth.trusted_proxies)
     RegistryRoutes(
         router, mirror.blobs, mirror.manifests, mirror.tags, mirror.meta, cold_misses
     ).register(app.router)

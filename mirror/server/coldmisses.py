@@ -7,7 +7,8 @@ limited nor counted. A client past the limit gets 429 with `Retry-After` instead
 monopolising the upstream's bandwidth and this process's downloads.
 
 Clients are keyed by the user they authenticated as (client authentication on), else by
-peer address, IPv6 by its /64 (what one host or site typically gets). The table holds only
+address (`server.clients`: IPv6 by its /64, behind a trusted proxy the address it vouches
+for). The table holds only
 clients with a miss in flight: an entry goes when its count drops to 0, so its size is
 bounded by the requests in flight, whatever addresses clients come from. The limit is this
 process's: with several workers a client may have up to `workers` times as many.
@@ -15,14 +16,15 @@ process's: with several workers a client may have up to `workers` times as many.
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from aiohttp import web
 
 from mirror import errors, observe
 from mirror.errors import RegistryError
+from mirror.server import clients
+from mirror.server.clients import Network
 
 # What a refused client is told to wait: about the time a typical layer takes to arrive.
 RETRY_AFTER_SECONDS = 5
@@ -31,8 +33,9 @@ RETRY_AFTER_SECONDS = 5
 class ColdMissLimit:
     """Counts each client's cold misses in flight and refuses one past `limit` (0: off)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, trusted_proxies: Sequence[str] = ()) -> None:
         self._limit = limit
+        self._proxies = clients.networks(trusted_proxies)
         self._in_flight: dict[str, int] = {}
 
     def in_flight(self, client: str) -> int:
@@ -49,7 +52,7 @@ class ColdMissLimit:
         if self._limit <= 0:
             yield
             return
-        client = client_key(request)
+        client = client_key(request, self._proxies)
         count = self._in_flight.get(client, 0)
         if count >= self._limit:
             observe.cold_miss_refused()
@@ -69,19 +72,11 @@ class ColdMissLimit:
                 del self._in_flight[client]
 
 
-def client_key(request: web.Request) -> str:
-    """Who a request counts against: `user:NAME` when the client logged in, else its peer
-    address (an IPv6 address by its /64 network)."""
+def client_key(request: web.Request, trusted_proxies: Sequence[Network] = ()) -> str:
+    """Who a request counts against: `user:NAME` when the client logged in, else its
+    address as `server.clients` keys it (IPv6 by /64, behind a trusted proxy the address it
+    vouches for)."""
     record = observe.current_request()
     if record is not None and record.user is not None:
         return f"user:{record.user}"
-    remote = request.remote or "-"
-    try:
-        address = ipaddress.ip_address(remote)
-    except ValueError:
-        return remote  # a Unix socket or a test transport: one key for all
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
+    return clients.client_key(clients.client_address(request, trusted_proxies))

@@ -16,8 +16,9 @@ from aiohttp.test_utils import make_mocked_request
 from mirror import config
 from mirror.config import ConfigError
 from mirror.server import htpasswd
-from mirror.server.auth.logins import PASSWORD_CHECK_THREADS, client_address
-from mirror.server.auth.throttle import FAILURES_BEFORE_BACKOFF, client_key
+from mirror.server.auth.logins import PASSWORD_CHECK_THREADS
+from mirror.server.auth.throttle import FAILURES_BEFORE_BACKOFF
+from mirror.server.clients import client_address, client_key
 from testkit.clock import FakeClock
 from testkit.fakeupstream import FakeRegistry
 from testkit.waiting import wait_until

@@ -4,12 +4,11 @@ bcrypt is slow on purpose, so its runs get threads of their own (`PASSWORD_CHECK
 a flood of logins queues there and never takes the default executor's threads, which
 metadata reads and commits use. Failures are counted per client: its address, or with
 `trusted_proxies` set and the request coming from one of them, the address its
-`X-Forwarded-For` names; IPv6 clients by their /64 (see `throttle.client_key`).
+`X-Forwarded-For` names; IPv6 clients by their /64 (see `server.clients`).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -20,12 +19,11 @@ from aiohttp import web
 from mirror import errors, metrics, observe
 from mirror.errors import RegistryError
 from mirror.server.auth.credentials import unauthorized
-from mirror.server.auth.throttle import Throttle, client_key
+from mirror.server.auth.throttle import Throttle
+from mirror.server.clients import client_address, client_key, networks
 from mirror.server.htpasswd import Passwords
 
 log = logging.getLogger(__name__)
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PASSWORD_CHECK_THREADS = 2
 # One pool for the process (every application in it): bcrypt is CPU-bound, more threads
@@ -41,7 +39,7 @@ class Logins:
     ) -> None:
         self.passwords = passwords
         self.throttle = throttle
-        proxies = tuple(ipaddress.ip_network(cidr) for cidr in trusted_proxies)
+        proxies = networks(trusted_proxies)
         # The key brute-force back-off is counted by (tests swap this).
         self.client_key: Callable[[web.Request], str] = lambda request: client_key(
             client_address(request, proxies)
@@ -77,40 +75,6 @@ class Logins:
         log.warning("failed login for %s from %s", who, client)
         if (backoff := self.throttle.failed(client)) is not None:
             log.warning("repeated failed logins from %s: refusing them for %g s", client, backoff)
-
-
-def client_address(request: web.Request, trusted_proxies: Sequence[Network]) -> str:
-    """The client's address: the peer's, unless the peer is a trusted proxy; then the
-    `X-Forwarded-For` hop nearest to it that is not a trusted proxy (each proxy appends the
-    address it saw, so hops further left are the client's word and not believed)."""
-    peer = request.remote or "-"
-    if not trusted_proxies or not _within(peer, trusted_proxies):
-        return peer
-    hops = [
-        hop.strip()
-        for header in request.headers.getall("X-Forwarded-For", ())
-        for hop in header.split(",")
-    ]
-    for hop in reversed(hops):
-        if not _within(hop, trusted_proxies):
-            return hop if _is_address(hop) else peer
-    return peer
-
-
-def _within(address: str, networks: Sequence[Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in networks)
-
-
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def record_user(user: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -14,21 +13,6 @@ FAILURE_WINDOW = 60.0  # seconds without a failure (or block) after which an add
 FIRST_BACKOFF = 2.0  # seconds, doubled with each further failure
 MAX_BACKOFF = 300.0
 TRACKED_CLIENTS = 10_000  # addresses remembered (least recently failing forgotten first)
-
-
-def client_key(address: str) -> str:
-    """What failures are counted by: an IPv4 address, or an IPv6 address's /64 (a host is
-    usually given a whole /64 and can pick a fresh address for every guess). Anything else
-    is its own key."""
-    try:
-        ip = ipaddress.ip_address(address.partition("%")[0])  # without an IPv6 zone
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
 
 
 @dataclass
