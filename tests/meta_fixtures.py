@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -205,3 +206,13 @@ async def meta_store(
     await store.close()
     if url is not None:
         await forget_prefix(url, prefix)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def meta_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings for a mirror under test, once with the embedded SQLite store and once with
+    Redis (its own key prefix on the shared test server)."""
+    if request.param == "sqlite":
+        return {}
+    url: str = request.getfixturevalue("redis_url")
+    return {"redis_url": url, "redis_key_prefix": unique_prefix()}

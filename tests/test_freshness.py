@@ -6,7 +6,6 @@ Every test runs twice: with the embedded SQLite store and with a real Redis serv
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +31,6 @@ from tests.meta_fixtures import RedisServer
 TAG = "/v2/library/alpine/manifests/3.19"
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Settings selecting the metadata backend under test."""
-    if request.param == "sqlite":
-        return {}
-    url: str = request.getfixturevalue("redis_url")
-    return {"redis_url": url, "redis_key_prefix": f"test-{uuid.uuid4().hex[:8]}:"}
-
-
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -50,10 +40,12 @@ def clock() -> FakeClock:
 async def mirror(
     upstream: FakeRegistry,
     start_mirror: StartMirror,
-    backend: dict[str, Any],
+    meta_settings: dict[str, Any],
     clock: FakeClock,
 ) -> Client:
-    return await start_mirror(upstream.url, clock=clock, tag_ttl=60, request_timeout=0.5, **backend)
+    return await start_mirror(
+        upstream.url, clock=clock, tag_ttl=60, request_timeout=0.5, **meta_settings
+    )
 
 
 async def get_tag(mirror: Client, path: str = TAG) -> tuple[int, bytes, dict[str, str]]:
@@ -169,10 +161,10 @@ async def test_an_unreachable_upstream_serves_cached_tags_stale(
     start_mirror: StartMirror,
     upstream: FakeRegistry,
     alpine: Manifest,
-    backend: dict[str, Any],
+    meta_settings: dict[str, Any],
     clock: FakeClock,
 ) -> None:
-    mirror = await start_mirror(upstream.url, clock=clock, tag_ttl=60, **backend)
+    mirror = await start_mirror(upstream.url, clock=clock, tag_ttl=60, **meta_settings)
     await get_tag(mirror)
     layer = alpine.layers[0]
     await (await mirror.get(f"/v2/library/alpine/blobs/{layer.digest}")).read()
@@ -191,10 +183,10 @@ async def test_offline_mode_serves_the_cache_and_never_contacts_the_upstream(
     start_mirror: StartMirror,
     upstream: FakeRegistry,
     alpine: Manifest,
-    backend: dict[str, Any],
+    meta_settings: dict[str, Any],
     clock: FakeClock,
 ) -> None:
-    online = await start_mirror(upstream.url, clock=clock, **backend)
+    online = await start_mirror(upstream.url, clock=clock, **meta_settings)
     await get_tag(online)
     for blob in alpine.blobs:
         await (await online.get(f"/v2/library/alpine/blobs/{blob.digest}")).read()
@@ -203,7 +195,7 @@ async def test_offline_mode_serves_the_cache_and_never_contacts_the_upstream(
     # The same upstream stays up and counts: offline, the mirror must not send it anything.
     upstream.reset_counts()
     clock.advance(10 * 24 * 3600)
-    offline = await start_mirror(upstream.url, clock=clock, offline=True, **backend)
+    offline = await start_mirror(upstream.url, clock=clock, offline=True, **meta_settings)
     status, body, _ = await get_tag(offline)
     assert (status, body) == (200, alpine.data)
     for blob in alpine.blobs:
@@ -226,18 +218,18 @@ async def test_offline_a_tag_cached_for_other_clients_serves_any_client_acceptin
     start_mirror: StartMirror,
     upstream: FakeRegistry,
     alpine: Manifest,
-    backend: dict[str, Any],
+    meta_settings: dict[str, Any],
     clock: FakeClock,
 ) -> None:
     """Filled online by one kind of client, served offline to another: the tag record of
     another Accept class names a manifest this client takes too."""
-    online = await start_mirror(upstream.url, clock=clock, **backend)
+    online = await start_mirror(upstream.url, clock=clock, **meta_settings)
     only_schema2 = {"Accept": DOCKER_MANIFEST}
     assert (await online.get(TAG, headers=only_schema2)).status == 200
     await online.close()
     upstream.reset_counts()
 
-    offline = await start_mirror(upstream.url, clock=clock, offline=True, **backend)
+    offline = await start_mirror(upstream.url, clock=clock, offline=True, **meta_settings)
     wide = {"Accept": f"{OCI_INDEX}, {OCI_MANIFEST}, {DOCKER_MANIFEST}"}
     status, body, headers = await _get(offline, TAG, wide)
     assert (status, body) == (200, alpine.data)
@@ -253,12 +245,14 @@ async def _get(mirror: Client, path: str, headers: dict[str, str]) -> tuple[int,
 
 
 async def test_rate_limit_floor_defers_revalidation(
-    start_mirror: StartMirror, alpine: Manifest, backend: dict[str, Any], clock: FakeClock
+    start_mirror: StartMirror, alpine: Manifest, meta_settings: dict[str, Any], clock: FakeClock
 ) -> None:
     async with FakeRegistry(ratelimit=(100, 12)) as hub:
         hub.push_image("library/alpine", "3.19", alpine)
         hub.push_image("library/fresh", "1", make_image(seed=3))
-        mirror = await start_mirror(hub.url, clock=clock, tag_ttl=60, ratelimit_floor=10, **backend)
+        mirror = await start_mirror(
+            hub.url, clock=clock, tag_ttl=60, ratelimit_floor=10, **meta_settings
+        )
         await get_tag(mirror)  # HEAD + GET: remaining 12 -> 11
         await get_tag(mirror, "/v2/library/fresh/manifests/1")  # -> 10: at the floor
         hub.reset_counts()
@@ -276,10 +270,10 @@ async def test_tag_lists_are_cached_briefly_and_served_stale_on_errors(
     start_mirror: StartMirror,
     upstream: FakeRegistry,
     alpine: Manifest,
-    backend: dict[str, Any],
+    meta_settings: dict[str, Any],
     clock: FakeClock,
 ) -> None:
-    mirror = await start_mirror(upstream.url, clock=clock, tags_list_ttl=30, **backend)
+    mirror = await start_mirror(upstream.url, clock=clock, tags_list_ttl=30, **meta_settings)
     first = await mirror.get("/v2/library/alpine/tags/list")
     assert (await first.json())["tags"] == ["3.19"]
     upstream.reset_counts()
@@ -311,9 +305,9 @@ async def test_catalog_lists_the_repositories_the_mirror_holds(
     assert await rest.json() == {"repositories": ["team/app"]}
 
 
-async def open_backend(backend: dict[str, Any], data_dir: Path) -> MetaStore:
-    if "redis_url" in backend:
-        return await RedisMetaStore.open(backend["redis_url"], backend["redis_key_prefix"])
+async def open_backend(settings: dict[str, Any], data_dir: Path) -> MetaStore:
+    if "redis_url" in settings:
+        return await RedisMetaStore.open(settings["redis_url"], settings["redis_key_prefix"])
     return await SqliteMetaStore.open(data_dir / "meta.sqlite3")
 
 
@@ -321,17 +315,17 @@ async def test_access_records_are_written_in_batches(
     start_mirror: StartMirror,
     upstream: FakeRegistry,
     alpine: Manifest,
-    backend: dict[str, Any],
+    meta_settings: dict[str, Any],
     data_dir: Path,
 ) -> None:
-    mirror = await start_mirror(upstream.url, **backend)
+    mirror = await start_mirror(upstream.url, **meta_settings)
     await get_tag(mirror)
     layer = alpine.layers[0]
     await (await mirror.get(f"/v2/library/alpine/blobs/{layer.digest}")).read()
     await (await mirror.get(f"/v2/alpine/blobs/{layer.digest}")).read()
     await mirror.close()  # shutdown flushes what has collected
 
-    store = await open_backend(backend, data_dir)
+    store = await open_backend(meta_settings, data_dir)
     try:
         manifest_access = await store.get_access(alpine.digest)
         blob_access = await store.get_access(layer.digest)
@@ -398,7 +392,7 @@ async def test_tag_rules_set_freshness_per_pattern_and_immutable_tags_never_reva
     start_mirror: StartMirror,
     upstream: FakeRegistry,
     alpine: Manifest,
-    backend: dict[str, Any],
+    meta_settings: dict[str, Any],
     clock: FakeClock,
 ) -> None:
     rules = [
@@ -406,7 +400,9 @@ async def test_tag_rules_set_freshness_per_pattern_and_immutable_tags_never_reva
         {"tag_regex": r"v?\d+\.\d+\.\d+", "immutable": True},
         {"match": "library/*", "ttl": 600},
     ]
-    mirror = await start_mirror(upstream.url, clock=clock, tag_ttl=60, tag_rules=rules, **backend)
+    mirror = await start_mirror(
+        upstream.url, clock=clock, tag_ttl=60, tag_rules=rules, **meta_settings
+    )
     for tag in ("latest", "1.2.3", "edge"):
         upstream.tag("library/alpine", tag, alpine)
         await get_tag(mirror, f"/v2/library/alpine/manifests/{tag}")
@@ -431,13 +427,13 @@ async def test_mirrors_sharing_a_metadata_store_revalidate_a_tag_once(
     start_mirror: StartMirror,
     upstream: FakeRegistry,
     alpine: Manifest,
-    backend: dict[str, Any],
+    meta_settings: dict[str, Any],
     clock: FakeClock,
 ) -> None:
     """Two mirror instances (as on two hosts sharing Redis, or one data dir): a stale tag
     asked of both at once costs the upstream one HEAD, via the store's lock."""
-    first = await start_mirror(upstream.url, clock=clock, tag_ttl=60, **backend)
-    second = await start_mirror(upstream.url, clock=clock, tag_ttl=60, **backend)
+    first = await start_mirror(upstream.url, clock=clock, tag_ttl=60, **meta_settings)
+    second = await start_mirror(upstream.url, clock=clock, tag_ttl=60, **meta_settings)
     await get_tag(first)
     upstream.reset_counts()
     clock.advance(61)
@@ -452,15 +448,15 @@ async def test_mirrors_sharing_a_metadata_store_revalidate_a_tag_once(
 async def test_rate_limit_headers_are_kept_in_the_metadata_store(
     start_mirror: StartMirror,
     alpine: Manifest,
-    backend: dict[str, Any],
+    meta_settings: dict[str, Any],
     data_dir: Path,
 ) -> None:
     async with FakeRegistry(ratelimit=(100, 77)) as hub:
         hub.push_image("library/alpine", "3.19", alpine)
-        mirror = await start_mirror(hub.url, **backend)
+        mirror = await start_mirror(hub.url, **meta_settings)
         await get_tag(mirror)
         await mirror.close()
-    store = await open_backend(backend, data_dir)
+    store = await open_backend(meta_settings, data_dir)
     try:
         ratelimit = await store.get_rate_limit("docker.io")  # keyed by the registry it is
     finally:
@@ -492,10 +488,13 @@ async def test_hot_tag_records_are_kept_in_memory_briefly(
 
 
 async def test_mirrors_sharing_a_metadata_store_fetch_a_manifest_once(
-    start_mirror: StartMirror, upstream: FakeRegistry, alpine: Manifest, backend: dict[str, Any]
+    start_mirror: StartMirror,
+    upstream: FakeRegistry,
+    alpine: Manifest,
+    meta_settings: dict[str, Any],
 ) -> None:
-    first = await start_mirror(upstream.url, **backend)
-    second = await start_mirror(upstream.url, **backend)
+    first = await start_mirror(upstream.url, **meta_settings)
+    second = await start_mirror(upstream.url, **meta_settings)
     upstream.add_fault(Fault("slow", method="GET", delay=0.3, path_contains="/manifests/"))
     path = f"/v2/library/alpine/manifests/{alpine.digest}"
     results = await asyncio.gather(

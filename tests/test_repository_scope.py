@@ -6,7 +6,6 @@ either metadata backend; the catalog names only repositories with links, a page 
 from __future__ import annotations
 
 import sqlite3
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,6 @@ BASE = make_layer({"etc/os-release": b"a base layer two teams share\n"})
 APP = make_image(layers=[BASE, make_layer({"app": b"team/app's own code\n"})])
 OTHER = make_image(layers=[BASE, make_layer({"other": b"team/other's own code\n"})])
 APP_LAYER = APP.layers[1]
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Settings selecting the metadata backend under test."""
-    if request.param == "sqlite":
-        return {}
-    url: str = request.getfixturevalue("redis_url")
-    return {"redis_url": url, "redis_key_prefix": f"test-{uuid.uuid4().hex[:8]}:"}
 
 
 @pytest.fixture
@@ -186,14 +176,14 @@ async def test_another_processs_download_is_followed_only_for_a_repository_that_
 
 @pytest.mark.usefixtures("repos")
 async def test_offline_only_linked_content_is_served(
-    start_mirror: StartMirror, upstream: FakeRegistry, backend: dict[str, Any]
+    start_mirror: StartMirror, upstream: FakeRegistry, meta_settings: dict[str, Any]
 ) -> None:
-    online = await start_mirror(upstream.url, **backend)
+    online = await start_mirror(upstream.url, **meta_settings)
     await pull_like_docker(online, "team/app", "v1")
     await online.close()
     upstream.reset_counts()
 
-    offline = await start_mirror(upstream.url, offline=True, **backend)
+    offline = await start_mirror(upstream.url, offline=True, **meta_settings)
     async with offline.get(f"/v2/team/app/blobs/{APP_LAYER.digest}") as resp:
         assert (resp.status, await resp.read()) == (200, APP_LAYER.data)
     for path, code in [
@@ -208,15 +198,15 @@ async def test_offline_only_linked_content_is_served(
 
 @pytest.mark.usefixtures("repos")
 async def test_links_survive_a_restart(
-    start_mirror: StartMirror, upstream: FakeRegistry, backend: dict[str, Any]
+    start_mirror: StartMirror, upstream: FakeRegistry, meta_settings: dict[str, Any]
 ) -> None:
-    first = await start_mirror(upstream.url, **backend)
+    first = await start_mirror(upstream.url, **meta_settings)
     await pull_like_docker(first, "team/app", "v1")
     assert (await first.get(f"/v2/team/other/blobs/{BASE.digest}")).status == 200
     await first.close()
     upstream.reset_counts()
 
-    again = await start_mirror(upstream.url, **backend)
+    again = await start_mirror(upstream.url, **meta_settings)
     for path in [
         f"/v2/team/app/blobs/{APP_LAYER.digest}",
         f"/v2/team/app/manifests/{APP.digest}",

@@ -17,7 +17,7 @@ from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 
 from mirror.reference import Digest
-from mirror.storage.filewriter import FileBlobWriter
+from mirror.storage.filewriter import FileBlobWriter, held
 from mirror.storage.protocol import SpoolProgress
 
 # How often a follower looks at the files of another process's download.
@@ -86,17 +86,7 @@ class FileSpool:
         self._fd = None
 
     def in_progress(self) -> bool:
-        try:
-            fd = os.open(self._lock, os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        return held(self._lock)
 
     async def watch(self) -> AsyncGenerator[SpoolProgress, None]:
         seen = SpoolProgress()

@@ -32,7 +32,7 @@ from typing import BinaryIO
 from mirror.errors import RegistryError
 from mirror.reference import Digest
 from mirror.storage.filespool import SPOOL_SUFFIXES, FileSpool
-from mirror.storage.filewriter import FileBlobWriter, sync_directory
+from mirror.storage.filewriter import FileBlobWriter, held, sync_directory
 from mirror.storage.protocol import (
     ContentKind,
     IntegrityError,
@@ -296,7 +296,7 @@ class FilesystemStore:
         digest = self._spool_of(path)
         if digest is not None:
             return not self.spool(digest).in_progress()
-        return not _held(path)
+        return not held(path)
 
     def remove_temp_file(self, temp: TempFile) -> None:
         (self._tmp / temp.name).unlink(missing_ok=True)
@@ -319,21 +319,6 @@ class FilesystemStore:
                 path.unlink(missing_ok=True)
             removed += 1
         return removed
-
-
-def _held(path: Path) -> bool:
-    """Whether a live process holds an flock on `path` (a writer writing it)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except (FileNotFoundError, IsADirectoryError):
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 _TREES: dict[ContentKind, str] = {"blob": "blobs", "manifest": "manifests"}

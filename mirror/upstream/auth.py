@@ -21,6 +21,7 @@ import aiohttp
 
 from mirror import observe
 from mirror.singleflight import SingleFlight
+from mirror.upstream.bodies import BodyTooLarge, read_capped
 from mirror.upstream.credentials import ClientCredential
 from mirror.upstream.realms import realm_refusal
 from mirror.upstream.tokencache import Token, TokenCache
@@ -205,27 +206,17 @@ class Authenticator:
             if resp.status != 200:
                 rejected = resp.status in (401, 403)
                 raise TokenError(f"token realm answered {resp.status}", rejected=rejected)
-            body = await _read_whole(resp, MAX_TOKEN_RESPONSE_BYTES)
+            try:
+                body = await read_capped(resp, MAX_TOKEN_RESPONSE_BYTES)
+            except BodyTooLarge:
+                raise TokenError(
+                    f"token response larger than {MAX_TOKEN_RESPONSE_BYTES} bytes"
+                ) from None
         return _parse_token(body, started)
 
 
 def _key(scope: str | None, client: ClientCredential | None) -> tuple[str, str]:
     return (client.key if client is not None else "", scope or "")
-
-
-async def _read_whole(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body however it arrives (several reads, chunked), refused past `limit`."""
-    too_large = TokenError(f"token response larger than {limit} bytes")
-    if resp.content_length is not None and resp.content_length > limit:
-        raise too_large
-    parts: list[bytes] = []
-    total = 0
-    async for chunk in resp.content.iter_any():
-        total += len(chunk)
-        if total > limit:
-            raise too_large
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 def _parse_token(body: bytes, received_at: float) -> Token:

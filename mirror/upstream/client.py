@@ -30,6 +30,7 @@ from mirror.ratelimit import RateLimit, parse_ratelimit
 from mirror.reference import Digest
 from mirror.upstream.addresses import AddressRefused, GuardedResolver
 from mirror.upstream.auth import Authenticator, TokenError
+from mirror.upstream.bodies import BodyTooLarge, read_capped
 from mirror.upstream.breaker import CircuitBreaker
 from mirror.upstream.credentials import ClientCredential
 from mirror.upstream.failures import UpstreamError
@@ -536,19 +537,13 @@ class UpstreamClient:
         )
 
     async def _read_capped(self, resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
-        too_big = UpstreamError(
-            errors.UPSTREAM_BAD_GATEWAY, f"upstream {self.name} sent a {what} over {limit} bytes"
-        )
-        if resp.content_length is not None and resp.content_length > limit:
-            raise too_big
-        parts: list[bytes] = []
-        total = 0
-        async for chunk in resp.content.iter_any():
-            total += len(chunk)
-            if total > limit:
-                raise too_big
-            parts.append(chunk)
-        return b"".join(parts)
+        try:
+            return await read_capped(resp, limit)
+        except BodyTooLarge:
+            raise UpstreamError(
+                errors.UPSTREAM_BAD_GATEWAY,
+                f"upstream {self.name} sent a {what} over {limit} bytes",
+            ) from None
 
 
 @dataclass(frozen=True)
