@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 from multidict import CIMultiDict
@@ -33,21 +33,18 @@ from mirror.upstream.auth import Authenticator, TokenError
 from mirror.upstream.bodies import BodyTooLarge, read_capped
 from mirror.upstream.breaker import CircuitBreaker
 from mirror.upstream.credentials import ClientCredential
-from mirror.upstream.failures import UpstreamError
+from mirror.upstream.failures import UpstreamError, raise_for_status, transport_fault
 from mirror.upstream.foreign import ForeignAuth, Origin, origin_of, scope_for
 from mirror.upstream.negative import Key, NegativeCache
 from mirror.upstream.options import ClientOptions
 from mirror.upstream.pools import Attempt, Pool
+from mirror.upstream.redirects import REDIRECTS, redirect_target
 
 log = logging.getLogger(__name__)
 
-MAX_REDIRECTS = 10
 # distribution refuses manifests over 4 MiB; so does the mirror, to bound memory.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_TAGS_BYTES = 16 * 1024 * 1024
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-# Where a redirect may lead: never file:, ftp: or anything else aiohttp might not refuse.
-_SCHEMES = frozenset({"http", "https"})
 _NOT_FOUND: Mapping[observe.UpstreamKind, ErrorCode] = {
     "manifest": errors.MANIFEST_UNKNOWN,
     "blob": errors.BLOB_UNKNOWN,
@@ -161,7 +158,7 @@ class UpstreamClient:
         ) as resp:
             if resp.status == 405:
                 return None
-            self._raise_for_status(resp, errors.MANIFEST_UNKNOWN)
+            raise_for_status(self.name, resp, errors.MANIFEST_UNKNOWN)
             digest = _parse_digest(resp.headers.get("Docker-Content-Digest"))
             length = resp.headers.get("Content-Length", "")
             media_type = bare_type(resp.headers.get("Content-Type", ""))
@@ -186,7 +183,7 @@ class UpstreamClient:
         async with self._request(
             "GET", path, repo, "manifest", missing=missing, headers=headers, credential=credential
         ) as resp:
-            self._raise_for_status(resp, errors.MANIFEST_UNKNOWN)
+            raise_for_status(self.name, resp, errors.MANIFEST_UNKNOWN)
             data = await self._read_capped(resp, MAX_MANIFEST_BYTES, "manifest")
             observe.upstream_received(self.host, len(data))
             media_type = bare_type(resp.headers.get("Content-Type", ""))
@@ -206,7 +203,7 @@ class UpstreamClient:
         async with self._request(
             "HEAD", path, repo, "blob", missing=missing, credential=credential
         ) as resp:
-            self._raise_for_status(resp, errors.BLOB_UNKNOWN)
+            raise_for_status(self.name, resp, errors.BLOB_UNKNOWN)
             length = resp.headers.get("Content-Length")
             return int(length) if length is not None and length.isdigit() else None
 
@@ -219,7 +216,7 @@ class UpstreamClient:
         async with self._request(
             "GET", path, repo, "blob", pool=self._blobs, missing=missing, credential=credential
         ) as resp:
-            self._raise_for_status(resp, errors.BLOB_UNKNOWN)
+            raise_for_status(self.name, resp, errors.BLOB_UNKNOWN)
             # Whatever has arrived, as soon as it has: waiting to fill a fixed-size chunk
             # would delay every client's first byte.
             yield BlobStream(size=resp.content_length, chunks=resp.content.iter_any())
@@ -237,7 +234,7 @@ class UpstreamClient:
         async with self._request(
             "GET", path, repo, "tags", params=query, credential=credential
         ) as resp:
-            self._raise_for_status(resp, errors.NAME_UNKNOWN)
+            raise_for_status(self.name, resp, errors.NAME_UNKNOWN)
             body = await self._read_capped(resp, MAX_TAGS_BYTES, "tag list")
             return TagsPage(body=body, link=resp.headers.get("Link"))
 
@@ -321,7 +318,7 @@ class UpstreamClient:
                     try:
                         yield resp
                     except (aiohttp.ClientError, TimeoutError) as exc:
-                        raise self._fault(exc) from None
+                        raise transport_fault(self.name, exc) from None
                     finally:
                         resp.release()
             finally:
@@ -365,7 +362,7 @@ class UpstreamClient:
                 isinstance(exc, TimeoutError) and attempt.connecting
             ):
                 self.breaker.failed()
-            raise self._fault(exc) from None
+            raise transport_fault(self.name, exc) from None
         self.breaker.succeeded()
         return resp
 
@@ -415,11 +412,11 @@ class UpstreamClient:
                 challenged.add(origin)
                 self._answer_challenge(origin, scope, challenge, credential)
                 continue
-            if follow_redirects and resp.status in _REDIRECTS and "Location" in resp.headers:
+            if follow_redirects and resp.status in REDIRECTS and "Location" in resp.headers:
                 location = resp.headers["Location"]
                 resp.release()
                 hops += 1
-                url = self._redirect_target(url, location, hops)
+                url = redirect_target(self.name, url, location, hops)
                 await self._resolver.check_literal(urlsplit(url).hostname or "")
                 params = ()  # the Location carries its own query
                 continue
@@ -460,81 +457,6 @@ class UpstreamClient:
                 f"upstream {self.name} redirected to {origin[1]}, which requires "
                 "authentication (the upstream's credentials are never sent to another host)",
             )
-
-    def _redirect_target(self, url: str, location: str, hops: int) -> str:
-        """Where the `hops`-th redirect leads, refused past MAX_REDIRECTS or to a scheme
-        other than http(s) (a `file:` Location must never be followed)."""
-        if hops > MAX_REDIRECTS:
-            raise UpstreamError(
-                errors.UPSTREAM_BAD_GATEWAY,
-                f"upstream {self.name} redirected more than {MAX_REDIRECTS} times",
-            )
-        target = urljoin(url, location)
-        if (scheme := urlsplit(target).scheme.lower()) not in _SCHEMES:
-            raise UpstreamError(
-                errors.UPSTREAM_BAD_GATEWAY,
-                f"upstream {self.name} redirected to a {scheme or 'schemeless'}: URL; "
-                "the mirror follows redirects to http and https only",
-            )
-        return target
-
-    def _fault(self, exc: BaseException) -> UpstreamError:
-        """Map a transport failure to the status a client should see, naming the upstream."""
-        if isinstance(exc, TimeoutError):
-            return UpstreamError(errors.UPSTREAM_TIMEOUT, f"upstream {self.name} timed out")
-        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-            cause = exc.certificate_error
-            reason = getattr(cause, "verify_message", None) or type(cause).__name__
-            return UpstreamError(
-                errors.UPSTREAM_BAD_GATEWAY,
-                f"upstream {self.name} has a TLS certificate the mirror does not trust "
-                f"({reason}): set the upstream's ca_file, or insecure = true for a lab",
-            )
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            return UpstreamError(
-                errors.UPSTREAM_UNAVAILABLE, f"upstream {self.name} is unreachable: {exc.strerror}"
-            )
-        if isinstance(exc, aiohttp.ClientPayloadError):
-            return UpstreamError(
-                errors.UPSTREAM_BAD_GATEWAY,
-                f"upstream {self.name} broke off the response body (connection closed or "
-                "reset before its end)",
-            )
-        if isinstance(exc, aiohttp.ServerDisconnectedError):
-            return UpstreamError(
-                errors.UPSTREAM_BAD_GATEWAY,
-                f"upstream {self.name} closed the connection without answering",
-            )
-        log.warning("upstream %s failed: %s", self.name, type(exc).__name__)
-        return UpstreamError(
-            errors.UPSTREAM_BAD_GATEWAY,
-            f"upstream {self.name} failed: {type(exc).__name__}",
-        )
-
-    def _raise_for_status(self, resp: aiohttp.ClientResponse, not_found: ErrorCode) -> None:
-        status = resp.status
-        if 200 <= status < 300:
-            return
-        if status == 404:
-            raise RegistryError(not_found, f"not found at upstream {self.name}")
-        if status in (401, 403):
-            raise UpstreamError(
-                errors.DENIED,
-                f"upstream {self.name} denied access: the repository does not exist "
-                "or needs credentials the mirror does not have",
-            )
-        if status == 429:
-            headers = {}
-            if retry_after := resp.headers.get("Retry-After"):
-                headers["Retry-After"] = retry_after
-            raise UpstreamError(
-                errors.TOOMANYREQUESTS,
-                f"upstream {self.name} is rate limiting the mirror",
-                headers=headers,
-            )
-        raise UpstreamError(
-            errors.UPSTREAM_BAD_GATEWAY, f"upstream {self.name} answered HTTP {status}"
-        )
 
     async def _read_capped(self, resp: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
         try:
