@@ -20,6 +20,9 @@ SERVE_FLAGS = (
     "upstream",
     "data_dir",
     "redis_url",
+    "storage",
+    "s3_endpoint",
+    "local_cache_size",
     "tag_ttl",
     "offline",
     "workers",
@@ -121,6 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--redis-url", metavar="URL", help="Redis for shared metadata (default: embedded SQLite)"
     )
+    _storage_flags(serve)
     serve.add_argument(
         "--tag-ttl", metavar="SECONDS", help="how long a tag is served without asking upstream"
     )
@@ -171,7 +175,20 @@ def _parser() -> argparse.ArgumentParser:
             _config_flag(command)
             command.add_argument("--data-dir", metavar="DIR", help="the cache (./data)")
             command.add_argument("--redis-url", metavar="URL", help="its metadata store's Redis")
+            _storage_flags(command)
     return parser
+
+
+def _storage_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage", metavar="WHERE", help="`file` (the data dir) or s3://BUCKET/PREFIX"
+    )
+    parser.add_argument(
+        "--s3-endpoint", metavar="URL", help="the S3 API (default: AWS_ENDPOINT_URL_S3, else AWS)"
+    )
+    parser.add_argument(
+        "--local-cache-size", metavar="SIZE", help="hot-blob cache in the data dir with S3 (4GiB)"
+    )
 
 
 def _config_flag(parser: argparse.ArgumentParser) -> None:

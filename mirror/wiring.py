@@ -33,6 +33,8 @@ from mirror.config import Config
 from mirror.meta import MetaStore, open_meta_store
 from mirror.storage import ContentStore
 from mirror.storage.filesystem import FilesystemStore
+from mirror.storage.s3client import S3Location
+from mirror.storage.s3store import S3Store
 from mirror.upstream.routing import Router
 
 log = logging.getLogger(__name__)
@@ -72,12 +74,28 @@ class Mirror:
             await self.access.close()
         finally:
             await self.router.close()
-            await self.meta.close()
+            try:
+                await self.meta.close()
+            finally:
+                await close_store(self.store)
 
 
 def open_store(config: Config) -> ContentStore:
-    """The content store `config` names."""
-    return FilesystemStore(config.storage.data_dir)
+    """The content store `config` names: the data dir, or an S3 bucket (its client opened
+    in the event loop that first uses it; `close_store` closes it)."""
+    storage = config.storage
+    if storage.storage == "file":
+        return FilesystemStore(storage.data_dir)
+    location = S3Location.from_settings(
+        storage.storage, storage.s3_endpoint, storage.s3_region, storage.s3_path_style
+    )
+    return S3Store(location, storage.data_dir, storage.local_cache_size)
+
+
+async def close_store(store: ContentStore) -> None:
+    """Let go of what a store holds open (the S3 store's connections)."""
+    if isinstance(store, S3Store):
+        await store.close()
 
 
 async def _open_meta(config: Config, *, resilient: bool, clock: Callable[[], float]) -> MetaStore:
@@ -104,7 +122,10 @@ async def open_data_dir(
     try:
         yield DataDir(config, store, meta)
     finally:
-        await meta.close()
+        try:
+            await meta.close()
+        finally:
+            await close_store(store)
 
 
 async def build(

@@ -10,7 +10,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +20,9 @@ import pytest
 from mirror.reference import Digest
 from mirror.storage import ContentStore, IntegrityError, SpoolProgress, StoredManifest
 from mirror.storage.filesystem import FilesystemStore
+from mirror.wiring import close_store
 from testkit.waiting import wait_until
+from tests.s3_fixtures import s3_store
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,31 @@ def _filesystem(tmp_path: Path) -> Backend:
     return Backend(lambda: FilesystemStore(tmp_path / "data"), "filesystem", tmp_path)
 
 
-STORES: dict[str, Callable[[Path], Backend]] = {"filesystem": _filesystem}
+def _s3(tmp_path: Path) -> Backend:
+    """On the session's SeaweedFS (the `seaweed` fixture points the AWS environment at it,
+    for this process and the ones it starts); every handle shares the data dir, as the
+    processes of one host do."""
+    return Backend(lambda: s3_store(tmp_path), "s3", tmp_path)
+
+
+STORES: dict[str, Callable[[Path], Backend]] = {"filesystem": _filesystem, "s3": _s3}
 
 
 @pytest.fixture(params=sorted(STORES))
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "s3":
+        request.getfixturevalue("seaweed")
     factory: Callable[[Path], Backend] = STORES[request.param]
-    return factory(tmp_path)
+    made = factory(tmp_path)
+    opened: list[ContentStore] = []
+
+    def open_store() -> ContentStore:
+        opened.append(made.open())
+        return opened[-1]
+
+    yield Backend(open_store, made.name, made.root)
+    for store in opened:
+        await close_store(store)
 
 
 @pytest.fixture

@@ -95,3 +95,13 @@ def check_deputy(config: Config) -> None:
                 "anonymous_clients_use_credentials = true on this upstream if anonymous "
                 "clients really may use them"
             )
+
+
+def check_storage(config: Config, sources: Mapping[str, str]) -> None:
+    """S3 storage is shared by replicas, whose records must be shared too: it needs Redis."""
+    storage = config.storage
+    if storage.storage != "file" and storage.redis_url is None:
+        raise ConfigError(
+            f"redis_url: needed with storage = {storage.storage} (from {sources['storage']}); "
+            "the replicas sharing a bucket share their metadata through Redis"
+        )

@@ -65,6 +65,32 @@ def parse_redis_url(value: Any) -> str | None:
     return text
 
 
+def parse_storage(value: Any) -> str:
+    """`file` (the data dir) or `s3://BUCKET/PREFIX` (the prefix may be empty)."""
+    text = str(value).strip()
+    if text == "file":
+        return text
+    parts = urlsplit(text)
+    if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"expected `file` or s3://BUCKET/PREFIX, got {text!r}")
+    return text
+
+
+def parse_optional_url(value: Any) -> str | None:
+    """An http(s) URL, or None when empty."""
+    text = parse_optional_str(value)
+    if text is not None and (urlsplit(text).scheme not in ("http", "https") or "@" in text):
+        raise ValueError(f"expected an http:// or https:// URL without credentials, got {text!r}")
+    return text
+
+
+def parse_optional_bool(value: Any) -> bool | None:
+    """true or false, or None (empty or `auto`: decided from other settings)."""
+    if isinstance(value, str) and value.strip().lower() in ("", "auto"):
+        return None
+    return parse_bool(value)
+
+
 def parse_path(value: Any) -> Path:
     if not isinstance(value, str) or not value:
         raise ValueError("expected a non-empty path")

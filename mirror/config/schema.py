@@ -34,14 +34,18 @@ from mirror.config.parsers import (
     parse_log_level,
     parse_networks,
     parse_non_negative_seconds,
+    parse_optional_bool,
     parse_optional_listen,
     parse_optional_path,
+    parse_optional_str,
+    parse_optional_url,
     parse_path,
     parse_positive_count,
     parse_prefix,
     parse_redis_url,
     parse_seconds,
     parse_size,
+    parse_storage,
     parse_workers,
 )
 from mirror.config.upstreams import UpstreamSettings
@@ -104,12 +108,22 @@ class RegistrySettings:
 
 @dataclass(frozen=True)
 class StorageSettings:
-    """Where the cache lives: the data directory (blobs, manifests, SQLite metadata) and,
-    for several replicas, the Redis metadata store."""
+    """Where the cache lives: the data directory (blobs, manifests, SQLite metadata) or an
+    S3-compatible bucket (the data dir then keeps spools and a hot-blob cache) and, for
+    several replicas, the Redis metadata store. S3 credentials come from the standard AWS
+    chain (environment, profiles, roles), never from here."""
 
     data_dir: Path = field(metadata=setting(parse_path, "./data"))
     redis_url: str | None = field(metadata=setting(parse_redis_url, "", secret=True))
     redis_key_prefix: str = field(metadata=setting(parse_prefix, "mirror:"))
+    storage: str = field(metadata=setting(parse_storage, "file"))
+    # Empty: AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL, else AWS itself.
+    s3_endpoint: str | None = field(metadata=setting(parse_optional_url, ""))
+    # Empty: AWS_REGION, else us-east-1.
+    s3_region: str | None = field(metadata=setting(parse_optional_str, ""))
+    # Empty (auto): on when an endpoint is set (in the config or the environment).
+    s3_path_style: bool | None = field(metadata=setting(parse_optional_bool, ""))
+    local_cache_size: int = field(metadata=setting(parse_size, "4GiB"))
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,11 @@ class FilesystemStore:
     def location(self) -> str:
         return str(self._root)
 
+    @property
+    def tmp_dir(self) -> Path:
+        """Where writes in progress live (a store built on this one spools there too)."""
+        return self._tmp
+
     def _count(self, kind: ContentKind, size: int) -> None:
         """Note a newly committed object in `usage`."""
         usage = self.usage[kind]

@@ -55,6 +55,11 @@ class FileBlobWriter:
         self._verified = False
         self._done = False  # committed or aborted
 
+    @property
+    def path(self) -> Path:
+        """The temp file written (a store publishing elsewhere reads it back from here)."""
+        return self._path
+
     async def write(self, chunk: bytes) -> None:
         assert self._fd is not None and not self._verified, "write after verify or abort"
         view = memoryview(chunk)

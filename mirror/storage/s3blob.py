@@ -1,0 +1,139 @@
+"""Reading blobs of the S3 store: the local hot cache (recently read blobs, verified, kept
+as files of the data dir and sent with sendfile) and blobs read from the bucket (with the
+requested range passed through as `Range`; a whole read fills the hot cache once its bytes
+verified)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from mirror.reference import Digest
+from mirror.storage.filesystem import FilesystemStore
+from mirror.storage.protocol import IntegrityError
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES = 1024 * 1024
+
+
+class HotCache:
+    """The blobs of `local` (a filesystem store in the data dir), least recently used first,
+    kept under `limit` bytes (the newest always stays: a download's followers read it)."""
+
+    def __init__(self, local: FilesystemStore, limit: int) -> None:
+        self.local = local
+        self._limit = limit
+        self._lock = threading.Lock()
+        found = sorted(local.objects("blob"), key=lambda o: o.mtime)
+        self._entries: OrderedDict[Digest, int] = OrderedDict((o.digest, o.size) for o in found)
+        self._bytes = sum(self._entries.values())
+        self._evict()
+
+    def path(self, digest: Digest) -> Path | None:
+        """The cached file of `digest` (now the most recently used), or None."""
+        blob = self.local.open_blob(digest)
+        if blob is None:
+            return None
+        with self._lock:
+            if digest in self._entries:
+                self._entries.move_to_end(digest)
+        return blob.path
+
+    def admit(self, digest: Digest, size: int) -> None:
+        """Count a blob just committed into `local`, and make room under the limit."""
+        with self._lock:
+            self._bytes -= self._entries.pop(digest, 0)
+            self._entries[digest] = size
+            self._bytes += size
+        self._evict()
+
+    def drop(self, digest: Digest) -> None:
+        with self._lock:
+            self._bytes -= self._entries.pop(digest, 0)
+        self.local.remove("blob", digest)
+
+    def _evict(self) -> None:
+        while True:
+            with self._lock:
+                if self._bytes <= self._limit or len(self._entries) <= 1:
+                    return
+                digest, size = self._entries.popitem(last=False)
+                self._bytes -= size
+            self.local.remove("blob", digest)
+
+
+@dataclass(frozen=True)
+class S3Blob:
+    """A `StoredBlob` in the bucket: `get` is the aiobotocore GetObject of its key (given a
+    Range header or None), `get_blocking` the same through the blocking client; a whole read
+    is kept in `hot` once verified."""
+
+    digest: Digest
+    size: int
+    key: str
+    get: Callable[[str | None], Awaitable[Any]]
+    get_blocking: Callable[[], Any]
+    hot: HotCache
+
+    @property
+    def local_path(self) -> Path | None:
+        return None
+
+    def open(self) -> BinaryIO:
+        """The whole blob in an anonymous temp file of the data dir, verified."""
+        spool = tempfile.TemporaryFile(dir=self.hot.local.tmp_dir)
+        try:
+            body = self.get_blocking()["Body"]
+            hasher = hashlib.sha256()
+            while data := body.read(READ_CHUNK_BYTES):
+                hasher.update(data)
+                spool.write(data)
+            _verify(self.digest, hasher, spool.tell(), self.size)
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        return spool
+
+    async def chunks(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+        stop = self.size if end is None else end
+        if start >= stop:
+            return
+        whole = start == 0 and stop == self.size
+        answer = await self.get(None if whole else f"bytes={start}-{stop - 1}")
+        body = answer["Body"]
+        keep = self.hot.local.blob_writer(self.digest) if whole else None
+        try:
+            sent = 0
+            while sent < stop - start:
+                data = await body.read(min(READ_CHUNK_BYTES, stop - start - sent))
+                if not data:
+                    raise OSError(f"{self.key} ended after {start + sent} of {stop} bytes")
+                sent += len(data)
+                if keep is not None:
+                    await keep.write(data)
+                yield data
+            if keep is not None:
+                await keep.commit(self.size)
+                self.hot.admit(self.digest, self.size)
+                keep = None
+        finally:
+            body.close()
+            if keep is not None:
+                await asyncio.shield(keep.abort())
+
+
+def _verify(digest: Digest, hasher: Any, got: int, size: int) -> None:
+    if got != size:
+        raise IntegrityError(f"blob {digest} read back {got} of {size} bytes")
+    if hasher.hexdigest() != digest.hex:
+        raise IntegrityError(f"blob {digest} read back hashes to sha256:{hasher.hexdigest()}")

@@ -1,0 +1,336 @@
+"""The S3 content store: blobs and manifests in an S3-compatible bucket, shared by every
+replica that names it; the data dir keeps only download spools and a hot-blob cache.
+
+Layout under the configured prefix (`s3://BUCKET/PREFIX`):
+
+    blobs/sha256/<hex>        the blob's bytes (Content-Type application/octet-stream)
+    manifests/sha256/<hex>    the exact manifest bytes; their media type is the object's
+                              Content-Type (written with the bytes, in one request)
+    _probe/<random>           written and deleted by `check_writable`
+
+Nothing becomes visible unless its digest was verified (see `mirror.storage.s3writer`),
+so an object under a digest key always holds those bytes. A download is coordinated per host
+as on the filesystem (a flock on the spool in `<data_dir>/s3/tmp/`): its holder writes the
+spool, and its commit uploads the verified spool and then moves it into the hot cache
+(`<data_dir>/s3/blobs/`), where the followers on this host see it committed.
+Cross-replica coordination of downloads is not here yet: two replicas may both download a
+blob, and both publish the same verified bytes (the second `If-None-Match` loses, harmlessly).
+
+The protocol's lookups (`blob_size`, `open_blob`, `has_manifest`, `read_manifest`) and
+housekeeping are blocking: a lookup that misses the hot cache (or the recent manifests)
+costs one blocking request to the bucket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Iterator
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from mirror.errors import RegistryError
+from mirror.reference import Digest
+from mirror.storage.filespool import FileSpool
+from mirror.storage.filesystem import TEMP_GRACE_SECONDS, FileBlob, FilesystemStore
+from mirror.storage.filewriter import FileBlobWriter
+from mirror.storage.protocol import (
+    ContentKind,
+    IntegrityError,
+    SpoolProgress,
+    SpoolReader,
+    StoredManifest,
+    StoredObject,
+    TempFile,
+    Usage,
+)
+from mirror.storage.s3blob import HotCache, S3Blob
+from mirror.storage.s3client import AsyncClient, S3Location
+from mirror.storage.s3writer import (
+    S3BlobWriter,
+    Uploader,
+    error_code,
+    is_missing,
+    is_taken,
+    sha256_checksum,
+)
+
+log = logging.getLogger(__name__)
+
+# The data dir's part: `<data_dir>/s3/tmp/` (spools, temp files) and `<data_dir>/s3/blobs/`
+# (the hot cache), apart from a filesystem store's content in the same dir.
+LOCAL_DIR = "s3"
+RECENT_MANIFEST_BYTES = 32 * 1024 * 1024
+# A pending multipart upload is named as a temp file "s3-upload <key> <upload id>".
+UPLOAD_MARK = "s3-upload"
+_TREES: dict[ContentKind, str] = {"blob": "blobs", "manifest": "manifests"}
+
+
+class S3Store:
+    """A `ContentStore` in a bucket, with `data_dir` for spools and the hot cache."""
+
+    def __init__(self, location: S3Location, data_dir: Path, local_cache_size: int) -> None:
+        self._where = location
+        self._blocking = location.blocking_client()
+        self._client = AsyncClient(location)
+        self._local = FilesystemStore(data_dir / LOCAL_DIR)
+        self._hot = HotCache(self._local, local_cache_size)
+        self._uploader = Uploader(self._client.get, location.bucket)
+        self._recent: OrderedDict[Digest, StoredManifest] = OrderedDict()
+        self._recent_bytes = 0
+        self.usage: dict[ContentKind, Usage] = {"blob": Usage(), "manifest": Usage()}
+
+    @property
+    def location(self) -> str:
+        return self._where.describe()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def _key(self, kind: ContentKind, digest: Digest) -> str:
+        return self._where.key(_TREES[kind], digest.algorithm, digest.hex)
+
+    def _head(self, key: str) -> dict[str, Any] | None:
+        try:
+            head: dict[str, Any] = self._blocking.head_object(Bucket=self._where.bucket, Key=key)
+        except ClientError as exc:
+            if is_missing(exc):
+                return None
+            raise
+        return head
+
+    def _count(self, kind: ContentKind, size: int, is_new: bool) -> None:
+        if is_new:
+            self.usage[kind].objects += 1
+            self.usage[kind].bytes += size
+
+    # --- blobs ----------------------------------------------------------------------------
+
+    def blob_size(self, digest: Digest) -> int | None:
+        if (path := self._hot.path(digest)) is not None:
+            return path.stat().st_size
+        head = self._head(self._key("blob", digest))
+        return None if head is None else int(head["ContentLength"])
+
+    def open_blob(self, digest: Digest) -> FileBlob | S3Blob | None:
+        """From the hot cache when it holds the blob (sendfile), else from the bucket."""
+        if (path := self._hot.path(digest)) is not None:
+            try:
+                return FileBlob(digest, path.stat().st_size, path)
+            except FileNotFoundError:
+                pass  # evicted since
+        key = self._key("blob", digest)
+        if (head := self._head(key)) is None:
+            return None
+
+        async def get(range_header: str | None) -> Any:
+            client = await self._client.get()
+            extra = {} if range_header is None else {"Range": range_header}
+            return await client.get_object(Bucket=self._where.bucket, Key=key, **extra)
+
+        def get_blocking() -> Any:
+            return self._blocking.get_object(Bucket=self._where.bucket, Key=key)
+
+        return S3Blob(digest, int(head["ContentLength"]), key, get, get_blocking, self._hot)
+
+    def blob_writer(self, digest: Digest) -> S3BlobWriter:
+        """A temp file in the data dir, uploaded by `commit` once verified."""
+        return self._s3_writer(self._local.blob_writer(digest))
+
+    def _s3_writer(self, local: FileBlobWriter) -> S3BlobWriter:
+        digest = local.digest
+
+        def published(size: int, is_new: bool) -> None:
+            self._count("blob", size, is_new)
+            self._hot.admit(digest, size)
+
+        return S3BlobWriter(local, self._uploader, self._key("blob", digest), published)
+
+    def spool(self, digest: Digest) -> S3Spool:
+        return S3Spool(self._local.spool(digest), self)
+
+    # --- manifests ------------------------------------------------------------------------
+
+    def has_manifest(self, digest: Digest) -> bool:
+        return digest in self._recent or self._head(self._key("manifest", digest)) is not None
+
+    def read_manifest(self, digest: Digest) -> StoredManifest | None:
+        """From memory when read recently, else from the bucket (its bytes checked)."""
+        if (manifest := self._recent.get(digest)) is not None:
+            self._recent.move_to_end(digest)
+            return manifest
+        try:
+            answer = self._blocking.get_object(
+                Bucket=self._where.bucket, Key=self._key("manifest", digest)
+            )
+        except ClientError as exc:
+            if is_missing(exc):
+                return None
+            raise
+        data = answer["Body"].read()
+        if hashlib.new(digest.algorithm, data).hexdigest() != digest.hex:
+            raise IntegrityError(f"manifest {digest} in the bucket does not hash to its key")
+        manifest = StoredManifest(data, str(answer["ContentType"]), digest)
+        self._remember(manifest)
+        return manifest
+
+    def _remember(self, manifest: StoredManifest) -> None:
+        self._recent[manifest.digest] = manifest
+        self._recent_bytes += len(manifest.data)
+        while self._recent_bytes > RECENT_MANIFEST_BYTES:
+            _, dropped = self._recent.popitem(last=False)
+            self._recent_bytes -= len(dropped.data)
+
+    async def write_manifest(self, manifest: StoredManifest) -> None:
+        """One conditional PUT with bytes, type and checksum: a manifest already stored
+        keeps its first type (the PUT finds the key taken)."""
+        digest = manifest.digest
+        actual = hashlib.new(digest.algorithm, manifest.data).hexdigest()
+        if actual != digest.hex:
+            raise IntegrityError(f"manifest hashes to {digest.algorithm}:{actual}")
+        client = await self._client.get()
+        try:
+            await client.put_object(
+                Bucket=self._where.bucket,
+                Key=self._key("manifest", digest),
+                Body=manifest.data,
+                ContentType=manifest.media_type,
+                ChecksumSHA256=sha256_checksum(manifest.data),
+                IfNoneMatch="*",
+            )
+        except ClientError as exc:
+            if not is_taken(exc):
+                raise
+            return
+        self._count("manifest", len(manifest.data), True)
+
+    # --- housekeeping ---------------------------------------------------------------------
+
+    def _list(self, prefix: str) -> Iterator[dict[str, Any]]:
+        pages = self._blocking.get_paginator("list_objects_v2")
+        for page in pages.paginate(Bucket=self._where.bucket, Prefix=prefix):
+            yield from page.get("Contents", ())
+
+    def objects(self, kind: ContentKind) -> Iterator[StoredObject]:
+        """Keys not named like a digest are not content and are skipped."""
+        tree = self._where.key(_TREES[kind], "")
+        for item in self._list(tree):
+            algorithm, _, name = item["Key"][len(tree) :].partition("/")
+            try:
+                digest = Digest.parse(f"{algorithm}:{name}")
+            except RegistryError:
+                continue
+            yield StoredObject(kind, digest, int(item["Size"]), item["LastModified"].timestamp())
+
+    def remove(self, kind: ContentKind, digest: Digest) -> int:
+        """From the bucket and from this host's hot cache (another replica's hot copy goes
+        with the cluster work)."""
+        key = self._key(kind, digest)
+        if kind == "blob":
+            self._hot.drop(digest)
+        elif (dropped := self._recent.pop(digest, None)) is not None:
+            self._recent_bytes -= len(dropped.data)
+        if (head := self._head(key)) is None:
+            return 0
+        self._blocking.delete_object(Bucket=self._where.bucket, Key=key)
+        size = int(head["ContentLength"])
+        usage = self.usage[kind]
+        usage.objects = max(0, usage.objects - 1)
+        usage.bytes = max(0, usage.bytes - size)
+        return size
+
+    def measure(self) -> dict[ContentKind, Usage]:
+        measured: dict[ContentKind, Usage] = {}
+        for kind in _TREES:
+            usage = Usage()
+            for item in self.objects(kind):
+                usage.objects += 1
+                usage.bytes += item.size
+            measured[kind] = usage
+        self.usage = measured
+        return measured
+
+    def free_bytes(self) -> int:
+        """The local spool's disk: every download passes through it."""
+        return self._local.free_bytes()
+
+    def check_writable(self) -> None:
+        """The spool takes files, and the bucket takes (and deletes) a probe object."""
+        self._local.check_writable()
+        key = self._where.key("_probe", secrets.token_hex(8))
+        try:
+            self._blocking.put_object(Bucket=self._where.bucket, Key=key, Body=b"")
+            self._blocking.delete_object(Bucket=self._where.bucket, Key=key)
+        except ClientError as exc:
+            raise OSError(f"{self.location} takes no writes: {exc}") from exc
+
+    def _uploads(self) -> Iterator[dict[str, Any]]:
+        pages = self._blocking.get_paginator("list_multipart_uploads")
+        for page in pages.paginate(Bucket=self._where.bucket, Prefix=self._where.prefix):
+            yield from page.get("Uploads", ())
+
+    def stale_temp_files(self, older_than: float) -> list[TempFile]:
+        """The local leftovers, and multipart uploads started before `older_than` (a
+        commit's upload lasts as long as sending the blob: an old one was orphaned by a
+        crash). Their size is not listed (0)."""
+        found = self._local.stale_temp_files(older_than)
+        for upload in self._uploads():
+            if upload["Initiated"].timestamp() < older_than:
+                found.append(TempFile(f"{UPLOAD_MARK} {upload['Key']} {upload['UploadId']}", 0))
+        return found
+
+    def remove_temp_file(self, temp: TempFile) -> None:
+        mark, _, rest = temp.name.partition(" ")
+        if mark != UPLOAD_MARK:
+            self._local.remove_temp_file(temp)
+            return
+        key, _, upload_id = rest.rpartition(" ")
+        try:
+            self._blocking.abort_multipart_upload(
+                Bucket=self._where.bucket, Key=key, UploadId=upload_id
+            )
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchUpload":
+                raise
+
+    def remove_temp_files(self) -> int:
+        """The local leftovers (as on the filesystem), and uploads older than the grace."""
+        removed = self._local.remove_temp_files()
+        for temp in self.stale_temp_files(time.time() - TEMP_GRACE_SECONDS):
+            if temp.name.startswith(UPLOAD_MARK + " "):
+                self.remove_temp_file(temp)
+                removed += 1
+        return removed
+
+
+class S3Spool:
+    """A download coordinated by the local `FileSpool` (per host), whose writer publishes
+    to the bucket: the spool file is uploaded once verified, then moved into the hot cache,
+    which is where followers see the blob committed."""
+
+    def __init__(self, files: FileSpool, store: S3Store) -> None:
+        self._files = files
+        self._store = store
+
+    def claim(self) -> bool:
+        return self._files.claim()
+
+    def writer(self, size: int | None) -> S3BlobWriter:
+        return self._store._s3_writer(self._files.writer(size))
+
+    def release(self) -> None:
+        self._files.release()
+
+    def in_progress(self) -> bool:
+        return self._files.in_progress()
+
+    def watch(self) -> AsyncGenerator[SpoolProgress, None]:
+        return self._files.watch()
+
+    def open(self, *, committed: bool) -> SpoolReader | None:
+        return self._files.open(committed=committed)
