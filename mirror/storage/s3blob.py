@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from botocore.exceptions import ClientError
+
 from mirror.reference import Digest
 from mirror.storage.filesystem import FilesystemStore
 from mirror.storage.protocol import IntegrityError
+from mirror.storage.s3writer import is_missing
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +92,16 @@ class S3Blob:
         return None
 
     def open(self) -> BinaryIO:
-        """The whole blob in an anonymous temp file of the data dir, verified."""
-        spool = tempfile.TemporaryFile(dir=self.hot.local.tmp_dir)
+        """The whole blob in an anonymous temp file of the data dir, verified;
+        FileNotFoundError when it was removed from the bucket since it was found."""
+        spool = tempfile.TemporaryFile(dir=self.hot.local.tmp_dir)  # noqa: SIM115 (returned)
         try:
-            body = self.get_blocking()["Body"]
+            try:
+                body = self.get_blocking()["Body"]
+            except ClientError as exc:
+                if is_missing(exc):
+                    raise FileNotFoundError(f"{self.key} was removed") from None
+                raise
             hasher = hashlib.sha256()
             while data := body.read(READ_CHUNK_BYTES):
                 hasher.update(data)
