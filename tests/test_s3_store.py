@@ -5,6 +5,7 @@ uploads aborted, and a mirror serving pulls from the bucket."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import time
@@ -33,6 +34,7 @@ from testkit.fakeupstream import FakeRegistry, make_image, random_layer
 from testkit.seaweed import SeaweedFS
 from tests.clients import pull_like_docker
 from tests.conftest import StartMirror, answered
+from tests.runcli import run_cli
 from tests.s3_fixtures import BUCKET, prefix_of, s3_store
 
 GIB = 1024 * MIB
@@ -254,3 +256,26 @@ async def test_a_pull_is_stored_in_the_bucket_and_served_from_it_by_another_repl
     second = await start_mirror(upstream.url, data_dir=str(tmp_path / "replica2"), **settings)
     await pull_like_docker(second, "team/app", "1")  # from the bucket
     assert len(upstream.requests) == before, "no upstream request for a warm pull"
+
+
+async def test_mirror_gc_aborts_an_orphaned_upload_in_the_bucket(
+    seaweed: SeaweedFS, redis_url: str, tmp_path: Path, workdir: Path
+) -> None:
+    key = f"{prefix_of(tmp_path)}/blobs/sha256/{'cd' * 32}"
+    seaweed.client().create_multipart_upload(Bucket=BUCKET, Key=key)
+    args = [
+        "gc",
+        "--storage",
+        f"s3://{BUCKET}/{prefix_of(tmp_path)}",
+        "--s3-endpoint",
+        seaweed.endpoint,
+        "--redis-url",
+        redis_url,
+        "--data-dir",
+        str(tmp_path / "data"),
+    ]
+    env = {**seaweed.env(), "MIRROR_GC_GRACE": "0"}
+    done = await asyncio.to_thread(run_cli, *args, env=env, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    assert "s3-upload" in done.stdout
+    assert pending_uploads(seaweed, tmp_path) == []
