@@ -279,3 +279,49 @@ async def test_mirror_gc_aborts_an_orphaned_upload_in_the_bucket(
     assert done.returncode == 0, done.stderr
     assert "s3-upload" in done.stdout
     assert pending_uploads(seaweed, tmp_path) == []
+
+
+async def test_an_export_from_one_bucket_imports_into_another_and_is_served_offline(
+    start_mirror: StartMirror,
+    upstream: FakeRegistry,
+    seaweed: SeaweedFS,
+    redis_url: str,
+    tmp_path: Path,
+    workdir: Path,
+) -> None:
+    manifest = make_image(layers=[random_layer(MIN_PART_SIZE + 1, seed=4)], seed=4)
+    upstream.push_image("team/app", "1", manifest)
+    source, target = f"{prefix_of(tmp_path)}/a", f"{prefix_of(tmp_path)}/b"
+    first = await start_mirror(upstream.url, storage=f"s3://{BUCKET}/{source}", redis_url=redis_url)
+    await pull_like_docker(first, "team/app", "1")
+
+    bundle = tmp_path / "bundle.tar"
+    env = {**seaweed.env(), "MIRROR_REDIS_URL": redis_url}
+    exported = await asyncio.to_thread(
+        run_cli,
+        *("export", "--storage", f"s3://{BUCKET}/{source}", "--data-dir", str(tmp_path / "e")),
+        *("-o", str(bundle), "team/app:1"),
+        env=env,
+        cwd=workdir,
+    )
+    assert exported.returncode == 0, exported.stderr
+    env["MIRROR_REDIS_KEY_PREFIX"] = "imported:"
+    imported = await asyncio.to_thread(
+        run_cli,
+        *("import", "--storage", f"s3://{BUCKET}/{target}", "--data-dir", str(tmp_path / "i")),
+        str(bundle),
+        env=env,
+        cwd=workdir,
+    )
+    assert imported.returncode == 0, imported.stderr
+
+    upstream.reset_counts()
+    offline = await start_mirror(
+        "http://127.0.0.1:9",
+        offline=True,
+        storage=f"s3://{BUCKET}/{target}",
+        redis_url=redis_url,
+        redis_key_prefix="imported:",
+        data_dir=str(tmp_path / "offline"),
+    )
+    await pull_like_docker(offline, "team/app", "1")
