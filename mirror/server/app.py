@@ -68,7 +68,7 @@ async def create_app(
         f"offline, cache only, for {served}" if config.freshness.offline else f"mirroring {served}"
     )
     backend = "Redis" if config.storage.redis_url else "embedded SQLite"
-    log.info("%s into %s; metadata in %s", mode, config.storage.data_dir, backend)
+    log.info("%s into %s; metadata in %s", mode, mirror.store.location, backend)
     return app
 
 
