@@ -325,3 +325,61 @@ async def test_an_export_from_one_bucket_imports_into_another_and_is_served_offl
         data_dir=str(tmp_path / "offline"),
     )
     await pull_like_docker(offline, "team/app", "1")
+
+
+# --- a download's upload, part by part -----------------------------------------------------------
+
+
+async def test_a_download_sends_its_parts_while_it_runs_and_completes_once_verified(
+    store: S3Store, seaweed: SeaweedFS, tmp_path: Path
+) -> None:
+    data = random_layer(2 * MIN_PART_SIZE + 100, seed=10).data
+    digest = digest_of(data)
+    spool = store.spool(digest)
+    assert spool.claim()
+    writer = spool.writer(len(data))
+    for start in range(0, len(data), MIB):
+        await writer.write(data[start : start + MIB])
+    assert len(pending_uploads(seaweed, tmp_path)) == 1, "parts went before the end"
+    assert head(seaweed, tmp_path, digest) is None, "nothing visible before the commit"
+    await writer.commit(len(data))
+    spool.release()
+    found = head(seaweed, tmp_path, digest)
+    assert found is not None and found["ContentLength"] == len(data)
+    assert pending_uploads(seaweed, tmp_path) == []
+    key = f"{prefix_of(tmp_path)}/blobs/sha256/{digest.hex}"
+    assert seaweed.client().get_object(Bucket=BUCKET, Key=key)["Body"].read() == data
+
+
+@pytest.mark.parametrize("spoil", ["wrong bytes", "short"])
+async def test_a_download_that_does_not_verify_leaves_no_object_and_no_upload(
+    store: S3Store, seaweed: SeaweedFS, tmp_path: Path, spoil: str
+) -> None:
+    data = random_layer(2 * MIN_PART_SIZE + 100, seed=11).data
+    digest = digest_of(data)
+    written = data[:-1] + b"!" if spoil == "wrong bytes" else data[: 2 * MIN_PART_SIZE + 5]
+    spool = store.spool(digest)
+    assert spool.claim()
+    writer = spool.writer(len(data))
+    for start in range(0, len(written), MIB):
+        await writer.write(written[start : start + MIB])
+    assert len(pending_uploads(seaweed, tmp_path)) == 1
+    with pytest.raises(IntegrityError):
+        await writer.commit(len(data))
+    spool.release()
+    assert head(seaweed, tmp_path, digest) is None
+    assert pending_uploads(seaweed, tmp_path) == []
+    assert store.blob_size(digest) is None
+
+
+async def test_a_download_given_up_aborts_its_upload(
+    store: S3Store, seaweed: SeaweedFS, tmp_path: Path
+) -> None:
+    data = random_layer(2 * MIN_PART_SIZE + 100, seed=12).data
+    spool = store.spool(digest_of(data))
+    assert spool.claim()
+    writer = spool.writer(len(data))
+    await writer.write(data[: MIN_PART_SIZE + 1])  # a part in flight
+    await writer.abort()
+    spool.release()
+    assert pending_uploads(seaweed, tmp_path) == []

@@ -50,7 +50,14 @@ from mirror.storage.protocol import (
     Usage,
 )
 from mirror.storage.s3blob import HotCache, S3Blob
-from mirror.storage.s3client import AsyncClient, S3Location
+from mirror.storage.s3client import (
+    MAX_BLOB_SIZE,
+    MIN_PART_SIZE,
+    AsyncClient,
+    S3Location,
+    part_size,
+)
+from mirror.storage.s3stream import StreamingUpload, publish
 from mirror.storage.s3writer import (
     S3BlobWriter,
     Uploader,
@@ -140,16 +147,34 @@ class S3Store:
 
     def blob_writer(self, digest: Digest) -> S3BlobWriter:
         """A temp file in the data dir, uploaded by `commit` once verified."""
-        return self._s3_writer(self._local.blob_writer(digest))
+        return self._s3_writer(self._local.blob_writer(digest), None)
 
-    def _s3_writer(self, local: FileBlobWriter) -> S3BlobWriter:
+    def _s3_writer(self, local: FileBlobWriter, size: int | None) -> S3BlobWriter:
+        """`size` given (a download announced it) and above one part: parts are sent as
+        they are written (see `mirror.storage.s3stream`)."""
         digest = local.digest
+        key = self._key("blob", digest)
+        stream = None
+        if size is not None and MIN_PART_SIZE < size <= MAX_BLOB_SIZE:
+            chunk = part_size(size)
+            if size > chunk:
+                stream = StreamingUpload(self._client.get, self._where.bucket, key, chunk)
+
+        async def publish_it(path: Path, key: str, digest: Digest, size: int) -> bool:
+            return await publish(stream, self._uploader, path, key, digest, size)
 
         def published(size: int, is_new: bool) -> None:
             self._count("blob", size, is_new)
             self._hot.admit(digest, size)
 
-        return S3BlobWriter(local, self._uploader, self._key("blob", digest), published)
+        return S3BlobWriter(
+            local,
+            key,
+            publish_it,
+            published,
+            feed=None if stream is None else stream.feed,
+            discard=None if stream is None else stream.abort,
+        )
 
     def spool(self, digest: Digest) -> S3Spool:
         return S3Spool(self._local.spool(digest), self)
@@ -321,7 +346,7 @@ class S3Spool:
         return self._files.claim()
 
     def writer(self, size: int | None) -> S3BlobWriter:
-        return self._store._s3_writer(self._files.writer(size))
+        return self._store._s3_writer(self._files.writer(size), size)
 
     def release(self) -> None:
         self._files.release()

@@ -1,8 +1,9 @@
 """Publishing verified bytes to S3: the only way a blob gets into the bucket.
 
 A writer writes a local temp file (hashed as it goes, by `FileBlobWriter`); its commit
-uploads that verified file under the blob's final key and only then renames the file into
-the local hot cache. The upload re-hashes what it sends:
+uploads that verified file under the blob's final key (a download's parts may have gone
+already: `mirror.storage.s3stream`) and only then renames the file into the local hot
+cache. The upload re-hashes what it sends:
 
 - up to one part: one `PutObject` with the bytes' SHA-256 as `ChecksumSHA256` (the store
   checks it) after the bytes read back matched the digest;
@@ -20,7 +21,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -165,20 +166,27 @@ def _check(hasher: Any, sent: int, digest: Digest, size: int) -> None:
 
 class S3BlobWriter:
     """A `BlobWriter` whose commit publishes to S3 before the local file becomes visible
-    (in the hot cache, where a download's followers see it committed). `on_commit` is
-    told (size, whether the object is new in the bucket)."""
+    (in the hot cache, where a download's followers see it committed). `publish` uploads
+    the verified file (path, key, digest, size) and tells whether the object is new;
+    `feed`, when given, is told every chunk as it is written (a streaming upload), and
+    `discard` is awaited on abort. `on_commit` is told (size, whether the object is new)."""
 
     def __init__(
         self,
         local: FileBlobWriter,
-        uploader: Uploader,
         key: str,
+        publish: Callable[[Path, str, Digest, int], Awaitable[bool]],
         on_commit: Callable[[int, bool], None],
+        *,
+        feed: Callable[[bytes], Awaitable[None]] | None = None,
+        discard: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._local = local
-        self._uploader = uploader
         self._key = key
+        self._publish = publish
         self._on_commit = on_commit
+        self._feed = feed
+        self._discard = discard
         self.digest = local.digest
         self.written = 0
         self._committed = False
@@ -186,21 +194,27 @@ class S3BlobWriter:
     async def write(self, chunk: bytes) -> None:
         await self._local.write(chunk)
         self.written = self._local.written
+        if self._feed is not None:
+            await self._feed(chunk)
 
     async def verify(self, expected_size: int | None = None) -> None:
         """Local only: a verified writer holds no upload open (an import verifies a whole
         bundle before it commits any of it)."""
-        await self._local.verify(expected_size)
+        try:
+            await self._local.verify(expected_size)
+        except BaseException:
+            await asyncio.shield(self.abort())
+            raise
 
     async def commit(self, expected_size: int | None = None) -> None:
         assert not self._committed, "commit after commit"
-        await self._local.verify(expected_size)
+        await self.verify(expected_size)
         try:
-            is_new = await self._uploader.upload(
+            is_new = await self._publish(
                 self._local.path, self._key, self.digest, self._local.written
             )
         except BaseException:
-            await asyncio.shield(self._local.abort())
+            await asyncio.shield(self.abort())
             raise
         # The temp file may have been taken for a leftover: the bucket has the blob anyway.
         with contextlib.suppress(FileNotFoundError):
@@ -210,3 +224,5 @@ class S3BlobWriter:
 
     async def abort(self) -> None:
         await self._local.abort()
+        if self._discard is not None and not self._committed:
+            await self._discard()
