@@ -182,7 +182,9 @@ class S3Store:
     # --- manifests ------------------------------------------------------------------------
 
     def has_manifest(self, digest: Digest) -> bool:
-        return digest in self._recent or self._head(self._key("manifest", digest)) is not None
+        """Read (and kept in memory) rather than only looked at: a manifest found is about
+        to be served, and is asked about again and again."""
+        return self.read_manifest(digest) is not None
 
     def read_manifest(self, digest: Digest) -> StoredManifest | None:
         """From memory when read recently, else from the bucket (its bytes checked)."""
@@ -233,6 +235,7 @@ class S3Store:
                 raise
             return
         self._count("manifest", len(manifest.data), True)
+        self._remember(manifest)
 
     # --- housekeeping ---------------------------------------------------------------------
 
