@@ -23,7 +23,6 @@ import os
 import secrets
 import shutil
 import time
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +40,9 @@ from mirror.storage.protocol import (
     TempFile,
     Usage,
 )
+from mirror.storage.recent import RecentManifests
 
 # Memory for recently read manifests (a typical one is a few KB).
-RECENT_MANIFEST_BYTES = 32 * 1024 * 1024
 READ_CHUNK_BYTES = 1024 * 1024
 # A temp file no writer holds may still be a verified write waiting for its commit (an
 # import verifies a whole bundle before it commits any of it): it is left alone this long.
@@ -87,8 +86,7 @@ class FilesystemStore:
         self._tmp = root / "tmp"
         for sub in ("blobs", "manifests", "tmp"):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        self._recent: OrderedDict[Digest, StoredManifest] = OrderedDict()
-        self._recent_bytes = 0
+        self._recent = RecentManifests()
         # What the store holds: measured by `measure()` (a walk of the tree, at start and
         # now and then), kept current in between by counting what this process commits.
         self.usage: dict[ContentKind, Usage] = {"blob": Usage(), "manifest": Usage()}
@@ -168,7 +166,6 @@ class FilesystemStore:
         """The manifest, from memory when it was read recently (they are immutable, and the
         same few are read over and over), else from disk."""
         if (manifest := self._recent.get(digest)) is not None:
-            self._recent.move_to_end(digest)
             return manifest
         path = self._manifest_path(digest)
         try:
@@ -177,15 +174,8 @@ class FilesystemStore:
         except FileNotFoundError:
             return None
         manifest = StoredManifest(data=data, media_type=media_type, digest=digest)
-        self._remember(manifest)
+        self._recent.keep(manifest)
         return manifest
-
-    def _remember(self, manifest: StoredManifest) -> None:
-        self._recent[manifest.digest] = manifest
-        self._recent_bytes += len(manifest.data)
-        while self._recent_bytes > RECENT_MANIFEST_BYTES:
-            _, dropped = self._recent.popitem(last=False)
-            self._recent_bytes -= len(dropped.data)
 
     async def write_manifest(self, manifest: StoredManifest) -> None:
         """The media type is written first, so a visible manifest always has its type. A
@@ -248,8 +238,7 @@ class FilesystemStore:
             return 0
         if kind == "manifest":
             path.with_name(path.name + ".type").unlink(missing_ok=True)
-            if (dropped := self._recent.pop(digest, None)) is not None:
-                self._recent_bytes -= len(dropped.data)
+            self._recent.forget(digest)
         usage = self.usage[kind]
         usage.objects = max(0, usage.objects - 1)
         usage.bytes = max(0, usage.bytes - size)

@@ -27,7 +27,6 @@ import hashlib
 import logging
 import secrets
 import time
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from mirror.storage.protocol import (
     TempFile,
     Usage,
 )
+from mirror.storage.recent import RecentManifests
 from mirror.storage.s3blob import HotCache, S3Blob
 from mirror.storage.s3client import (
     MAX_BLOB_SIZE,
@@ -72,7 +72,6 @@ log = logging.getLogger(__name__)
 # The data dir's part: `<data_dir>/s3/tmp/` (spools, temp files) and `<data_dir>/s3/blobs/`
 # (the hot cache), apart from a filesystem store's content in the same dir.
 LOCAL_DIR = "s3"
-RECENT_MANIFEST_BYTES = 32 * 1024 * 1024
 # A pending multipart upload is named as a temp file "s3-upload <key> <upload id>".
 UPLOAD_MARK = "s3-upload"
 _TREES: dict[ContentKind, str] = {"blob": "blobs", "manifest": "manifests"}
@@ -88,8 +87,7 @@ class S3Store:
         self._local = FilesystemStore(data_dir / LOCAL_DIR)
         self._hot = HotCache(self._local, local_cache_size)
         self._uploader = Uploader(self._client.get, location.bucket)
-        self._recent: OrderedDict[Digest, StoredManifest] = OrderedDict()
-        self._recent_bytes = 0
+        self._recent = RecentManifests()
         self.usage: dict[ContentKind, Usage] = {"blob": Usage(), "manifest": Usage()}
 
     @property
@@ -189,7 +187,6 @@ class S3Store:
     def read_manifest(self, digest: Digest) -> StoredManifest | None:
         """From memory when read recently, else from the bucket (its bytes checked)."""
         if (manifest := self._recent.get(digest)) is not None:
-            self._recent.move_to_end(digest)
             return manifest
         try:
             answer = self._blocking.get_object(
@@ -203,15 +200,8 @@ class S3Store:
         if hashlib.new(digest.algorithm, data).hexdigest() != digest.hex:
             raise IntegrityError(f"manifest {digest} in the bucket does not hash to its key")
         manifest = StoredManifest(data, str(answer["ContentType"]), digest)
-        self._remember(manifest)
+        self._recent.keep(manifest)
         return manifest
-
-    def _remember(self, manifest: StoredManifest) -> None:
-        self._recent[manifest.digest] = manifest
-        self._recent_bytes += len(manifest.data)
-        while self._recent_bytes > RECENT_MANIFEST_BYTES:
-            _, dropped = self._recent.popitem(last=False)
-            self._recent_bytes -= len(dropped.data)
 
     async def write_manifest(self, manifest: StoredManifest) -> None:
         """One conditional PUT with bytes, type and checksum: a manifest already stored
@@ -235,7 +225,7 @@ class S3Store:
                 raise
             return
         self._count("manifest", len(manifest.data), True)
-        self._remember(manifest)
+        self._recent.keep(manifest)
 
     # --- housekeeping ---------------------------------------------------------------------
 
@@ -261,8 +251,8 @@ class S3Store:
         key = self._key(kind, digest)
         if kind == "blob":
             self._hot.drop(digest)
-        elif (dropped := self._recent.pop(digest, None)) is not None:
-            self._recent_bytes -= len(dropped.data)
+        else:
+            self._recent.forget(digest)
         if (head := self._head(key)) is None:
             return 0
         self._blocking.delete_object(Bucket=self._where.bucket, Key=key)
