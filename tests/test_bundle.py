@@ -68,10 +68,16 @@ async def filled_mirror(
     return mirror
 
 
-async def export(data_dir: Path, bundle: Path, *images: str, cwd: Path) -> Completed:
-    result = await mirror_cmd(
+async def run_export(data_dir: Path, bundle: Path, *images: str, cwd: Path) -> Completed:
+    """`mirror export`, whatever its outcome."""
+    return await mirror_cmd(
         "export", "--data-dir", str(data_dir), "-o", str(bundle), *images, cwd=cwd
     )
+
+
+async def export(data_dir: Path, bundle: Path, *images: str, cwd: Path) -> Completed:
+    """`mirror export` that must succeed."""
+    result = await run_export(data_dir, bundle, *images, cwd=cwd)
     assert result.returncode == 0, result.stderr
     return result
 
@@ -199,15 +205,8 @@ async def test_exporting_an_image_that_is_not_cached_fails_naming_it_and_writes_
     await filled_mirror(start_mirror, upstream, ("library/alpine", "3.19", alpine))
     out = tmp_path / "out"
     out.mkdir()
-    result = await mirror_cmd(
-        "export",
-        "--data-dir",
-        str(data_dir),
-        "-o",
-        str(out / "b.tar"),
-        "alpine:3.19",
-        "alpine:3.20",
-        cwd=tmp_path / "cwd",
+    result = await run_export(
+        data_dir, out / "b.tar", "alpine:3.19", "alpine:3.20", cwd=tmp_path / "cwd"
     )
     assert result.returncode == 1
     assert "docker.io/library/alpine:3.20 is not in the cache" in result.stderr
@@ -229,15 +228,7 @@ async def test_an_image_by_digest_is_exported_only_as_a_repository_that_holds_it
     )
     out = tmp_path / "out"
     out.mkdir()
-    result = await mirror_cmd(
-        "export",
-        "--data-dir",
-        str(data_dir),
-        "-o",
-        str(out / "b.tar"),
-        f"alpine@{app.digest}",
-        cwd=tmp_path / "cwd",
-    )
+    result = await run_export(data_dir, out / "b.tar", f"alpine@{app.digest}", cwd=tmp_path / "cwd")
     assert result.returncode == 1
     assert f"docker.io/library/alpine@{app.digest} is not known to be in library/alpine" in (
         result.stderr
