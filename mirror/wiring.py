@@ -114,17 +114,20 @@ async def open_data_dir(
 ) -> AsyncIterator[DataDir]:
     """The content store and the bare metadata store of `config`, for a command. Temp files
     are left alone: a server may be writing them. `store` is the content store when the
-    command opened it already (`mirror import` verifies a bundle into it first).
+    command opened it already (`mirror import` verifies a bundle into it first); the caller
+    then closes it, as it does whatever it opened.
 
     Raises MetaStoreError when the metadata store cannot be opened."""
+    owned = store is None
     store = open_store(config) if store is None else store
-    meta = await _open_meta(config, resilient=False, clock=time.time)
     try:
-        yield DataDir(config, store, meta)
-    finally:
+        meta = await _open_meta(config, resilient=False, clock=time.time)
         try:
-            await meta.close()
+            yield DataDir(config, store, meta)
         finally:
+            await meta.close()
+    finally:
+        if owned:
             await close_store(store)
 
 

@@ -23,7 +23,7 @@ from mirror.platforms import parse_platform
 from mirror.reference import parse_image
 from mirror.storage import ContentStore
 from mirror.units import human_size
-from mirror.wiring import open_data_dir, open_store
+from mirror.wiring import close_store, open_data_dir, open_store
 
 
 def add_parsers(commands: Any) -> list[argparse.ArgumentParser]:
@@ -102,9 +102,20 @@ def run_import(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _import(args: argparse.Namespace, config: Config, source: str) -> int:
+    """The import, with the store it stages into closed however it ends (a refused bundle
+    too: its staged S3 uploads were aborted, its connections must go)."""
+    store = open_store(config)
+    try:
+        return await _import_into(args, config, source, store)
+    finally:
+        await close_store(store)
+
+
+async def _import_into(
+    args: argparse.Namespace, config: Config, source: str, store: ContentStore
+) -> int:
     """Verify the whole bundle into the store's writers, then commit it; whatever is not
     committed is aborted, however the import ends."""
-    store = open_store(config)
     try:
         bundle = await _read(args.bundle, store, quiet=args.quiet)
     except BundleError as exc:
