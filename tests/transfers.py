@@ -99,7 +99,7 @@ class Transfers:
                 await asyncio.gather(*self._tasks)
         except TimeoutError:
             unfinished = [r for r in self.records if not r.ended.is_set()]
-            raise AssertionError(f"transfers not finished within {within} s: {unfinished}") from None
+            raise AssertionError(f"not finished within {within} s: {unfinished}") from None
         return self.records
 
     async def close(self) -> None:

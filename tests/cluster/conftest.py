@@ -79,7 +79,8 @@ async def start_cluster(
     hub: FakeRegistry, seaweed: SeaweedFS, tmp_path: Path
 ) -> AsyncIterator[StartCluster]:
     """`await start_cluster(redis, extra_env={...})`: a cluster of three of the test's own,
-    on `redis` and a bucket prefix of its own, with its `Bucket`; stopped after the test."""
+    with a bucket prefix and Redis key prefix of its own, and its `Bucket`; stopped after
+    the test."""
     started: list[Cluster] = []
 
     async def start(
@@ -91,7 +92,11 @@ async def start_cluster(
             hub.url,
             workdir,
             shared(seaweed, redis, prefix),
-            extra_env={**CLUSTER_ENV, **(extra_env or {})},
+            extra_env={
+                **CLUSTER_ENV,
+                "MIRROR_REDIS_KEY_PREFIX": f"{prefix}:",
+                **(extra_env or {}),
+            },
         )
         await replicas.start()
         started.append(replicas)

@@ -11,43 +11,15 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from testkit.cluster import Cluster, Replica
-from testkit.fakeupstream import CHUNK_SIZE, Blob, FakeRegistry, Fault, random_layer
-from testkit.waiting import wait_until
+from testkit.cluster import Cluster
+from testkit.fakeupstream import CHUNK_SIZE, FakeRegistry, Fault
+from tests.cluster.blobs import MIB, WAIT, blob_url, cold_blob, committed, no_upload_left
 from tests.cluster.evidence import JOINS, Bucket, Counters, downloads
 from tests.transfers import Transfers
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-MIB = 1024 * 1024
-LARGE = 20 * MIB  # three parts of the bucket's multipart upload (8 MiB, 8 MiB, 4 MiB)
 CLIENTS_PER_REPLICA = 10
-WAIT = 30.0  # bound on every wait
-
-
-def cold_blob(hub: FakeRegistry, repo: str, seed: int, size: int = LARGE) -> Blob:
-    blob = random_layer(size, seed=seed)
-    hub.push_blob(repo, blob)
-    return blob
-
-
-def blob_url(replica: Replica, repo: str, blob: Blob) -> str:
-    return f"{replica.url}/v2/{repo}/blobs/{blob.digest}"
-
-
-async def committed(bucket: Bucket, blob: Blob) -> None:
-    """Wait until the bucket holds the blob, whole and correct, and no upload of it is left."""
-
-    async def stored_and_settled() -> bool:
-        found = await bucket.head(blob)
-        return found is not None and not await bucket.uploads(blob)
-
-    await wait_until(
-        stored_and_settled, within=WAIT, message=f"{blob.digest} committed to the bucket"
-    )
-    stored = await bucket.head(blob)
-    assert stored is not None and stored["ContentLength"] == len(blob.data)
-    assert await bucket.digest_of(blob) == blob.digest
 
 
 async def test_thirty_clients_on_three_replicas_share_one_download_and_all_stream_it_live(
@@ -72,7 +44,7 @@ async def test_thirty_clients_on_three_replicas_share_one_download_and_all_strea
 
     await transfers.finish(within=WAIT)
     assert [c for c in everyone if not c.got(blob)] == []
-    assert downloads(hub, blob.digest) == 1, "thirty clients on three replicas, one upstream download"
+    assert downloads(hub, blob.digest) == 1, "thirty clients, three replicas, one download"
     after = await Counters.read(http, cluster)
     leads = after.since(before, JOINS, role="leader")
     assert sorted(leads) == [0, 0, 1], leads
@@ -113,12 +85,7 @@ async def test_corrupted_upstream_bytes_complete_no_client_anywhere_and_leave_no
 
     clients = await transfers.finish(within=WAIT)
     assert [c for c in clients if c.status == 200 and c.complete] == [], "no body completes"
-    assert await bucket.head(blob) is None
-
-    async def no_upload_left() -> bool:
-        return not await bucket.uploads(blob)
-
-    await wait_until(no_upload_left, within=WAIT, message="the failed download's upload aborted")
+    await no_upload_left(bucket, blob)
     assert await bucket.head(blob) is None
 
 

@@ -18,9 +18,9 @@ import pytest
 
 from mirror.meta.redis import RedisMetaStore
 from testkit.cluster import Cluster, Replica
-from testkit.fakeupstream import Blob, FakeRegistry, Fault, make_image, random_layer
-from testkit.waiting import wait_until
+from testkit.fakeupstream import FakeRegistry, Fault, make_image, random_layer
 from tests.clients import ACCEPT, pull
+from tests.cluster.blobs import LARGE, MIB, WAIT, blob_url, cold_blob, stored
 from tests.cluster.conftest import StartCluster
 from tests.cluster.evidence import Bucket, downloads, manifest_requests
 from tests.meta_fixtures import RedisServer
@@ -28,25 +28,8 @@ from tests.transfers import Transfers
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-MIB = 1024 * 1024
-WAIT = 30.0
 TAG_TTL = 300.0  # the default freshness of a tag
 KEY_PREFIX = "mirror:"  # the default Redis key prefix
-
-
-def blob_url(replica: Replica, repo: str, blob: Blob) -> str:
-    return f"{replica.url}/v2/{repo}/blobs/{blob.digest}"
-
-
-async def stored(bucket: Bucket, blob: Blob) -> dict[str, object]:
-    """The blob's object once the bucket has it (waiting, bounded, for the commit)."""
-
-    async def found() -> dict[str, object] | None:
-        return await bucket.head(blob)
-
-    head = await wait_until(found, within=WAIT, message=f"{blob.digest} in the bucket")
-    assert await bucket.digest_of(blob) == blob.digest
-    return head
 
 
 def requests_about(hub: FakeRegistry, repo: str, digest: str) -> int:
@@ -56,7 +39,7 @@ def requests_about(hub: FakeRegistry, repo: str, digest: str) -> int:
 
 @pytest.mark.parametrize(
     ("size", "parts"),
-    [(64 * 1024, None), (20 * MIB, 3)],
+    [(64 * 1024, None), (LARGE, 3)],
     ids=["under one part: one PUT", "three parts: one multipart upload"],
 )
 async def test_a_blob_pulled_through_one_replica_is_one_object_served_by_another_without_upstream(
@@ -68,8 +51,7 @@ async def test_a_blob_pulled_through_one_replica_is_one_object_served_by_another
     parts: int | None,
 ) -> None:
     repo = f"team/stored-{size}"
-    blob = random_layer(size, seed=size)
-    hub.push_blob(repo, blob)
+    blob = cold_blob(hub, repo, seed=size, size=size)
     [first] = transfers.start(blob_url(cluster[0], repo, blob))
     await transfers.finish(within=WAIT)
     assert first.got(blob)
@@ -181,8 +163,7 @@ async def test_the_replica_endpoint_answers_404_to_anyone_without_the_cluster_se
     hub: FakeRegistry, cluster: Cluster, transfers: Transfers, http: aiohttp.ClientSession
 ) -> None:
     repo = "team/private"
-    blob = random_layer(256 * 1024, seed=60)
-    hub.push_blob(repo, blob)
+    blob = cold_blob(hub, repo, seed=60, size=256 * 1024)
     [pulled] = transfers.start(blob_url(cluster[0], repo, blob))
     await transfers.finish(within=WAIT)
     assert pulled.got(blob)
