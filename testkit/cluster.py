@@ -28,6 +28,7 @@ from testkit.mirrorproc import STOP_TIMEOUT, MirrorProcess
 from testkit.mirrorserver import MirrorServer, ServerProcess
 
 REDIS_SERVER = "redis-server"
+START_TIMEOUT = 30.0  # until every replica answers: three start at once on a busy machine
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,6 @@ class Replica(MirrorProcess):
             extra_args=[*shared.args(), *extra_args],
             env={**shared.env(), **(extra_env or {})},
         )
-        self.home = home
         self.paused = False
 
     def argv(self, port: int) -> list[str]:
@@ -137,29 +137,15 @@ class Cluster:
     def __getitem__(self, index: int) -> Replica:
         return self.replicas[index]
 
-    def __len__(self) -> int:
-        return len(self.replicas)
-
-    def index(self, replica: Replica) -> int:
-        return self.replicas.index(replica)
-
     async def start(self) -> None:
         """Start every replica at once; if one cannot start, stop the others and fail."""
-        started = await asyncio.gather(*(r.start() for r in self.replicas), return_exceptions=True)
+        started = await asyncio.gather(
+            *(r.start(START_TIMEOUT) for r in self.replicas), return_exceptions=True
+        )
         failures = [outcome for outcome in started if isinstance(outcome, BaseException)]
         if failures:
             await self.stop()
             raise failures[0]
-
-    async def restart(self, index: int) -> Replica:
-        """A new process for replica `index` (after a kill), with the same home and data dir;
-        it listens on another port."""
-        old = self.replicas[index]
-        if old.returncode is None:
-            await old.stop()
-        self.replicas[index] = replica = self._replica(index)
-        await replica.start()
-        return replica
 
     async def stop(self) -> None:
         """Stop every replica still running (continuing a paused one first)."""

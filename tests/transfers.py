@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -18,7 +17,6 @@ from testkit.fakeupstream import Blob
 class Transfer:
     """One client's GET, as it went."""
 
-    url: str
     status: int = 0
     received: int = 0
     complete: bool = False  # the body ended where its Content-Length said, without error
@@ -37,14 +35,12 @@ class Transfer:
         return self.got(blob) or self.status != 200 or not self.complete
 
 
-async def transfer(
-    http: aiohttp.ClientSession, record: Transfer, headers: Mapping[str, str] | None = None
-) -> None:
-    """GET `record.url`, hashing the body as it streams (many large bodies would not fit in
+async def transfer(http: aiohttp.ClientSession, url: str, record: Transfer) -> None:
+    """GET `url`, hashing the body as it streams (many large bodies would not fit in
     memory), and record how it went. Never raises for a failed transfer."""
     hasher = hashlib.sha256()
     try:
-        async with http.get(record.url, headers=headers) as resp:
+        async with http.get(url) as resp:
             record.status = resp.status
             async for chunk in resp.content.iter_any():
                 hasher.update(chunk)
@@ -59,6 +55,18 @@ async def transfer(
         record.ended.set()
 
 
+async def start_transfers(
+    http: aiohttp.ClientSession, url: str, count: int, within: float
+) -> tuple[list[Transfer], list[asyncio.Task[None]]]:
+    """`count` clients GETting `url` at once, each past its first bytes (or its end) on
+    return, which is at most `within` s later."""
+    records = [Transfer() for _ in range(count)]
+    tasks = [asyncio.create_task(transfer(http, url, record)) for record in records]
+    async with asyncio.timeout(within):
+        await asyncio.gather(*(record.started.wait() for record in records))
+    return records, tasks
+
+
 class Transfers:
     """Transfers started one by one or in bulk, each in a task of its own; all are waited
     for (or cancelled) when the group is closed."""
@@ -70,10 +78,10 @@ class Transfers:
 
     def start(self, url: str, count: int = 1) -> list[Transfer]:
         """`count` clients GETting `url`, started now."""
-        started = [Transfer(url) for _ in range(count)]
+        started = [Transfer() for _ in range(count)]
         for record in started:
             self.records.append(record)
-            self._tasks.append(asyncio.create_task(transfer(self.http, record)))
+            self._tasks.append(asyncio.create_task(transfer(self.http, url, record)))
         return started
 
     async def first_bytes(self, records: list[Transfer], within: float) -> None:

@@ -32,7 +32,9 @@ async def stored(bucket: Bucket, blob: Blob) -> dict[str, Any]:
     async def found() -> dict[str, Any] | None:
         return await bucket.head(blob)
 
-    head = await wait_until(found, within=WAIT, message=f"{blob.digest} in the bucket")
+    head: dict[str, Any] = await wait_until(
+        found, within=WAIT, message=f"{blob.digest} in the bucket"
+    )
     assert head["ContentLength"] == len(blob.data)
     assert await bucket.digest_of(blob) == blob.digest
     return head
