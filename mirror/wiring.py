@@ -16,6 +16,7 @@ else, so a new backend is one more branch in `open_store` or `open_meta_store`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -144,7 +145,7 @@ async def build(
 
     Raises MetaStoreError when a configured Redis cannot be reached."""
     store = open_store(config)
-    if remove_temp_files and (removed := store.remove_temp_files()):
+    if remove_temp_files and (removed := await asyncio.to_thread(store.remove_temp_files)):
         log.info("removed %d temp files left by an earlier run", removed)
     meta = await _open_meta(config, resilient=True, clock=clock)
     router = Router.from_config(config)

@@ -78,7 +78,7 @@ class BlobCache:
         """The blob, if the store holds it and `repo` holds it (else 404 `BLOB_UNKNOWN`, or
         the upstream's failure: `RepositoryScope.check`). Blobs are stored once whichever
         repository or upstream they came from: a digest names the same bytes everywhere."""
-        blob = self._store.open_blob(digest)
+        blob = await self._store.open_blob(digest)
         if blob is None:
             return None
         await self._scope.check(repo, digest, "blob")
@@ -95,7 +95,7 @@ class BlobCache:
     async def size(self, repo: UpstreamRepo, digest: Digest) -> int | None:
         """The blob's size without downloading it: from the cache or a download in flight
         (either only for a repository that holds it), or from an upstream HEAD."""
-        if (size := self._store.blob_size(digest)) is not None:
+        if (size := await self._store.blob_size(digest)) is not None:
             await self._scope.check(repo, digest, "blob")
             return size
         download = self._downloads.get(digest)

@@ -72,11 +72,11 @@ def references(data: bytes, digest: Digest | None = None) -> References:
     return References(tuple(blobs), tuple(manifests))
 
 
-def named_blobs(store: ContentStore, manifests: Iterable[Digest]) -> set[Digest]:
-    """The blobs the given cached manifests refer to directly (blocking: reads them)."""
+async def named_blobs(store: ContentStore, manifests: Iterable[Digest]) -> set[Digest]:
+    """The blobs the given cached manifests refer to directly."""
     named: set[Digest] = set()
     for digest in manifests:
-        if (manifest := store.read_manifest(digest)) is not None:
+        if (manifest := await store.read_manifest(digest)) is not None:
             named.update(references(manifest.data, digest).blobs)
     return named
 

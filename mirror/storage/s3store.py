@@ -16,9 +16,10 @@ spool, and its commit uploads the verified spool and then moves it into the hot 
 Cross-replica coordination of downloads is not here yet: two replicas may both download a
 blob, and both publish the same verified bytes (the second `If-None-Match` loses, harmlessly).
 
-The protocol's lookups (`blob_size`, `open_blob`, `has_manifest`, `read_manifest`) and
-housekeeping are blocking: a lookup that misses the hot cache (or the recent manifests)
-costs one blocking request to the bucket.
+The protocol's lookups (`blob_size`, `open_blob`, `has_manifest`, `read_manifest`) go
+through the async client: one that misses the hot cache (or the recent manifests) costs a
+request to the bucket, which the event loop does not wait on. Housekeeping (and
+`StoredBlob.open`, for code in a thread) uses the blocking client.
 """
 
 from __future__ import annotations
@@ -100,7 +101,19 @@ class S3Store:
     def _key(self, kind: ContentKind, digest: Digest) -> str:
         return self._where.key(_TREES[kind], digest.algorithm, digest.hex)
 
+    async def _lookup(self, key: str) -> dict[str, Any] | None:
+        """The object's HEAD through the async client, or None when it is not there."""
+        client = await self._client.get()
+        try:
+            head: dict[str, Any] = await client.head_object(Bucket=self._where.bucket, Key=key)
+        except ClientError as exc:
+            if is_missing(exc):
+                return None
+            raise
+        return head
+
     def _head(self, key: str) -> dict[str, Any] | None:
+        """`_lookup`, blocking (for housekeeping)."""
         try:
             head: dict[str, Any] = self._blocking.head_object(Bucket=self._where.bucket, Key=key)
         except ClientError as exc:
@@ -116,21 +129,18 @@ class S3Store:
 
     # --- blobs ----------------------------------------------------------------------------
 
-    def blob_size(self, digest: Digest) -> int | None:
-        if (path := self._hot.path(digest)) is not None:
-            return path.stat().st_size
-        head = self._head(self._key("blob", digest))
+    async def blob_size(self, digest: Digest) -> int | None:
+        if (hot := self._hot.blob(digest)) is not None:
+            return hot.size
+        head = await self._lookup(self._key("blob", digest))
         return None if head is None else int(head["ContentLength"])
 
-    def open_blob(self, digest: Digest) -> FileBlob | S3Blob | None:
+    async def open_blob(self, digest: Digest) -> FileBlob | S3Blob | None:
         """From the hot cache when it holds the blob (sendfile), else from the bucket."""
-        if (path := self._hot.path(digest)) is not None:
-            try:
-                return FileBlob(digest, path.stat().st_size, path)
-            except FileNotFoundError:
-                pass  # evicted since
+        if (hot := self._hot.blob(digest)) is not None:
+            return hot
         key = self._key("blob", digest)
-        if (head := self._head(key)) is None:
+        if (head := await self._lookup(key)) is None:
             return None
 
         async def get(range_header: str | None) -> Any:
@@ -179,24 +189,26 @@ class S3Store:
 
     # --- manifests ------------------------------------------------------------------------
 
-    def has_manifest(self, digest: Digest) -> bool:
+    async def has_manifest(self, digest: Digest) -> bool:
         """Read (and kept in memory) rather than only looked at: a manifest found is about
         to be served, and is asked about again and again."""
-        return self.read_manifest(digest) is not None
+        return await self.read_manifest(digest) is not None
 
-    def read_manifest(self, digest: Digest) -> StoredManifest | None:
+    async def read_manifest(self, digest: Digest) -> StoredManifest | None:
         """From memory when read recently, else from the bucket (its bytes checked)."""
         if (manifest := self._recent.get(digest)) is not None:
             return manifest
+        client = await self._client.get()
         try:
-            answer = self._blocking.get_object(
+            answer = await client.get_object(
                 Bucket=self._where.bucket, Key=self._key("manifest", digest)
             )
         except ClientError as exc:
             if is_missing(exc):
                 return None
             raise
-        data = answer["Body"].read()
+        async with answer["Body"] as body:
+            data = await body.read()
         if hashlib.new(digest.algorithm, data).hexdigest() != digest.hex:
             raise IntegrityError(f"manifest {digest} in the bucket does not hash to its key")
         manifest = StoredManifest(data, str(answer["ContentType"]), digest)
