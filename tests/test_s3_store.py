@@ -149,7 +149,7 @@ async def test_bytes_that_differ_from_the_verified_ones_complete_no_upload(
         await uploader.upload(spoiled, key, digest, len(data))
     assert head(seaweed, tmp_path, digest) is None
     assert pending_uploads(seaweed, tmp_path) == []
-    assert store.blob_size(digest) is None
+    assert await store.blob_size(digest) is None
 
 
 async def test_an_orphaned_upload_is_found_and_aborted(
@@ -176,7 +176,7 @@ async def test_a_replica_without_the_blob_at_hand_reads_ranges_from_the_bucket(
     digest = await put(store, data)
     other = s3_store(tmp_path, data_dir=tmp_path / "other")
     try:
-        blob = other.open_blob(digest)
+        blob = await other.open_blob(digest)
         assert blob is not None and blob.local_path is None and blob.size == len(data)
 
         async def read(start: int = 0, end: int | None = None) -> bytes:
@@ -185,10 +185,10 @@ async def test_a_replica_without_the_blob_at_hand_reads_ranges_from_the_bucket(
 
         assert await read(1000, 2000) == data[1000:2000]
         assert await read(len(data) - 5) == data[-5:]
-        again = other.open_blob(digest)
+        again = await other.open_blob(digest)
         assert again is not None and again.local_path is None, "a range fills no cache"
         assert await read() == data
-        cached = other.open_blob(digest)
+        cached = await other.open_blob(digest)
         assert cached is not None and cached.local_path is not None, "a whole read is kept"
         assert cached.local_path.read_bytes() == data
         with blob.open() as fh:
@@ -243,11 +243,11 @@ async def test_a_pull_is_stored_in_the_bucket_and_served_from_it_by_another_repl
     store = s3_store(tmp_path, data_dir=tmp_path / "look")
     try:
         for blob in manifest.blobs:
-            found = store.open_blob(Digest.parse(blob.digest))
+            found = await store.open_blob(Digest.parse(blob.digest))
             assert found is not None and found.size == len(blob.data)
             with found.open() as fh:  # read back and verified
                 assert fh.read() == blob.data
-        assert store.read_manifest(Digest.parse(manifest.digest)) is not None
+        assert await store.read_manifest(Digest.parse(manifest.digest)) is not None
     finally:
         await store.close()
 
@@ -369,7 +369,7 @@ async def test_a_download_that_does_not_verify_leaves_no_object_and_no_upload(
     spool.release()
     assert head(seaweed, tmp_path, digest) is None
     assert pending_uploads(seaweed, tmp_path) == []
-    assert store.blob_size(digest) is None
+    assert await store.blob_size(digest) is None
 
 
 async def test_a_download_given_up_aborts_its_upload(
