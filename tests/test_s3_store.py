@@ -18,7 +18,7 @@ import pytest
 
 from mirror import config
 from mirror.reference import Digest
-from mirror.storage import IntegrityError
+from mirror.storage import IntegrityError, StoredManifest
 from mirror.storage.s3client import (
     MAX_BLOB_SIZE,
     MAX_PART_SIZE,
@@ -32,8 +32,10 @@ from mirror.storage.s3store import S3Store
 from mirror.storage.s3writer import Uploader
 from testkit.fakeupstream import FakeRegistry, make_image, random_layer
 from testkit.seaweed import SeaweedFS
+from testkit.waiting import wait_until
 from tests.clients import pull_like_docker
 from tests.conftest import StartMirror, answered
+from tests.relay import GatedRelay
 from tests.runcli import run_cli
 from tests.s3_fixtures import BUCKET, prefix_of, s3_store
 
@@ -195,6 +197,52 @@ async def test_a_replica_without_the_blob_at_hand_reads_ranges_from_the_bucket(
             assert fh.read() == data
     finally:
         await other.close()
+
+
+async def test_a_blob_removed_from_the_bucket_since_it_was_found_reads_as_a_removed_file(
+    store: S3Store, tmp_path: Path
+) -> None:
+    digest = await put(store, b"a blob on the bucket")
+    other = s3_store(tmp_path, data_dir=tmp_path / "other")
+    try:
+        blob = await other.open_blob(digest)
+        assert blob is not None and blob.local_path is None
+        await asyncio.to_thread(store.remove, "blob", digest)
+        with pytest.raises(FileNotFoundError):
+            async with aclosing(blob.chunks()) as chunks:
+                await anext(chunks)
+        with pytest.raises(FileNotFoundError):
+            blob.open()
+    finally:
+        await other.close()
+
+
+@pytest.mark.parametrize("lookup", ["blob_size", "open_blob", "has_manifest", "read_manifest"])
+async def test_a_lookup_waiting_for_the_bucket_leaves_the_event_loop_free(
+    store: S3Store, seaweed: SeaweedFS, tmp_path: Path, lookup: str
+) -> None:
+    """A relay holds the lookup's request to the bucket: the test's own code runs on the
+    same event loop meanwhile, and sees the lookup still waiting (a blocking lookup would
+    have held the loop until the relay let go)."""
+    blob = await put(store, b"a blob on the bucket")
+    data = b'{"schemaVersion": 2, "layers": []}'
+    manifest = StoredManifest(data, "application/vnd.oci.image.manifest.v1+json", digest_of(data))
+    await store.write_manifest(manifest)
+    digest = blob if lookup in ("blob_size", "open_blob") else manifest.digest
+    with GatedRelay(seaweed.port) as relay:
+        location = S3Location.from_settings(
+            f"s3://{BUCKET}/{prefix_of(tmp_path)}", relay.endpoint, None, None
+        )
+        replica = S3Store(location, tmp_path / "replica", 1 << 30)  # nothing at hand
+        try:
+            relay.close_gate()
+            asked = asyncio.create_task(getattr(replica, lookup)(digest))
+            await wait_until(relay.held.is_set, within=30, message="the lookup asked the bucket")
+            assert not asked.done(), "the lookup held the event loop until the bucket answered"
+            relay.open_gate()
+            assert await asked, "found"
+        finally:
+            await replica.close()
 
 
 # --- configuration -----------------------------------------------------------------------------
