@@ -339,7 +339,7 @@ class RedisMetaStore(CountedHealth):
     ) -> Lease | None:
         token = secrets.token_hex(16)
         keys = [self._key("lease:", name), self._key("lease-epoch:", name)]
-        args = [holder, url or "", token, _ms(ttl), _ms(LEASE_EPOCH_KEEP)]
+        args: list[str | int] = [holder, url or "", token, _ms(ttl), _ms(LEASE_EPOCH_KEEP)]
         with self._errors("acquire_lease"):
             epoch = int(await self._acquire_lease(keys=keys, args=args))
         return Lease(holder, url, epoch, token) if epoch else None

@@ -69,9 +69,7 @@ class Peers:
     ) -> None:
         self._secret = secret
         self._clock = clock
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=CONNECT_TIMEOUT, sock_read=stall
-        )
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=stall)
         self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
 
     async def close(self) -> None:
