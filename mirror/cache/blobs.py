@@ -152,7 +152,7 @@ class BlobCache:
         else:
             await self._scope.check(repo, download.digest, "blob")
 
-    async def relay(self, digest: Digest) -> BlobBody | StoredBlob | None:
+    async def relay(self, digest: Digest) -> Reader | StoredBlob | None:
         """`digest` for another replica: a reader of its download on this host (this
         process's, unless it lost its lease; or another worker's, followed), else the
         stored blob, else None. Never a new download: the asking replica leads or waits."""
