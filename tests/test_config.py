@@ -172,7 +172,7 @@ CLUSTER_SECRET = "a-secret-of-the-cluster"
 
 
 def test_an_advertised_replica_needs_the_cluster_secret() -> None:
-    with pytest.raises(ConfigError, match="advertise_url .*needs cluster_secret"):
+    with pytest.raises(ConfigError, match=r"advertise_url .*needs cluster_secret"):
         config.load(overrides={"advertise_url": "http://10.0.0.5:5000"}, environ={})
     loaded = config.load(
         overrides={"advertise_url": "http://10.0.0.5:5000/"},
