@@ -132,10 +132,12 @@ class Spool(Protocol):
         """Become the holder; False when someone else holds the claim. A holder that dies
         loses it (nothing waits for a dead holder)."""
 
-    def writer(self, size: int | None) -> BlobWriter:
+    def writer(self, size: int | None, *, relayed: bool = False) -> BlobWriter:
         """The holder's writer: announces `size` to followers; its bytes are readable by
         them as they are written, and `commit` publishes the blob. Its `abort` frees the
-        space at once, even while readers still hold the spool open."""
+        space at once, even while readers still hold the spool open. `relayed`: the bytes
+        come from another replica, which publishes them to a shared store itself, so the
+        commit sends them only if the store does not hold them yet."""
 
     def release(self) -> None:
         """Give the claim up (after a commit or a failure); idempotent."""

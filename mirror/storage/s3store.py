@@ -13,8 +13,11 @@ so an object under a digest key always holds those bytes. A download is coordina
 as on the filesystem (a flock on the spool in `<data_dir>/s3/tmp/`): its holder writes the
 spool, and its commit uploads the verified spool and then moves it into the hot cache
 (`<data_dir>/s3/blobs/`), where the followers on this host see it committed.
-Cross-replica coordination of downloads is not here yet: two replicas may both download a
-blob, and both publish the same verified bytes (the second `If-None-Match` loses, harmlessly).
+Across replicas a download is coordinated above the store (`mirror.cache.cluster`): a
+replica relaying another's download writes a `relayed` spool, whose commit finds the object
+published by the leader (a HEAD) and only then uploads it itself. Should two replicas both
+download a blob, both publish the same verified bytes (the second `If-None-Match` loses,
+harmlessly).
 
 The protocol's lookups (`blob_size`, `open_blob`, `has_manifest`, `read_manifest`) go
 through the async client: one that misses the hot cache (or the recent manifests) costs a
@@ -157,18 +160,23 @@ class S3Store:
         """A temp file in the data dir, uploaded by `commit` once verified."""
         return self._s3_writer(self._local.blob_writer(digest), None)
 
-    def _s3_writer(self, local: FileBlobWriter, size: int | None) -> S3BlobWriter:
+    def _s3_writer(
+        self, local: FileBlobWriter, size: int | None, *, relayed: bool = False
+    ) -> S3BlobWriter:
         """`size` given (a download announced it) and above one part: parts are sent as
-        they are written (see `mirror.storage.s3stream`)."""
+        they are written (see `mirror.storage.s3stream`). `relayed`: nothing is sent while
+        writing, and the commit uploads only when the bucket does not hold the blob."""
         digest = local.digest
         key = self._key("blob", digest)
         stream = None
-        if size is not None and MIN_PART_SIZE < size <= MAX_BLOB_SIZE:
+        if not relayed and size is not None and MIN_PART_SIZE < size <= MAX_BLOB_SIZE:
             chunk = part_size(size)
             if size > chunk:
                 stream = StreamingUpload(self._client.get, self._where.bucket, key, chunk)
 
         async def publish_it(path: Path, key: str, digest: Digest, size: int) -> bool:
+            if relayed and await self._holds(key, size):
+                return False
             return await publish(stream, self._uploader, path, key, digest, size)
 
         def published(size: int, is_new: bool) -> None:
@@ -183,6 +191,20 @@ class S3Store:
             feed=None if stream is None else stream.feed,
             discard=None if stream is None else stream.abort,
         )
+
+    async def _holds(self, key: str, size: int) -> bool:
+        """Whether the bucket has the blob under `key` (a HEAD); IntegrityError if with
+        another size than the `size` verified here, which only a broken store could do."""
+        client = await self._client.get()
+        try:
+            head = await client.head_object(Bucket=self._where.bucket, Key=key)
+        except ClientError as exc:
+            if is_missing(exc):
+                return False
+            raise
+        if int(head["ContentLength"]) != size:
+            raise IntegrityError(f"{key} exists with {head['ContentLength']} bytes, not {size}")
+        return True
 
     def spool(self, digest: Digest) -> S3Spool:
         return S3Spool(self._local.spool(digest), self)
@@ -350,8 +372,8 @@ class S3Spool:
     def claim(self) -> bool:
         return self._files.claim()
 
-    def writer(self, size: int | None) -> S3BlobWriter:
-        return self._store._s3_writer(self._files.writer(size), size)
+    def writer(self, size: int | None, *, relayed: bool = False) -> S3BlobWriter:
+        return self._store._s3_writer(self._files.writer(size), size, relayed=relayed)
 
     def release(self) -> None:
         self._files.release()
