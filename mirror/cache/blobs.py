@@ -9,7 +9,6 @@ as the upstream answers with the body."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -167,7 +166,7 @@ class BlobCache:
                 reader.leave()
                 raise
             return reader
-        return await asyncio.to_thread(self._store.open_blob, digest)
+        return await self._store.open_blob(digest)
 
     async def _pass_through(self, repo: UpstreamRepo, digest: Digest) -> Passthrough:
         observe.passed_through()

@@ -142,4 +142,4 @@ class StoredSource:
         yield BlobStream(blob.size, blob.chunks(offset), offset)
 
     async def _published(self) -> StoredBlob | None:
-        return await asyncio.to_thread(self._store.open_blob, self._digest)
+        return await self._store.open_blob(self._digest)
