@@ -51,10 +51,11 @@ def cluster_site(servers: Sequence[str], *, listen: str = "{listen}", affinity: 
 
 
 def main_conf(workdir: Path, site: Path) -> str:
-    """An nginx.conf that runs in the foreground with everything under `workdir`: one
-    worker, errors to a file, no access log, `site` as its only server."""
+    """An nginx.conf that runs in the foreground with everything under `workdir`: a worker
+    per core (as the official image), errors to a file, no access log, `site` as its only
+    server."""
     return f"""daemon off;
-worker_processes 1;
+worker_processes auto;
 pid {workdir}/nginx.pid;
 error_log {workdir}/error.log warn;
 events {{ worker_connections 1024; }}
