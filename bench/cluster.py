@@ -63,6 +63,7 @@ class Run:
     rows: list[Row] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    sides: dict[str, object] = field(default_factory=dict)  # how each group was run
 
     @property
     def up(self) -> RealUpstream:
@@ -96,7 +97,9 @@ def prime(group: Group, image: BenchImage) -> None:
             server.url + image.manifest_path(image.manifest_digest), {"Accept": MANIFEST_ACCEPT}
         )
         if status != 200:
-            raise RuntimeError(f"{group.label}: manifest answered {status}\n{server.stderr[-2000:]}")
+            raise RuntimeError(
+                f"{group.label}: manifest answered {status}\n{server.stderr[-2000:]}"
+            )
 
 
 def cache(run: Run, group: Group) -> None:
@@ -288,6 +291,7 @@ def _take(run: Run) -> None:
     harness = run.harness
     _log(f"bench.cluster: work directory {harness.workdir}; seeding {IMAGE}, starting everything")
     harness.start([IMAGE], (PUSH_USER, PUSH_PASSWORD))
+    run.sides = {name: group.describe() for name, group in harness.groups.items()}
     for affinity in (False, True):
         _log(f"== cold, {'digest affinity' if affinity else 'round robin'}")
         cold(run, affinity=affinity)
@@ -327,7 +331,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nbench.cluster: failed: {error}")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        sides = {name: group.describe() for name, group in run.harness.groups.items()}
         run.harness.close()
         if args.keep_workdir or error:
             print(f"bench.cluster: work directory kept: {workdir}")
@@ -345,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "seaweedfs": weed_version(),
             "distribution": registry_version(),
             "repeat": run.repeat,
-            "sides": sides,
+            "sides": run.sides,
             "warnings": run.warnings,
             "units": "MB = 10^6 bytes",
         },

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Protocol
 
 from bench.harness import BenchImage, OursMirror, TheirsProxy, seed
-from testkit.mirrorserver import MirrorServer, ServerProcess
 from testkit.mirrorproc import free_port
+from testkit.mirrorserver import MirrorServer, ServerProcess
 from testkit.nginx import Nginx, cluster_site
 from testkit.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS, weed_binary
 from testkit.upstream import RealUpstream, TokenServer
@@ -301,7 +301,11 @@ class ClusterHarness:
                 "s3",
                 [
                     OursReplica(
-                        self.workdir / f"ours-{n}", up, s3=s3, redis_url=redis_url, env=self.ours_env
+                        self.workdir / f"ours-{n}",
+                        up,
+                        s3=s3,
+                        redis_url=redis_url,
+                        env=self.ours_env,
                     )
                     for n in range(1, self.replicas + 1)
                 ],
@@ -317,7 +321,10 @@ class ClusterHarness:
                 self.workdir,
             ),
             "ours-file": Group(
-                "ours", "file", [FileOurs(self.workdir / "ours-file", up, env=self.ours_env)], self.workdir
+                "ours",
+                "file",
+                [FileOurs(self.workdir / "ours-file", up, env=self.ours_env)],
+                self.workdir,
             ),
             "theirs-file": Group(
                 "theirs", "file", [FileTheirs(self.workdir / "theirs-file", up)], self.workdir
@@ -365,5 +372,3 @@ def registry_version() -> str:
         ["docker-registry", "--version"], capture_output=True, text=True, timeout=30, check=False
     )
     return done.stdout.strip()
-
-
