@@ -96,17 +96,7 @@ class Bench:
         )
 
     def settled_blob_gets(self, digest: str, within: float = 15.0) -> int:
-        """Upstream GETs of `digest`, once the count has stopped moving for a second (the
-        reference stores a blob from a download of its own, in the background)."""
-        deadline = time.monotonic() + within
-        last = self.up.blob_gets(digest)
-        while time.monotonic() < deadline:
-            time.sleep(1.0)
-            now = self.up.blob_gets(digest)
-            if now == last:
-                break
-            last = now
-        return last
+        return settled_blob_gets(self.up, digest, within)
 
     # --- warming ------------------------------------------------------------------------
 
@@ -149,3 +139,17 @@ class Bench:
         )
         if status != 200:
             raise RuntimeError(f"{side.label}: manifest of {image.key} answered {status}")
+
+
+def settled_blob_gets(upstream: RealUpstream, digest: str, within: float = 15.0) -> int:
+    """Upstream GETs of `digest`, once the count has stopped moving for a second (the
+    reference stores a blob from a download of its own, in the background)."""
+    deadline = time.monotonic() + within
+    last = upstream.blob_gets(digest)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = upstream.blob_gets(digest)
+        if now == last:
+            break
+        last = now
+    return last

@@ -23,6 +23,7 @@ SERVE_FLAGS = (
     "storage",
     "s3_endpoint",
     "local_cache_size",
+    "advertise_url",
     "tag_ttl",
     "offline",
     "workers",
@@ -125,6 +126,11 @@ def _parser() -> argparse.ArgumentParser:
         "--redis-url", metavar="URL", help="Redis for shared metadata (default: embedded SQLite)"
     )
     _storage_flags(serve)
+    serve.add_argument(
+        "--advertise-url",
+        metavar="URL",
+        help="where the other replicas reach this one (needs MIRROR_CLUSTER_SECRET)",
+    )
     serve.add_argument(
         "--tag-ttl", metavar="SECONDS", help="how long a tag is served without asking upstream"
     )

@@ -23,7 +23,15 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from mirror.observe import CacheKind, ContentKind, Outcome, PoolName, Revalidation, UpstreamKind
+from mirror.observe import (
+    CacheKind,
+    ClusterRole,
+    ContentKind,
+    Outcome,
+    PoolName,
+    Revalidation,
+    UpstreamKind,
+)
 
 # Latency buckets, seconds: sub-millisecond cache hits up to slow cold pulls.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -173,6 +181,18 @@ AUTH_FAILURES = Counter(
     "allowed: 403), throttled (too many failures from the address: 429).",
     ["reason"],
 )
+CLUSTER_BLOB_JOINS = Counter(
+    "mirror_cluster_blob_joins_total",
+    "Blob misses by how they joined the cluster's one download of the blob: leader (this "
+    "replica fetched it from the upstream), local_waiter (a client joined a download already "
+    "running on this host), remote_waiter (this replica relayed another replica's download).",
+    ["role"],
+)
+CLUSTER_LEASE_TAKEOVERS = Counter(
+    "mirror_cluster_lease_takeovers_total",
+    "Blob downloads this replica took over after their leader stopped renewing its lease "
+    "(died, stalled or cut off), continuing from the bytes it had.",
+)
 
 
 class PrometheusSink:
@@ -246,6 +266,12 @@ class PrometheusSink:
 
     def circuit_rejected(self, upstream: str) -> None:
         CIRCUIT_REJECTIONS.labels(upstream).inc()
+
+    def blob_joined(self, role: ClusterRole) -> None:
+        CLUSTER_BLOB_JOINS.labels(role).inc()
+
+    def lease_taken_over(self) -> None:
+        CLUSTER_LEASE_TAKEOVERS.inc()
 
 
 # How much the cache holds, by kind ("blob", "manifest"): (objects, bytes). Read from the

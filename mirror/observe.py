@@ -27,6 +27,7 @@ UpstreamKind = Literal["manifest", "blob", "tags", "token"]
 Revalidation = Literal["unchanged", "changed", "stale", "failed"]
 ContentKind = Literal["blob", "manifest"]
 PoolName = Literal["blob", "metadata"]
+ClusterRole = Literal["leader", "local_waiter", "remote_waiter"]
 
 # A request's outcome is the most telling of its lookups: a manifest pull whose tag was
 # fresh (hit) but whose manifest had to be fetched (miss) is a miss.
@@ -99,6 +100,10 @@ class Sink(Protocol):
 
     def circuit_rejected(self, upstream: str) -> None: ...
 
+    def blob_joined(self, role: ClusterRole) -> None: ...
+
+    def lease_taken_over(self) -> None: ...
+
 
 class DiscardSink:
     """Counts nothing: the sink until the server installs its own."""
@@ -160,6 +165,12 @@ class DiscardSink:
         pass
 
     def circuit_rejected(self, upstream: str) -> None:
+        pass
+
+    def blob_joined(self, role: ClusterRole) -> None:
+        pass
+
+    def lease_taken_over(self) -> None:
         pass
 
 
@@ -309,3 +320,16 @@ def circuit_changed(upstream: str, *, is_open: bool) -> None:
 def circuit_rejected(upstream: str) -> None:
     """A request failed fast because the upstream's circuit is open."""
     _sink.circuit_rejected(upstream)
+
+
+def blob_joined(role: ClusterRole) -> None:
+    """A blob miss joined the cluster's one download of it: as the `leader` (this replica
+    fetches it from the upstream), as a `local_waiter` (a client joining a download already
+    running on this host) or as a `remote_waiter` (this replica relays another's download
+    instead of fetching it)."""
+    _sink.blob_joined(role)
+
+
+def lease_taken_over() -> None:
+    """A replica took over a blob's download whose leader stopped renewing its lease."""
+    _sink.lease_taken_over()

@@ -16,25 +16,32 @@ else, so a new backend is one more branch in `open_store` or `open_meta_store`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from mirror.cache.access import AccessRecorder
 from mirror.cache.blobs import BlobCache
+from mirror.cache.cluster import Cluster
 from mirror.cache.downloads import AbandonBudget
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.prefetch.engine import Puller
 from mirror.cache.scope import RepositoryScope
 from mirror.cache.tags import TagListCache
 from mirror.config import Config
-from mirror.meta import MetaStore, open_meta_store
+from mirror.config.cluster import read_cluster_secret
+from mirror.meta import Leases, MetaStore, Replica, open_meta_store
 from mirror.storage import ContentStore
 from mirror.storage.filesystem import FilesystemStore
 from mirror.storage.s3client import S3Location
 from mirror.storage.s3store import S3Store
+from mirror.upstream.peers import Peers
 from mirror.upstream.routing import Router
 
 log = logging.getLogger(__name__)
@@ -61,6 +68,8 @@ class Mirror:
     blobs: BlobCache
     manifests: ManifestCache
     tags: TagListCache
+    replica: Replica  # this process among the replicas (its id, its advertise_url)
+    cluster: Cluster | None  # None: a single host (file storage), nothing to share with
 
     def puller(self) -> Puller:
         """The parts a prefetch pulls through (the server's own, for its schedule)."""
@@ -73,6 +82,8 @@ class Mirror:
             await self.blobs.close()
             await self.access.close()
         finally:
+            if self.cluster is not None and self.cluster.peers is not None:
+                await self.cluster.peers.close()
             await self.router.close()
             try:
                 await self.meta.close()
@@ -144,13 +155,15 @@ async def build(
 
     Raises MetaStoreError when a configured Redis cannot be reached."""
     store = open_store(config)
-    if remove_temp_files and (removed := store.remove_temp_files()):
+    if remove_temp_files and (removed := await asyncio.to_thread(store.remove_temp_files)):
         log.info("removed %d temp files left by an earlier run", removed)
     meta = await _open_meta(config, resilient=True, clock=clock)
     router = Router.from_config(config)
     access = AccessRecorder(meta, clock=clock)
     abandon_budget = AbandonBudget(config.limits.abandoned_downloads, config.limits.abandoned_bytes)
     scope = RepositoryScope(meta, offline=config.freshness.offline)
+    replica = this_replica(config)
+    cluster = _cluster(config, store, meta, replica)
     blobs = BlobCache(
         store,
         access,
@@ -158,10 +171,33 @@ async def build(
         scope,
         offline=config.freshness.offline,
         min_free_space=config.cache.min_free_space,
+        cluster=cluster,
     )
     manifests = ManifestCache(store, meta, access, scope, config, clock=clock)
     tags = TagListCache(meta, config, clock=clock)
-    return Mirror(config, store, meta, router, access, blobs, manifests, tags)
+    return Mirror(config, store, meta, router, access, blobs, manifests, tags, replica, cluster)
+
+
+def this_replica(config: Config) -> Replica:
+    """This process as the cluster knows it: named by its advertise_url (so the workers of
+    one replica are one replica), else by host name and a random suffix."""
+    url = config.cluster.advertise_url
+    if url is not None:
+        return Replica(urlsplit(url).netloc, url)
+    return Replica(f"{socket.gethostname()}-{secrets.token_hex(3)}", None)
+
+
+def _cluster(
+    config: Config, store: ContentStore, leases: Leases, replica: Replica
+) -> Cluster | None:
+    """Downloads coordinated between replicas when they share the store (a bucket; its
+    Redis is required with it). The relay client needs the cluster secret."""
+    if not isinstance(store, S3Store):
+        return None
+    settings = config.cluster
+    secret = read_cluster_secret(settings.cluster_secret, settings.cluster_secret_file, {})
+    peers = None if secret is None else Peers(secret, stall=settings.cluster_lease)
+    return Cluster(leases, replica, peers, settings.cluster_lease)
 
 
 @asynccontextmanager

@@ -22,7 +22,7 @@ from mirror import config
 from mirror.server.app import create_app
 from testkit.fakeupstream import FakeRegistry, Manifest, make_image, make_index, make_layer
 
-pytest_plugins = ["tests.meta_fixtures", "tests.s3_fixtures"]
+pytest_plugins = ["tests.meta_fixtures", "tests.s3_fixtures", "tests.cluster_fixtures"]
 
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]

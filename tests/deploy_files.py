@@ -1,7 +1,8 @@
 """Reading what deploy/ ships, for the `test_deploy_*` modules: where the files are, YAML
-documents, the mirror's configuration loaded as `mirror serve` would, and the Dockerfile's
-instructions (the image's user, ports, volume, command and health check are what the other
-files must agree with)."""
+documents (and those a kustomization builds), the mirror's configuration loaded as `mirror
+serve` would (from a file, or from a whole command line and environment), and the
+Dockerfile's instructions (the image's user, ports, volume, command and health check are
+what the other files must agree with)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from mirror import config
+from mirror import cli, config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -104,3 +105,70 @@ def healthcheck_command(instructions: list[Instruction]) -> list[str]:
     match = re.search(r"\bCMD\s+(\[.*\])\s*$", only(instructions, "HEALTHCHECK").args)
     assert match, "HEALTHCHECK must run a command in exec form"
     return exec_form(match.group(1))
+
+
+# --- kustomize ----------------------------------------------------------------------------
+
+
+def kustomization_resources(directory: Path) -> list[Path]:
+    """The files and directories a kustomization lists (resolved against `directory`)."""
+    kustomization = yaml_document(directory / "kustomization.yaml")
+    return [(directory / name).resolve() for name in kustomization["resources"]]
+
+
+def kustomization_documents(directory: Path) -> list[dict[str, Any]]:
+    """Every object `kubectl apply -k directory` creates: its files' documents, and those of
+    the directories it lists (kustomizations of their own), recursively."""
+    docs: list[dict[str, Any]] = []
+    for resource in kustomization_resources(directory):
+        if resource.is_dir():
+            docs += kustomization_documents(resource)
+        else:
+            docs += yaml_documents(resource)
+    return docs
+
+
+# --- the mirror's command line ------------------------------------------------------------
+
+# What `${NAME}`, `${NAME:-default}` and `${NAME:?message}` in a compose file stand for.
+_INTERPOLATION = re.compile(r"\$\{(\w+)(?::([-?])([^}]*))?\}")
+
+
+def interpolate(value: str, variables: dict[str, str]) -> str:
+    """A compose value with its `${...}` references replaced as `docker compose` does."""
+
+    def replace(match: re.Match[str]) -> str:
+        name, kind, rest = match.groups()
+        if name in variables:
+            return variables[name]
+        assert kind == "-", f"{match.group(0)}: {name} is required and not set"
+        return str(rest)
+
+    return _INTERPOLATION.sub(replace, value)
+
+
+def serve_config(argv: list[str], config_file: Path, environ: dict[str, str]) -> config.Config:
+    """What `mirror ARGV` (a `serve` command line) runs with, its `--config` read from
+    `config_file` (the file mounted where the command names it), `environ` its environment:
+    parsed by the mirror's own argument parser and loaded as `mirror serve` loads it."""
+    args = cli._parser().parse_args(argv)
+    assert args.command == "serve", argv
+    overrides = {key: getattr(args, key, None) for key in cli.SERVE_FLAGS}
+    return config.load(config_file=config_file, environ=environ, overrides=overrides).config
+
+
+def setting_value(cfg: config.Config, key: str) -> Any:
+    """The value of setting `key`, from whichever section declares it."""
+    (field,) = (f for f in config.FIELDS if f.key == key)
+    return getattr(getattr(cfg, field.section), key)
+
+
+def mirror_variables(environment: dict[str, str]) -> list[str]:
+    """The `MIRROR_*` names of an environment that name no setting (the mirror ignores
+    those silently, so a misspelt one would go unnoticed)."""
+    known = {config.ENV_PREFIX + key.upper() for key in config.SETTINGS} | {
+        config.ENV_PREFIX + "UPSTREAM"
+    }
+    return [
+        name for name in environment if name.startswith(config.ENV_PREFIX) and name not in known
+    ]

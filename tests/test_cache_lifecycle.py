@@ -38,14 +38,14 @@ def digests(manifest: Manifest) -> set[Digest]:
     return {Digest.parse(manifest.digest)} | {Digest.parse(b.digest) for b in manifest.blobs}
 
 
-def cached(data_dir: Path, manifest: Manifest) -> set[str]:
+async def cached(data_dir: Path, manifest: Manifest) -> set[str]:
     """Which of the image's objects (manifest, blobs) are in the store, by digest."""
     store = FilesystemStore(data_dir)
     found = set()
-    if store.read_manifest(Digest.parse(manifest.digest)) is not None:
+    if await store.read_manifest(Digest.parse(manifest.digest)) is not None:
         found.add(manifest.digest)
     for blob in manifest.blobs:
-        if store.blob_size(Digest.parse(blob.digest)) is not None:
+        if await store.blob_size(Digest.parse(blob.digest)) is not None:
             found.add(blob.digest)
     return found
 
@@ -110,9 +110,9 @@ async def test_eviction_takes_the_least_recently_used_and_spares_pinned_and_rece
         assert await meta.list_repositories("docker.io") == ["team/pinned", "team/recent"]
     finally:
         await meta.close()
-    assert cached(data_dir, old) == set()
-    assert cached(data_dir, pinned) == {pinned.digest, *(b.digest for b in pinned.blobs)}
-    assert cached(data_dir, recent) == {recent.digest, *(b.digest for b in recent.blobs)}
+    assert await cached(data_dir, old) == set()
+    assert await cached(data_dir, pinned) == {pinned.digest, *(b.digest for b in pinned.blobs)}
+    assert await cached(data_dir, recent) == {recent.digest, *(b.digest for b in recent.blobs)}
     assert tags == {"team/pinned", "team/recent"}
 
     # The evicted image is simply fetched again; the others still cost the upstream nothing.
@@ -216,7 +216,7 @@ async def test_gc_removes_orphans_and_leftovers_but_nothing_in_use(
     assert (await (await mirror.get(f"/v2/alpine/blobs/{orphan.digest}")).read()) == orphan.data
     long_ago = time.time() - 7200
     store = FilesystemStore(data_dir)
-    stored = store.open_blob(Digest.parse(orphan.digest))
+    stored = await store.open_blob(Digest.parse(orphan.digest))
     assert stored is not None and stored.local_path is not None
     os.utime(stored.local_path, (long_ago, long_ago))
     crashed = data_dir / "tmp" / "0123abcd.deadbeef.part"
@@ -238,12 +238,12 @@ async def test_gc_removes_orphans_and_leftovers_but_nothing_in_use(
     assert dry.returncode == 0, dry.stderr
     assert f"would remove blob {orphan.digest}" in dry.stdout
     assert "would remove temp file 0123abcd.deadbeef.part" in dry.stdout
-    assert store.blob_size(Digest.parse(orphan.digest)) is not None and crashed.exists()
+    assert await store.blob_size(Digest.parse(orphan.digest)) is not None and crashed.exists()
 
     done = await run_mirror("gc", "--config", str(tmp_path / "gc.toml"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "removed 1 temp files, 1 unreferenced blobs" in done.stdout
-    assert store.blob_size(Digest.parse(orphan.digest)) is None
+    assert await store.blob_size(Digest.parse(orphan.digest)) is None
     assert await meta.links_of(orphan.digest) == []  # its links went with it
     assert await meta.links_of(alpine.layers[0].digest) != []
     assert not crashed.exists()
@@ -314,7 +314,7 @@ async def test_rm_removes_an_image_and_the_next_pull_fetches_it_again(
     # Its last tag gone, the repository has no links: served again once confirmed.
     for digest in [alpine.digest, *(b.digest for b in alpine.blobs)]:
         assert await meta.links_of(digest) == []
-    assert cached(data_dir, alpine) == {b.digest for b in alpine.blobs}  # blobs: for gc
+    assert await cached(data_dir, alpine) == {b.digest for b in alpine.blobs}  # blobs: for gc
 
     again = await run_mirror("rm", "alpine:3.19", "--data-dir", str(data_dir), cwd=tmp_path)
     assert again.returncode == 1
@@ -322,7 +322,7 @@ async def test_rm_removes_an_image_and_the_next_pull_fetches_it_again(
 
     upstream.reset_counts()
     await pull_like_docker(mirror, "library/alpine", "3.19")  # the mirror's hot tag is gone?
-    assert cached(data_dir, alpine) == {alpine.digest, *(b.digest for b in alpine.blobs)}
+    assert await cached(data_dir, alpine) == {alpine.digest, *(b.digest for b in alpine.blobs)}
 
 
 async def test_nothing_is_evicted_while_the_metadata_store_fails(
@@ -351,4 +351,7 @@ async def test_nothing_is_evicted_while_the_metadata_store_fails(
     finally:
         await meta.close()
     assert result is not None and result.objects == 0
-    assert cached(data_dir, image(70)) == {image(70).digest, *(b.digest for b in image(70).blobs)}
+    assert await cached(data_dir, image(70)) == {
+        image(70).digest,
+        *(b.digest for b in image(70).blobs),
+    }

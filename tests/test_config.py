@@ -164,3 +164,36 @@ def test_offline_and_tag_ttl_flags(tmp_path: Path) -> None:
     cfg = config.load(environ={}, overrides={"offline": True, "tag_ttl": "30"}).config
     assert cfg.freshness.offline is True
     assert cfg.freshness.tag_ttl == 30.0
+
+
+# --- cluster ----------------------------------------------------------------------------------
+
+CLUSTER_SECRET = "a-secret-of-the-cluster"
+
+
+def test_an_advertised_replica_needs_the_cluster_secret() -> None:
+    with pytest.raises(ConfigError, match=r"advertise_url .*needs cluster_secret"):
+        config.load(overrides={"advertise_url": "http://10.0.0.5:5000"}, environ={})
+    loaded = config.load(
+        overrides={"advertise_url": "http://10.0.0.5:5000/"},
+        environ={"MIRROR_CLUSTER_SECRET": CLUSTER_SECRET},
+    )
+    assert loaded.config.cluster.advertise_url == "http://10.0.0.5:5000"
+    assert loaded.config.cluster.cluster_secret == CLUSTER_SECRET
+    assert loaded.config.cluster.cluster_lease == 10.0
+
+
+def test_a_short_cluster_secret_is_refused() -> None:
+    with pytest.raises(ConfigError, match="cluster_secret \\(from MIRROR_CLUSTER_SECRET\\)"):
+        config.load(environ={"MIRROR_CLUSTER_SECRET": "short"})
+
+
+def test_the_cluster_secret_can_come_from_a_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(CLUSTER_SECRET + "\n")
+    settings = {"advertise_url": "http://10.0.0.5:5000", "cluster_secret_file": str(secret_file)}
+    config.load(overrides=settings, environ={})
+
+    secret_file.unlink()
+    with pytest.raises(ConfigError, match="cluster_secret_file \\(from --cluster-secret-file\\)"):
+        config.load(overrides=settings, environ={})

@@ -35,7 +35,7 @@ async def test_a_temp_file_taken_from_its_writer_is_not_committed(
         temp.write_bytes(b"someone else's unverified bytes")
     with pytest.raises(FileNotFoundError, match="removed or replaced"):
         await writer.commit()
-    assert store.blob_size(DIGEST) is None
+    assert await store.blob_size(DIGEST) is None
     await writer.abort()
     assert [p.name for p in temp_files(tmp_path)] == ([temp.name] if what == "replaced" else [])
 
@@ -56,7 +56,7 @@ async def test_commits_fsync_the_directory_they_rename_into(
     writer = store.blob_writer(DIGEST)
     await writer.write(DATA)
     await writer.commit(len(DATA))
-    blob = store.open_blob(DIGEST)
+    blob = await store.open_blob(DIGEST)
     assert blob is not None and synced == [blob.path.parent]
 
     manifest = b'{"schemaVersion": 2}'

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from mirror.meta import open_meta_store
 from mirror.meta.redis import RedisMetaStore, masked_url
 from mirror.meta.resilient import ResilientMetaStore
-from mirror.meta.sqlite import SqliteMetaStore
+from mirror.meta.sqlite import SCHEMA_VERSION, SqliteMetaStore
 from mirror.meta.store import Access, CachedResponse, Link, MetaStoreError, RateLimit
 from testkit.mirrorproc import free_port
 from tests.meta_fixtures import RedisServer, forget_prefix, unique_prefix
@@ -66,7 +66,7 @@ async def test_a_version_1_sqlite_file_loses_its_typed_in_catalog_and_keeps_its_
     with sqlite3.connect(path) as conn:
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
         (version,) = conn.execute("PRAGMA user_version").fetchone()
-    assert "repositories" not in tables and version == 2
+    assert "repositories" not in tables and version == SCHEMA_VERSION
 
 
 async def test_sqlite_locks_coordinate_stores_sharing_the_file(tmp_path: Path) -> None:

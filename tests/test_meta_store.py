@@ -1,4 +1,5 @@
-"""The metadata store's contract: one suite per role (health, tag records, locks, rate limits,
+"""The metadata store's contract: one suite per role (health, tag records, locks, leases,
+replicas, rate limits,
 access records, links and the catalog read from them, cached responses), each run against
 every implementation: SQLite, Redis, and the resilient wrapper over each; and the store loads
 no metrics library.
@@ -18,12 +19,15 @@ from mirror.meta.store import (
     CachedResponse,
     CachedResponses,
     Health,
+    Leases,
     Link,
     Links,
     Locks,
     MetaStore,
     RateLimit,
     RateLimits,
+    Replica,
+    Replicas,
     TagKey,
     TagRecords,
 )
@@ -149,6 +153,85 @@ async def test_a_lock_expires_after_its_ttl(meta_store: Locks, meta_clock: FakeC
     # The first holder's late unlock must not release the second holder's lock.
     await meta_store.unlock("lock", stale)
     assert await meta_store.try_lock("lock", ttl=30) is None
+
+
+# --- leases ---------------------------------------------------------------------------------
+
+LEASE = "blob:" + DIGEST
+PEER = "http://10.0.0.2:5000"
+
+
+async def test_a_held_lease_names_its_holder_and_excludes_others(meta_store: Leases) -> None:
+    assert await meta_store.lease_holder(LEASE) is None
+    lease = await meta_store.acquire_lease(LEASE, "replica-a", PEER, ttl=30)
+    assert lease is not None and lease.token
+    assert await meta_store.acquire_lease(LEASE, "replica-b", None, ttl=30) is None
+
+    holder = await meta_store.lease_holder(LEASE)
+    assert holder is not None
+    assert (holder.holder, holder.url, holder.epoch) == ("replica-a", PEER, lease.epoch)
+    assert holder.token == "", "the token proves the holding: nobody else reads it"
+
+
+async def test_every_acquisition_of_a_lease_has_a_higher_epoch(meta_store: Leases) -> None:
+    first = await meta_store.acquire_lease(LEASE, "replica-a", PEER, ttl=30)
+    assert first is not None
+    await meta_store.release_lease(LEASE, first)
+    second = await meta_store.acquire_lease(LEASE, "replica-b", None, ttl=30)
+    assert second is not None and second.epoch > first.epoch
+    holder = await meta_store.lease_holder(LEASE)
+    assert holder is not None and (holder.holder, holder.url) == ("replica-b", None)
+
+
+async def test_only_the_holder_renews_or_releases_a_lease(meta_store: Leases) -> None:
+    lease = await meta_store.acquire_lease(LEASE, "replica-a", PEER, ttl=30)
+    assert lease is not None
+    impostor = replace(lease, token="not-the-token")
+    assert not await meta_store.renew_lease(LEASE, impostor, ttl=30)
+    await meta_store.release_lease(LEASE, impostor)
+    assert await meta_store.lease_holder(LEASE) is not None
+
+    assert await meta_store.renew_lease(LEASE, lease, ttl=30)
+    await meta_store.release_lease(LEASE, lease)
+    assert await meta_store.lease_holder(LEASE) is None
+
+
+async def test_an_expired_lease_is_taken_over_and_its_old_holder_fenced(
+    meta_store: Leases, meta_clock: FakeClock
+) -> None:
+    stale = await meta_store.acquire_lease(LEASE, "replica-a", PEER, ttl=SHORT_TTL)
+    assert stale is not None
+    meta_clock.advance(2 * SHORT_TTL)
+
+    async def expired() -> bool:
+        return await meta_store.lease_holder(LEASE) is None
+
+    await wait_until(expired, within=UNTIL_TIMEOUT, message="the lease did not expire")
+    successor = await meta_store.acquire_lease(LEASE, "replica-b", None, ttl=30)
+    assert successor is not None and successor.epoch > stale.epoch
+    # The stale holder can neither extend nor release its successor's lease.
+    assert not await meta_store.renew_lease(LEASE, stale, ttl=30)
+    await meta_store.release_lease(LEASE, stale)
+    holder = await meta_store.lease_holder(LEASE)
+    assert holder is not None and holder.epoch == successor.epoch
+
+
+# --- replicas -------------------------------------------------------------------------------
+
+
+async def test_replicas_are_live_until_their_heartbeat_runs_out(
+    meta_store: Replicas, meta_clock: FakeClock
+) -> None:
+    assert await meta_store.live_replicas() == []
+    await meta_store.heartbeat(Replica("b", None), ttl=SHORT_TTL)
+    await meta_store.heartbeat(Replica("a", PEER), ttl=30)
+    assert await meta_store.live_replicas() == [Replica("a", PEER), Replica("b", None)]
+    meta_clock.advance(2 * SHORT_TTL)
+
+    async def only_a() -> bool:
+        return await meta_store.live_replicas() == [Replica("a", PEER)]
+
+    await wait_until(only_a, within=UNTIL_TIMEOUT, message="replica b still counts as live")
 
 
 # --- rate limits ----------------------------------------------------------------------------

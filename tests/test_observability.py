@@ -169,7 +169,7 @@ async def test_metrics_carry_no_repository_or_digest_labels(
 # The route labels the README's metrics table and the Grafana dashboard name.
 ROUTE_LABELS = {
     *("ping", "manifest", "blob", "tags", "catalog", "push", "token"),
-    *("healthz", "readyz", "metrics", "status", "static"),
+    *("healthz", "readyz", "metrics", "status", "static", "cluster"),
 }
 
 

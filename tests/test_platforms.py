@@ -139,7 +139,9 @@ async def test_prefetch_and_export_select_the_same_children(
 
     assert await _command("prefetch", "--config", str(config_file), "multi:1", *platforms) == 0
     store = FilesystemStore(data_dir)
-    cached = [p for p, child in CHILDREN.items() if store.has_manifest(Digest.parse(child.digest))]
+    cached = [
+        p for p, child in CHILDREN.items() if await store.has_manifest(Digest.parse(child.digest))
+    ]
     assert cached == selected
 
     # Export finds every child it selects in the cache (it refuses otherwise), and selects

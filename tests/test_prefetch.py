@@ -47,15 +47,19 @@ async def prefetch(config_file: Path, *args: str) -> int:
     return await asyncio.to_thread(cli.main, ["prefetch", "--config", str(config_file), *args])
 
 
-def in_store(data_dir: Path, *manifests: Manifest) -> dict[str, bool]:
+async def in_store(data_dir: Path, *manifests: Manifest) -> dict[str, bool]:
     """For each manifest and each of its own blobs (not its children's): whether cached."""
     store = FilesystemStore(data_dir)
     found = {}
     for manifest in manifests:
-        found[manifest.digest] = store.has_manifest(Digest.parse(manifest.digest))
+        found[manifest.digest] = await store.has_manifest(Digest.parse(manifest.digest))
         for blob in manifest.blobs:
-            found[blob.digest] = store.blob_size(Digest.parse(blob.digest)) is not None
+            found[blob.digest] = await store.blob_size(Digest.parse(blob.digest)) is not None
     return found
+
+
+async def all_in_store(data_dir: Path, *manifests: Manifest) -> bool:
+    return all((await in_store(data_dir, *manifests)).values())
 
 
 def requested(upstream: FakeRegistry, manifest: Manifest) -> list[str]:
@@ -77,9 +81,9 @@ async def test_prefetch_of_a_multiarch_index_by_platform_takes_that_platform_onl
     amd64, arm64 = multiarch.child("linux/amd64"), multiarch.child("linux/arm64")
     assert await prefetch(config_file, "library/multi:1", "--platform", "linux/arm64") == 0
 
-    assert all(in_store(data_dir, arm64).values())
-    assert in_store(data_dir, multiarch) == {multiarch.digest: True}
-    assert not any(in_store(data_dir, amd64).values())
+    assert await all_in_store(data_dir, arm64)
+    assert await in_store(data_dir, multiarch) == {multiarch.digest: True}
+    assert not any((await in_store(data_dir, amd64)).values())
     assert requested(upstream, amd64) == [], "nothing of linux/amd64 is asked upstream"
     assert answered(upstream, kind="blob", method="GET") == len(arm64.blobs)
 
@@ -98,7 +102,7 @@ async def test_prefetch_takes_every_platform_by_default_and_again_fetches_nothin
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert await prefetch(config_file, "multi:1") == 0
-    assert all(in_store(data_dir, multiarch, *multiarch.children).values())
+    assert await all_in_store(data_dir, multiarch, *multiarch.children)
     blobs = len(multiarch.all_blobs())
     assert answered(upstream, kind="blob", method="GET") == blobs
     out = capsys.readouterr().out
@@ -172,7 +176,7 @@ async def test_a_failed_image_is_named_and_the_others_are_still_prefetched(
         "registry 'unserved.example' is not served by this mirror"
     ) in err
     assert "mirror: prefetch of Bad_Name failed: invalid repository name" in err
-    assert all(in_store(data_dir, alpine).values())
+    assert await all_in_store(data_dir, alpine)
     assert "prefetched 1 of 4 images (1 platforms)" in out
     assert out.rstrip().endswith("; 3 failed")
 
@@ -212,8 +216,8 @@ async def test_without_images_the_configured_list_and_platforms_are_prefetched(
     )
     assert await prefetch(file) == 0
     amd64, arm64 = multiarch.child("linux/amd64"), multiarch.child("linux/arm64")
-    assert all(in_store(data_dir, multiarch, amd64, alpine).values())
-    assert not any(in_store(data_dir, arm64).values())
+    assert await all_in_store(data_dir, multiarch, amd64, alpine)
+    assert not any((await in_store(data_dir, arm64)).values())
     assert "prefetched 2 of 2 images (2 platforms)" in capsys.readouterr().out
 
     empty = write_config(tmp_path / "empty.toml", upstream.url, data_dir)
@@ -238,7 +242,7 @@ async def test_the_command_takes_config_and_data_dir_and_draws_progress_bars(
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    assert all(in_store(elsewhere, alpine).values())
+    assert await all_in_store(elsewhere, alpine)
     assert not (tmp_path / "unused").exists()
     assert f"alpine:3.19 {alpine.digest[:19]} [linux/amd64]: 3 blobs fetched" in result.stdout
     assert "prefetched 1 of 1 images (1 platforms): 3 blobs fetched" in result.stdout
@@ -258,7 +262,7 @@ async def test_the_server_prefetches_the_list_at_start_and_refreshes_it_every_in
     await start_mirror(upstream.url, prefetch="library/multi:1", prefetch_interval=0.2)
     everything = (multiarch, *multiarch.children)
     await wait_until(
-        lambda: all(in_store(data_dir, *everything).values()),
+        lambda: all_in_store(data_dir, *everything),
         within=POLL_TIMEOUT,
         message="the list is cached",
     )
@@ -284,7 +288,7 @@ async def test_one_process_of_several_prefetches_in_an_interval(
     settings: dict[str, Any] = {"prefetch": "alpine:3.19", "prefetch_interval": 3600}
     await start_mirror(upstream.url, **settings)
     await wait_until(
-        lambda: all(in_store(data_dir, alpine).values()),
+        lambda: all_in_store(data_dir, alpine),
         within=POLL_TIMEOUT,
         message="the list is cached",
     )

@@ -18,7 +18,7 @@ import pytest
 
 from mirror import config
 from mirror.reference import Digest
-from mirror.storage import IntegrityError
+from mirror.storage import IntegrityError, StoredManifest
 from mirror.storage.s3client import (
     MAX_BLOB_SIZE,
     MAX_PART_SIZE,
@@ -32,8 +32,10 @@ from mirror.storage.s3store import S3Store
 from mirror.storage.s3writer import Uploader
 from testkit.fakeupstream import FakeRegistry, make_image, random_layer
 from testkit.seaweed import SeaweedFS
+from testkit.waiting import wait_until
 from tests.clients import pull_like_docker
 from tests.conftest import StartMirror, answered
+from tests.relay import GatedRelay
 from tests.runcli import run_cli
 from tests.s3_fixtures import BUCKET, prefix_of, s3_store
 
@@ -149,7 +151,7 @@ async def test_bytes_that_differ_from_the_verified_ones_complete_no_upload(
         await uploader.upload(spoiled, key, digest, len(data))
     assert head(seaweed, tmp_path, digest) is None
     assert pending_uploads(seaweed, tmp_path) == []
-    assert store.blob_size(digest) is None
+    assert await store.blob_size(digest) is None
 
 
 async def test_an_orphaned_upload_is_found_and_aborted(
@@ -176,7 +178,7 @@ async def test_a_replica_without_the_blob_at_hand_reads_ranges_from_the_bucket(
     digest = await put(store, data)
     other = s3_store(tmp_path, data_dir=tmp_path / "other")
     try:
-        blob = other.open_blob(digest)
+        blob = await other.open_blob(digest)
         assert blob is not None and blob.local_path is None and blob.size == len(data)
 
         async def read(start: int = 0, end: int | None = None) -> bytes:
@@ -185,16 +187,62 @@ async def test_a_replica_without_the_blob_at_hand_reads_ranges_from_the_bucket(
 
         assert await read(1000, 2000) == data[1000:2000]
         assert await read(len(data) - 5) == data[-5:]
-        again = other.open_blob(digest)
+        again = await other.open_blob(digest)
         assert again is not None and again.local_path is None, "a range fills no cache"
         assert await read() == data
-        cached = other.open_blob(digest)
+        cached = await other.open_blob(digest)
         assert cached is not None and cached.local_path is not None, "a whole read is kept"
         assert cached.local_path.read_bytes() == data
         with blob.open() as fh:
             assert fh.read() == data
     finally:
         await other.close()
+
+
+async def test_a_blob_removed_from_the_bucket_since_it_was_found_reads_as_a_removed_file(
+    store: S3Store, tmp_path: Path
+) -> None:
+    digest = await put(store, b"a blob on the bucket")
+    other = s3_store(tmp_path, data_dir=tmp_path / "other")
+    try:
+        blob = await other.open_blob(digest)
+        assert blob is not None and blob.local_path is None
+        await asyncio.to_thread(store.remove, "blob", digest)
+        with pytest.raises(FileNotFoundError):
+            async with aclosing(blob.chunks()) as chunks:
+                await anext(chunks)
+        with pytest.raises(FileNotFoundError):
+            blob.open()
+    finally:
+        await other.close()
+
+
+@pytest.mark.parametrize("lookup", ["blob_size", "open_blob", "has_manifest", "read_manifest"])
+async def test_a_lookup_waiting_for_the_bucket_leaves_the_event_loop_free(
+    store: S3Store, seaweed: SeaweedFS, tmp_path: Path, lookup: str
+) -> None:
+    """A relay holds the lookup's request to the bucket: the test's own code runs on the
+    same event loop meanwhile, and sees the lookup still waiting (a blocking lookup would
+    have held the loop until the relay let go)."""
+    blob = await put(store, b"a blob on the bucket")
+    data = b'{"schemaVersion": 2, "layers": []}'
+    manifest = StoredManifest(data, "application/vnd.oci.image.manifest.v1+json", digest_of(data))
+    await store.write_manifest(manifest)
+    digest = blob if lookup in ("blob_size", "open_blob") else manifest.digest
+    with GatedRelay(seaweed.port) as relay:
+        location = S3Location.from_settings(
+            f"s3://{BUCKET}/{prefix_of(tmp_path)}", relay.endpoint, None, None
+        )
+        replica = S3Store(location, tmp_path / "replica", 1 << 30)  # nothing at hand
+        try:
+            relay.close_gate()
+            asked = asyncio.create_task(getattr(replica, lookup)(digest))
+            await wait_until(relay.held.is_set, within=30, message="the lookup asked the bucket")
+            assert not asked.done(), "the lookup held the event loop until the bucket answered"
+            relay.open_gate()
+            assert await asked, "found"
+        finally:
+            await replica.close()
 
 
 # --- configuration -----------------------------------------------------------------------------
@@ -243,11 +291,11 @@ async def test_a_pull_is_stored_in_the_bucket_and_served_from_it_by_another_repl
     store = s3_store(tmp_path, data_dir=tmp_path / "look")
     try:
         for blob in manifest.blobs:
-            found = store.open_blob(Digest.parse(blob.digest))
+            found = await store.open_blob(Digest.parse(blob.digest))
             assert found is not None and found.size == len(blob.data)
             with found.open() as fh:  # read back and verified
                 assert fh.read() == blob.data
-        assert store.read_manifest(Digest.parse(manifest.digest)) is not None
+        assert await store.read_manifest(Digest.parse(manifest.digest)) is not None
     finally:
         await store.close()
 
@@ -369,7 +417,7 @@ async def test_a_download_that_does_not_verify_leaves_no_object_and_no_upload(
     spool.release()
     assert head(seaweed, tmp_path, digest) is None
     assert pending_uploads(seaweed, tmp_path) == []
-    assert store.blob_size(digest) is None
+    assert await store.blob_size(digest) is None
 
 
 async def test_a_download_given_up_aborts_its_upload(

@@ -99,11 +99,11 @@ def few_descriptors_left(left: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def nothing_visible(store: ContentStore, digest: Digest) -> bool:
+async def nothing_visible(store: ContentStore, digest: Digest) -> bool:
     """No blob, no listing, no leftover temp file."""
     return (
-        store.blob_size(digest) is None
-        and store.open_blob(digest) is None
+        await store.blob_size(digest) is None
+        and await store.open_blob(digest) is None
         and all(o.digest != digest for o in store.objects("blob"))
         and store.stale_temp_files(time.time() + 60) == []
     )
@@ -119,10 +119,10 @@ async def test_a_blob_is_visible_once_its_writer_commits_matching_bytes(
     await writer.write(DATA[:1000])
     await writer.write(DATA[1000:])
     assert writer.written == len(DATA) and writer.digest == DIGEST
-    assert store.blob_size(DIGEST) is None, "nothing visible before the commit"
+    assert await store.blob_size(DIGEST) is None, "nothing visible before the commit"
     await writer.commit(len(DATA))
-    assert store.blob_size(DIGEST) == len(DATA)
-    blob = store.open_blob(DIGEST)
+    assert await store.blob_size(DIGEST) == len(DATA)
+    blob = await store.open_blob(DIGEST)
     assert blob is not None and (blob.digest, blob.size) == (DIGEST, len(DATA))
     with blob.open() as fh:
         assert fh.read() == DATA
@@ -140,16 +140,16 @@ async def test_a_mismatch_leaves_nothing_visible(
     await writer.write(written)
     with pytest.raises(IntegrityError):
         await writer.commit(expected_size)
-    assert nothing_visible(store, DIGEST)
+    assert await nothing_visible(store, DIGEST)
 
 
 async def test_verify_makes_bytes_durable_without_publishing_them(store: ContentStore) -> None:
     writer = store.blob_writer(DIGEST)
     await writer.write(DATA)
     await writer.verify(len(DATA))
-    assert store.blob_size(DIGEST) is None
+    assert await store.blob_size(DIGEST) is None
     await writer.commit()  # verified already: no size needed again
-    assert store.blob_size(DIGEST) == len(DATA)
+    assert await store.blob_size(DIGEST) == len(DATA)
 
 
 async def test_a_failed_verify_discards_the_bytes(store: ContentStore) -> None:
@@ -158,7 +158,7 @@ async def test_a_failed_verify_discards_the_bytes(store: ContentStore) -> None:
     with pytest.raises(IntegrityError):
         await writer.verify()
     await writer.abort()  # harmless after the discard
-    assert nothing_visible(store, DIGEST)
+    assert await nothing_visible(store, DIGEST)
 
 
 async def test_a_digest_mismatch_names_what_the_bytes_hash_to(store: ContentStore) -> None:
@@ -191,12 +191,12 @@ async def test_abort_discards_and_is_idempotent_and_a_commit_outlives_it(
     await writer.write(DATA)
     await writer.abort()
     await writer.abort()
-    assert nothing_visible(store, DIGEST)
+    assert await nothing_visible(store, DIGEST)
     committed = store.blob_writer(DIGEST)
     await committed.write(DATA)
     await committed.commit()
     await committed.abort()
-    assert store.blob_size(DIGEST) == len(DATA)
+    assert await store.blob_size(DIGEST) == len(DATA)
 
 
 async def test_concurrent_writers_of_one_digest_publish_it_once(store: ContentStore) -> None:
@@ -210,10 +210,33 @@ async def test_concurrent_writers_of_one_digest_publish_it_once(store: ContentSt
     assert isinstance(results[2], IntegrityError)
     assert [o.digest for o in store.objects("blob")] == [DIGEST]
     assert store.measure()["blob"].objects == 1
-    blob = store.open_blob(DIGEST)
+    blob = await store.open_blob(DIGEST)
     assert blob is not None
     with blob.open() as fh:
         assert fh.read() == DATA
+
+
+# --- looking up ----------------------------------------------------------------------------
+
+
+async def test_lookups_of_content_never_stored_answer_none(store: ContentStore) -> None:
+    """Not an error: a miss is the common case (the caller fetches it upstream)."""
+    absent = digest_of(b"never stored")
+    assert await store.blob_size(absent) is None
+    assert await store.open_blob(absent) is None
+    assert not await store.has_manifest(absent)
+    assert await store.read_manifest(absent) is None
+
+
+async def test_many_lookups_run_at_once(store: ContentStore) -> None:
+    """Every request of a server looks something up: they overlap, and each gets its own
+    answer."""
+    stored = [await put(store, b"blob %d" % number) for number in range(20)]
+    absent = [digest_of(b"absent %d" % number) for number in range(20)]
+    sizes = await asyncio.gather(*(store.blob_size(d) for d in [*stored, *absent]))
+    assert sizes == [len(b"blob %d" % number) for number in range(20)] + [None] * 20
+    manifests = await asyncio.gather(*(store.has_manifest(d) for d in stored))
+    assert manifests == [False] * 20
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -221,7 +244,7 @@ async def test_concurrent_writers_of_one_digest_publish_it_once(store: ContentSt
 
 async def test_a_blob_reads_whole_or_in_ranges(store: ContentStore) -> None:
     await put(store, DATA)
-    blob = store.open_blob(DIGEST)
+    blob = await store.open_blob(DIGEST)
     assert blob is not None
     if blob.local_path is not None:
         assert blob.local_path.read_bytes() == DATA
@@ -237,14 +260,17 @@ async def test_a_blob_reads_whole_or_in_ranges(store: ContentStore) -> None:
 
 async def test_a_reader_keeps_a_removed_blob_until_done(store: ContentStore) -> None:
     await put(store, DATA)
-    blob = store.open_blob(DIGEST)
+    blob = await store.open_blob(DIGEST)
     assert blob is not None
     with blob.open() as fh:
         assert store.remove("blob", DIGEST) == len(DATA)
         assert fh.read() == DATA
-    assert store.open_blob(DIGEST) is None
+    assert await store.open_blob(DIGEST) is None
     with pytest.raises(FileNotFoundError):
         blob.open()
+    with pytest.raises(FileNotFoundError):
+        async with aclosing(blob.chunks()) as chunks:
+            await anext(chunks)
 
 
 # --- manifests -----------------------------------------------------------------------------
@@ -254,11 +280,12 @@ async def test_manifests_keep_their_exact_bytes_and_media_type(backend: Backend)
     store = backend.open()
     data = b'{"schemaVersion": 2,  "layers": []}'
     manifest = StoredManifest(data, "application/vnd.oci.image.manifest.v1+json", digest_of(data))
-    assert not store.has_manifest(manifest.digest) and store.read_manifest(manifest.digest) is None
+    assert not await store.has_manifest(manifest.digest)
+    assert await store.read_manifest(manifest.digest) is None
     await store.write_manifest(manifest)
-    assert store.has_manifest(manifest.digest)
-    assert store.read_manifest(manifest.digest) == manifest
-    assert backend.open().read_manifest(manifest.digest) == manifest, "as another process"
+    assert await store.has_manifest(manifest.digest)
+    assert await store.read_manifest(manifest.digest) == manifest
+    assert await backend.open().read_manifest(manifest.digest) == manifest, "as another process"
 
 
 async def test_a_stored_manifest_keeps_its_first_media_type(store: ContentStore) -> None:
@@ -267,7 +294,7 @@ async def test_a_stored_manifest_keeps_its_first_media_type(store: ContentStore)
     await store.write_manifest(first)
     other = "application/vnd.docker.distribution.manifest.v2+json"
     await store.write_manifest(StoredManifest(data, other, first.digest))
-    assert store.read_manifest(first.digest) == first
+    assert await store.read_manifest(first.digest) == first
     assert store.measure()["manifest"].objects == 1
 
 
@@ -275,7 +302,7 @@ async def test_a_manifest_that_does_not_match_its_digest_is_refused(store: Conte
     wrong = StoredManifest(b"{}", "application/json", digest_of(b"[]"))
     with pytest.raises(IntegrityError):
         await store.write_manifest(wrong)
-    assert not store.has_manifest(wrong.digest)
+    assert not await store.has_manifest(wrong.digest)
     assert list(store.objects("manifest")) == []
 
 
@@ -305,8 +332,8 @@ async def test_objects_are_listed_removed_and_measured_by_kind(store: ContentSto
     assert store.remove("blob", DIGEST) == len(DATA)
     assert store.remove("blob", DIGEST) == 0
     assert store.remove("manifest", manifest.digest) == 2
-    assert not store.has_manifest(manifest.digest)
-    assert store.read_manifest(manifest.digest) is None
+    assert not await store.has_manifest(manifest.digest)
+    assert await store.read_manifest(manifest.digest) is None
     assert [o.digest for o in store.objects("blob")] == [digest_of(other)]
     assert (store.usage["blob"].objects, store.usage["blob"].bytes) == (1, len(other))
     measured = store.measure()
@@ -336,7 +363,7 @@ async def test_leftovers_of_unfinished_writes_are_found_and_removed(backend: Bac
     assert leftover.size == 100
     store.remove_temp_file(leftover)
     assert store.stale_temp_files(time.time() + 60) == []
-    assert nothing_visible(store, DIGEST)
+    assert await nothing_visible(store, DIGEST)
 
 
 async def test_a_start_leaves_a_verified_write_and_a_live_download_alone(
@@ -357,7 +384,7 @@ async def test_a_start_leaves_a_verified_write_and_a_live_download_alone(
 
     assert backend.open().remove_temp_files() == 1, "the dead download's bytes"
     await verified.commit()
-    assert backend.open().blob_size(DIGEST) == len(DATA)
+    assert await backend.open().blob_size(DIGEST) == len(DATA)
     assert live.in_progress()
     live.release()
 
@@ -416,7 +443,7 @@ async def test_followers_stream_the_spool_and_see_the_commit(backend: Backend) -
     await wait_until(
         lambda: seen and seen[-1].written >= 5000, within=5, message="the follower saw 5000 bytes"
     )
-    assert follower.blob_size(DIGEST) is None
+    assert await follower.blob_size(DIGEST) is None
     await writer.write(DATA[5000:])
     await writer.commit(len(DATA))
     spool.release()
@@ -426,7 +453,7 @@ async def test_followers_stream_the_spool_and_see_the_commit(backend: Backend) -
     assert [s.written for s in seen] == sorted(s.written for s in seen)
     assert seen[-1] == SpoolProgress(True, len(DATA), len(DATA), True)
     assert all(not s.committed for s in seen[:-1])
-    assert follower.blob_size(DIGEST) == len(DATA)
+    assert await follower.blob_size(DIGEST) == len(DATA)
     committed = follower.spool(DIGEST).open(committed=True)
     assert committed is not None and committed.read(0, 10) == DATA[:10]
     committed.close()
@@ -456,5 +483,5 @@ async def test_a_download_given_up_ends_its_followers_watch_uncommitted(
     spool.release()
     await asyncio.wait_for(watching, 5)
     assert not any(state.committed for state in seen)
-    assert nothing_visible(follower, DIGEST)
+    assert await nothing_visible(follower, DIGEST)
     assert follower.spool(DIGEST).open(committed=False) is None

@@ -74,9 +74,13 @@ async def test_walks_and_eviction_skip_an_unparseable_manifest_with_one_warning(
 
     with caplog.at_level(logging.WARNING, logger="mirror.cache.references"):
         assert references(NESTED, bad).unparseable
-        assert named_blobs(store, [digest_of(good), bad]) == {layer_digest}
-        assert reachable(store, [bad, digest_of(good)]) == {bad, digest_of(good), layer_digest}
-        walk, manifests = walk_store(store, [bad])
+        assert await named_blobs(store, [digest_of(good), bad]) == {layer_digest}
+        assert await reachable(store, [bad, digest_of(good)]) == {
+            bad,
+            digest_of(good),
+            layer_digest,
+        }
+        walk, manifests = await walk_store(store, [bad])
         assert walk.unparseable == {bad} and set(manifests) == {bad}
     warnings = [r for r in caplog.records if str(bad) in r.getMessage()]
     assert len(warnings) == 1, "one warning per object, however many walks meet it"
@@ -90,4 +94,5 @@ async def test_walks_and_eviction_skip_an_unparseable_manifest_with_one_warning(
     evictor = Evictor(store, meta, max_bytes=1, low_water=0.5, pinned=nothing_pinned, clock=clock)
     result = await evictor.evict()
     assert result is not None and result.objects == 3
-    assert store.read_manifest(bad) is None and store.blob_size(layer_digest) is None
+    assert await store.read_manifest(bad) is None
+    assert await store.blob_size(layer_digest) is None

@@ -75,10 +75,10 @@ async def collect_garbage(
         report.bytes_freed += temp.size
         report.lines.append(f"temp file {temp.name} ({human_size(temp.size)})")
         if not dry_run:
-            store.remove_temp_file(temp)
+            await asyncio.to_thread(store.remove_temp_file, temp)
 
     manifests = await asyncio.to_thread(lambda: list(store.objects("manifest")))
-    referenced = await asyncio.to_thread(named_blobs, store, (m.digest for m in manifests))
+    referenced = await named_blobs(store, (m.digest for m in manifests))
     accessed = await meta.list_accesses()
     blobs = await asyncio.to_thread(lambda: list(store.objects("blob")))
     removed: set[str] = set()
@@ -93,7 +93,7 @@ async def collect_garbage(
         report.lines.append(f"blob {blob.digest} ({human_size(blob.size)}, referenced by nothing)")
         removed.add(str(blob.digest))
         if not dry_run:
-            store.remove("blob", blob.digest)
+            await asyncio.to_thread(store.remove, "blob", blob.digest)
 
     present = {str(m.digest) for m in manifests}
     for key, record in await meta.list_tags():

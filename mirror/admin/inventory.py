@@ -59,7 +59,7 @@ async def tag_rows(data: DataDir) -> list[TagRow]:
         repository = f"{key.upstream}/{key.repo}"
         if (repository, key.tag) in rows:
             continue
-        size, complete, digests = _footprint(data.store, record.digest)
+        size, complete, digests = await _footprint(data.store, record.digest)
         last = [accessed[d] for d in digests if d in accessed]
         rows[(repository, key.tag)] = TagRow(
             repository,
@@ -73,14 +73,14 @@ async def tag_rows(data: DataDir) -> list[TagRow]:
     return sorted(rows.values(), key=lambda row: (row.repository, row.tag))
 
 
-def _footprint(store: ContentStore, root: Digest) -> tuple[int, bool, set[str]]:
+async def _footprint(store: ContentStore, root: Digest) -> tuple[int, bool, set[str]]:
     """Bytes cached for a manifest and everything it names; whether all of it is there; the
     digests involved."""
     size, complete = 0, True
-    digests = reachable(store, [root])
+    digests = await reachable(store, [root])
     for digest in digests:
-        manifest = store.read_manifest(digest)
-        found = len(manifest.data) if manifest is not None else store.blob_size(digest)
+        manifest = await store.read_manifest(digest)
+        found = len(manifest.data) if manifest is not None else await store.blob_size(digest)
         complete = complete and found is not None
         size += found or 0
     return size, complete, {str(digest) for digest in digests}
@@ -169,10 +169,10 @@ async def remove_image(data: DataDir, image: ImageRef) -> list[str]:
             roots.add(record.digest)
             await data.meta.delete_tag(key)
             removed.append(f"tag record {image.host}/{image.name}:{key.tag} ({key.accept})")
-    walk, _ = walk_store(data.store, roots)
+    walk, _ = await walk_store(data.store, roots)
     await data.meta.remove_links(str(digest) for digest in walk.visited)
     for digest in walk.visited:
-        data.store.remove("manifest", digest)
+        await asyncio.to_thread(data.store.remove, "manifest", digest)
         removed.append(f"manifest {digest}")
     left = [
         k

@@ -17,8 +17,10 @@ from typing import Protocol
 
 from mirror import errors, observe
 from mirror.cache.access import AccessRecorder
+from mirror.cache.cluster import Cluster
 from mirror.cache.downloads import (
     AbandonBudget,
+    Download,
     DownloadLost,
     Downloads,
     NoRoom,
@@ -65,6 +67,7 @@ class BlobCache:
         *,
         offline: bool = False,
         min_free_space: int = 0,
+        cluster: Cluster | None = None,
     ) -> None:
         self._store = store
         self._access = access
@@ -72,13 +75,13 @@ class BlobCache:
         self._offline = offline
         self._min_free_space = min_free_space
         self._passthrough_logged = 0.0
-        self._downloads = Downloads(store, abandon_budget)
+        self._downloads = Downloads(store, abandon_budget, cluster)
 
     async def cached(self, repo: UpstreamRepo, digest: Digest) -> StoredBlob | None:
         """The blob, if the store holds it and `repo` holds it (else 404 `BLOB_UNKNOWN`, or
         the upstream's failure: `RepositoryScope.check`). Blobs are stored once whichever
         repository or upstream they came from: a digest names the same bytes everywhere."""
-        blob = self._store.open_blob(digest)
+        blob = await self._store.open_blob(digest)
         if blob is None:
             return None
         await self._scope.check(repo, digest, "blob")
@@ -95,7 +98,7 @@ class BlobCache:
     async def size(self, repo: UpstreamRepo, digest: Digest) -> int | None:
         """The blob's size without downloading it: from the cache or a download in flight
         (either only for a repository that holds it), or from an upstream HEAD."""
-        if (size := self._store.blob_size(digest)) is not None:
+        if (size := await self._store.blob_size(digest)) is not None:
             await self._scope.check(repo, digest, "blob")
             return size
         download = self._downloads.get(digest)
@@ -131,10 +134,39 @@ class BlobCache:
                     return await self._pass_through(repo, digest)
                 raise
             if reader.download.leads_for == repo:
-                await self._scope.link(repo, [digest])  # the upstream is sending it for repo
+                try:
+                    await self._confirm(repo, reader.download)
+                except BaseException:
+                    reader.leave()
+                    raise
             self._access.touch(str(digest), repo)
             return reader
         raise AssertionError("unreachable")
+
+    async def _confirm(self, repo: UpstreamRepo, download: Download) -> None:
+        """`repo` holds a blob this process downloads for it: the upstream says so by
+        sending it (a link), else (relayed from another replica) `scope` must."""
+        if download.from_upstream:
+            await self._scope.link(repo, [download.digest])
+        else:
+            await self._scope.check(repo, download.digest, "blob")
+
+    async def relay(self, digest: Digest) -> Reader | StoredBlob | None:
+        """`digest` for another replica: a reader of its download on this host (this
+        process's, unless it lost its lease; or another worker's, followed), else the
+        stored blob, else None. Never a new download: the asking replica leads or waits."""
+        download = self._downloads.get(digest)
+        if download is None or download.state is State.FAILED:
+            download = self._downloads.follow_elsewhere(digest)
+        if download is not None and not download.fenced:
+            reader = download.reader()
+            try:
+                await download.wait_started()
+            except BaseException:
+                reader.leave()
+                raise
+            return reader
+        return await self._store.open_blob(digest)
 
     async def _pass_through(self, repo: UpstreamRepo, digest: Digest) -> Passthrough:
         observe.passed_through()
@@ -153,6 +185,7 @@ class BlobCache:
             if download.leads_for != repo:
                 await self._scope.check(repo, digest, "blob")
             observe.cache_lookup("blob", "coalesced")
+            observe.blob_joined("local_waiter")
             return download.reader()
         self._refuse_when_offline()
         download = self._downloads.start(repo, digest)

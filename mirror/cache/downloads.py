@@ -9,6 +9,11 @@ every client of the digest, the first included, streams the spool. The last byte
 response is held back until the download is verified and committed, so a client can never
 complete a transfer of bad bytes: on failure every reader is aborted instead.
 
+Across replicas, the process holding the claim asks its `Sources` where the bytes come
+from: the upstream on a single host, and in a cluster the upstream only for the replica
+holding the blob's lease (`cluster`); the others relay the leader's bytes into their spool,
+so their own clients stream them exactly as they would the upstream's.
+
 Each client holds a `Reader` of the download. A download this process leads that has lost
 all its readers is *abandoned*: it keeps going (the next client gets it cached) while the
 abandoned ones fit the `AbandonBudget`, and is cancelled beyond it, so a client cannot make
@@ -21,16 +26,19 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from contextlib import aclosing
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from mirror import errors, observe
+from mirror.cache.cluster import Cluster
+from mirror.cache.sources import SourceLost, Sources, UpstreamOnly
 from mirror.errors import RegistryError
 from mirror.reference import Digest
-from mirror.storage import ContentStore, IntegrityError, Spool, SpoolReader
-from mirror.upstream.client import UpstreamError
+from mirror.storage import BlobWriter, ContentStore, IntegrityError, Spool, SpoolReader
+from mirror.upstream.client import BlobStream, UpstreamError
 from mirror.upstream.routing import UpstreamRepo
 
 log = logging.getLogger(__name__)
@@ -86,6 +94,11 @@ class Download:
         # The repository this process fetches it for (holding the claim), None when following
         # another process: a reader for any other repository must hold the blob (`BlobCache`).
         self.leads_for: UpstreamRepo | None = None
+        # Whether its bytes started from the upstream (for `leads_for`, which the upstream's
+        # answer confirms), not relayed from another replica.
+        self.from_upstream = False
+        # It lost the cluster's lease while leading: no replica may relay it any more.
+        self.fenced = False
         self.cancelled = False  # abandoned beyond the budget: its task is being cancelled
         self._spool = spool
         self._changed = asyncio.Event()
@@ -104,6 +117,10 @@ class Download:
     def remaining(self) -> int:
         """Bytes still to fetch (0 when the size is unknown)."""
         return max(0, self.size - self.written) if self.size is not None else 0
+
+    def fence(self) -> None:
+        """It lost the cluster's lease while leading: relay it to no other replica."""
+        self.fenced = True
 
     def reader(self) -> Reader:
         """A new reader of this download (it counts until it leaves)."""
@@ -221,12 +238,12 @@ class Download:
 
     # --- producer side: leading (this process holds the claim) ----------------------------
 
-    async def lead(self, repo: UpstreamRepo, store: ContentStore) -> None:
-        """Fetch the blob from the upstream into the spool, then commit it (or fail every
-        reader); the claim is given up either way."""
+    async def lead(self, repo: UpstreamRepo, store: ContentStore, sources: Sources) -> None:
+        """Fetch the blob from its `sources` into the spool, then commit it (or fail every
+        reader); the claim and what the sources hold are given up either way."""
         observe.download_started()
         try:
-            await self._transfer(repo, store)
+            await self._transfer(store, sources)
             self._committed()
         except asyncio.CancelledError:
             self._failed(_abandoned() if self.cancelled else _shutting_down())
@@ -236,37 +253,57 @@ class Download:
         finally:
             observe.download_ended()
             self._spool.release()
+            await sources.close()
 
-    async def _transfer(self, repo: UpstreamRepo, store: ContentStore) -> None:
-        upstream = repo.upstream
-        async with upstream.open_blob(repo.name, self.digest, credential=repo.credential) as stream:
-            if stream.size is not None and stream.size > (free := store.free_bytes()):
-                # Refused before any byte: the client gets a clean answer, not a cut.
-                log.warning(
-                    "%s (%d bytes) does not fit in %s (%d bytes free): not cached",
-                    self.digest,
-                    stream.size,
-                    store.location,
-                    free,
-                )
-                raise NoRoom(
-                    errors.UPSTREAM_UNAVAILABLE,
-                    f"the mirror cannot store this blob ({stream.size} bytes): its data "
-                    f"dir has {free} bytes free",
-                )
-            writer = self._spool.writer(stream.size)
-            try:
-                self._started(stream.size)
-                async for chunk in stream.chunks:
-                    await writer.write(chunk)
-                    observe.upstream_received(upstream.host, len(chunk))
-                    self._progressed(writer.written)
-                await writer.commit(stream.size)
-            except BaseException:
-                # Emptied at once: clients still reading it keep the spool open, and on a
-                # full disk its space is needed now (by the other downloads).
+    async def _transfer(self, store: ContentStore, sources: Sources) -> None:
+        """Read each source from the offset reached until one reaches the end (a lost one
+        is followed by the next), then verify and commit."""
+        writer: BlobWriter | None = None
+        try:
+            source = await sources.first()
+            while True:
+                try:
+                    async with source.open(self.written) as stream:
+                        if writer is None:
+                            _check_room(self.digest, stream.size, store)
+                            writer = self._spool.writer(stream.size, relayed=source.relayed)
+                            self.from_upstream = not source.relayed
+                            self._started(stream.size)
+                        elif stream.size is not None and stream.size != self.size:
+                            raise IntegrityError(
+                                f"a source of {self.digest} has {stream.size} bytes, "
+                                f"not {self.size}"
+                            )
+                        await self._copy(stream, writer)
+                    if source.relayed and self.size is not None and self.written < self.size:
+                        raise SourceLost(f"the relay ended at {self.written} of {self.size} bytes")
+                    break
+                except SourceLost as lost:
+                    source = await sources.after(lost)
+            assert writer is not None, "a source reached the end without being opened"
+            await writer.commit(self.size)
+        except BaseException:
+            # Emptied at once: clients still reading it keep the spool open, and on a full
+            # disk its space is needed now (by the other downloads).
+            if writer is not None:
                 await writer.abort()
-                raise
+            raise
+
+    async def _copy(self, stream: BlobStream, writer: BlobWriter) -> None:
+        """Append the stream's bytes past those already written (a source that sent the
+        blob from an earlier offset has its first bytes skipped)."""
+        skip = self.written - stream.start
+        if skip < 0:
+            raise IntegrityError(f"a source of {self.digest} skipped bytes {self.written}+")
+        async for chunk in stream.chunks:
+            if skip:
+                dropped = min(skip, len(chunk))
+                chunk = chunk[dropped:]
+                skip -= dropped
+                if not chunk:
+                    continue
+            await writer.write(chunk)
+            self._progressed(writer.written)
 
     def _failure(self, repo: UpstreamRepo, exc: Exception) -> RegistryError:
         """What the readers of a failed download are told."""
@@ -294,6 +331,23 @@ class Download:
             return RegistryError(code, f"the mirror could not store this blob: {exc.strerror}")
         log.exception("download of %s failed unexpectedly", self.digest, exc_info=exc)
         return RegistryError(errors.INTERNAL, f"download failed: {type(exc).__name__}")
+
+
+def _check_room(digest: Digest, size: int | None, store: ContentStore) -> None:
+    """Refuse a blob larger than the store's free space before any byte: the client gets a
+    clean answer, not a cut."""
+    if size is not None and size > (free := store.free_bytes()):
+        log.warning(
+            "%s (%d bytes) does not fit in %s (%d bytes free): not cached",
+            digest,
+            size,
+            store.location,
+            free,
+        )
+        raise NoRoom(
+            errors.UPSTREAM_UNAVAILABLE,
+            f"the mirror cannot store this blob ({size} bytes): its data dir has {free} bytes free",
+        )
 
 
 def _shutting_down() -> UpstreamError:
@@ -346,9 +400,12 @@ class Reader:
 class Downloads:
     """This process's downloads, at most one per digest, each run as its own task."""
 
-    def __init__(self, store: ContentStore, budget: AbandonBudget) -> None:
+    def __init__(
+        self, store: ContentStore, budget: AbandonBudget, cluster: Cluster | None = None
+    ) -> None:
         self._store = store
         self._budget = budget
+        self._cluster = cluster
         self._running: dict[Digest, Download] = {}
         self._task_of: dict[Digest, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -373,12 +430,28 @@ class Downloads:
         download.leads_for = repo if leads else None
         # Following another process's download costs the upstream nothing: coalesced too.
         observe.cache_lookup("blob", "miss" if leads else "coalesced")
+        if not leads:
+            observe.blob_joined("local_waiter")
+        self._begin(download, self._run(download, repo, leads))
+        return download
+
+    def follow_elsewhere(self, digest: Digest) -> Download | None:
+        """A download of `digest` following the one another process of this host leads,
+        if one does (never starting one: for another replica's relay request)."""
+        spool = self._store.spool(digest)
+        if not spool.in_progress():
+            return None
+        download = Download(digest, spool, self._idle)
+        self._begin(download, self._follow(download))
+        return download
+
+    def _begin(self, download: Download, work: Coroutine[Any, Any, None]) -> None:
+        digest = download.digest
         self._running[digest] = download
-        task = asyncio.create_task(self._run(download, repo, leads), name=f"download {digest}")
+        task = asyncio.create_task(work, name=f"download {digest}")
         self._task_of[digest] = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return download
 
     def _idle(self, download: Download) -> None:
         """Cancel `download` if it is abandoned and the abandoned ones would not fit the
@@ -405,15 +478,29 @@ class Downloads:
         self._task_of[download.digest].cancel()
 
     async def _run(self, download: Download, repo: UpstreamRepo, leads: bool) -> None:
+        if not leads:
+            await self._follow(download)
+            return
+        sources: Sources
+        if self._cluster is None:
+            sources = UpstreamOnly(repo, download.digest)
+        else:
+            sources = self._cluster.sources(repo, download.digest, self._store, download.fence)
         try:
-            if leads:
-                await download.lead(repo, self._store)
-            else:
-                await download.follow()
+            await download.lead(repo, self._store, sources)
         finally:
-            if self._running.get(download.digest) is download:
-                del self._running[download.digest]
-                del self._task_of[download.digest]
+            self._forget(download)
+
+    async def _follow(self, download: Download) -> None:
+        try:
+            await download.follow()
+        finally:
+            self._forget(download)
+
+    def _forget(self, download: Download) -> None:
+        if self._running.get(download.digest) is download:
+            del self._running[download.digest]
+            del self._task_of[download.digest]
 
     async def close(self) -> None:
         """Abort every download (shutdown): readers are cut off, spools emptied."""

@@ -155,14 +155,12 @@ class Evictor:
         if ranked is None:
             return result
         candidates, tags = ranked
-        still_named = await asyncio.to_thread(
-            named_blobs, store, (o.digest for o in objects if o.kind == "manifest")
-        )
+        still_named = await named_blobs(store, (o.digest for o in objects if o.kind == "manifest"))
         evicted: list[str] = []
         for obj in candidates:
             if total <= self._target:
                 break
-            freed = store.remove(obj.kind, obj.digest)
+            freed = await asyncio.to_thread(store.remove, obj.kind, obj.digest)
             if not freed:
                 continue
             total -= freed

@@ -92,19 +92,19 @@ def _skip(edge: Edge) -> None:
     pass
 
 
-def walk_store(
+async def walk_store(
     store: ContentStore,
     roots: Iterable[Digest],
     select: Selector = every_child,
     *,
     missing: Callable[[Edge], None] = _skip,
 ) -> tuple[ManifestWalk, dict[Digest, StoredManifest]]:
-    """Walk the manifests the store holds (blocking: reads them); `missing` is told of each
-    one it lacks. The walk, and the manifests read, in order."""
+    """Walk the manifests the store holds; `missing` is told of each one it lacks. The walk,
+    and the manifests read, in order."""
     walk = ManifestWalk(roots, select)
     manifests: dict[Digest, StoredManifest] = {}
     for edge in walk:
-        manifest = store.read_manifest(edge.digest)
+        manifest = await store.read_manifest(edge.digest)
         if manifest is None:
             missing(edge)
             continue
@@ -113,24 +113,24 @@ def walk_store(
     return walk, manifests
 
 
-def held_with(store: ContentStore, root: Digest, data: bytes | None = None) -> set[Digest]:
-    """What a repository holds along with the manifest `root` (blocking: reads manifests):
-    the manifest, its config and layers, an index's children, and what the children the
-    store holds name in turn. `data` is root's bytes when the store does not hold them yet.
-    These are the links written when a manifest is cached for a repository."""
+async def held_with(store: ContentStore, root: Digest, data: bytes | None = None) -> set[Digest]:
+    """What a repository holds along with the manifest `root`: the manifest, its config
+    and layers, an index's children, and what the children the store holds name in turn.
+    `data` is root's bytes when the store does not hold them yet. These are the links
+    written when a manifest is cached for a repository."""
     walk = ManifestWalk([root])
     for edge in walk:
         if edge.digest == root and data is not None:
             walk.visit(edge, data)
-        elif (manifest := store.read_manifest(edge.digest)) is not None:
+        elif (manifest := await store.read_manifest(edge.digest)) is not None:
             walk.visit(edge, manifest.data)
     return walk.reached
 
 
-def reachable(
+async def reachable(
     store: ContentStore, roots: Iterable[Digest], select: Selector = every_child
 ) -> set[Digest]:
     """`roots` and everything their cached manifests refer to, recursively, whether cached
     or not; an index's children only where `select(platform)` says so."""
-    walk, _ = walk_store(store, roots, select)
+    walk, _ = await walk_store(store, roots, select)
     return walk.reached

@@ -106,7 +106,7 @@ class ManifestCache:
         and verified if the store lacks it. Stored once whichever upstream it came from, but
         served from the store only to a repository that holds it (`RepositoryScope.check`:
         404 otherwise)."""
-        manifest = self._store.read_manifest(digest)
+        manifest = await self._store.read_manifest(digest)
         if manifest is None:
             if self._config.freshness.offline:
                 raise RegistryError(
@@ -189,7 +189,7 @@ class ManifestCache:
                 key, lambda: self._revalidate(repo, key, accept, record)
             )
         except UpstreamError as exc:
-            if record is None or (with_bytes and not self._store.has_manifest(record.digest)):
+            if record is None or (with_bytes and not await self._store.has_manifest(record.digest)):
                 observe.cache_lookup("tag", "miss")
                 raise
             log.warning("serving %s:%s stale: %s", repo.qualified, tag, exc)
@@ -212,7 +212,7 @@ class ManifestCache:
         usable = [
             record
             for record in records
-            if record.media_type in accept and self._store.has_manifest(record.digest)
+            if record.media_type in accept and await self._store.has_manifest(record.digest)
         ]
         return max(usable, key=lambda record: record.confirmed_at, default=None)
 
@@ -268,7 +268,7 @@ class ManifestCache:
                 )
                 if head is not None:
                     record = TagRecord(head.digest, head.media_type, head.size, self._clock())
-                    if (stored := self._store.read_manifest(head.digest)) is None:
+                    if (stored := await self._store.read_manifest(head.digest)) is None:
                         self._claimed(head.digest, key)
                     elif stored.media_type != head.media_type:
                         raise self._type_conflict(repo, stored, head.media_type)
@@ -282,7 +282,7 @@ class ManifestCache:
                     )
             except UpstreamError:
                 if known is not None:
-                    cached = self._store.has_manifest(known.digest)
+                    cached = await self._store.has_manifest(known.digest)
                     observe.revalidated(key.upstream, "stale" if cached else "failed")
                 raise
             if known is not None:
@@ -340,7 +340,7 @@ class ManifestCache:
         if token is None:
 
             async def stored() -> StoredManifest | None:
-                return self._store.read_manifest(digest)
+                return await self._store.read_manifest(digest)
 
             if (manifest := await self._poll(stored)) is not None:
                 return manifest
@@ -407,7 +407,7 @@ class ManifestCache:
         disk), they are answered all the same. Bytes already stored keep the type they were
         stored with: another upstream cannot change what that one's clients are told."""
         manifest = StoredManifest(fetched.data, self._checked_type(repo, fetched), fetched.digest)
-        if (stored := self._store.read_manifest(fetched.digest)) is not None:
+        if (stored := await self._store.read_manifest(fetched.digest)) is not None:
             if stored.media_type != manifest.media_type:
                 raise self._type_conflict(repo, stored, manifest.media_type)
             await self._link(repo, stored.digest, stored.data)
@@ -448,7 +448,7 @@ class ManifestCache:
 
     async def _link(self, repo: UpstreamRepo, digest: Digest, data: bytes | None = None) -> None:
         """Link `repo` to the manifest and what it names (the store's manifests walked)."""
-        held = await asyncio.to_thread(held_with, self._store, digest, data)
+        held = await held_with(self._store, digest, data)
         await self._scope.link(repo, held)
 
     def _integrity_error(

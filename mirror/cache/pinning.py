@@ -61,4 +61,4 @@ async def pinned_digests(config: Config, store: ContentStore, meta: TagRecords) 
         for key, record in await meta.list_tags():
             if (key.upstream, key.repo, key.tag) in wanted:
                 roots.add(record.digest)
-    return reachable(store, roots, selector(config.prefetch.prefetch_platforms))
+    return await reachable(store, roots, selector(config.prefetch.prefetch_platforms))

@@ -7,6 +7,7 @@ per platform. Garbage collection, eviction and every walk of the manifest graph
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -72,12 +73,15 @@ def references(data: bytes, digest: Digest | None = None) -> References:
     return References(tuple(blobs), tuple(manifests))
 
 
-def named_blobs(store: ContentStore, manifests: Iterable[Digest]) -> set[Digest]:
-    """The blobs the given cached manifests refer to directly (blocking: reads them)."""
+async def named_blobs(store: ContentStore, manifests: Iterable[Digest]) -> set[Digest]:
+    """The blobs the given cached manifests refer to directly. Other tasks run between two
+    manifests: eviction reads every manifest of the store, and a read from memory or a
+    local file, then a parse, would otherwise hold the event loop for all of them."""
     named: set[Digest] = set()
     for digest in manifests:
-        if (manifest := store.read_manifest(digest)) is not None:
+        if (manifest := await store.read_manifest(digest)) is not None:
             named.update(references(manifest.data, digest).blobs)
+        await asyncio.sleep(0)
     return named
 
 

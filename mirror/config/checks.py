@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from mirror.config.cluster import read_cluster_secret
 from mirror.config.errors import ConfigError
 from mirror.config.schema import Config
 
@@ -104,4 +105,17 @@ def check_storage(config: Config, sources: Mapping[str, str]) -> None:
         raise ConfigError(
             f"redis_url: needed with storage = {storage.storage} (from {sources['storage']}); "
             "the replicas sharing a bucket share their metadata through Redis"
+        )
+
+
+def check_cluster(config: Config, sources: Mapping[str, str]) -> None:
+    """A replica that advertises itself needs the cluster secret (its replica-to-replica
+    endpoint answers nobody without it), which must be readable."""
+    cluster = config.cluster
+    secret = read_cluster_secret(cluster.cluster_secret, cluster.cluster_secret_file, sources)
+    if cluster.advertise_url is not None and secret is None:
+        raise ConfigError(
+            f"advertise_url (from {sources['advertise_url']}): needs cluster_secret (or "
+            "MIRROR_CLUSTER_SECRET, or cluster_secret_file), which authenticates the "
+            "requests between replicas"
         )

@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mirror.config.checks import check_auth, check_deputy, check_storage, check_tls
+from mirror.config.checks import (
+    check_auth,
+    check_cluster,
+    check_deputy,
+    check_storage,
+    check_tls,
+)
 from mirror.config.errors import ConfigError
 from mirror.config.schema import SETTINGS, Config, build
 from mirror.config.upstreams import upstreams
@@ -76,6 +82,7 @@ def load(
     check_auth(config, sources)
     check_deputy(config)
     check_storage(config, sources)
+    check_cluster(config, sources)
     return LoadedConfig(config=config, sources=sources, file=file)
 
 

@@ -22,6 +22,7 @@ from mirror.config.auth import (
     parse_token_secret,
     parse_token_ttl,
 )
+from mirror.config.cluster import parse_advertise_url, parse_cluster_secret
 from mirror.config.freshness import Freshness, TagRule, decide, parse_tag_rules
 from mirror.config.parsers import (
     Listen,
@@ -127,6 +128,18 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class ClusterSettings:
+    """Replicas sharing one S3 bucket and one Redis: where the others reach this one, the
+    secret their replica-to-replica requests carry, and how long a blob download's lease
+    lasts without a renewal (renewed every third of it)."""
+
+    advertise_url: str | None = field(metadata=setting(parse_advertise_url, ""))
+    cluster_secret: str | None = field(metadata=setting(parse_cluster_secret, "", secret=True))
+    cluster_secret_file: Path | None = field(metadata=setting(parse_optional_path, ""))
+    cluster_lease: float = field(metadata=setting(parse_seconds, 10.0))
+
+
+@dataclass(frozen=True)
 class FreshnessSettings:
     """When a cached tag is asked about upstream again: tag ttl and rules (upstreams may
     add their own), the in-process tag cache, tag lists, offline mode, and the rate-limit
@@ -199,6 +212,7 @@ class Config:
     serving: ServingSettings
     registries: RegistrySettings
     storage: StorageSettings
+    cluster: ClusterSettings
     freshness: FreshnessSettings
     cache: CacheSettings
     limits: LimitSettings

@@ -7,6 +7,13 @@ deployments, can share one Redis. Below, `P` is that prefix:
                                              and is unambiguous because upstream has no `/`
                                              and repo and tag have no `:`
     P lock:<name>                            the holder's token, with the lock's TTL
+    P lease:<name>                           hash {holder, url, epoch, token}, with the
+                                             lease's TTL
+    P lease-epoch:<name>                     the lease's last epoch (INCR on acquisition;
+                                             kept a day after the last one)
+    P replicas                               sorted set: replica id scored by the time (ms,
+                                             Redis's clock) its last heartbeat runs out
+    P replica-urls                           hash: replica id -> advertise URL ("" for none)
     P ratelimit:<upstream>                   JSON RateLimit
     P access                                 sorted set: digest scored by last access time
     P access-repos:<digest>                  set of repositories the digest was pulled from
@@ -54,9 +61,11 @@ from mirror.meta.store import (
     Access,
     CachedResponse,
     CountedHealth,
+    Lease,
     Link,
     MetaStoreError,
     RateLimit,
+    Replica,
     TagKey,
     TagRecord,
 )
@@ -73,6 +82,66 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+# KEYS: the lease, its epoch. ARGV: holder, url, token, ttl (ms), the epoch's keep (ms).
+# Taken only when free, with the next epoch; returns that epoch, or 0 when held.
+_ACQUIRE_LEASE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return 0
+end
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'url', ARGV[2], 'epoch', epoch,
+           'token', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return epoch
+"""
+
+# KEYS: the lease. ARGV: token, ttl (ms). Extended only by the acquisition holding it.
+_RENEW_LEASE = """
+if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS: the lease. ARGV: token. Deleted only by the acquisition holding it.
+_RELEASE_LEASE = """
+if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# KEYS: the replicas, their URLs. ARGV: id, url, ttl (ms). Timed by Redis's clock, which
+# every replica shares.
+_HEARTBEAT = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[3]), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 0
+"""
+
+# KEYS: the replicas, their URLs. The expired ones are forgotten; the live ones returned as
+# id, url, id, url, ...
+_LIVE_REPLICAS = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+for _, gone in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ms)) do
+    redis.call('HDEL', KEYS[2], gone)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+local found = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    table.insert(found, id)
+    table.insert(found, redis.call('HGET', KEYS[2], id) or '')
+end
+return found
+"""
+
+# A lease's epoch outlives the lease by this much: long past any stale holder's work.
+LEASE_EPOCH_KEEP = 86_400.0  # seconds
 
 # ARGV: the key prefix, then digests. Each digest's links go, and a repository left without
 # links leaves its upstream's catalog.
@@ -133,6 +202,11 @@ class RedisMetaStore(CountedHealth):
         self._unlock = client.register_script(_UNLOCK)
         self._remove_links = client.register_script(_REMOVE_LINKS)
         self._remove_repository = client.register_script(_REMOVE_REPOSITORY)
+        self._acquire_lease = client.register_script(_ACQUIRE_LEASE)
+        self._renew_lease = client.register_script(_RENEW_LEASE)
+        self._release_lease = client.register_script(_RELEASE_LEASE)
+        self._heartbeat = client.register_script(_HEARTBEAT)
+        self._live_replicas = client.register_script(_LIVE_REPLICAS)
 
     @classmethod
     async def open(cls, url: str, key_prefix: str) -> RedisMetaStore:
@@ -257,6 +331,56 @@ class RedisMetaStore(CountedHealth):
     async def unlock(self, name: str, token: str) -> None:
         with self._errors("unlock"):
             await self._unlock(keys=[self._key("lock:", name)], args=[token])
+
+    # --- leases ---------------------------------------------------------------------------
+
+    async def acquire_lease(
+        self, name: str, holder: str, url: str | None, ttl: float
+    ) -> Lease | None:
+        token = secrets.token_hex(16)
+        keys = [self._key("lease:", name), self._key("lease-epoch:", name)]
+        args: list[str | int] = [holder, url or "", token, _ms(ttl), _ms(LEASE_EPOCH_KEEP)]
+        with self._errors("acquire_lease"):
+            epoch = int(await self._acquire_lease(keys=keys, args=args))
+        return Lease(holder, url, epoch, token) if epoch else None
+
+    async def renew_lease(self, name: str, lease: Lease, ttl: float) -> bool:
+        with self._errors("renew_lease"):
+            renewed = await self._renew_lease(
+                keys=[self._key("lease:", name)], args=[lease.token, _ms(ttl)]
+            )
+        return bool(renewed)
+
+    async def release_lease(self, name: str, lease: Lease) -> None:
+        with self._errors("release_lease"):
+            await self._release_lease(keys=[self._key("lease:", name)], args=[lease.token])
+
+    async def lease_holder(self, name: str) -> Lease | None:
+        key = self._key("lease:", name)
+        with self._errors("lease_holder"):
+            fields = await self._redis.hgetall(key)
+        if not fields:
+            return None
+        with self._corrupt(key):
+            values = {_text(k): _text(v) for k, v in fields.items()}
+            return Lease(values["holder"], values["url"] or None, int(values["epoch"]))
+
+    # --- replicas -------------------------------------------------------------------------
+
+    def _replica_keys(self) -> list[str]:
+        return [self._key("replicas"), self._key("replica-urls")]
+
+    async def heartbeat(self, replica: Replica, ttl: float) -> None:
+        with self._errors("heartbeat"):
+            await self._heartbeat(
+                keys=self._replica_keys(), args=[replica.id, replica.url or "", _ms(ttl)]
+            )
+
+    async def live_replicas(self) -> list[Replica]:
+        with self._errors("live_replicas"):
+            flat = [_text(item) for item in await self._live_replicas(keys=self._replica_keys())]
+        found = [Replica(id, url or None) for id, url in zip(flat[::2], flat[1::2], strict=True)]
+        return sorted(found)
 
     # --- rate limits ----------------------------------------------------------------------
 

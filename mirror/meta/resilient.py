@@ -2,8 +2,9 @@
 
 Everything in the metadata store is an optimisation (a tag the upstream need not be asked
 about, a lock that saves duplicate upstream work), so when the backend fails the answer is
-the one that means "not known": no record, no repositories, nothing stored, and a lock the
-caller may proceed under alone. The mirror then behaves as if uncached, which is correct,
+the one that means "not known": no record, no repositories, nothing stored, and a lock (or
+lease) the caller may proceed under alone: without the backend, each replica leads its own
+downloads. The mirror then behaves as if uncached, which is correct,
 just slower.
 
 Links are the one role where "not known" costs more than speed: no link means the mirror
@@ -24,16 +25,19 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import TypeVar
 
 from mirror import observe
 from mirror.meta.store import (
     Access,
     CachedResponse,
+    Lease,
     Link,
     MetaStore,
     MetaStoreError,
     RateLimit,
+    Replica,
     TagKey,
     TagRecord,
 )
@@ -137,6 +141,44 @@ class ResilientMetaStore:
         if token.startswith(_BACKEND_TOKEN):
             inner_token = token.removeprefix(_BACKEND_TOKEN)
             await self._guard("unlock", None, lambda: self._inner.unlock(name, inner_token))
+
+    async def acquire_lease(
+        self, name: str, holder: str, url: str | None, ttl: float
+    ) -> Lease | None:
+        """A local lease (epoch 0, known to nobody else) while the backend fails."""
+
+        async def take() -> Lease | None:
+            lease = await self._inner.acquire_lease(name, holder, url, ttl)
+            return None if lease is None else replace(lease, token=_BACKEND_TOKEN + lease.token)
+
+        local = Lease(holder, url, 0, _LOCAL_TOKEN + secrets.token_hex(8))
+        return await self._guard("acquire_lease", local, take)
+
+    async def renew_lease(self, name: str, lease: Lease, ttl: float) -> bool:
+        """A local lease stays held; a backend lease is held while the backend cannot say
+        otherwise (its renewal resumes when the backend answers)."""
+        if lease.token.startswith(_LOCAL_TOKEN):
+            return True
+        if not lease.token.startswith(_BACKEND_TOKEN):
+            return False  # not a lease this store gave out
+        inner = replace(lease, token=lease.token.removeprefix(_BACKEND_TOKEN))
+        return await self._guard(
+            "renew_lease", True, lambda: self._inner.renew_lease(name, inner, ttl)
+        )
+
+    async def release_lease(self, name: str, lease: Lease) -> None:
+        if lease.token.startswith(_BACKEND_TOKEN):
+            inner = replace(lease, token=lease.token.removeprefix(_BACKEND_TOKEN))
+            await self._guard("release_lease", None, lambda: self._inner.release_lease(name, inner))
+
+    async def lease_holder(self, name: str) -> Lease | None:
+        return await self._guard("lease_holder", None, lambda: self._inner.lease_holder(name))
+
+    async def heartbeat(self, replica: Replica, ttl: float) -> None:
+        await self._guard("heartbeat", None, lambda: self._inner.heartbeat(replica, ttl))
+
+    async def live_replicas(self) -> list[Replica]:
+        return await self._guard("live_replicas", [], self._inner.live_replicas)
 
     async def put_rate_limit(self, upstream: str, limit: RateLimit) -> None:
         await self._guard(

@@ -6,9 +6,11 @@ every expiry is a unix time in a column: several processes sharing the data dir 
 host, not over NFS) see each other's tags and locks. Expiries are measured with the store's
 `clock` (unix time; tests pass their own).
 
-Schema (version 2, in `PRAGMA user_version`):
+Schema (version 3, in `PRAGMA user_version`):
     tags(upstream, repo, tag, accept) -> digest, media_type, size, confirmed_at
     locks(name) -> token, expires_at
+    leases(name) -> holder, url, epoch, token, expires_at (a released lease keeps its row,
+    expired, so its epoch keeps rising); replicas(id) -> url, expires_at (version 3)
     rate_limits(upstream) -> max_requests, remaining, window_seconds, observed_at
     accesses(digest) -> last_access;  access_repos(digest, repo)
     links(upstream, repo, digest), indexed by digest too; the catalog is read from it
@@ -35,9 +37,11 @@ from mirror.meta.store import (
     Access,
     CachedResponse,
     CountedHealth,
+    Lease,
     Link,
     MetaStoreError,
     RateLimit,
+    Replica,
     TagKey,
     TagRecord,
 )
@@ -45,7 +49,7 @@ from mirror.reference import Digest
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT = 2.0  # seconds a statement waits for another process's write to finish
 
 _SCHEMA = (
@@ -60,6 +64,17 @@ _SCHEMA = (
     """
     CREATE TABLE IF NOT EXISTS locks (
         name TEXT PRIMARY KEY, token TEXT NOT NULL, expires_at REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS leases (
+        name TEXT PRIMARY KEY, holder TEXT NOT NULL, url TEXT, epoch INTEGER NOT NULL,
+        token TEXT NOT NULL, expires_at REAL NOT NULL
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS replicas (
+        id TEXT PRIMARY KEY, url TEXT, expires_at REAL NOT NULL
     ) WITHOUT ROWID
     """,
     """
@@ -232,6 +247,76 @@ class SqliteMetaStore(CountedHealth):
         await self._run(
             lambda c: c.execute("DELETE FROM locks WHERE name = ? AND token = ?", (name, token))
         )
+
+    # --- leases ---------------------------------------------------------------------------
+
+    async def acquire_lease(
+        self, name: str, holder: str, url: str | None, ttl: float
+    ) -> Lease | None:
+        token = secrets.token_hex(16)
+
+        def take(c: sqlite3.Connection) -> int | None:
+            # One statement, so atomic across processes: a new lease, or the next epoch of
+            # an expired (or released) one.
+            now = self._clock()
+            row = c.execute(
+                "INSERT INTO leases VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (name) DO UPDATE"
+                " SET holder = excluded.holder, url = excluded.url, epoch = leases.epoch + 1,"
+                " token = excluded.token, expires_at = excluded.expires_at"
+                " WHERE leases.expires_at <= ? RETURNING epoch",
+                (name, holder, url, token, now + ttl, now),
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        epoch = await self._run(take)
+        return None if epoch is None else Lease(holder, url, epoch, token)
+
+    async def renew_lease(self, name: str, lease: Lease, ttl: float) -> bool:
+        def extend(c: sqlite3.Connection) -> bool:
+            now = self._clock()
+            cursor = c.execute(
+                "UPDATE leases SET expires_at = ? WHERE name = ? AND token = ? AND expires_at > ?",
+                (now + ttl, name, lease.token, now),
+            )
+            return cursor.rowcount == 1
+
+        return await self._run(extend)
+
+    async def release_lease(self, name: str, lease: Lease) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "UPDATE leases SET expires_at = 0 WHERE name = ? AND token = ?",
+                (name, lease.token),
+            )
+        )
+
+    async def lease_holder(self, name: str) -> Lease | None:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT holder, url, epoch FROM leases WHERE name = ? AND expires_at > ?",
+                (name, self._clock()),
+            ).fetchone()
+        )
+        return None if row is None else Lease(str(row[0]), row[1], int(row[2]))
+
+    # --- replicas -------------------------------------------------------------------------
+
+    async def heartbeat(self, replica: Replica, ttl: float) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO replicas VALUES (?, ?, ?)",
+                (replica.id, replica.url, self._clock() + ttl),
+            )
+        )
+
+    async def live_replicas(self) -> list[Replica]:
+        def read(c: sqlite3.Connection) -> list[Replica]:
+            now = self._clock()
+            c.execute("DELETE FROM replicas WHERE expires_at <= ?", (now,))
+            rows = c.execute("SELECT id, url FROM replicas ORDER BY id").fetchall()
+            return [Replica(str(id), url) for id, url in rows]
+
+        return await self._run(read)
 
     # --- rate limits ----------------------------------------------------------------------
 

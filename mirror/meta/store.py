@@ -5,11 +5,12 @@ Content lives in the content store, keyed by digest and immutable. Everything th
 lives here: which digest a tag names and when that was last confirmed upstream, the
 upstream's rate-limit budget, who accessed what and when, which repositories hold which
 content (links, and the catalog read from them), short-lived cached upstream answers (tag
-lists), and locks that make one process (of many) do a piece of upstream work.
+lists), locks that make one process (of many) do a piece of upstream work, leases that make
+one replica (of many) download a blob, and which replicas are alive.
 
-The interface is a few roles (`TagRecords`, `Locks`, `RateLimits`, `AccessRecords`,
-`Links`, `CachedResponses`, `Health`); a caller asks for the ones it uses, and a backend
-implements all of them (`MetaStore`).
+The interface is a few roles (`TagRecords`, `Locks`, `Leases`, `Replicas`, `RateLimits`,
+`AccessRecords`, `Links`, `CachedResponses`, `Health`); a caller asks for the ones it uses,
+and a backend implements all of them (`MetaStore`).
 
 Implementations raise `MetaStoreError` for any backend failure; callers decide how to carry
 on without the store (the mirror keeps serving, going to the upstream as if uncached).
@@ -32,6 +33,8 @@ __all__ = [
     "CachedResponses",
     "CountedHealth",
     "Health",
+    "Lease",
+    "Leases",
     "Link",
     "Links",
     "Locks",
@@ -39,6 +42,8 @@ __all__ = [
     "MetaStoreError",
     "RateLimit",
     "RateLimits",
+    "Replica",
+    "Replicas",
     "TagKey",
     "TagRecord",
     "TagRecords",
@@ -142,6 +147,60 @@ class Locks(Protocol):
         """Release the lock if `token` still holds it."""
 
 
+@dataclass(frozen=True)
+class Lease:
+    """Who holds a lease: the replica (`holder`), where other replicas reach it (`url`, None
+    when it advertises none), and the lease's `epoch`, which rises with every acquisition of
+    that name, so a stale holder's work can be told from its successor's. `token` proves the
+    holding: only the acquirer knows it (a lease read with `lease_holder` has none)."""
+
+    holder: str
+    url: str | None
+    epoch: int
+    token: str = ""
+
+
+class Leases(Protocol):
+    """Who does a piece of work for the whole cluster (a blob's download), for a while: held
+    until released or until its ttl runs out without a renewal, so a dead holder is
+    replaced. An efficiency lock: two holders at once (a failover) cost duplicate work,
+    never a wrong answer."""
+
+    async def acquire_lease(
+        self, name: str, holder: str, url: str | None, ttl: float
+    ) -> Lease | None:
+        """Take the lease for `ttl` seconds with a new, higher epoch; None while someone
+        holds it."""
+
+    async def renew_lease(self, name: str, lease: Lease, ttl: float) -> bool:
+        """Extend `lease` to `ttl` seconds from now; False (and nothing changed) when it is
+        no longer held by that acquisition (expired, and perhaps taken by another)."""
+
+    async def release_lease(self, name: str, lease: Lease) -> None:
+        """Give the lease up, if that acquisition still holds it."""
+
+    async def lease_holder(self, name: str) -> Lease | None:
+        """The current holding (without its token), or None if nobody holds the lease."""
+
+
+@dataclass(frozen=True, order=True)
+class Replica:
+    """A mirror process serving the cluster: its id and where other replicas reach it."""
+
+    id: str
+    url: str | None
+
+
+class Replicas(Protocol):
+    """The replicas alive: each says so every little while (`heartbeat`), and counts as
+    alive until its last heartbeat's ttl runs out."""
+
+    async def heartbeat(self, replica: Replica, ttl: float) -> None: ...
+
+    async def live_replicas(self) -> list[Replica]:
+        """The replicas whose last heartbeat has not run out, sorted by id."""
+
+
 class RateLimits(Protocol):
     """The upstreams' rate-limit budgets, as they last said."""
 
@@ -210,7 +269,16 @@ class CachedResponses(Protocol):
 
 
 class MetaStore(
-    Health, TagRecords, Locks, RateLimits, AccessRecords, Links, CachedResponses, Protocol
+    Health,
+    TagRecords,
+    Locks,
+    Leases,
+    Replicas,
+    RateLimits,
+    AccessRecords,
+    Links,
+    CachedResponses,
+    Protocol,
 ):
     """Every role: what a backend implements. Callers ask for the roles they use."""
 

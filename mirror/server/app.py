@@ -16,11 +16,14 @@ from mirror.cache.eviction import Evictor
 from mirror.cache.pinning import pinned_digests
 from mirror.cache.prefetch.schedule import schedule as schedule_prefetch
 from mirror.config import Config
+from mirror.config.cluster import read_cluster_secret
+from mirror.meta.store import Replica, Replicas
 from mirror.server import addressing, auth
 from mirror.server.auth import passthrough
 from mirror.server.coldmisses import ColdMissLimit
 from mirror.server.middleware import add_response_headers, observe_requests, registry_errors
 from mirror.server.ops import OpsRoutes
+from mirror.server.relay import RelayRoutes
 from mirror.server.routes import RegistryRoutes
 from mirror.storage import ContentStore
 
@@ -56,7 +59,10 @@ async def create_app(
     RegistryRoutes(
         router, mirror.blobs, mirror.manifests, mirror.tags, mirror.meta, cold_misses
     ).register(app.router)
-    OpsRoutes(mirror.store, mirror.meta, router, mirror.access, clock=clock).register(app.router)
+    OpsRoutes(
+        mirror.store, mirror.meta, router, mirror.access, mirror.replica, clock=clock
+    ).register(app.router)
+    RelayRoutes(mirror.blobs, _cluster_secret(config), clock=clock).register(app.router)
     auth.setup(app, config, router, clock=clock)  # client authentication, if configured
     passthrough.setup(app, router, clock=clock)  # clients' own upstream credentials, if any
     work = _Background(mirror, clock)
@@ -70,6 +76,12 @@ async def create_app(
     backend = "Redis" if config.storage.redis_url else "embedded SQLite"
     log.info("%s into %s; metadata in %s", mode, mirror.store.location, backend)
     return app
+
+
+def _cluster_secret(config: Config) -> str | None:
+    """The secret the relay endpoint checks (the config's check read it once already)."""
+    cluster = config.cluster
+    return read_cluster_secret(cluster.cluster_secret, cluster.cluster_secret_file, {})
 
 
 class _Background:
@@ -91,6 +103,9 @@ class _Background:
         mirror, config = self._mirror, self._mirror.config
         mirror.access.start()
         self._spawn(_measure_cache(mirror.store), "measure-cache")
+        self._spawn(
+            _heartbeat(mirror.meta, mirror.replica, config.cluster.cluster_lease), "heartbeat"
+        )
         if config.cache.max_cache_size > 0:
             evictor = Evictor(
                 mirror.store,
@@ -120,6 +135,14 @@ class _Background:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._mirror.close()
+
+
+async def _heartbeat(replicas: Replicas, replica: Replica, lease: float) -> None:
+    """Count as a live replica while running: a heartbeat every third of `lease`, each
+    lasting a whole one (a replica stopped or killed drops out within it)."""
+    while True:
+        await replicas.heartbeat(replica, lease)
+        await asyncio.sleep(lease / 3)
 
 
 async def _measure_cache(store: ContentStore) -> None:

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from mirror import metrics
 from mirror.cache.access import AccessRecorder
-from mirror.meta.store import Health
+from mirror.meta.store import Health, Replica
 from mirror.server import status
 from mirror.server.auth import CATALOG_FILTER
 from mirror.storage import ContentStore
@@ -38,6 +38,7 @@ class OpsRoutes:
         meta: OpsRecords,
         router: Router,
         access: AccessRecorder,
+        replica: Replica,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -45,6 +46,7 @@ class OpsRoutes:
         self._meta = meta
         self._router = router
         self._access = access
+        self._replica = replica
         self._clock = clock
         self._started_at = clock()
 
@@ -87,6 +89,7 @@ class OpsRoutes:
             samples,
             upstreams=self._router.upstreams,
             meta=self._meta,
+            replica=self._replica,
             started_at=self._started_at,
             now=self._clock(),
             visible=request.get(CATALOG_FILTER),  # with auth on, what the user may pull

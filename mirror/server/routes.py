@@ -112,7 +112,7 @@ class RegistryRoutes:
         repo = self._repository(request)
         digest = Digest.parse(request.match_info["digest"])
         if cached := await self._blobs.cached(repo, digest):
-            return _cached_blob_response(request, digest, cached)
+            return cached_blob_response(request, digest, cached)
         if request.method == "HEAD":
             size = await self._blobs.size(repo, digest)
             response = web.StreamResponse(headers=_blob_headers(digest))
@@ -122,7 +122,7 @@ class RegistryRoutes:
         cold = self._blobs.cold(digest)
         with self._cold_misses.hold(request) if cold else nullcontext():
             download = await self._blobs.download(repo, digest)
-            return await _stream_download(request, download)
+            return await stream_download(request, download)
 
     async def tags(self, request: web.Request) -> web.Response:
         self._check_read(request)
@@ -242,7 +242,7 @@ def _blob_headers(digest: Digest) -> dict[str, str]:
     }
 
 
-def _cached_blob_response(
+def cached_blob_response(
     request: web.Request, digest: Digest, blob: StoredBlob
 ) -> web.StreamResponse:
     headers = _blob_headers(digest)
@@ -257,7 +257,7 @@ def _cached_blob_response(
     )
 
 
-async def _stream_download(request: web.Request, download: BlobBody) -> web.StreamResponse:
+async def stream_download(request: web.Request, download: BlobBody) -> web.StreamResponse:
     """Stream a blob that is still arriving from upstream; abort the connection if the
     download fails, so the client never mistakes a partial or bad body for a good one."""
     try:

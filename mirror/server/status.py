@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry
 
 from mirror import __version__, observe
-from mirror.meta.store import AccessRecords, RateLimits
+from mirror.meta.store import AccessRecords, RateLimits, Replica, Replicas
 from mirror.ratelimit import RateLimit
 from mirror.upstream.client import UpstreamClient
 
@@ -20,9 +20,9 @@ _TOP_CANDIDATES = 20 * TOP_REPOSITORIES
 _ERROR_STATUSES = frozenset({"error", "timeout", "429"})
 
 
-class StatusRecords(AccessRecords, RateLimits, Protocol):
-    """What the page reads from the metadata store: the most-pulled repositories and the
-    upstreams' shared rate-limit records."""
+class StatusRecords(AccessRecords, RateLimits, Replicas, Protocol):
+    """What the page reads from the metadata store: the most-pulled repositories, the
+    upstreams' shared rate-limit records and the live replicas."""
 
 
 class Samples:
@@ -56,13 +56,15 @@ async def build(
     *,
     upstreams: Iterable[UpstreamClient],
     meta: StatusRecords,
+    replica: Replica,
     started_at: float,
     now: float,
     visible: Callable[[str, str], bool] | None = None,
 ) -> dict[str, Any]:
     """The `/api/status` document (its shape is what the status page reads). `visible`
     (host, repository) says which repositories the user may see: the ones the rules let
-    them pull (None: all, as with auth off)."""
+    them pull (None: all, as with auth off). `replica` is the process answering; the live
+    replicas are those whose heartbeat the metadata store holds (0 while it fails)."""
     hits = samples.total("mirror_cache_hits_total")
     misses = samples.total("mirror_cache_misses_total")
     lookups = hits + misses
@@ -80,6 +82,8 @@ async def build(
         "version": __version__,
         "started_at": started_at,
         "uptime_seconds": round(now - started_at, 3),
+        "replica": {"id": replica.id, "advertise_url": replica.url},
+        "cluster": {"live_replicas": len(await meta.live_replicas())},
         "requests": {
             "total": int(lookups),
             "hits": int(hits),

@@ -61,7 +61,8 @@ class FileSpool:
                 return True
             os.close(fd)  # the holder removed that lock file as we took it: try again
 
-    def writer(self, size: int | None) -> FileBlobWriter:
+    def writer(self, size: int | None, *, relayed: bool = False) -> FileBlobWriter:
+        """`relayed` changes nothing: the data dir is this host's alone."""
         assert self._fd is not None, "writing without the claim"
         writer = FileBlobWriter(
             self._data, self._blob, self._digest, shared=True, on_commit=self._on_commit

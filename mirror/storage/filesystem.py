@@ -115,13 +115,16 @@ class FilesystemStore:
     def _blob_path(self, digest: Digest) -> Path:
         return self._root / "blobs" / digest.algorithm / digest.hex[:2] / digest.hex
 
-    def blob_size(self, digest: Digest) -> int | None:
-        try:
-            return self._blob_path(digest).stat().st_size
-        except FileNotFoundError:
-            return None
+    async def blob_size(self, digest: Digest) -> int | None:
+        blob = self.blob_file(digest)
+        return None if blob is None else blob.size
 
-    def open_blob(self, digest: Digest) -> FileBlob | None:
+    async def open_blob(self, digest: Digest) -> FileBlob | None:
+        return self.blob_file(digest)
+
+    def blob_file(self, digest: Digest) -> FileBlob | None:
+        """The committed blob's file, or None. One stat: cheap enough for the event loop
+        (the async lookups) and for blocking callers alike."""
         path = self._blob_path(digest)
         try:
             size = path.stat().st_size
@@ -159,12 +162,13 @@ class FilesystemStore:
     def _manifest_path(self, digest: Digest) -> Path:
         return self._root / "manifests" / digest.algorithm / digest.hex[:2] / digest.hex
 
-    def has_manifest(self, digest: Digest) -> bool:
+    async def has_manifest(self, digest: Digest) -> bool:
         return self._manifest_path(digest).is_file()
 
-    def read_manifest(self, digest: Digest) -> StoredManifest | None:
+    async def read_manifest(self, digest: Digest) -> StoredManifest | None:
         """The manifest, from memory when it was read recently (they are immutable, and the
-        same few are read over and over), else from disk."""
+        same few are read over and over), else from disk (two small files: read in place,
+        as a thread would cost more than the read)."""
         if (manifest := self._recent.get(digest)) is not None:
             return manifest
         path = self._manifest_path(digest)

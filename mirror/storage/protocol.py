@@ -80,7 +80,8 @@ class StoredBlob(Protocol):
         FileNotFoundError when the blob was removed since it was found."""
 
     def chunks(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
-        """Bytes [start, end) (end None: to the end of the blob), in chunks."""
+        """Bytes [start, end) (end None: to the end of the blob), in chunks; raises
+        FileNotFoundError when the blob was removed since it was found."""
 
 
 class BlobWriter(Protocol):
@@ -131,10 +132,12 @@ class Spool(Protocol):
         """Become the holder; False when someone else holds the claim. A holder that dies
         loses it (nothing waits for a dead holder)."""
 
-    def writer(self, size: int | None) -> BlobWriter:
+    def writer(self, size: int | None, *, relayed: bool = False) -> BlobWriter:
         """The holder's writer: announces `size` to followers; its bytes are readable by
         them as they are written, and `commit` publishes the blob. Its `abort` frees the
-        space at once, even while readers still hold the spool open."""
+        space at once, even while readers still hold the spool open. `relayed`: the bytes
+        come from another replica, which publishes them to a shared store itself, so the
+        commit sends them only if the store does not hold them yet."""
 
     def release(self) -> None:
         """Give the claim up (after a commit or a failure); idempotent."""
@@ -152,7 +155,10 @@ class Spool(Protocol):
 
 
 class ContentStore(Protocol):
-    """Blobs and manifests, keyed by digest."""
+    """Blobs and manifests, keyed by digest. The lookups (`blob_size`, `open_blob`,
+    `has_manifest`, `read_manifest`) are async, since a store elsewhere (a bucket) answers
+    them over the network and that must not hold up the event loop; what is not there is
+    None (or False), not an exception. Housekeeping is blocking."""
 
     @property
     def location(self) -> str:
@@ -164,10 +170,10 @@ class ContentStore(Protocol):
 
     # --- blobs
 
-    def blob_size(self, digest: Digest) -> int | None:
+    async def blob_size(self, digest: Digest) -> int | None:
         """Size of a committed blob, or None if it is not there."""
 
-    def open_blob(self, digest: Digest) -> StoredBlob | None:
+    async def open_blob(self, digest: Digest) -> StoredBlob | None:
         """A committed blob to read, or None if it is not there."""
 
     def blob_writer(self, digest: Digest) -> BlobWriter:
@@ -178,9 +184,9 @@ class ContentStore(Protocol):
 
     # --- manifests
 
-    def has_manifest(self, digest: Digest) -> bool: ...
+    async def has_manifest(self, digest: Digest) -> bool: ...
 
-    def read_manifest(self, digest: Digest) -> StoredManifest | None: ...
+    async def read_manifest(self, digest: Digest) -> StoredManifest | None: ...
 
     async def write_manifest(self, manifest: StoredManifest) -> None:
         """Store manifest bytes with their media type; IntegrityError unless the bytes

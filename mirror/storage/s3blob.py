@@ -11,7 +11,8 @@ import logging
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -19,7 +20,7 @@ from typing import Any, BinaryIO
 from botocore.exceptions import ClientError
 
 from mirror.reference import Digest
-from mirror.storage.filesystem import FilesystemStore
+from mirror.storage.filesystem import FileBlob, FilesystemStore
 from mirror.storage.protocol import IntegrityError
 from mirror.storage.s3writer import is_missing
 
@@ -41,15 +42,15 @@ class HotCache:
         self._bytes = sum(self._entries.values())
         self._evict()
 
-    def path(self, digest: Digest) -> Path | None:
+    def blob(self, digest: Digest) -> FileBlob | None:
         """The cached file of `digest` (now the most recently used), or None."""
-        blob = self.local.open_blob(digest)
+        blob = self.local.blob_file(digest)
         if blob is None:
             return None
         with self._lock:
             if digest in self._entries:
                 self._entries.move_to_end(digest)
-        return blob.path
+        return blob
 
     def admit(self, digest: Digest, size: int) -> None:
         """Count a blob just committed into `local`, and make room under the limit."""
@@ -96,12 +97,8 @@ class S3Blob:
         FileNotFoundError when it was removed from the bucket since it was found."""
         spool = tempfile.TemporaryFile(dir=self.hot.local.tmp_dir)  # noqa: SIM115 (returned)
         try:
-            try:
+            with _removed_is_not_found(self.key):
                 body = self.get_blocking()["Body"]
-            except ClientError as exc:
-                if is_missing(exc):
-                    raise FileNotFoundError(f"{self.key} was removed") from None
-                raise
             hasher = hashlib.sha256()
             while data := body.read(READ_CHUNK_BYTES):
                 hasher.update(data)
@@ -114,11 +111,13 @@ class S3Blob:
         return spool
 
     async def chunks(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+        """FileNotFoundError when the blob was removed from the bucket since it was found."""
         stop = self.size if end is None else end
         if start >= stop:
             return
         whole = start == 0 and stop == self.size
-        answer = await self.get(None if whole else f"bytes={start}-{stop - 1}")
+        with _removed_is_not_found(self.key):
+            answer = await self.get(None if whole else f"bytes={start}-{stop - 1}")
         body = answer["Body"]
         keep = self.hot.local.blob_writer(self.digest) if whole else None
         try:
@@ -139,6 +138,17 @@ class S3Blob:
             body.close()
             if keep is not None:
                 await asyncio.shield(keep.abort())
+
+
+@contextmanager
+def _removed_is_not_found(key: str) -> Iterator[None]:
+    """A GET of a key deleted since its blob was found fails as a removed file would."""
+    try:
+        yield
+    except ClientError as exc:
+        if is_missing(exc):
+            raise FileNotFoundError(f"{key} was removed") from None
+        raise
 
 
 def _verify(digest: Digest, hasher: Any, got: int, size: int) -> None:

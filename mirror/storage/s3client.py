@@ -99,7 +99,7 @@ class S3Location:
         return args
 
     def blocking_client(self) -> Any:
-        """A botocore client for the store's blocking calls (housekeeping, lookups)."""
+        """A botocore client for the store's blocking calls (housekeeping, in threads)."""
         return botocore.session.get_session().create_client("s3", **self._client_args())
 
 

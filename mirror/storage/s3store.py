@@ -13,12 +13,16 @@ so an object under a digest key always holds those bytes. A download is coordina
 as on the filesystem (a flock on the spool in `<data_dir>/s3/tmp/`): its holder writes the
 spool, and its commit uploads the verified spool and then moves it into the hot cache
 (`<data_dir>/s3/blobs/`), where the followers on this host see it committed.
-Cross-replica coordination of downloads is not here yet: two replicas may both download a
-blob, and both publish the same verified bytes (the second `If-None-Match` loses, harmlessly).
+Across replicas a download is coordinated above the store (`mirror.cache.cluster`): a
+replica relaying another's download writes a `relayed` spool, whose commit finds the object
+published by the leader (a HEAD) and only then uploads it itself. Should two replicas both
+download a blob, both publish the same verified bytes (the second `If-None-Match` loses,
+harmlessly).
 
-The protocol's lookups (`blob_size`, `open_blob`, `has_manifest`, `read_manifest`) and
-housekeeping are blocking: a lookup that misses the hot cache (or the recent manifests)
-costs one blocking request to the bucket.
+The protocol's lookups (`blob_size`, `open_blob`, `has_manifest`, `read_manifest`) go
+through the async client: one that misses the hot cache (or the recent manifests) costs a
+request to the bucket, which the event loop does not wait on. Housekeeping (and
+`StoredBlob.open`, for code in a thread) uses the blocking client.
 """
 
 from __future__ import annotations
@@ -100,7 +104,19 @@ class S3Store:
     def _key(self, kind: ContentKind, digest: Digest) -> str:
         return self._where.key(_TREES[kind], digest.algorithm, digest.hex)
 
+    async def _lookup(self, key: str) -> dict[str, Any] | None:
+        """The object's HEAD through the async client, or None when it is not there."""
+        client = await self._client.get()
+        try:
+            head: dict[str, Any] = await client.head_object(Bucket=self._where.bucket, Key=key)
+        except ClientError as exc:
+            if is_missing(exc):
+                return None
+            raise
+        return head
+
     def _head(self, key: str) -> dict[str, Any] | None:
+        """`_lookup`, blocking (for housekeeping)."""
         try:
             head: dict[str, Any] = self._blocking.head_object(Bucket=self._where.bucket, Key=key)
         except ClientError as exc:
@@ -116,21 +132,18 @@ class S3Store:
 
     # --- blobs ----------------------------------------------------------------------------
 
-    def blob_size(self, digest: Digest) -> int | None:
-        if (path := self._hot.path(digest)) is not None:
-            return path.stat().st_size
-        head = self._head(self._key("blob", digest))
+    async def blob_size(self, digest: Digest) -> int | None:
+        if (hot := self._hot.blob(digest)) is not None:
+            return hot.size
+        head = await self._lookup(self._key("blob", digest))
         return None if head is None else int(head["ContentLength"])
 
-    def open_blob(self, digest: Digest) -> FileBlob | S3Blob | None:
+    async def open_blob(self, digest: Digest) -> FileBlob | S3Blob | None:
         """From the hot cache when it holds the blob (sendfile), else from the bucket."""
-        if (path := self._hot.path(digest)) is not None:
-            try:
-                return FileBlob(digest, path.stat().st_size, path)
-            except FileNotFoundError:
-                pass  # evicted since
+        if (hot := self._hot.blob(digest)) is not None:
+            return hot
         key = self._key("blob", digest)
-        if (head := self._head(key)) is None:
+        if (head := await self._lookup(key)) is None:
             return None
 
         async def get(range_header: str | None) -> Any:
@@ -147,18 +160,23 @@ class S3Store:
         """A temp file in the data dir, uploaded by `commit` once verified."""
         return self._s3_writer(self._local.blob_writer(digest), None)
 
-    def _s3_writer(self, local: FileBlobWriter, size: int | None) -> S3BlobWriter:
+    def _s3_writer(
+        self, local: FileBlobWriter, size: int | None, *, relayed: bool = False
+    ) -> S3BlobWriter:
         """`size` given (a download announced it) and above one part: parts are sent as
-        they are written (see `mirror.storage.s3stream`)."""
+        they are written (see `mirror.storage.s3stream`). `relayed`: nothing is sent while
+        writing, and the commit uploads only when the bucket does not hold the blob."""
         digest = local.digest
         key = self._key("blob", digest)
         stream = None
-        if size is not None and MIN_PART_SIZE < size <= MAX_BLOB_SIZE:
+        if not relayed and size is not None and MIN_PART_SIZE < size <= MAX_BLOB_SIZE:
             chunk = part_size(size)
             if size > chunk:
                 stream = StreamingUpload(self._client.get, self._where.bucket, key, chunk)
 
         async def publish_it(path: Path, key: str, digest: Digest, size: int) -> bool:
+            if relayed and await self._holds(key, size):
+                return False
             return await publish(stream, self._uploader, path, key, digest, size)
 
         def published(size: int, is_new: bool) -> None:
@@ -174,29 +192,45 @@ class S3Store:
             discard=None if stream is None else stream.abort,
         )
 
+    async def _holds(self, key: str, size: int) -> bool:
+        """Whether the bucket has the blob under `key` (a HEAD); IntegrityError if with
+        another size than the `size` verified here, which only a broken store could do."""
+        client = await self._client.get()
+        try:
+            head = await client.head_object(Bucket=self._where.bucket, Key=key)
+        except ClientError as exc:
+            if is_missing(exc):
+                return False
+            raise
+        if int(head["ContentLength"]) != size:
+            raise IntegrityError(f"{key} exists with {head['ContentLength']} bytes, not {size}")
+        return True
+
     def spool(self, digest: Digest) -> S3Spool:
         return S3Spool(self._local.spool(digest), self)
 
     # --- manifests ------------------------------------------------------------------------
 
-    def has_manifest(self, digest: Digest) -> bool:
+    async def has_manifest(self, digest: Digest) -> bool:
         """Read (and kept in memory) rather than only looked at: a manifest found is about
         to be served, and is asked about again and again."""
-        return self.read_manifest(digest) is not None
+        return await self.read_manifest(digest) is not None
 
-    def read_manifest(self, digest: Digest) -> StoredManifest | None:
+    async def read_manifest(self, digest: Digest) -> StoredManifest | None:
         """From memory when read recently, else from the bucket (its bytes checked)."""
         if (manifest := self._recent.get(digest)) is not None:
             return manifest
+        client = await self._client.get()
         try:
-            answer = self._blocking.get_object(
+            answer = await client.get_object(
                 Bucket=self._where.bucket, Key=self._key("manifest", digest)
             )
         except ClientError as exc:
             if is_missing(exc):
                 return None
             raise
-        data = answer["Body"].read()
+        async with answer["Body"] as body:
+            data = await body.read()
         if hashlib.new(digest.algorithm, data).hexdigest() != digest.hex:
             raise IntegrityError(f"manifest {digest} in the bucket does not hash to its key")
         manifest = StoredManifest(data, str(answer["ContentType"]), digest)
@@ -338,8 +372,8 @@ class S3Spool:
     def claim(self) -> bool:
         return self._files.claim()
 
-    def writer(self, size: int | None) -> S3BlobWriter:
-        return self._store._s3_writer(self._files.writer(size), size)
+    def writer(self, size: int | None, *, relayed: bool = False) -> S3BlobWriter:
+        return self._store._s3_writer(self._files.writer(size), size, relayed=relayed)
 
     def release(self) -> None:
         self._files.release()

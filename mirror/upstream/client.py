@@ -77,10 +77,12 @@ class TagsPage:
 
 @dataclass
 class BlobStream:
-    """An open upstream blob body. `size` is None when the upstream sent no length."""
+    """An open blob body. `size` is the whole blob's (None when not sent); the chunks are
+    the bytes from `start` on (a range asked for and granted, else 0)."""
 
     size: int | None
     chunks: AsyncIterator[bytes]
+    start: int = 0
 
 
 class UpstreamClient:
@@ -209,17 +211,37 @@ class UpstreamClient:
 
     @asynccontextmanager
     async def open_blob(
-        self, repo: str, digest: Digest, *, credential: ClientCredential | None = None
+        self,
+        repo: str,
+        digest: Digest,
+        *,
+        credential: ClientCredential | None = None,
+        offset: int = 0,
     ) -> AsyncIterator[BlobStream]:
-        """Open the blob body, following redirects to CDN storage (without our credentials)."""
+        """Open the blob body, following redirects to CDN storage (without our credentials).
+        From `offset` on when the upstream grants the range (a download taken over from
+        another replica), else from the start: the stream's `start` says which."""
         path, missing = f"/v2/{repo}/blobs/{digest}", ("blob", repo, str(digest))
+        headers = {"Range": f"bytes={offset}-"} if offset else None
         async with self._request(
-            "GET", path, repo, "blob", pool=self._blobs, missing=missing, credential=credential
+            "GET",
+            path,
+            repo,
+            "blob",
+            pool=self._blobs,
+            missing=missing,
+            headers=headers,
+            credential=credential,
         ) as resp:
             raise_for_status(self.name, resp, errors.BLOB_UNKNOWN)
             # Whatever has arrived, as soon as it has: waiting to fill a fixed-size chunk
             # would delay every client's first byte.
-            yield BlobStream(size=resp.content_length, chunks=resp.content.iter_any())
+            chunks = resp.content.iter_any()
+            if resp.status == 206 and (granted := content_range(resp.headers)) is not None:
+                start, size = granted
+                yield BlobStream(size=size, chunks=chunks, start=start)
+            else:
+                yield BlobStream(size=resp.content_length, chunks=chunks)
 
     # --- tags -----------------------------------------------------------------------------
 
@@ -478,6 +500,18 @@ class _Call:
     kind: observe.UpstreamKind
     headers: Mapping[str, str]
     params: Sequence[tuple[str, str]]
+
+
+def content_range(headers: Mapping[str, str]) -> tuple[int, int | None] | None:
+    """(start, whole size or None) from a 206's `Content-Range: bytes START-END/SIZE`
+    (SIZE may be `*`); None when it says nothing usable."""
+    unit, _, spec = headers.get("Content-Range", "").partition(" ")
+    span, _, total = spec.partition("/")
+    first = span.partition("-")[0]
+    if unit != "bytes" or not first.isascii() or not first.isdigit():
+        return None
+    size = int(total) if total.isascii() and total.isdigit() else None
+    return int(first), size
 
 
 def _parse_digest(header: str | None) -> Digest | None:

@@ -71,13 +71,20 @@ def run_export(args: argparse.Namespace, config: Config) -> int:
         async with open_data_dir(config) as data:
             return await plan_export(data, images, platforms)
 
+    async def write(exported: ExportPlan, progress: Progress) -> int:
+        store = open_store(config)
+        try:
+            return await write_bundle(exported, store, args.output, progress)
+        finally:
+            await close_store(store)
+
     try:
         exported = asyncio.run(plan())
         if not args.quiet:
             for image in exported.images:
                 print(f"exporting {image.reference} ({image.digest})", file=sys.stderr)
         progress = Progress("exporting", exported.total_bytes, quiet=args.quiet)
-        written = write_bundle(exported, open_store(config), args.output, progress)
+        written = asyncio.run(write(exported, progress))
     except ExportError as exc:
         print(f"mirror: cannot export:\n{exc}", file=sys.stderr)
         return 1

@@ -82,14 +82,14 @@ async def _commit_content(
     """Blobs first, then manifests children first: what names content comes after it."""
     for digest in bundle.blobs:
         staged = bundle.staged[digest]
-        if store.blob_size(digest) is not None:
+        if await store.blob_size(digest) is not None:
             continue
         report.new_objects += 1
         report.new_bytes += staged.size
         if not dry_run:
             await staged.writer.commit()
     for digest, manifest in bundle.manifests.items():
-        if store.has_manifest(digest):
+        if await store.has_manifest(digest):
             continue
         report.new_objects += 1
         report.new_bytes += len(manifest.data)

@@ -3,6 +3,7 @@ store, and their tag records), and writing it as a bundle."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -30,7 +31,7 @@ from mirror.cache.graph import Edge, walk_store
 from mirror.meta.store import Link, TagKey, TagRecord
 from mirror.platforms import selector
 from mirror.reference import Digest, ImageRef
-from mirror.storage import ContentStore, StoredManifest
+from mirror.storage import ContentStore, StoredBlob, StoredManifest
 from mirror.wiring import DataDir
 
 
@@ -74,14 +75,14 @@ async def plan_export(
         if image.digest is not None:
             link = Link(image.host, image.name, str(image.digest))
             if await data.meta.has_link(link):
-                _plan_digest(data.store, plan, image, platforms, problems)
+                await _plan_digest(data.store, plan, image, platforms, problems)
             else:
                 problems.append(
                     f"{image.host}/{image.name}@{image.digest} is not known to be in"
                     f" {image.name} (pull it through the mirror from that repository first)"
                 )
         else:
-            _plan_tag(data.store, plan, image, all_tags, platforms, problems)
+            await _plan_tag(data.store, plan, image, all_tags, platforms, problems)
     if problems:
         if any("platform" in p for p in problems) and not platforms:
             problems.append(
@@ -92,7 +93,7 @@ async def plan_export(
     return plan
 
 
-def _plan_digest(
+async def _plan_digest(
     store: ContentStore,
     plan: ExportPlan,
     image: ImageRef,
@@ -101,15 +102,15 @@ def _plan_digest(
 ) -> None:
     assert image.digest is not None
     reference = f"{image.host}/{image.name}@{image.digest}"
-    root = store.read_manifest(image.digest)
+    root = await store.read_manifest(image.digest)
     if root is None:
         problems.append(f"{reference} is not in the cache")
         return
-    _plan_graph(store, plan, root.digest, reference, platforms, problems)
+    await _plan_graph(store, plan, root.digest, reference, platforms, problems)
     _add_image(plan, image, reference, root, tag=None)
 
 
-def _plan_tag(
+async def _plan_tag(
     store: ContentStore,
     plan: ExportPlan,
     image: ImageRef,
@@ -132,8 +133,8 @@ def _plan_tag(
     records.sort(key=lambda kr: (len(kr[0].accept.split(",")), kr[1].confirmed_at))
     _, primary = records[-1]
     root_digest = primary.digest
-    _plan_graph(store, plan, root_digest, reference, platforms, problems)
-    root = store.read_manifest(root_digest)
+    await _plan_graph(store, plan, root_digest, reference, platforms, problems)
+    root = await store.read_manifest(root_digest)
     if root is None:
         return  # a problem already
     _add_image(plan, image, reference, root, tag=image.tag)
@@ -142,11 +143,11 @@ def _plan_tag(
         if digest not in plan.manifests:
             if platforms:
                 continue  # a platform left out
-            _plan_graph(store, plan, digest, reference, platforms, problems)
+            await _plan_graph(store, plan, digest, reference, platforms, problems)
         plan.records.append((key, record))
 
 
-def _plan_graph(
+async def _plan_graph(
     store: ContentStore,
     plan: ExportPlan,
     root: Digest,
@@ -160,7 +161,7 @@ def _plan_graph(
         what = f"the {edge.platform} platform's manifest" if edge.platform else "manifest"
         problems.append(f"{reference}: {what} {edge.digest} is not cached")
 
-    walk, manifests = walk_store(store, [root], selector(platforms), missing=missing)
+    walk, manifests = await walk_store(store, [root], selector(platforms), missing=missing)
     for digest in walk.unparseable:
         problems.append(f"{reference}: manifest {digest} cannot be parsed")
     for digest, manifest in manifests.items():
@@ -169,7 +170,7 @@ def _plan_graph(
     for blob, named_by in walk.blobs.items():
         if blob in plan.blobs:
             continue
-        size = store.blob_size(blob)
+        size = await store.blob_size(blob)
         if size is None:
             problems.append(f"{reference}: blob {blob} of manifest {named_by} is not cached")
             continue
@@ -234,9 +235,29 @@ def _tags_document(plan: ExportPlan) -> bytes:
     return json.dumps(document, indent=2).encode() + b"\n"
 
 
-def write_bundle(plan: ExportPlan, store: ContentStore, output: Path, progress: Progress) -> int:
+async def write_bundle(
+    plan: ExportPlan, store: ContentStore, output: Path, progress: Progress
+) -> int:
     """Write the bundle to a temp file beside `output`, hashing every blob as it is read
-    (a corrupt cache file fails the export), then rename it into place. Its size."""
+    (a corrupt cache file fails the export), then rename it into place. Its size. The
+    blobs are looked up first; the bundle is written in a thread."""
+    blobs = [await _look_up(store, digest) for digest in plan.blobs]
+    return await asyncio.to_thread(_write, plan, blobs, output, progress)
+
+
+async def _look_up(store: ContentStore, digest: Digest) -> StoredBlob:
+    if (blob := await store.open_blob(digest)) is None:
+        raise _left_the_cache(digest)
+    return blob
+
+
+def _left_the_cache(digest: Digest) -> ExportError:
+    return ExportError(
+        f"  blob {digest} left the cache during the export (gc or eviction); try again"
+    )
+
+
+def _write(plan: ExportPlan, blobs: list[StoredBlob], output: Path, progress: Progress) -> int:
     partial = output.with_name(f".{output.name}.{secrets.token_hex(4)}.part")
     mtime = int(time.time())
     try:
@@ -249,8 +270,8 @@ def write_bundle(plan: ExportPlan, store: ContentStore, output: Path, progress: 
                 for digest, manifest in plan.manifests.items():
                     _add_bytes(tar, entry_name(digest), manifest.data, mtime)
                     progress.done(f"manifest {digest}", len(manifest.data))
-                for digest, size in plan.blobs.items():
-                    _add_blob(tar, store, digest, size, mtime, progress)
+                for blob in blobs:
+                    _add_blob(tar, blob, mtime, progress)
             fh.flush()
             os.fsync(fh.fileno())
         partial.rename(output)
@@ -274,22 +295,12 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mtime: int) -> None
     tar.addfile(_tar_info(name, len(data), mtime), io.BytesIO(data))
 
 
-def _add_blob(
-    tar: tarfile.TarFile,
-    store: ContentStore,
-    digest: Digest,
-    size: int,
-    mtime: int,
-    progress: Progress,
-) -> None:
+def _add_blob(tar: tarfile.TarFile, blob: StoredBlob, mtime: int, progress: Progress) -> None:
+    digest = blob.digest
     try:
-        if (blob := store.open_blob(digest)) is None:
-            raise FileNotFoundError(digest)
         source = blob.open()
     except FileNotFoundError:
-        raise ExportError(
-            f"  blob {digest} left the cache during the export (gc or eviction); try again"
-        ) from None
+        raise _left_the_cache(digest) from None
     with source:
         size = os.fstat(source.fileno()).st_size
         reader = _HashingReader(source, digest, progress)

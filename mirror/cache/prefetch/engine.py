@@ -156,7 +156,7 @@ async def _prefetch(
         if isinstance(outcome, BaseException):
             raise outcome
     result.platforms = [
-        platform or _config_platform(puller.store, manifest) for manifest, platform in images
+        platform or await _config_platform(puller.store, manifest) for manifest, platform in images
     ]
     if stale is not None:
         raise PrefetchError(f"tag not refreshed, the cached {root.digest} is kept: {stale}")
@@ -229,18 +229,18 @@ async def _blob(
     result.bytes_fetched += read
 
 
-def _config_platform(store: ContentStore, manifest: StoredManifest) -> str:
+async def _config_platform(store: ContentStore, manifest: StoredManifest) -> str:
     """The platform an image's config blob describes ("" when it cannot be told)."""
     refs = references(manifest.data, manifest.digest)
     if not refs.blobs:
         return ""
     config = refs.blobs[0]
-    blob = store.open_blob(config)
+    blob = await store.open_blob(config)
     if blob is None or blob.size > _CONFIG_READ_LIMIT:
         return ""
     try:
-        with blob.open() as fh:
-            document = json.loads(fh.read())
+        async with contextlib.aclosing(blob.chunks()) as chunks:
+            document = json.loads(b"".join([chunk async for chunk in chunks]))
     except (OSError, ValueError, RecursionError):  # a config blob is upstream input too
         return ""
     if not isinstance(document, dict):

@@ -24,6 +24,7 @@ from mirror.server.auth.credentials import (
 from mirror.server.auth.logins import Logins, record_user
 from mirror.server.auth.policy import Policy
 from mirror.server.auth.tokens import Tokens
+from mirror.upstream.peers import RELAY_PREFIX
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 METRICS_PATH = "/metrics"
@@ -57,6 +58,8 @@ class AuthMiddleware:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         path = _route_path(request)
         if path in OPEN_PATHS or path == TOKEN_PATH:  # the token endpoint checks by itself
+            return await handler(request)
+        if path.startswith(RELAY_PREFIX):  # other replicas: the cluster secret, checked there
             return await handler(request)
         if path == METRICS_PATH and not self._metrics_auth:
             return await handler(request)

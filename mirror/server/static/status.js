@@ -107,6 +107,10 @@
     showId("version", status.version, status.version);
     showId("uptime", status.uptime_seconds, formatDuration(status.uptime_seconds));
     byId("uptime").title = "since " + formatTime(status.started_at);
+    showId("replica", status.replica.id, status.replica.id);
+    byId("replica").title = status.replica.advertise_url || "advertises no address";
+    const live = status.cluster.live_replicas;
+    showId("live-replicas", live, formatCount(live));
 
     const req = status.requests;
     showId("hit-ratio", req.hit_ratio, formatRatio(req.hit_ratio));

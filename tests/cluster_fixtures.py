@@ -1,0 +1,60 @@
+"""A cluster in one test process: mirror apps on their own loopback ports, sharing the
+session's SeaweedFS bucket (under the test's prefix) and one Redis, each advertising its own
+address, with a data dir of its own (so each has its own spool and hot cache, as replicas on
+different hosts have)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+from pytest_aiohttp import AiohttpClient
+
+from mirror import config
+from mirror.server.app import create_app
+from testkit.mirrorproc import free_port
+from testkit.seaweed import SeaweedFS
+from tests.conftest import Client, toml_value
+from tests.s3_fixtures import BUCKET, prefix_of
+
+CLUSTER_SECRET = "the-cluster-secret-of-the-tests"
+LEASE_SECONDS = 1.0  # short, so a takeover happens within a test
+
+
+class StartReplica(Protocol):
+    def __call__(self, name: str, upstream_url: str, **settings: Any) -> Awaitable[Client]: ...
+
+
+@pytest.fixture
+def start_replica(
+    aiohttp_client: AiohttpClient,
+    tmp_path: Path,
+    seaweed: SeaweedFS,
+    redis_url: str,
+) -> StartReplica:
+    """Start replica `name` of the test's cluster in front of `upstream_url` (settings
+    override the cluster's)."""
+
+    async def start(name: str, upstream_url: str, **settings: Any) -> Client:
+        port = free_port()
+        values = {
+            "upstream": upstream_url,
+            "data_dir": str(tmp_path / name),
+            "storage": f"s3://{BUCKET}/{prefix_of(tmp_path)}",
+            "s3_endpoint": seaweed.endpoint,
+            "redis_url": redis_url,
+            "advertise_url": f"http://127.0.0.1:{port}",
+            "cluster_secret": CLUSTER_SECRET,
+            "cluster_lease": LEASE_SECONDS,
+            "connect_timeout": 2.0,
+            "read_timeout": 5.0,
+            **settings,
+        }
+        file = tmp_path / f"{name}.toml"
+        file.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in values.items()))
+        app = await create_app(config.load(config_file=file, environ={}).config)
+        return await aiohttp_client(app, server_kwargs={"port": port})
+
+    return start
