@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 
 import aiohttp
 import pytest
 
 from mirror.meta.redis import RedisMetaStore
+from mirror.reference import Digest
+from mirror.upstream.peers import relay_path, signed_headers
 from testkit.cluster import Cluster, Replica
 from testkit.fakeupstream import FakeRegistry, Fault, make_image, random_layer
 from tests.clients import ACCEPT, pull
@@ -167,15 +170,28 @@ async def test_the_replica_endpoint_answers_404_to_anyone_without_the_cluster_se
     [pulled] = transfers.start(blob_url(cluster[0], repo, blob))
     await transfers.finish(within=WAIT)
     assert pulled.got(blob)
+    path = relay_path(Digest.parse(blob.digest))
+    now = time.time()
 
-    # Even for a blob it holds, a replica tells a stranger nothing.
-    for headers in ({}, {"Authorization": "Bearer not-the-secret"}):
+    # A replica signs its request with the cluster secret, and gets the blob.
+    signed = signed_headers(cluster.shared.secret, "GET", path, now)
+    async with http.get(cluster[2].url + path, headers=signed) as resp:
+        assert resp.status == 200
+        assert await resp.read() == blob.data
+
+    # Anyone else, even for a blob the replica holds, gets the 404 of no such endpoint.
+    strangers = {
+        "no signature": {},
+        "another secret": signed_headers("not-the-secret", "GET", path, now),
+        "another path": signed_headers(cluster.shared.secret, "GET", path + "0", now),
+        "a bearer token": {"Authorization": f"Bearer {cluster.shared.secret}"},
+    }
+    for who, headers in strangers.items():
         for replica in cluster:
-            url = f"{replica.url}/_mirror/cluster/blobs/{blob.digest}"
-            async with http.get(url, headers=headers) as resp:
-                assert resp.status == 404, headers
-                assert resp.content_type == "application/json"
+            async with http.get(replica.url + path, headers=headers) as resp:
+                assert resp.status == 404, who
+                assert resp.content_type == "application/json", who
                 body = await resp.json()
-                assert [e["code"] for e in body["errors"]], body
+                assert [e["code"] for e in body["errors"]] == ["NOT_FOUND"], (who, body)
     for replica in cluster:
         assert cluster.shared.secret not in replica.stderr, "the secret is never logged"
