@@ -20,12 +20,17 @@ from types import TracebackType
 from typing import Any
 
 import botocore.session
+from botocore.exceptions import BotoCoreError, ClientError
 
 from testkit.mirrorproc import free_port
 from testkit.waiting import wait_until_sync
 
 START_TIMEOUT = 60.0  # until the bucket answers (a cold start takes a few seconds)
 STOP_TIMEOUT = 10.0  # from SIGINT to the exit; SIGKILL after that
+# Another process may take a free port before weed binds it; weed then logs this and keeps
+# running without that listener, so the start is retried on new ports.
+PORT_TAKEN = b"address already in use"
+START_ATTEMPTS = 3
 ACCESS_KEY = "mirror-test"
 SECRET_KEY = "mirror-test-secret"
 # Every listener `weed mini` opens, each moved to a free loopback port.
@@ -99,6 +104,18 @@ class SeaweedFS:
         self.stop()
 
     def start(self) -> None:
+        for attempt in range(START_ATTEMPTS):
+            try:
+                self._start_once()
+                return
+            except _PortTaken:
+                self.stop()
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+                self.port = free_port()
+                self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def _start_once(self) -> None:
         identities = self.workdir / "s3.json"
         identities.write_text(json.dumps(_identities()))
         data = self.workdir / "data"
@@ -127,9 +144,12 @@ class SeaweedFS:
     def _wait_until_ready(self, proc: subprocess.Popen[bytes]) -> None:
         client = self.client()
 
+        log = self.workdir / "weed.log"
+
         def answers() -> bool:
+            if PORT_TAKEN in log.read_bytes():
+                raise _PortTaken(f"a port weed mini was given was taken; see {log}")
             if proc.poll() is not None:
-                log = self.workdir / "weed.log"
                 raise AssertionError(f"weed mini exited with {proc.returncode}; see {log}")
             client.head_bucket(Bucket=self.bucket)
             return True
@@ -138,7 +158,7 @@ class SeaweedFS:
             answers,
             within=START_TIMEOUT,
             message=f"SeaweedFS answers for bucket {self.bucket}",
-            ignoring=(Exception,),
+            ignoring=(BotoCoreError, ClientError),
         )
 
     def stop(self) -> None:
@@ -153,6 +173,10 @@ class SeaweedFS:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class _PortTaken(AssertionError):
+    """weed mini could not bind one of its ports."""
 
 
 def _identities() -> dict[str, Any]:

@@ -78,6 +78,10 @@ class Blob:
         """Length in bytes, as written in descriptors and Content-Length."""
         return len(self.data)
 
+    def __repr__(self) -> str:
+        """By digest: a failing assertion must not print megabytes of bytes."""
+        return f"Blob({self.digest}, {self.size} bytes, {self.media_type})"
+
     def descriptor(self) -> dict[str, Any]:
         """OCI descriptor for this blob, for embedding in a manifest."""
         return {"mediaType": self.media_type, "size": self.size, "digest": self.digest}
