@@ -23,6 +23,7 @@ SERVE_FLAGS = (
     "storage",
     "s3_endpoint",
     "local_cache_size",
+    "s3_redirect",
     "tag_ttl",
     "offline",
     "workers",
@@ -125,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
         "--redis-url", metavar="URL", help="Redis for shared metadata (default: embedded SQLite)"
     )
     _storage_flags(serve)
+    serve.add_argument(
+        "--s3-redirect",
+        action="store_const",
+        const=True,
+        help="answer blob GETs with a redirect to a presigned URL of the bucket",
+    )
     serve.add_argument(
         "--tag-ttl", metavar="SECONDS", help="how long a tag is served without asking upstream"
     )

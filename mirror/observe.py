@@ -99,6 +99,8 @@ class Sink(Protocol):
 
     def circuit_rejected(self, upstream: str) -> None: ...
 
+    def orphan_upload_aborted(self) -> None: ...
+
 
 class DiscardSink:
     """Counts nothing: the sink until the server installs its own."""
@@ -160,6 +162,9 @@ class DiscardSink:
         pass
 
     def circuit_rejected(self, upstream: str) -> None:
+        pass
+
+    def orphan_upload_aborted(self) -> None:
         pass
 
 
@@ -265,7 +270,8 @@ def waiter_left() -> None:
 
 
 def passed_through() -> None:
-    """A blob miss streamed from the upstream without being cached (the disk is too full)."""
+    """A blob miss streamed from the upstream without being cached (the disk is too full,
+    or the store unreachable)."""
     _sink.passed_through()
 
 
@@ -309,3 +315,8 @@ def circuit_changed(upstream: str, *, is_open: bool) -> None:
 def circuit_rejected(upstream: str) -> None:
     """A request failed fast because the upstream's circuit is open."""
     _sink.circuit_rejected(upstream)
+
+
+def orphan_upload_aborted() -> None:
+    """A multipart upload left pending in the bucket (its writer crashed) was aborted."""
+    _sink.orphan_upload_aborted()

@@ -25,13 +25,14 @@ from dataclasses import dataclass
 from mirror.cache.access import AccessRecorder
 from mirror.cache.blobs import BlobCache
 from mirror.cache.downloads import AbandonBudget
+from mirror.cache.janitor import Janitor
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.prefetch.engine import Puller
 from mirror.cache.scope import RepositoryScope
 from mirror.cache.tags import TagListCache
 from mirror.config import Config
 from mirror.meta import MetaStore, open_meta_store
-from mirror.storage import ContentStore
+from mirror.storage import BlobRedirects, ContentStore
 from mirror.storage.filesystem import FilesystemStore
 from mirror.storage.s3client import S3Location
 from mirror.storage.s3store import S3Store
@@ -61,6 +62,10 @@ class Mirror:
     blobs: BlobCache
     manifests: ManifestCache
     tags: TagListCache
+    # With S3 storage: the janitor of orphaned uploads, and the store itself when blob GETs
+    # are redirected to it (`s3_redirect`).
+    janitor: Janitor | None = None
+    redirects: BlobRedirects | None = None
 
     def puller(self) -> Puller:
         """The parts a prefetch pulls through (the server's own, for its schedule)."""
@@ -161,7 +166,11 @@ async def build(
     )
     manifests = ManifestCache(store, meta, access, scope, config, clock=clock)
     tags = TagListCache(meta, config, clock=clock)
-    return Mirror(config, store, meta, router, access, blobs, manifests, tags)
+    janitor, redirects = None, None
+    if isinstance(store, S3Store):
+        janitor = Janitor(store, meta, grace=config.storage.s3_orphan_grace)
+        redirects = store if config.storage.s3_redirect else None
+    return Mirror(config, store, meta, router, access, blobs, manifests, tags, janitor, redirects)
 
 
 @asynccontextmanager
