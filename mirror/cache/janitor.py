@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # Between passes: half the grace (an orphan waits at most 1.5 graces), at most this.
 MAX_INTERVAL_SECONDS = 600.0
-_LOCK = "s3-janitor"
+LOCK = "s3-janitor"  # held by the replica whose pass runs
 _LOCK_TTL = 600.0
 
 
@@ -56,13 +56,13 @@ class Janitor:
     async def sweep(self) -> int | None:
         """One pass: how many orphaned uploads it aborted, or None when another replica's
         pass holds the lock."""
-        token = await self._locks.try_lock(_LOCK, _LOCK_TTL)
+        token = await self._locks.try_lock(LOCK, _LOCK_TTL)
         if token is None:
             return None
         try:
             return await asyncio.to_thread(self._abort_orphans)
         finally:
-            await self._locks.unlock(_LOCK, token)
+            await self._locks.unlock(LOCK, token)
 
     def _abort_orphans(self) -> int:
         orphans = self._uploads.orphaned_uploads(self._clock() - self._grace)

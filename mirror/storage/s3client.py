@@ -88,6 +88,7 @@ class S3Location:
     def _client_args(self) -> dict[str, Any]:
         config = botocore.config.Config(
             s3={"addressing_style": "path" if self.path_style else "auto"},
+            signature_version="s3v4",  # presigned URLs too (botocore would sign them V2)
             retries={"max_attempts": 3, "mode": "standard"},
             # Checksums only where the store asks for them (SHA-256 on a single PUT).
             request_checksum_calculation="when_required",
