@@ -250,8 +250,9 @@ class S3Store:
 
     def _list(self, prefix: str) -> Iterator[dict[str, Any]]:
         pages = self._blocking.get_paginator("list_objects_v2")
-        for page in pages.paginate(Bucket=self._where.bucket, Prefix=prefix):
-            yield from page.get("Contents", ())
+        with outage_as_unavailable(self.location):
+            for page in pages.paginate(Bucket=self._where.bucket, Prefix=prefix):
+                yield from page.get("Contents", ())
 
     def objects(self, kind: ContentKind) -> Iterator[StoredObject]:
         """Keys not named like a digest are not content and are skipped."""
@@ -309,8 +310,9 @@ class S3Store:
 
     def _uploads(self) -> Iterator[dict[str, Any]]:
         pages = self._blocking.get_paginator("list_multipart_uploads")
-        for page in pages.paginate(Bucket=self._where.bucket, Prefix=self._where.prefix):
-            yield from page.get("Uploads", ())
+        with outage_as_unavailable(self.location):
+            for page in pages.paginate(Bucket=self._where.bucket, Prefix=self._where.prefix):
+                yield from page.get("Uploads", ())
 
     def stale_temp_files(self, older_than: float) -> list[TempFile]:
         """The local leftovers, and the orphaned uploads (`orphaned_uploads`)."""
@@ -320,12 +322,11 @@ class S3Store:
         """Multipart uploads under the prefix started before `older_than` (unix time): an
         upload lasts as long as its download, so an old one was orphaned by a crash. Named
         as temp files for `remove_temp_file`; their size is not listed (0)."""
-        with outage_as_unavailable(self.location):
-            return [
-                TempFile(f"{UPLOAD_MARK} {upload['Key']} {upload['UploadId']}", 0)
-                for upload in self._uploads()
-                if upload["Initiated"].timestamp() < older_than
-            ]
+        return [
+            TempFile(f"{UPLOAD_MARK} {upload['Key']} {upload['UploadId']}", 0)
+            for upload in self._uploads()
+            if upload["Initiated"].timestamp() < older_than
+        ]
 
     def remove_temp_file(self, temp: TempFile) -> None:
         """A local leftover, or an upload aborted (and counted: the janitor's, gc's and a
