@@ -24,6 +24,7 @@ SERVE_FLAGS = (
     "s3_endpoint",
     "local_cache_size",
     "advertise_url",
+    "s3_redirect",
     "tag_ttl",
     "offline",
     "workers",
@@ -130,6 +131,12 @@ def _parser() -> argparse.ArgumentParser:
         "--advertise-url",
         metavar="URL",
         help="where the other replicas reach this one (needs MIRROR_CLUSTER_SECRET)",
+    )
+    serve.add_argument(
+        "--s3-redirect",
+        action="store_const",
+        const=True,
+        help="answer blob GETs with a redirect to a presigned URL of the bucket",
     )
     serve.add_argument(
         "--tag-ttl", metavar="SECONDS", help="how long a tag is served without asking upstream"

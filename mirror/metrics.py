@@ -133,7 +133,7 @@ EVICTED_REFERENCED_BLOBS = Counter(
 PASSTHROUGH = Counter(
     "mirror_cache_passthrough_total",
     "Blob misses streamed from the upstream without being cached, because the data dir's "
-    "free space was below min_free_space.",
+    "free space was below min_free_space or the store (an S3 bucket) was unreachable.",
 )
 DOWNLOADS_ABANDONED = Counter(
     "mirror_downloads_abandoned_total",
@@ -173,6 +173,11 @@ CIRCUIT_REJECTIONS = Counter(
     "mirror_upstream_circuit_rejections_total",
     "Requests failed fast (503) without contacting the upstream because its circuit was open.",
     ["upstream"],
+)
+S3_ORPHAN_UPLOADS_ABORTED = Counter(
+    "mirror_s3_orphan_uploads_aborted_total",
+    "Multipart uploads a crashed writer left pending in the bucket, aborted by this process "
+    "(its janitor while serving, mirror gc, or a start).",
 )
 AUTH_FAILURES = Counter(
     "mirror_auth_failures_total",
@@ -272,6 +277,9 @@ class PrometheusSink:
 
     def lease_taken_over(self) -> None:
         CLUSTER_LEASE_TAKEOVERS.inc()
+
+    def orphan_upload_aborted(self) -> None:
+        S3_ORPHAN_UPLOADS_ABORTED.inc()
 
 
 # How much the cache holds, by kind ("blob", "manifest"): (objects, bytes). Read from the

@@ -104,6 +104,8 @@ class Sink(Protocol):
 
     def lease_taken_over(self) -> None: ...
 
+    def orphan_upload_aborted(self) -> None: ...
+
 
 class DiscardSink:
     """Counts nothing: the sink until the server installs its own."""
@@ -171,6 +173,9 @@ class DiscardSink:
         pass
 
     def lease_taken_over(self) -> None:
+        pass
+
+    def orphan_upload_aborted(self) -> None:
         pass
 
 
@@ -276,7 +281,8 @@ def waiter_left() -> None:
 
 
 def passed_through() -> None:
-    """A blob miss streamed from the upstream without being cached (the disk is too full)."""
+    """A blob miss streamed from the upstream without being cached (the disk is too full,
+    or the store unreachable)."""
     _sink.passed_through()
 
 
@@ -333,3 +339,8 @@ def blob_joined(role: ClusterRole) -> None:
 def lease_taken_over() -> None:
     """A replica took over a blob's download whose leader stopped renewing its lease."""
     _sink.lease_taken_over()
+
+
+def orphan_upload_aborted() -> None:
+    """A multipart upload left pending in the bucket (its writer crashed) was aborted."""
+    _sink.orphan_upload_aborted()

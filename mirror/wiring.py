@@ -30,6 +30,7 @@ from mirror.cache.access import AccessRecorder
 from mirror.cache.blobs import BlobCache
 from mirror.cache.cluster import Cluster
 from mirror.cache.downloads import AbandonBudget
+from mirror.cache.janitor import Janitor
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.prefetch.engine import Puller
 from mirror.cache.scope import RepositoryScope
@@ -37,7 +38,7 @@ from mirror.cache.tags import TagListCache
 from mirror.config import Config
 from mirror.config.cluster import read_cluster_secret
 from mirror.meta import Leases, MetaStore, Replica, open_meta_store
-from mirror.storage import ContentStore
+from mirror.storage import BlobRedirects, ContentStore
 from mirror.storage.filesystem import FilesystemStore
 from mirror.storage.s3client import S3Location
 from mirror.storage.s3store import S3Store
@@ -70,6 +71,10 @@ class Mirror:
     tags: TagListCache
     replica: Replica  # this process among the replicas (its id, its advertise_url)
     cluster: Cluster | None  # None: a single host (file storage), nothing to share with
+    # With S3 storage: the janitor of orphaned uploads, and the store itself when blob GETs
+    # are redirected to it (`s3_redirect`).
+    janitor: Janitor | None
+    redirects: BlobRedirects | None
 
     def puller(self) -> Puller:
         """The parts a prefetch pulls through (the server's own, for its schedule)."""
@@ -175,7 +180,24 @@ async def build(
     )
     manifests = ManifestCache(store, meta, access, scope, config, clock=clock)
     tags = TagListCache(meta, config, clock=clock)
-    return Mirror(config, store, meta, router, access, blobs, manifests, tags, replica, cluster)
+    janitor, redirects = None, None
+    if isinstance(store, S3Store):
+        janitor = Janitor(store, meta, grace=config.storage.s3_orphan_grace)
+        redirects = store if config.storage.s3_redirect else None
+    return Mirror(
+        config,
+        store,
+        meta,
+        router,
+        access,
+        blobs,
+        manifests,
+        tags,
+        replica,
+        cluster,
+        janitor,
+        redirects,
+    )
 
 
 def this_replica(config: Config) -> Replica:

@@ -37,7 +37,7 @@ from tests.clients import pull_like_docker
 from tests.conftest import StartMirror, answered
 from tests.relay import GatedRelay
 from tests.runcli import run_cli
-from tests.s3_fixtures import BUCKET, prefix_of, s3_store
+from tests.s3_fixtures import BUCKET, blob_head, pending_uploads, prefix_of, s3_store
 
 GIB = 1024 * MIB
 
@@ -51,21 +51,6 @@ async def put(store: S3Store, data: bytes) -> Digest:
     await writer.write(data)
     await writer.commit(len(data))
     return writer.digest
-
-
-def pending_uploads(seaweed: SeaweedFS, root: Path) -> list[dict[str, Any]]:
-    answer = seaweed.client().list_multipart_uploads(Bucket=BUCKET, Prefix=prefix_of(root))
-    uploads: list[dict[str, Any]] = answer.get("Uploads", [])
-    return uploads
-
-
-def head(seaweed: SeaweedFS, root: Path, digest: Digest) -> dict[str, Any] | None:
-    key = f"{prefix_of(root)}/blobs/sha256/{digest.hex}"
-    try:
-        found: dict[str, Any] = seaweed.client().head_object(Bucket=BUCKET, Key=key)
-    except Exception:
-        return None
-    return found
 
 
 @pytest.fixture
@@ -117,7 +102,7 @@ async def test_a_blob_under_one_part_is_one_put(
     store: S3Store, seaweed: SeaweedFS, tmp_path: Path
 ) -> None:
     digest = await put(store, b"small blob" * 100)
-    found = head(seaweed, tmp_path, digest)
+    found = blob_head(seaweed, tmp_path, digest)
     assert found is not None and found["ContentLength"] == 1000
     assert "-" not in found["ETag"], "a multipart object's ETag ends in -<parts>"
 
@@ -127,7 +112,7 @@ async def test_a_large_blob_is_a_multipart_upload_completed_once_verified(
 ) -> None:
     data = random_layer(MIN_PART_SIZE * 2 + 12345, seed=7).data
     digest = await put(store, data)
-    found = head(seaweed, tmp_path, digest)
+    found = blob_head(seaweed, tmp_path, digest)
     assert found is not None and found["ContentLength"] == len(data)
     assert found["ETag"].strip('"').endswith("-3"), "three parts"
     assert pending_uploads(seaweed, tmp_path) == []
@@ -149,7 +134,7 @@ async def test_bytes_that_differ_from_the_verified_ones_complete_no_upload(
     uploader = Uploader(store._client.get, BUCKET)  # the store's own client
     with pytest.raises(IntegrityError):
         await uploader.upload(spoiled, key, digest, len(data))
-    assert head(seaweed, tmp_path, digest) is None
+    assert blob_head(seaweed, tmp_path, digest) is None
     assert pending_uploads(seaweed, tmp_path) == []
     assert await store.blob_size(digest) is None
 
@@ -389,10 +374,10 @@ async def test_a_download_sends_its_parts_while_it_runs_and_completes_once_verif
     for start in range(0, len(data), MIB):
         await writer.write(data[start : start + MIB])
     assert len(pending_uploads(seaweed, tmp_path)) == 1, "parts went before the end"
-    assert head(seaweed, tmp_path, digest) is None, "nothing visible before the commit"
+    assert blob_head(seaweed, tmp_path, digest) is None, "nothing visible before the commit"
     await writer.commit(len(data))
     spool.release()
-    found = head(seaweed, tmp_path, digest)
+    found = blob_head(seaweed, tmp_path, digest)
     assert found is not None and found["ContentLength"] == len(data)
     assert pending_uploads(seaweed, tmp_path) == []
     key = f"{prefix_of(tmp_path)}/blobs/sha256/{digest.hex}"
@@ -415,7 +400,7 @@ async def test_a_download_that_does_not_verify_leaves_no_object_and_no_upload(
     with pytest.raises(IntegrityError):
         await writer.commit(len(data))
     spool.release()
-    assert head(seaweed, tmp_path, digest) is None
+    assert blob_head(seaweed, tmp_path, digest) is None
     assert pending_uploads(seaweed, tmp_path) == []
     assert await store.blob_size(digest) is None
 

@@ -1,6 +1,7 @@
 """Blobs: served from the store when cached; otherwise downloaded once and streamed to
-every client that asks meanwhile (`downloads`), or, on a nearly full disk, streamed from
-the upstream uncached (`passthrough`).
+every client that asks meanwhile (`downloads`), or, on a nearly full disk or while the
+store is unreachable (a bucket's outage), streamed from the upstream uncached
+(`passthrough`).
 
 Cached bytes, a download in flight in this process and one another process leads are all
 served to a repository only when it holds the blob (`scope`: a link, or the upstream's
@@ -31,13 +32,16 @@ from mirror.cache.passthrough import Passthrough
 from mirror.cache.scope import RepositoryScope
 from mirror.errors import RegistryError
 from mirror.reference import Digest
-from mirror.storage import ContentStore, StoredBlob
+from mirror.storage import ContentStore, StoredBlob, StoreUnavailable
 from mirror.upstream.routing import UpstreamRepo
 
 log = logging.getLogger(__name__)
 
 # How often "streaming without caching" is logged while the disk stays nearly full.
 PASSTHROUGH_LOG_SECONDS = 60.0
+# After a lookup found the store unreachable: how long misses pass through without trying
+# to store (the lookups themselves keep asking it, and find it back).
+UNAVAILABLE_SECONDS = 5.0
 
 
 class BlobBody(Protocol):
@@ -75,13 +79,19 @@ class BlobCache:
         self._offline = offline
         self._min_free_space = min_free_space
         self._passthrough_logged = 0.0
+        self._unavailable_until = 0.0  # time.monotonic() until which misses pass through
+        self._unavailable_logged = 0.0
         self._downloads = Downloads(store, abandon_budget, cluster)
 
     async def cached(self, repo: UpstreamRepo, digest: Digest) -> StoredBlob | None:
         """The blob, if the store holds it and `repo` holds it (else 404 `BLOB_UNKNOWN`, or
         the upstream's failure: `RepositoryScope.check`). Blobs are stored once whichever
         repository or upstream they came from: a digest names the same bytes everywhere."""
-        blob = await self._store.open_blob(digest)
+        try:
+            blob = await self._store.open_blob(digest)
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+            return None
         if blob is None:
             return None
         await self._scope.check(repo, digest, "blob")
@@ -98,7 +108,12 @@ class BlobCache:
     async def size(self, repo: UpstreamRepo, digest: Digest) -> int | None:
         """The blob's size without downloading it: from the cache or a download in flight
         (either only for a repository that holds it), or from an upstream HEAD."""
-        if (size := await self._store.blob_size(digest)) is not None:
+        try:
+            size = await self._store.blob_size(digest)
+        except StoreUnavailable as exc:
+            self._store_failed(exc)
+            size = None
+        if size is not None:
             await self._scope.check(repo, digest, "blob")
             return size
         download = self._downloads.get(digest)
@@ -117,8 +132,11 @@ class BlobCache:
         """The download of `digest`, started (size known): joined if one is in flight in
         this process, followed if another process has it, else begun; or, when the disk is
         nearly full (or the blob is larger than the free space and `min_free_space` is
-        set), the upstream's body passed through uncached."""
-        if self._downloads.get(digest) is None and self._disk_nearly_full():
+        set) or the store was just found unreachable, the upstream's body passed through
+        uncached."""
+        if self._downloads.get(digest) is None and (
+            self._store_unavailable() or self._disk_nearly_full()
+        ):
             self._refuse_when_offline()
             observe.cache_lookup("blob", "miss")
             return await self._pass_through(repo, digest)
@@ -192,6 +210,17 @@ class BlobCache:
         if download.leads_for != repo:
             await self._scope.check(repo, digest, "blob")
         return download.reader()
+
+    def _store_failed(self, exc: StoreUnavailable) -> None:
+        """A lookup found the store unreachable: misses pass through for a while."""
+        now = time.monotonic()
+        self._unavailable_until = now + UNAVAILABLE_SECONDS
+        if now - self._unavailable_logged > PASSTHROUGH_LOG_SECONDS:
+            self._unavailable_logged = now
+            log.warning("%s; streaming misses without caching them", exc)
+
+    def _store_unavailable(self) -> bool:
+        return time.monotonic() < self._unavailable_until
 
     def _disk_nearly_full(self) -> bool:
         if self._min_free_space <= 0:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from mirror.cache.references import References, references
 from mirror.platforms import Selector
 from mirror.reference import Digest
-from mirror.storage import ContentStore, StoredManifest
+from mirror.storage import ContentStore, StoredManifest, StoreUnavailable
 
 
 @dataclass(frozen=True)
@@ -122,9 +122,18 @@ async def held_with(store: ContentStore, root: Digest, data: bytes | None = None
     for edge in walk:
         if edge.digest == root and data is not None:
             walk.visit(edge, data)
-        elif (manifest := await store.read_manifest(edge.digest)) is not None:
+        elif (manifest := await _read_if_reachable(store, edge.digest)) is not None:
             walk.visit(edge, manifest.data)
     return walk.reached
+
+
+async def _read_if_reachable(store: ContentStore, digest: Digest) -> StoredManifest | None:
+    """The stored manifest; None also while the store is unreachable (a child not read is
+    linked when it is fetched, as one the store lacks would be)."""
+    try:
+        return await store.read_manifest(digest)
+    except StoreUnavailable:
+        return None
 
 
 async def reachable(

@@ -35,7 +35,7 @@ from mirror.meta.store import Locks, RateLimits, TagKey, TagRecord, TagRecords
 from mirror.ratelimit import RateLimit
 from mirror.reference import Digest
 from mirror.singleflight import SingleFlight
-from mirror.storage import ContentStore, StoredManifest
+from mirror.storage import ContentStore, StoredManifest, StoreUnavailable
 from mirror.upstream.client import FetchedManifest, UpstreamClient, UpstreamError
 from mirror.upstream.routing import UpstreamRepo
 
@@ -101,12 +101,28 @@ class ManifestCache:
         # freshness time) and the client is told the upstream contradicted itself.
         self._unverified: dict[Digest, set[TagKey]] = {}
 
+    async def _stored(self, digest: Digest) -> StoredManifest | None:
+        """The stored manifest; None also while the store is unreachable: the manifest is
+        then fetched from the upstream (and served, verified, without being kept)."""
+        try:
+            return await self._store.read_manifest(digest)
+        except StoreUnavailable as exc:
+            log.debug("manifest %s not looked up: %s", digest, exc)
+            return None
+
+    async def _holds(self, digest: Digest) -> bool:
+        try:
+            return await self._store.has_manifest(digest)
+        except StoreUnavailable as exc:
+            log.debug("manifest %s not looked up: %s", digest, exc)
+            return False
+
     async def by_digest(self, repo: UpstreamRepo, digest: Digest) -> StoredManifest:
         """The manifest with this digest; fetched (once per repository, however many ask)
         and verified if the store lacks it. Stored once whichever upstream it came from, but
         served from the store only to a repository that holds it (`RepositoryScope.check`:
         404 otherwise)."""
-        manifest = await self._store.read_manifest(digest)
+        manifest = await self._stored(digest)
         if manifest is None:
             if self._config.freshness.offline:
                 raise RegistryError(
@@ -189,7 +205,7 @@ class ManifestCache:
                 key, lambda: self._revalidate(repo, key, accept, record)
             )
         except UpstreamError as exc:
-            if record is None or (with_bytes and not await self._store.has_manifest(record.digest)):
+            if record is None or (with_bytes and not await self._holds(record.digest)):
                 observe.cache_lookup("tag", "miss")
                 raise
             log.warning("serving %s:%s stale: %s", repo.qualified, tag, exc)
@@ -212,7 +228,7 @@ class ManifestCache:
         usable = [
             record
             for record in records
-            if record.media_type in accept and await self._store.has_manifest(record.digest)
+            if record.media_type in accept and await self._holds(record.digest)
         ]
         return max(usable, key=lambda record: record.confirmed_at, default=None)
 
@@ -268,7 +284,7 @@ class ManifestCache:
                 )
                 if head is not None:
                     record = TagRecord(head.digest, head.media_type, head.size, self._clock())
-                    if (stored := await self._store.read_manifest(head.digest)) is None:
+                    if (stored := await self._stored(head.digest)) is None:
                         self._claimed(head.digest, key)
                     elif stored.media_type != head.media_type:
                         raise self._type_conflict(repo, stored, head.media_type)
@@ -282,7 +298,7 @@ class ManifestCache:
                     )
             except UpstreamError:
                 if known is not None:
-                    cached = await self._store.has_manifest(known.digest)
+                    cached = await self._holds(known.digest)
                     observe.revalidated(key.upstream, "stale" if cached else "failed")
                 raise
             if known is not None:
@@ -340,7 +356,7 @@ class ManifestCache:
         if token is None:
 
             async def stored() -> StoredManifest | None:
-                return await self._store.read_manifest(digest)
+                return await self._stored(digest)
 
             if (manifest := await self._poll(stored)) is not None:
                 return manifest
@@ -407,7 +423,7 @@ class ManifestCache:
         disk), they are answered all the same. Bytes already stored keep the type they were
         stored with: another upstream cannot change what that one's clients are told."""
         manifest = StoredManifest(fetched.data, self._checked_type(repo, fetched), fetched.digest)
-        if (stored := await self._store.read_manifest(fetched.digest)) is not None:
+        if (stored := await self._stored(fetched.digest)) is not None:
             if stored.media_type != manifest.media_type:
                 raise self._type_conflict(repo, stored, manifest.media_type)
             await self._link(repo, stored.digest, stored.data)

@@ -99,12 +99,18 @@ def check_deputy(config: Config) -> None:
 
 
 def check_storage(config: Config, sources: Mapping[str, str]) -> None:
-    """S3 storage is shared by replicas, whose records must be shared too: it needs Redis."""
+    """S3 storage is shared by replicas, whose records must be shared too: it needs Redis;
+    redirecting to the bucket needs a bucket."""
     storage = config.storage
     if storage.storage != "file" and storage.redis_url is None:
         raise ConfigError(
             f"redis_url: needed with storage = {storage.storage} (from {sources['storage']}); "
             "the replicas sharing a bucket share their metadata through Redis"
+        )
+    if storage.s3_redirect and storage.storage == "file":
+        raise ConfigError(
+            f"s3_redirect (from {sources['s3_redirect']}): needs storage = s3://...; blobs in "
+            "the data dir have no URL to redirect clients to"
         )
 
 

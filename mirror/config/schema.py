@@ -125,6 +125,11 @@ class StorageSettings:
     # Empty (auto): on when an endpoint is set (in the config or the environment).
     s3_path_style: bool | None = field(metadata=setting(parse_optional_bool, ""))
     local_cache_size: int = field(metadata=setting(parse_size, "4GiB"))
+    # Blob GETs answered 307 to a presigned URL of the bucket instead of streamed.
+    s3_redirect: bool = field(metadata=setting(parse_bool, False))
+    # Seconds before a pending multipart upload counts as orphaned (its writer crashed): the
+    # janitor of a serving mirror aborts it then.
+    s3_orphan_grace: float = field(metadata=setting(parse_seconds, 21600.0))
 
 
 @dataclass(frozen=True)

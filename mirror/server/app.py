@@ -57,7 +57,13 @@ async def create_app(
     app.on_response_prepare.append(add_response_headers)
     cold_misses = ColdMissLimit(config.limits.max_cold_per_client, config.auth.trusted_proxies)
     RegistryRoutes(
-        router, mirror.blobs, mirror.manifests, mirror.tags, mirror.meta, cold_misses
+        router,
+        mirror.blobs,
+        mirror.manifests,
+        mirror.tags,
+        mirror.meta,
+        cold_misses,
+        redirects=mirror.redirects,
     ).register(app.router)
     OpsRoutes(
         mirror.store, mirror.meta, router, mirror.access, mirror.replica, clock=clock
@@ -85,8 +91,9 @@ def _cluster_secret(config: Config) -> str | None:
 
 
 class _Background:
-    """What runs beside the requests: access records, cache measuring, eviction and the
-    prefetch schedule; stopped in the order shutdown needs."""
+    """What runs beside the requests: access records, cache measuring, eviction, the
+    janitor of orphaned uploads (S3) and the prefetch schedule; stopped in the order
+    shutdown needs."""
 
     def __init__(self, mirror: wiring.Mirror, clock: Callable[[], float]) -> None:
         self._mirror = mirror
@@ -117,6 +124,8 @@ class _Background:
                 clock=self._clock,
             )
             self._spawn(evictor.run_forever(), "evict")
+        if mirror.janitor is not None:
+            self._spawn(mirror.janitor.run_forever(), "abort-orphaned-uploads")
         if config.prefetch.prefetch:
             work = schedule_prefetch(config, mirror.puller(), mirror.meta, mirror.access)
             self._prefetching.add(self._spawn(work, "prefetch"))

@@ -27,7 +27,7 @@ from mirror.reference import (
 from mirror.server import addressing, responses
 from mirror.server.auth import CATALOG_FILTER
 from mirror.server.coldmisses import ColdMissLimit
-from mirror.storage import StoredBlob
+from mirror.storage import BlobRedirects, StoredBlob
 from mirror.upstream.routing import Router, UpstreamRepo
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,10 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 MAX_TAGS_PAGE = 10_000
 # A catalog page without `n`: the catalog is read from the store a page at a time.
 CATALOG_PAGE = 1_000
+# How long the presigned URL of a blob redirected to the bucket works (`s3_redirect`): long
+# enough to start a transfer (which then runs to its end), short enough that a URL passed
+# on is soon worthless.
+REDIRECT_EXPIRES_SECONDS = 600
 
 _NAME = "{name:.+}"  # the name may contain "/"; the endpoint suffix anchors the match
 
@@ -52,6 +56,8 @@ class RegistryRoutes:
         tags: TagListCache,
         meta: Links,
         cold_misses: ColdMissLimit,
+        *,
+        redirects: BlobRedirects | None = None,
     ) -> None:
         self._router = router
         self._blobs = blobs
@@ -59,6 +65,7 @@ class RegistryRoutes:
         self._tags = tags
         self._meta = meta
         self._cold_misses = cold_misses
+        self._redirects = redirects  # blob GETs sent to the bucket (`s3_redirect`)
 
     def register(self, router: web.UrlDispatcher) -> None:
         """Add the routes, each named for its metrics label (see `middleware.route_label`).
@@ -111,7 +118,10 @@ class RegistryRoutes:
         self._check_read(request)
         repo = self._repository(request)
         digest = Digest.parse(request.match_info["digest"])
-        if cached := await self._blobs.cached(repo, digest):
+        if cached := await self._blobs.cached(repo, digest):  # the repository holds it
+            if self._redirects is not None and _redirectable(request, digest, cached):
+                url = await self._redirects.presigned_get(digest, REDIRECT_EXPIRES_SECONDS)
+                return _redirect_response(digest, url)
             return cached_blob_response(request, digest, cached)
         if request.method == "HEAD":
             size = await self._blobs.size(repo, digest)
@@ -240,6 +250,30 @@ def _blob_headers(digest: Digest) -> dict[str, str]:
         "Accept-Ranges": "bytes",
         "Cache-Control": responses.IMMUTABLE_CACHE_CONTROL,
     }
+
+
+def _redirectable(request: web.Request, digest: Digest, blob: StoredBlob) -> bool:
+    """Whether a GET of a stored blob goes to the bucket: every GET of a blob read from
+    there, ranges included (the bucket honours them, and clients send the header again
+    to the new location). Not a HEAD, not a conditional GET the mirror answers 304, and
+    not a blob in this host's hot cache: sent from its disk, it costs the bucket nothing
+    and is served even while the bucket is unreachable."""
+    return (
+        request.method == "GET"
+        and blob.local_path is None
+        and not responses.etag_matches(request, digest)
+    )
+
+
+def _redirect_response(digest: Digest, url: str) -> web.Response:
+    """307: the client GETs the presigned URL instead (same method, its Range kept). Not
+    to be cached: the URL expires."""
+    headers = {
+        "Location": url,
+        "Docker-Content-Digest": str(digest),
+        "Cache-Control": "no-store",
+    }
+    return web.Response(status=307, headers=headers)
 
 
 def cached_blob_response(

@@ -2,6 +2,7 @@
 one in `mirror.storage.filesystem`)."""
 
 from mirror.storage.protocol import (
+    BlobRedirects,
     BlobWriter,
     ContentKind,
     ContentStore,
@@ -12,11 +13,13 @@ from mirror.storage.protocol import (
     StoredBlob,
     StoredManifest,
     StoredObject,
+    StoreUnavailable,
     TempFile,
     Usage,
 )
 
 __all__ = [
+    "BlobRedirects",
     "BlobWriter",
     "ContentKind",
     "ContentStore",
@@ -24,6 +27,7 @@ __all__ = [
     "Spool",
     "SpoolProgress",
     "SpoolReader",
+    "StoreUnavailable",
     "StoredBlob",
     "StoredManifest",
     "StoredObject",

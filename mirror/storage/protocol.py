@@ -28,6 +28,12 @@ class IntegrityError(Exception):
         self.actual = actual
 
 
+class StoreUnavailable(OSError):
+    """The store could not be reached (its service down, timing out or failing): no answer
+    about the content. The caches work around it: a lookup counts as a miss, a miss streams
+    from the upstream uncached, a manifest is served without being kept."""
+
+
 @dataclass
 class Usage:
     """How much of one kind of content the store holds."""
@@ -154,11 +160,20 @@ class Spool(Protocol):
         gone: it was committed before this process noticed). None when neither is there."""
 
 
+class BlobRedirects(Protocol):
+    """A store whose blobs clients can fetch themselves, from URLs it signs."""
+
+    async def presigned_get(self, digest: Digest, expires_in: int) -> str:
+        """A URL that GETs the blob for `expires_in` seconds (`Range` honoured)."""
+
+
 class ContentStore(Protocol):
     """Blobs and manifests, keyed by digest. The lookups (`blob_size`, `open_blob`,
     `has_manifest`, `read_manifest`) are async, since a store elsewhere (a bucket) answers
     them over the network and that must not hold up the event loop; what is not there is
-    None (or False), not an exception. Housekeeping is blocking."""
+    None (or False), not an exception. Housekeeping is blocking. Any call may raise
+    `StoreUnavailable` when the store cannot be reached (a bucket's service down; a local
+    disk does not raise it)."""
 
     @property
     def location(self) -> str:

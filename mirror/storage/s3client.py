@@ -28,6 +28,7 @@ MAX_PARTS = 10_000  # S3's limit per upload
 # Parts aimed at: below MAX_PARTS, so a size slightly off (or a part rounded up) still fits.
 TARGET_PARTS = 9_000
 MAX_BLOB_SIZE = MAX_PART_SIZE * MAX_PARTS
+CONNECT_TIMEOUT_SECONDS = 5.0
 
 
 def part_size(size: int) -> int:
@@ -88,7 +89,11 @@ class S3Location:
     def _client_args(self) -> dict[str, Any]:
         config = botocore.config.Config(
             s3={"addressing_style": "path" if self.path_style else "auto"},
+            signature_version="s3v4",  # presigned URLs too (botocore would sign them V2)
             retries={"max_attempts": 3, "mode": "standard"},
+            # An unreachable bucket is an outage to work around (misses pass through), not
+            # something to wait a minute for (botocore's default) on every lookup.
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
             # Checksums only where the store asks for them (SHA-256 on a single PUT).
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",

@@ -37,6 +37,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from mirror import observe
 from mirror.errors import RegistryError
 from mirror.reference import Digest
 from mirror.storage.filespool import FileSpool
@@ -68,6 +69,7 @@ from mirror.storage.s3writer import (
     error_code,
     is_missing,
     is_taken,
+    outage_as_unavailable,
     sha256_checksum,
 )
 
@@ -108,7 +110,10 @@ class S3Store:
         """The object's HEAD through the async client, or None when it is not there."""
         client = await self._client.get()
         try:
-            head: dict[str, Any] = await client.head_object(Bucket=self._where.bucket, Key=key)
+            with outage_as_unavailable(self.location):
+                head: dict[str, Any] = await client.head_object(
+                    Bucket=self._where.bucket, Key=key
+                )
         except ClientError as exc:
             if is_missing(exc):
                 return None
@@ -118,7 +123,10 @@ class S3Store:
     def _head(self, key: str) -> dict[str, Any] | None:
         """`_lookup`, blocking (for housekeeping)."""
         try:
-            head: dict[str, Any] = self._blocking.head_object(Bucket=self._where.bucket, Key=key)
+            with outage_as_unavailable(self.location):
+                head: dict[str, Any] = self._blocking.head_object(
+                    Bucket=self._where.bucket, Key=key
+                )
         except ClientError as exc:
             if is_missing(exc):
                 return None
@@ -156,6 +164,17 @@ class S3Store:
 
         return S3Blob(digest, int(head["ContentLength"]), key, get, get_blocking, self._hot)
 
+    async def presigned_get(self, digest: Digest, expires_in: int) -> str:
+        """A URL that GETs the blob straight from the bucket for `expires_in` seconds,
+        signed with the mirror's credentials (offline: botocore signs it locally)."""
+        client = await self._client.get()
+        url: str = await client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self._where.bucket, "Key": self._key("blob", digest)},
+            ExpiresIn=expires_in,
+        )
+        return url
+
     def blob_writer(self, digest: Digest) -> S3BlobWriter:
         """A temp file in the data dir, uploaded by `commit` once verified."""
         return self._s3_writer(self._local.blob_writer(digest), None)
@@ -175,9 +194,10 @@ class S3Store:
                 stream = StreamingUpload(self._client.get, self._where.bucket, key, chunk)
 
         async def publish_it(path: Path, key: str, digest: Digest, size: int) -> bool:
-            if relayed and await self._holds(key, size):
-                return False
-            return await publish(stream, self._uploader, path, key, digest, size)
+            with outage_as_unavailable(self.location):
+                if relayed and await self._holds(key, size):
+                    return False
+                return await publish(stream, self._uploader, path, key, digest, size)
 
         def published(size: int, is_new: bool) -> None:
             self._count("blob", size, is_new)
@@ -222,15 +242,16 @@ class S3Store:
             return manifest
         client = await self._client.get()
         try:
-            answer = await client.get_object(
-                Bucket=self._where.bucket, Key=self._key("manifest", digest)
-            )
+            with outage_as_unavailable(self.location):
+                answer = await client.get_object(
+                    Bucket=self._where.bucket, Key=self._key("manifest", digest)
+                )
+                async with answer["Body"] as body:
+                    data = await body.read()
         except ClientError as exc:
             if is_missing(exc):
                 return None
             raise
-        async with answer["Body"] as body:
-            data = await body.read()
         if hashlib.new(digest.algorithm, data).hexdigest() != digest.hex:
             raise IntegrityError(f"manifest {digest} in the bucket does not hash to its key")
         manifest = StoredManifest(data, str(answer["ContentType"]), digest)
@@ -246,14 +267,15 @@ class S3Store:
             raise IntegrityError(f"manifest hashes to {digest.algorithm}:{actual}")
         client = await self._client.get()
         try:
-            await client.put_object(
-                Bucket=self._where.bucket,
-                Key=self._key("manifest", digest),
-                Body=manifest.data,
-                ContentType=manifest.media_type,
-                ChecksumSHA256=sha256_checksum(manifest.data),
-                IfNoneMatch="*",
-            )
+            with outage_as_unavailable(self.location):
+                await client.put_object(
+                    Bucket=self._where.bucket,
+                    Key=self._key("manifest", digest),
+                    Body=manifest.data,
+                    ContentType=manifest.media_type,
+                    ChecksumSHA256=sha256_checksum(manifest.data),
+                    IfNoneMatch="*",
+                )
         except ClientError as exc:
             if not is_taken(exc):
                 raise
@@ -265,8 +287,9 @@ class S3Store:
 
     def _list(self, prefix: str) -> Iterator[dict[str, Any]]:
         pages = self._blocking.get_paginator("list_objects_v2")
-        for page in pages.paginate(Bucket=self._where.bucket, Prefix=prefix):
-            yield from page.get("Contents", ())
+        with outage_as_unavailable(self.location):
+            for page in pages.paginate(Bucket=self._where.bucket, Prefix=prefix):
+                yield from page.get("Contents", ())
 
     def objects(self, kind: ContentKind) -> Iterator[StoredObject]:
         """Keys not named like a digest are not content and are skipped."""
@@ -316,47 +339,57 @@ class S3Store:
         self._local.check_writable()
         key = self._where.key("_probe", secrets.token_hex(8))
         try:
-            self._blocking.put_object(Bucket=self._where.bucket, Key=key, Body=b"")
-            self._blocking.delete_object(Bucket=self._where.bucket, Key=key)
+            with outage_as_unavailable(self.location):
+                self._blocking.put_object(Bucket=self._where.bucket, Key=key, Body=b"")
+                self._blocking.delete_object(Bucket=self._where.bucket, Key=key)
         except ClientError as exc:
             raise OSError(f"{self.location} takes no writes: {exc}") from exc
 
     def _uploads(self) -> Iterator[dict[str, Any]]:
         pages = self._blocking.get_paginator("list_multipart_uploads")
-        for page in pages.paginate(Bucket=self._where.bucket, Prefix=self._where.prefix):
-            yield from page.get("Uploads", ())
+        with outage_as_unavailable(self.location):
+            for page in pages.paginate(Bucket=self._where.bucket, Prefix=self._where.prefix):
+                yield from page.get("Uploads", ())
 
     def stale_temp_files(self, older_than: float) -> list[TempFile]:
-        """The local leftovers, and multipart uploads started before `older_than` (a
-        commit's upload lasts as long as sending the blob: an old one was orphaned by a
-        crash). Their size is not listed (0)."""
-        found = self._local.stale_temp_files(older_than)
-        for upload in self._uploads():
-            if upload["Initiated"].timestamp() < older_than:
-                found.append(TempFile(f"{UPLOAD_MARK} {upload['Key']} {upload['UploadId']}", 0))
-        return found
+        """The local leftovers, and the orphaned uploads (`orphaned_uploads`)."""
+        return self._local.stale_temp_files(older_than) + self.orphaned_uploads(older_than)
+
+    def orphaned_uploads(self, older_than: float) -> list[TempFile]:
+        """Multipart uploads under the prefix started before `older_than` (unix time): an
+        upload lasts as long as its download, so an old one was orphaned by a crash. Named
+        as temp files for `remove_temp_file`; their size is not listed (0)."""
+        return [
+            TempFile(f"{UPLOAD_MARK} {upload['Key']} {upload['UploadId']}", 0)
+            for upload in self._uploads()
+            if upload["Initiated"].timestamp() < older_than
+        ]
 
     def remove_temp_file(self, temp: TempFile) -> None:
+        """A local leftover, or an upload aborted (and counted: the janitor's, gc's and a
+        start's alike)."""
         mark, _, rest = temp.name.partition(" ")
         if mark != UPLOAD_MARK:
             self._local.remove_temp_file(temp)
             return
         key, _, upload_id = rest.rpartition(" ")
         try:
-            self._blocking.abort_multipart_upload(
-                Bucket=self._where.bucket, Key=key, UploadId=upload_id
-            )
+            with outage_as_unavailable(self.location):
+                self._blocking.abort_multipart_upload(
+                    Bucket=self._where.bucket, Key=key, UploadId=upload_id
+                )
         except ClientError as exc:
             if error_code(exc) != "NoSuchUpload":
                 raise
+            return  # aborted by someone else meanwhile
+        observe.orphan_upload_aborted()
 
     def remove_temp_files(self) -> int:
         """The local leftovers (as on the filesystem), and uploads older than the grace."""
         removed = self._local.remove_temp_files()
-        for temp in self.stale_temp_files(time.time() - TEMP_GRACE_SECONDS):
-            if temp.name.startswith(UPLOAD_MARK + " "):
-                self.remove_temp_file(temp)
-                removed += 1
+        for temp in self.orphaned_uploads(time.time() - TEMP_GRACE_SECONDS):
+            self.remove_temp_file(temp)
+            removed += 1
         return removed
 
 

@@ -21,15 +21,16 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as S3ConnectionError
 
 from mirror.reference import Digest
 from mirror.storage.filewriter import FileBlobWriter
-from mirror.storage.protocol import IntegrityError
+from mirror.storage.protocol import IntegrityError, StoreUnavailable
 from mirror.storage.s3client import part_size
 
 BLOB_CONTENT_TYPE = "application/octet-stream"
@@ -46,6 +47,25 @@ def is_missing(exc: ClientError) -> bool:
 def is_taken(exc: ClientError) -> bool:
     """A conditional write found the key taken (412), or lost a race for it (409)."""
     return error_code(exc) in ("412", "PreconditionFailed", "409", "ConditionalRequestConflict")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """The bucket gave no answer about the key: unreachable, timed out, or failing (5xx)."""
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return int(status) >= 500
+    return isinstance(exc, S3ConnectionError | HTTPClientError)
+
+
+@contextlib.contextmanager
+def outage_as_unavailable(where: str) -> Iterator[None]:
+    """Raise an outage of the bucket (`is_outage`) as `StoreUnavailable`."""
+    try:
+        yield
+    except (ClientError, S3ConnectionError, HTTPClientError) as exc:
+        if not is_outage(exc):
+            raise
+        raise StoreUnavailable(f"{where} is unreachable: {exc}") from exc
 
 
 def sha256_checksum(data: bytes) -> str:
