@@ -111,9 +111,7 @@ class S3Store:
         client = await self._client.get()
         try:
             with outage_as_unavailable(self.location):
-                head: dict[str, Any] = await client.head_object(
-                    Bucket=self._where.bucket, Key=key
-                )
+                head: dict[str, Any] = await client.head_object(Bucket=self._where.bucket, Key=key)
         except ClientError as exc:
             if is_missing(exc):
                 return None
