@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 from testkit.fakeupstream import (
+    CHUNK_SIZE,
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,
@@ -494,3 +495,28 @@ async def test_a_test_can_wait_for_a_request_to_arrive(
     assert await hub.wait_for_request(kind="manifest") is arrived  # already there: at once
     with pytest.raises(AssertionError, match=r"no request .*'kind': 'tags'.* within 0\.05 s"):
         await hub.wait_for_request(kind="tags", within=0.05)
+
+
+
+async def test_a_gate_holds_a_body_mid_way_until_released(
+    hub: FakeRegistry, session: aiohttp.ClientSession, auth: dict[str, str]
+) -> None:
+    """A gate stops an answer after exactly `at` bytes and tells the test, which lets the
+    rest go when it is ready; it applies to as many answers as it is told (one here)."""
+    layer = BIG.layers[0]
+    url = f"{hub.url}/v2/library/big/blobs/{layer.digest}"
+    at = CHUNK_SIZE + 1000  # inside the second chunk
+    gate = hub.hold_body(at, path_contains=layer.digest)
+    async with session.get(url, headers=auth) as resp:  # redirected to the CDN
+        head = await resp.content.readexactly(at)
+        await gate.wait_reached(within=5)
+        assert gate.held == 1 and not resp.content.is_eof()
+        gate.release()
+        rest = await resp.content.read()
+    assert head + rest == layer.data
+    assert gate.held == 0
+
+    async with session.get(url, headers=auth) as resp:  # spent: not held
+        assert sha256_digest(await resp.read()) == layer.digest
+    with pytest.raises(AssertionError, match="no answer reached the gate"):
+        await hub.hold_body(0, path_contains=layer.digest).wait_reached(within=0.05)

@@ -1,6 +1,7 @@
 """Fake Docker Hub (registry + token server + CDN) and generated images for mirror tests."""
 
 from .faults import CHUNK_SIZE, Fault
+from .gates import BodyGate
 from .images import (
     DOCKER_CONFIG,
     DOCKER_LAYER,
@@ -36,6 +37,7 @@ __all__ = [
     "OCI_MANIFEST",
     "SERVICE",
     "Blob",
+    "BodyGate",
     "FakeRegistry",
     "Fault",
     "Manifest",

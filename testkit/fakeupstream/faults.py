@@ -15,6 +15,7 @@ from typing import Literal
 
 from aiohttp import web
 
+from .gates import BodyGate
 from .recording import RecordedRequest
 from .wire import Reply, Route, error, text
 
@@ -166,8 +167,10 @@ async def send(
     reply: Reply,
     body_fault: Fault | None,
     chunk_delay: float,
+    gate: BodyGate | None = None,
 ) -> web.StreamResponse:
-    """Stream the reply in 64 KiB chunks so faults can act mid-body."""
+    """Stream the reply in 64 KiB chunks so faults can act mid-body, stopping at the
+    `gate` (if any) until it is released."""
     response = web.StreamResponse(status=reply.status, headers=reply.headers)
     body = memoryview(reply.body)
     response.content_length = len(body)
@@ -192,7 +195,13 @@ async def send(
                 chunk = _flip(chunk, corrupt_at - offset)
             if chunk_delay and offset:
                 await asyncio.sleep(chunk_delay)
+            if gate is not None and offset <= gate.at < end:
+                await response.write(chunk[: gate.at - offset])
+                await gate.hold()
+                chunk = chunk[gate.at - offset :]
             await response.write(chunk)
+        if gate is not None and gate.at >= limit:
+            await gate.hold()
         if limit < len(body):
             # Full Content-Length was promised; stop short and hang up.
             if body_fault is not None and body_fault.kind == "reset":

@@ -4,11 +4,12 @@ The mirror under test must talk real HTTP to something that behaves like Hub
 (bearer challenges, per-repository tokens, 307s to a different origin that
 rejects Authorization, Accept negotiation, rate-limit headers) or its logic
 is never really exercised. Every request is recorded so tests can assert
-exactly what the mirror sent upstream, and faults can be injected per request.
+exactly what the mirror sent upstream, faults can be injected per request, and a body
+can be held mid-way until the test releases it (a gate).
 
 This module starts the servers and runs each request through the same steps (record,
 route, fault, answer); what each server answers lives in `registry_routes`, `tokens` and
-`cdn`, the faults in `faults`, the records in `recording`.
+`cdn`, the faults in `faults`, the gates in `gates`, the records in `recording`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from . import faults
 from .cdn import Cdn
 from .content import Content
 from .faults import BODY_FAULTS, REQUEST_FAULTS, Fault, FaultQueue
+from .gates import BodyGate, GateList
 from .images import Blob, Manifest
 from .recording import REQUEST_WAIT, RecordedRequest, RequestLog
 from .registry_routes import RegistryRoutes
@@ -81,6 +83,7 @@ class FakeRegistry:
         )
         self._log = RequestLog()
         self._faults = FaultQueue()
+        self._gates = GateList()
         self._tls = tls
         self._port = port
         self._runners: list[web.AppRunner] = []
@@ -247,8 +250,24 @@ class FakeRegistry:
         self._faults.add(fault)
 
     def clear_faults(self) -> None:
-        """Remove all faults, spent or not."""
+        """Remove all faults, spent or not, and release every gate."""
         self._faults.clear()
+        self._gates.clear()
+
+    def hold_body(
+        self,
+        at: int,
+        *,
+        server: str = "cdn",
+        path_contains: str | None = None,
+        times: int | None = 1,
+    ) -> BodyGate:
+        """Hold the body of the next `times` matching answers after `at` bytes until the
+        returned gate is released (see `gates`); the CDN by default, where blob bytes come
+        from."""
+        gate = BodyGate(at, server, path_contains, times)
+        self._gates.add(gate)
+        return gate
 
     def expire_tokens(self) -> None:
         """Make every issued token expired now, to exercise the client's token refresh."""
@@ -307,7 +326,7 @@ class FakeRegistry:
                 record.fault = "+".join(applied)
                 reply.headers.update(header_fault.headers)
 
-        body_fault = None
+        body_fault = gate = None
         if request.method != "HEAD" and len(reply.body) > 0:
             body_fault = self._faults.take(server, request, BODY_FAULTS, allowed)
             if body_fault is not None:
@@ -315,4 +334,6 @@ class FakeRegistry:
                 record.fault = "+".join(applied)
                 if body_fault.kind == "replace":
                     reply.body = body_fault.body
-        return await faults.send(request, record, reply, body_fault, chunk_delay)
+            if allowed:
+                gate = self._gates.take(server, request)
+        return await faults.send(request, record, reply, body_fault, chunk_delay, gate)
