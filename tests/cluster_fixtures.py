@@ -5,6 +5,7 @@ different hosts have)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,3 +59,17 @@ def start_replica(
         return await aiohttp_client(app, server_kwargs={"port": port})
 
     return start
+
+
+async def stored_keys(seaweed: SeaweedFS, root: Path) -> list[str]:
+    """The keys under the prefix of the test rooted at `root`, and its multipart uploads
+    not completed (as `upload:<key>`): everything the cluster left in the bucket."""
+
+    def listed() -> list[str]:
+        client = seaweed.client()
+        prefix = prefix_of(root)
+        objects = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+        uploads = client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix).get("Uploads", [])
+        return [o["Key"] for o in objects] + [f"upload:{u['Key']}" for u in uploads]
+
+    return await asyncio.to_thread(listed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -19,9 +20,8 @@ from mirror.reference import Digest
 from mirror.upstream import peers
 from testkit.fakeupstream import Blob, FakeRegistry, Fault, make_image, random_layer
 from testkit.seaweed import SeaweedFS
-from tests.cluster_fixtures import CLUSTER_SECRET, StartReplica
+from tests.cluster_fixtures import CLUSTER_SECRET, StartReplica, stored_keys
 from tests.conftest import Client, answered
-from tests.s3_fixtures import s3_store
 
 BIG = 4 * 1024 * 1024  # 64 chunks of the fake upstream: slowed down, a download of ~1.3 s
 CHUNK_DELAY = 0.02
@@ -43,18 +43,37 @@ def big_blob(upstream: FakeRegistry, seed: int) -> Blob:
 
 def slow_upstream(upstream: FakeRegistry, blob: Blob) -> None:
     upstream.add_fault(
-        Fault("slow", method="GET", path_contains=blob.digest, chunk_delay=CHUNK_DELAY, times=None)
+        Fault("slow", server="cdn", path_contains=blob.digest, chunk_delay=CHUNK_DELAY, times=None)
     )
 
 
-async def fetch(replica: Client, blob: Blob, first_bytes: list[float]) -> bytes:
-    """The blob's body through `replica`; the upstream bytes received so far (cluster-wide)
-    when its first bytes arrived go to `first_bytes`."""
-    async with replica.get(f"/v2/team/app/blobs/{blob.digest}") as resp:
-        assert resp.status == 200, await resp.text()
-        body = await resp.content.readany()
-        first_bytes.append(counted("mirror_upstream_bytes_total", upstream="docker.io"))
-        return body + await resp.content.read()
+@dataclass
+class Pull:
+    """One client's GET of a blob through a replica, running: `streaming` is set when its
+    first bytes arrive, `body` ends with all of them."""
+
+    streaming: asyncio.Event
+    body: asyncio.Task[bytes]
+
+    async def wait_streaming(self, within: float) -> None:
+        try:
+            async with asyncio.timeout(within):
+                await self.streaming.wait()
+        except TimeoutError:
+            raise AssertionError(f"a client got no bytes within {within} s") from None
+
+
+def pull(replica: Client, blob: Blob) -> Pull:
+    streaming = asyncio.Event()
+
+    async def get() -> bytes:
+        async with replica.get(f"/v2/team/app/blobs/{blob.digest}") as resp:
+            assert resp.status == 200, await resp.text()
+            first = await resp.content.readany()
+            streaming.set()
+            return first + await resp.content.read()
+
+    return Pull(streaming, asyncio.create_task(get()))
 
 
 async def test_every_client_of_every_replica_streams_one_upstream_download(
@@ -62,30 +81,28 @@ async def test_every_client_of_every_replica_streams_one_upstream_download(
 ) -> None:
     blob = big_blob(upstream, seed=1)
     slow_upstream(upstream, blob)
+    last_byte = upstream.hold_body(len(blob.data) - 1, path_contains=blob.digest)
     replicas = [await start_replica(name, upstream.url) for name in ("r1", "r2", "r3")]
-    received_before = counted("mirror_upstream_bytes_total", upstream="docker.io")
     joins = {
         role: counted("mirror_cluster_blob_joins_total", role=role)
         for role in ("leader", "local_waiter", "remote_waiter")
     }
-    first_bytes: list[float] = []
 
     # Replica 1 leads: its client arrives first; the others join while the bytes arrive.
-    leading = asyncio.create_task(fetch(replicas[0], blob, first_bytes))
+    pulls = [pull(replicas[0], blob)]
     await upstream.wait_for_request(method="GET", kind="blob")
-    clients = [leading] + [
-        asyncio.create_task(fetch(replica, blob, first_bytes))
+    pulls += [
+        pull(replica, blob)
         for index, replica in enumerate(replicas)
         for _ in range(CLIENTS_PER_REPLICA - (index == 0))
     ]
-    bodies = await asyncio.gather(*clients)
+    # The upstream keeps its last byte until every client of every replica has bytes.
+    await asyncio.gather(*(p.wait_streaming(within=10) for p in pulls))
+    last_byte.release()
+    bodies = await asyncio.gather(*(p.body for p in pulls))
 
     assert all(body == blob.data for body in bodies)
     assert answered(upstream, method="GET", kind="blob") == 1
-    size = len(blob.data)
-    assert all(seen - received_before < size for seen in first_bytes), (
-        "every client had bytes before the upstream had sent its last one"
-    )
     grew = {
         role: counted("mirror_cluster_blob_joins_total", role=role) - joins[role] for role in joins
     }
@@ -96,19 +113,17 @@ async def test_a_late_joiner_on_another_replica_gets_the_whole_blob(
     start_replica: StartReplica, upstream: FakeRegistry
 ) -> None:
     blob = big_blob(upstream, seed=2)
-    slow_upstream(upstream, blob)
+    halfway = upstream.hold_body(len(blob.data) // 2, path_contains=blob.digest)
     first, second = [await start_replica(name, upstream.url) for name in ("r1", "r2")]
-    received_before = counted("mirror_upstream_bytes_total", upstream="docker.io")
-    seen: list[float] = []
-    leading = asyncio.create_task(fetch(first, blob, seen))
 
-    deadline = time.monotonic() + 10
-    while counted("mirror_upstream_bytes_total", upstream="docker.io") - received_before < BIG / 2:
-        assert time.monotonic() < deadline, "the download never got halfway"
-        await asyncio.sleep(0.01)
-    late = await fetch(second, blob, seen)
+    leading = pull(first, blob)
+    await halfway.wait_reached(within=10)
+    late = pull(second, blob)
+    # It has the first half while the upstream still holds the second.
+    await late.wait_streaming(within=10)
+    halfway.release()
 
-    assert late == blob.data and await leading == blob.data
+    assert await late.body == blob.data and await leading.body == blob.data
     assert answered(upstream, method="GET", kind="blob") == 1
 
 
@@ -116,29 +131,27 @@ async def test_corrupted_upstream_bytes_reach_no_client_and_nothing_is_stored(
     start_replica: StartReplica, upstream: FakeRegistry, seaweed: SeaweedFS, tmp_path: Path
 ) -> None:
     blob = big_blob(upstream, seed=3)
-    upstream.add_fault(Fault("corrupt", method="GET", path_contains=blob.digest, times=None))
+    # Every answer of the blob's bytes is corrupted, a ranged one (a takeover's) too.
+    upstream.add_fault(Fault("corrupt", server="cdn", path_contains=blob.digest, times=None))
     slow_upstream(upstream, blob)
     replicas = [await start_replica(name, upstream.url) for name in ("r1", "r2")]
 
-    async def refused(replica: Client) -> bool:
+    async def refused(pulled: Pull) -> bool:
         try:
-            await fetch(replica, blob, [])
+            await pulled.body
         except (aiohttp.ClientPayloadError, AssertionError):
             return True
         return False
 
-    leading = asyncio.create_task(refused(replicas[0]))
+    leading = pull(replicas[0], blob)
     await upstream.wait_for_request(method="GET", kind="blob")
-    outcomes = await asyncio.gather(leading, *(refused(replica) for replica in replicas))
+    others = [pull(replica, blob) for replica in replicas for _ in range(CLIENTS_PER_REPLICA)]
+    outcomes = await asyncio.gather(*(refused(p) for p in [leading, *others]))
 
     assert all(outcomes), "no client completes a transfer of bytes that do not verify"
     # The leader's failure may be taken over once, never more.
     assert answered(upstream, method="GET", kind="blob") <= 2
-    store = s3_store(tmp_path, data_dir=tmp_path / "look")
-    try:
-        assert await asyncio.to_thread(store.blob_size, Digest.parse(blob.digest)) is None
-    finally:
-        await store.close()
+    assert await stored_keys(seaweed, tmp_path) == []
 
 
 async def test_the_relay_endpoint_answers_only_the_cluster(
