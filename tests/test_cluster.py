@@ -20,6 +20,7 @@ from mirror.reference import Digest
 from mirror.upstream import peers
 from testkit.fakeupstream import Blob, FakeRegistry, Fault, make_image, random_layer
 from testkit.seaweed import SeaweedFS
+from tests.client_auth.helpers import PASSWORDS, basic, write_htpasswd
 from tests.cluster_fixtures import CLUSTER_SECRET, StartReplica, stored_keys
 from tests.conftest import Client, answered
 
@@ -207,3 +208,26 @@ async def test_one_manifest_fetch_and_one_tag_revalidation_across_replicas(
     assert await asyncio.gather(*(pull(r) for r in replicas)) == [image.data] * 2
     assert answered(upstream, method="HEAD", kind="manifest") == 1
     assert answered(upstream, method="GET", kind="manifest") == 0
+
+
+async def test_the_relay_endpoint_asks_for_the_cluster_secret_not_client_credentials(
+    start_replica: StartReplica, upstream: FakeRegistry, tmp_path: Path
+) -> None:
+    """With client authentication on, the endpoint is no client route: a client's valid
+    credentials get the 404 of an endpoint that does not exist, and a replica's signed
+    request needs no credentials."""
+    image = make_image(seed=6)
+    upstream.push_image("team/app", "1", image)
+    users = write_htpasswd(tmp_path / "htpasswd", PASSWORDS)
+    replica = await start_replica("r1", upstream.url, htpasswd=str(users))
+    client = basic("alice", PASSWORDS["alice"])
+    blob = image.blobs[0]
+    async with replica.get(f"/v2/team/app/blobs/{blob.digest}", headers=client) as resp:
+        assert resp.status == 200 and await resp.read() == blob.data
+    path = peers.relay_path(Digest.parse(blob.digest))
+
+    async with replica.get(path, headers=client) as resp:
+        assert resp.status == 404 and b"NOT_FOUND" in await resp.read()
+    signed = peers.signed_headers(CLUSTER_SECRET, "GET", path, time.time())
+    async with replica.get(path, headers=signed) as resp:
+        assert resp.status == 200 and await resp.read() == blob.data
