@@ -20,8 +20,15 @@ from mirror.reference import Digest
 from mirror.upstream import peers
 from testkit.fakeupstream import Blob, FakeRegistry, Fault, make_image, random_layer
 from testkit.seaweed import SeaweedFS
+from testkit.waiting import wait_until
 from tests.client_auth.helpers import PASSWORDS, basic, write_htpasswd
-from tests.cluster_fixtures import CLUSTER_SECRET, StartReplica, stored_keys
+from tests.cluster_fixtures import (
+    CLUSTER_SECRET,
+    StartReplica,
+    blob_key,
+    expire_lease,
+    stored_keys,
+)
 from tests.conftest import Client, answered
 
 BIG = 4 * 1024 * 1024  # 64 chunks of the fake upstream: slowed down, a download of ~1.3 s
@@ -231,3 +238,41 @@ async def test_the_relay_endpoint_asks_for_the_cluster_secret_not_client_credent
     signed = peers.signed_headers(CLUSTER_SECRET, "GET", path, time.time())
     async with replica.get(path, headers=signed) as resp:
         assert resp.status == 200 and await resp.read() == blob.data
+
+
+async def test_a_leader_that_lost_its_lease_is_relayed_no_more(
+    start_replica: StartReplica,
+    upstream: FakeRegistry,
+    seaweed: SeaweedFS,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    """A leader whose renewal finds its lease gone (run out while it stalled) is fenced: it
+    cuts the replicas relaying it and answers no new relay; they take the lease over and
+    fetch the rest from their own offset, while it finishes for its own clients."""
+    blob = big_blob(upstream, seed=7)
+    slow_upstream(upstream, blob)
+    quarter = upstream.hold_body(len(blob.data) // 4, path_contains=blob.digest)
+    first, second = [await start_replica(name, upstream.url) for name in ("r1", "r2")]
+    takeovers = counted("mirror_cluster_lease_takeovers_total")
+    leading = pull(first, blob)
+    await quarter.wait_reached(within=10)
+    following = pull(second, blob)
+    await following.wait_streaming(within=10)
+
+    await expire_lease(redis_url, tmp_path, blob.digest)
+    quarter.release()  # the stale leader goes on downloading
+    path = peers.relay_path(Digest.parse(blob.digest))
+
+    async def relay_refused() -> bool:
+        headers = peers.signed_headers(CLUSTER_SECRET, "GET", path, time.time())
+        async with first.get(path, headers=headers) as resp:
+            return resp.status == 404
+
+    await wait_until(relay_refused, within=10, message="the stale leader still relays")
+    assert await following.body == blob.data and await leading.body == blob.data
+
+    assert counted("mirror_cluster_lease_takeovers_total") - takeovers == 1
+    fetched = upstream.filter_requests(server="cdn", method="GET")
+    assert [r.headers.get("Range") is not None for r in fetched] == [False, True]
+    assert await stored_keys(seaweed, tmp_path) == [blob_key(tmp_path, blob.digest)]
