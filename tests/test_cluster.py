@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import pytest
 from prometheus_client import REGISTRY
 
 from mirror.reference import Digest
@@ -273,6 +274,30 @@ async def test_a_leader_that_lost_its_lease_is_relayed_no_more(
     assert await following.body == blob.data and await leading.body == blob.data
 
     assert counted("mirror_cluster_lease_takeovers_total") - takeovers == 1
+    fetched = upstream.filter_requests(server="cdn", method="GET")
+    assert [r.headers.get("Range") is not None for r in fetched] == [False, True]
+    assert await stored_keys(seaweed, tmp_path) == [blob_key(tmp_path, blob.digest)]
+
+
+async def test_the_replicas_relaying_a_leader_that_shuts_down_finish_through_a_new_one(
+    start_replica: StartReplica, upstream: FakeRegistry, seaweed: SeaweedFS, tmp_path: Path
+) -> None:
+    """A leader stopped mid-download aborts its upload and gives its lease up; the replicas
+    relaying it take the lease over and fetch the rest from their own offset (one more
+    upstream request), and the bucket ends with the blob alone, no upload left open."""
+    blob = big_blob(upstream, seed=8)
+    quarter = upstream.hold_body(len(blob.data) // 4, path_contains=blob.digest)
+    replicas = [await start_replica(name, upstream.url) for name in ("r1", "r2", "r3")]
+    leading = pull(replicas[0], blob)
+    await quarter.wait_reached(within=10)
+    following = [pull(replica, blob) for replica in replicas[1:] for _ in range(2)]
+    await asyncio.gather(*(p.wait_streaming(within=10) for p in following))
+
+    await replicas[0].close()
+
+    assert await asyncio.gather(*(p.body for p in following)) == [blob.data] * len(following)
+    with pytest.raises(aiohttp.ClientError):
+        await leading.body
     fetched = upstream.filter_requests(server="cdn", method="GET")
     assert [r.headers.get("Range") is not None for r in fetched] == [False, True]
     assert await stored_keys(seaweed, tmp_path) == [blob_key(tmp_path, blob.digest)]
