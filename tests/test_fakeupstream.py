@@ -497,7 +497,6 @@ async def test_a_test_can_wait_for_a_request_to_arrive(
         await hub.wait_for_request(kind="tags", within=0.05)
 
 
-
 async def test_a_gate_holds_a_body_mid_way_until_released(
     hub: FakeRegistry, session: aiohttp.ClientSession, auth: dict[str, str]
 ) -> None:
