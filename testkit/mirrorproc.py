@@ -162,11 +162,9 @@ class MirrorProcess:
             f"stderr:\n{self.stderr}"
         )
 
-    async def _spawn(self, port: int) -> None:
-        self.port = port
-        self._stderr.clear()
-        self.returncode = None
-        self._proc = await asyncio.create_subprocess_exec(
+    def argv(self, port: int) -> list[str]:
+        """The command line of the process listening on `port`."""
+        return [
             sys.executable,
             "-m",
             "mirror",
@@ -178,6 +176,14 @@ class MirrorProcess:
             "--data-dir",
             str(self.data_dir),
             *self.extra_args,
+        ]
+
+    async def _spawn(self, port: int) -> None:
+        self.port = port
+        self._stderr.clear()
+        self.returncode = None
+        self._proc = await asyncio.create_subprocess_exec(
+            *self.argv(port),
             cwd=self.cwd,
             env=self.env,
             stdin=asyncio.subprocess.DEVNULL,

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import signal
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -32,6 +30,7 @@ from testkit.waiting import wait_until
 from tests.clients import ACCEPT, cached_blobs, get_blob, pull
 from tests.conftest import content_files, files_under
 from tests.scrape import delta, parse
+from tests.transfers import Transfer, start_transfers, transfer
 
 MB = 1024 * 1024
 LARGE = 64 * MB
@@ -42,49 +41,6 @@ KILL_AFTER = 8 * MB  # bytes in the temp file when the mirror is killed
 CLIENTS = 4
 WAIT = 20.0  # bound on every wait below
 DISK = "8m"  # the tmpfs a full-disk test runs on
-
-
-# --- clients streaming a blob ------------------------------------------------------------------
-
-
-@dataclass
-class Transfer:
-    """One client's GET of a blob, as it went."""
-
-    status: int = 0
-    received: int = 0
-    complete: bool = False  # the body ended where its Content-Length said, without error
-    digest: str = ""
-    error: str | None = None
-    started: asyncio.Event = field(default_factory=asyncio.Event)  # first bytes, or the end
-
-
-async def transfer(http: aiohttp.ClientSession, url: str, record: Transfer) -> None:
-    hasher = hashlib.sha256()
-    try:
-        async with http.get(url) as resp:
-            record.status = resp.status
-            async for chunk in resp.content.iter_any():
-                hasher.update(chunk)
-                record.received += len(chunk)
-                record.started.set()
-            record.complete = True
-            record.digest = "sha256:" + hasher.hexdigest()
-    except aiohttp.ClientError as exc:
-        record.error = type(exc).__name__
-    finally:
-        record.started.set()
-
-
-async def start_transfers(
-    http: aiohttp.ClientSession, url: str, count: int
-) -> tuple[list[Transfer], list[asyncio.Task[None]]]:
-    """`count` clients GETting `url` at once, each past its first bytes on return."""
-    records = [Transfer() for _ in range(count)]
-    tasks = [asyncio.create_task(transfer(http, url, record)) for record in records]
-    async with asyncio.timeout(WAIT):
-        await asyncio.gather(*(record.started.wait() for record in records))
-    return records, tasks
 
 
 def download_file(data_dir: Path) -> Path | None:
@@ -144,7 +100,7 @@ async def test_kill_9_during_a_cold_download_serves_no_partial_blob_and_the_pull
     upstream.add_fault(Fault("slow", server="cdn", chunk_delay=CHUNK_DELAY))
     async with MirrorProcess(upstream.url, data_dir, cwd=workdir) as proc:
         url = blob_url(proc.url, "library/large", large)
-        records, tasks = await start_transfers(http, url, CLIENTS)
+        records, tasks = await start_transfers(http, url, CLIENTS, WAIT)
         written = await until_downloaded(data_dir, KILL_AFTER)
         assert await proc.stop(signal.SIGKILL) == -signal.SIGKILL
         async with asyncio.timeout(WAIT):
@@ -171,7 +127,7 @@ async def test_kill_9_during_a_cold_download_serves_no_partial_blob_and_the_pull
         async with http.head(url) as resp:
             assert (resp.status, resp.content_length) == (200, large.size)
         assert upstream.count(kind="blob", method="HEAD", server="registry") >= 1
-        records, tasks = await start_transfers(http, url, CLIENTS)
+        records, tasks = await start_transfers(http, url, CLIENTS, WAIT)
         async with asyncio.timeout(WAIT):
             await asyncio.gather(*tasks)
         for record in records:
@@ -197,7 +153,7 @@ async def test_kill_9_of_the_downloading_worker_cuts_every_follower_and_the_pull
     proc = MirrorProcess(upstream.url, data_dir, cwd=workdir, extra_args=["--workers", "2"])
     async with proc:
         url = blob_url(proc.url, "library/large", large)
-        records, tasks = await start_transfers(http, url, 12)
+        records, tasks = await start_transfers(http, url, 12, WAIT)
         await until_downloaded(data_dir, KILL_AFTER)
         downloader = lock_holder(data_dir / "tmp" / f"sha256-{large.digest[7:]}.lock")
         assert downloader != proc.pid
@@ -212,7 +168,7 @@ async def test_kill_9_of_the_downloading_worker_cuts_every_follower_and_the_pull
         restarted = f"worker {downloader} exited with -9; starting a new one"
         await proc.wait_for_log(restarted, within=WAIT)
         upstream.clear_faults()
-        records, tasks = await start_transfers(http, url, 4)
+        records, tasks = await start_transfers(http, url, 4, WAIT)
         async with asyncio.timeout(WAIT):
             await asyncio.gather(*tasks)
         for record in records:
