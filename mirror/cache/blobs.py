@@ -177,7 +177,7 @@ class BlobCache:
         if download is None or download.state is State.FAILED:
             download = self._downloads.follow_elsewhere(digest)
         if download is not None and not download.fenced:
-            reader = download.reader()
+            reader = download.reader(relayed=True)
             try:
                 await download.wait_started()
             except BaseException:

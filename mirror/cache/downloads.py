@@ -53,6 +53,10 @@ class DownloadLost(UpstreamError):
     the client may be answered by a fresh attempt if it got no bytes yet."""
 
 
+class Fenced(RegistryError):
+    """This replica lost the lease of the download another replica relays."""
+
+
 class NoRoom(RegistryError):
     """The upstream announced a blob larger than the store's free space: nothing was
     written, and the client has had no byte yet."""
@@ -97,7 +101,8 @@ class Download:
         # Whether its bytes started from the upstream (for `leads_for`, which the upstream's
         # answer confirms), not relayed from another replica.
         self.from_upstream = False
-        # It lost the cluster's lease while leading: no replica may relay it any more.
+        # It lost the cluster's lease while leading: no replica may relay it any more (the
+        # lease's new holder, or whoever takes it, serves them instead).
         self.fenced = False
         self.cancelled = False  # abandoned beyond the budget: its task is being cancelled
         self._spool = spool
@@ -119,12 +124,16 @@ class Download:
         return max(0, self.size - self.written) if self.size is not None else 0
 
     def fence(self) -> None:
-        """It lost the cluster's lease while leading: relay it to no other replica."""
+        """It lost the cluster's lease while leading: relay it to no other replica, and cut
+        the relays under way (the replicas reading them turn to the lease's new holder,
+        from the offset they reached). Its own clients read on."""
         self.fenced = True
+        self._notify()
 
-    def reader(self) -> Reader:
-        """A new reader of this download (it counts until it leaves)."""
-        return Reader(self)
+    def reader(self, *, relayed: bool = False) -> Reader:
+        """A new reader of this download (it counts until it leaves); `relayed`: another
+        replica's, cut when the download is fenced."""
+        return Reader(self, relayed=relayed)
 
     def left(self) -> None:
         """A reader left (`Reader.leave`)."""
@@ -142,10 +151,13 @@ class Download:
             assert self.error is not None
             raise self.error
 
-    async def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
+    async def read(
+        self, start: int = 0, end: int | None = None, *, relayed: bool = False
+    ) -> AsyncGenerator[bytes, None]:
         """Yield bytes [start, end) as they arrive (end None: to the end of the blob).
 
-        Raises the download's error if it fails; the caller must then abort its response.
+        Raises the download's error if it fails, and for a read `relayed` to another replica
+        `Fenced` once the download is fenced; the caller must then abort its response.
         """
         reader = self._open()
         observe.waiter_joined()
@@ -157,6 +169,11 @@ class Download:
                 if self.state is State.FAILED:
                     assert self.error is not None
                     raise self.error
+                if relayed and self.fenced:
+                    raise Fenced(
+                        errors.UPSTREAM_UNAVAILABLE,
+                        f"this replica lost the lease on {self.digest}: relaying it no more",
+                    )
                 committed = self.state is State.COMMITTED
                 limit = self.written
                 if stop is not None:
@@ -365,8 +382,9 @@ class Reader:
     """One client's hold on a download: counted from joining until it leaves (its read ends
     or it is released), so a download knows when nobody wants it any more."""
 
-    def __init__(self, download: Download) -> None:
+    def __init__(self, download: Download, *, relayed: bool = False) -> None:
         self.download = download
+        self._relayed = relayed
         self._left = False
         download.readers += 1
 
@@ -381,7 +399,7 @@ class Reader:
     async def read(self, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         """The download's bytes [start, end) (see `Download.read`); leaves when done."""
         try:
-            async with aclosing(self.download.read(start, end)) as chunks:
+            async with aclosing(self.download.read(start, end, relayed=self._relayed)) as chunks:
                 async for chunk in chunks:
                     yield chunk
         finally:
