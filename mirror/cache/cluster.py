@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mirror import errors, observe
@@ -33,7 +33,7 @@ from mirror.cache.sources import (
 from mirror.errors import RegistryError
 from mirror.meta.store import Lease, Leases, Replica
 from mirror.reference import Digest
-from mirror.storage import ContentStore
+from mirror.storage import ContentStore, StoreUnavailable
 from mirror.upstream.peers import Peers
 from mirror.upstream.routing import UpstreamRepo
 
@@ -42,6 +42,11 @@ log = logging.getLogger(__name__)
 # A relay from a leader that still holds its lease is retried this many times before the
 # replica waits for the lease to change hands.
 RELAY_RETRIES = 2
+
+
+async def _let_go() -> bool:
+    """A leader that published and let go holds nothing to wait for."""
+    return False
 
 
 class LeaderLost(RegistryError):
@@ -113,6 +118,10 @@ class ClusterSources:
                 self._name, cluster.me.id, cluster.me.url, cluster.lease_ttl
             )
             if lease is not None:
+                if lost is not None and await self._published():
+                    # The leader published, then let go: nothing left to take over.
+                    await cluster.leases.release_lease(self._name, lease)
+                    return self._stored(_let_go)
                 self._lead(lease)
                 if lost is None:
                     observe.blob_joined("leader")
@@ -153,8 +162,18 @@ class ClusterSources:
                 now = await cluster.leases.lease_holder(self._name)
                 return now is not None and now.epoch == holder.epoch
 
-            return StoredSource(self._store, self._digest, leader_holds, cluster.poll)
+            return self._stored(leader_holds)
         return RelaySource(cluster.peers, holder.url, self._digest)
+
+    def _stored(self, leader_holds: Callable[[], Awaitable[bool]]) -> StoredSource:
+        return StoredSource(self._store, self._digest, leader_holds, self._cluster.poll)
+
+    async def _published(self) -> bool:
+        """Whether the blob is in the store (a lookup that fails counts as not)."""
+        try:
+            return await self._store.blob_size(self._digest) is not None
+        except StoreUnavailable:
+            return False
 
     def _lead(self, lease: Lease) -> None:
         self._held = lease

@@ -106,6 +106,7 @@ class Download:
         self.fenced = False
         self.cancelled = False  # abandoned beyond the budget: its task is being cancelled
         self._spool = spool
+        self._writer: BlobWriter | None = None  # the spool's, once a source answered (leading)
         self._changed = asyncio.Event()
         # Told when the download may have become abandoned (no reader; or its size became
         # known while it had none).
@@ -268,6 +269,11 @@ class Download:
         except Exception as exc:
             self._failed(self._failure(repo, exc))
         finally:
+            # After the readers were told why (the spool must not look merely short to them):
+            # emptied at once, since clients still reading keep the spool open, and on a
+            # full disk its space is needed now (by the other downloads). No-op once committed.
+            if self._writer is not None:
+                await self._writer.abort()
             observe.download_ended()
             self._spool.release()
             await sources.close()
@@ -275,36 +281,27 @@ class Download:
     async def _transfer(self, store: ContentStore, sources: Sources) -> None:
         """Read each source from the offset reached until one reaches the end (a lost one
         is followed by the next), then verify and commit."""
-        writer: BlobWriter | None = None
-        try:
-            source = await sources.first()
-            while True:
-                try:
-                    async with source.open(self.written) as stream:
-                        if writer is None:
-                            _check_room(self.digest, stream.size, store)
-                            writer = self._spool.writer(stream.size, relayed=source.relayed)
-                            self.from_upstream = not source.relayed
-                            self._started(stream.size)
-                        elif stream.size is not None and stream.size != self.size:
-                            raise IntegrityError(
-                                f"a source of {self.digest} has {stream.size} bytes, "
-                                f"not {self.size}"
-                            )
-                        await self._copy(stream, writer)
-                    if source.relayed and self.size is not None and self.written < self.size:
-                        raise SourceLost(f"the relay ended at {self.written} of {self.size} bytes")
-                    break
-                except SourceLost as lost:
-                    source = await sources.after(lost)
-            assert writer is not None, "a source reached the end without being opened"
-            await writer.commit(self.size)
-        except BaseException:
-            # Emptied at once: clients still reading it keep the spool open, and on a full
-            # disk its space is needed now (by the other downloads).
-            if writer is not None:
-                await writer.abort()
-            raise
+        source = await sources.first()
+        while True:
+            try:
+                async with source.open(self.written) as stream:
+                    if self._writer is None:
+                        _check_room(self.digest, stream.size, store)
+                        self._writer = self._spool.writer(stream.size, relayed=source.relayed)
+                        self.from_upstream = not source.relayed
+                        self._started(stream.size)
+                    elif stream.size is not None and stream.size != self.size:
+                        raise IntegrityError(
+                            f"a source of {self.digest} has {stream.size} bytes, not {self.size}"
+                        )
+                    await self._copy(stream, self._writer)
+                if source.relayed and self.size is not None and self.written < self.size:
+                    raise SourceLost(f"the relay ended at {self.written} of {self.size} bytes")
+                break
+            except SourceLost as lost:
+                source = await sources.after(lost)
+        assert self._writer is not None, "a source reached the end without being opened"
+        await self._writer.commit(self.size)
 
     async def _copy(self, stream: BlobStream, writer: BlobWriter) -> None:
         """Append the stream's bytes past those already written (a source that sent the
