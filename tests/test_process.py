@@ -381,8 +381,12 @@ async def test_workers_end_when_their_supervisor_is_killed(
     port or writes into a data dir that a new mirror will clean."""
     proc = MirrorProcess(upstream.url, data_dir, cwd=workdir, extra_args=["--workers", "2"])
     async with proc:
-        children = _children(proc.pid)
-        assert len(children) == 2
+        # The mirror answers once one worker does; the other may still be starting.
+        children = await wait_until(
+            lambda: found if len(found := _children(proc.pid)) == 2 else None,
+            within=10,
+            message="the supervisor runs two workers",
+        )
         os.kill(proc.pid, signal.SIGKILL)
         await wait_until(
             lambda: not any(_alive(pid) for pid in children),
