@@ -93,15 +93,17 @@ class RegistryRoutes:
         raise _read_only()
 
     async def manifest(self, request: web.Request) -> web.StreamResponse:
-        self._check_read(request)
-        repo = self._repository(request)
-        reference = request.match_info["reference"]
-        if is_digest(reference):
-            manifest = await self._manifests.by_digest(repo, Digest.parse(reference))
+        if request.method not in READ_METHODS:
+            manifest_reference(request)  # a malformed reference: the client's 400 before the 405
+            raise _read_only()
+        repo = self._repository(request)  # a bad name is NAME_INVALID before anything else
+        reference = manifest_reference(request)
+        if isinstance(reference, Digest):
+            manifest = await self._manifests.by_digest(repo, reference)
             return _manifest_response(
                 request, manifest.digest, manifest.media_type, len(manifest.data), manifest.data
             )
-        tag = parse_tag(reference)
+        tag = reference
         accept = mediatypes.accepted_types(request.headers.getall("Accept", []))
         resolved = await self._manifests.resolve(
             repo, tag, accept, with_bytes=request.method != "HEAD"
@@ -222,6 +224,28 @@ def _catalog_name(name: str) -> str:
             raise RegistryError(errors.NAME_INVALID, "invalid registry host in `last`")
         return f"{first}/{parse_name(rest)}"
     return parse_name(name)
+
+
+def manifest_reference(request: web.Request) -> Digest | str:
+    """The manifest route's reference: a digest or a tag.
+
+    A read of anything else answers 404 MANIFEST_UNKNOWN: the spec gives `GET`/`HEAD` of a
+    manifest no failure but 404, and a reference that is no tag and no digest names nothing
+    (distribution routes it nowhere; the conformance suite reads `.INVALID_MANIFEST_NAME`).
+    A write or delete of one is a bad request, answered 400 (DIGEST_INVALID, TAG_INVALID)
+    before whether the repository takes writes at all: that is the client's mistake either way.
+    """
+    reference = request.match_info["reference"]
+    try:
+        return Digest.parse(reference) if is_digest(reference) else parse_tag(reference)
+    except RegistryError as exc:
+        if request.method not in READ_METHODS:
+            raise
+        raise RegistryError(
+            errors.MANIFEST_UNKNOWN,
+            f"manifest unknown: the reference is neither a tag nor a digest ({exc.message})",
+            detail={"reference": reference[:200]},
+        ) from None
 
 
 def _read_only() -> RegistryError:
