@@ -87,6 +87,7 @@ class RegistryRoutes:
     async def ping(self, request: web.Request) -> web.Response:
         if (ns := request.query.get("ns")) is not None:
             self._router.upstream(ns)  # refuse a registry the mirror does not serve
+            addressing.routed_by_namespace(request, ns)
         return web.json_response({})
 
     async def refuse_push(self, request: web.Request) -> web.Response:
@@ -160,7 +161,10 @@ class RegistryRoutes:
         last = query.get("last", "")
         visible = request.get(CATALOG_FILTER, lambda host, name: True)  # the user's, if any
         ns = request.query.get("ns")
-        upstreams = [self._router.upstream(ns)] if ns is not None else self._router.upstreams
+        upstreams = self._router.upstreams
+        if ns is not None:
+            upstreams = [self._router.upstream(ns)]
+            addressing.routed_by_namespace(request, ns)
         repos: list[str] = []
         for upstream in upstreams:
             prefix = "" if ns is not None or upstream is self._router.default else upstream.host
