@@ -163,7 +163,7 @@ class RegistryRoutes:
         ns = request.query.get("ns")
         upstreams = self._router.upstreams
         if ns is not None:
-            upstreams = [self._router.upstream(ns)]
+            upstreams = (self._router.upstream(ns),)
             addressing.routed_by_namespace(request, ns)
         repos: list[str] = []
         for upstream in upstreams:
