@@ -103,6 +103,22 @@ def accept_class(types: frozenset[str]) -> str:
     return ",".join(sorted(types))
 
 
+def accept_types(accept_class_key: str) -> frozenset[str]:
+    """The types of a class back from its key (`accept_class`)."""
+    return frozenset(accept_class_key.split(","))
+
+
+def upstream_accept_header(types: frozenset[str]) -> str:
+    """The `Accept` the mirror asks the upstream for a tag with, for a client that accepts
+    `types`: those, and always the Docker image manifest. A registry serves a Docker image
+    as it stores it whatever the client accepts (distribution 3 does); without that type in
+    `Accept`, some answer 400 instead (distribution 2.8, which tries a schema1 rewrite) and
+    others rewrite it on the fly into a manifest they cannot serve by digest. Adding it
+    changes nothing else: lists, indexes and OCI manifests are negotiated on their own types.
+    """
+    return accept_header(types | {DOCKER_MANIFEST})
+
+
 def accept_header(types: frozenset[str]) -> str:
     """The `Accept` header the mirror sends upstream for a class: canonical order, so equal
     classes ask the upstream the same question."""

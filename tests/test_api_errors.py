@@ -38,10 +38,14 @@ BAD_REQUESTS = [
     ("/v2/library/%2E%2E/%2E%2E/blobs/" + SHA, 400, "NAME_INVALID"),
     ("/v2/library/alpine%00/manifests/latest", 400, "NAME_INVALID"),
     ("/v2/../../etc/passwd/manifests/latest", 400, "NAME_INVALID"),
-    ("/v2/library/alpine/manifests/bad!tag", 400, "TAG_INVALID"),
-    ("/v2/library/alpine/manifests/.hidden", 400, "TAG_INVALID"),
-    ("/v2/library/alpine/manifests/" + "t" * 129, 400, "TAG_INVALID"),
-    ("/v2/library/alpine/manifests/sha256:abc", 400, "DIGEST_INVALID"),
+    # A manifest reference that is no tag and no digest names nothing: 404, the one failure
+    # the spec gives a manifest GET (the OCI conformance suite reads `.INVALID_MANIFEST_NAME`).
+    ("/v2/library/alpine/manifests/bad!tag", 404, "MANIFEST_UNKNOWN"),
+    ("/v2/library/alpine/manifests/.INVALID_MANIFEST_NAME", 404, "MANIFEST_UNKNOWN"),
+    ("/v2/library/alpine/manifests/" + "t" * 129, 404, "MANIFEST_UNKNOWN"),
+    ("/v2/library/alpine/manifests/sha256:abc", 404, "MANIFEST_UNKNOWN"),
+    ("/v2/library/alpine/manifests/md5:d41d8cd98f00b204e9800998ecf8427e", 404, "MANIFEST_UNKNOWN"),
+    ("/v2/Alpine/manifests/.INVALID_MANIFEST_NAME", 400, "NAME_INVALID"),
     ("/v2/library/alpine/blobs/sha256:xyz", 400, "DIGEST_INVALID"),
     ("/v2/library/alpine/blobs/sha256:" + "A" * 64, 400, "DIGEST_INVALID"),
     ("/v2/library/alpine/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", 400, "DIGEST_INVALID"),
@@ -97,6 +101,35 @@ async def test_push_and_delete_are_refused_as_read_only(
     assert resp.status == 405
     error = (await resp.json())["errors"][0]
     assert error["code"] == "UNSUPPORTED"
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("method", "reference", "code"),
+    [
+        ("PUT", "sha256:totallywrong", "DIGEST_INVALID"),
+        ("PUT", "md5:d41d8cd98f00b204e9800998ecf8427e", "DIGEST_INVALID"),
+        ("PUT", ".INVALID_MANIFEST_NAME", "TAG_INVALID"),
+        ("DELETE", "sha256:abc", "DIGEST_INVALID"),
+    ],
+)
+async def test_a_malformed_reference_to_write_is_a_bad_request_before_the_refusal(
+    mirror: Client, upstream: FakeRegistry, method: str, reference: str, code: str
+) -> None:
+    """The client's mistake is named first (the conformance suite PUTs `sha256:totallywrong`
+    and wants a 400 with a spec code), whether or not the repository takes writes."""
+    resp = await mirror.request(method, f"/v2/library/alpine/manifests/{reference}", data=b"{}")
+    assert resp.status == 400
+    assert (await resp.json())["errors"][0]["code"] == code
+    assert upstream.requests == []
+
+
+async def test_head_of_a_reference_that_names_nothing_is_a_bodiless_404(
+    mirror: Client, upstream: FakeRegistry
+) -> None:
+    resp = await mirror.head("/v2/library/alpine/manifests/.INVALID_MANIFEST_NAME")
+    assert resp.status == 404
+    assert await resp.read() == b""
     assert upstream.requests == []
 
 

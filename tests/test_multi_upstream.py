@@ -116,6 +116,55 @@ async def test_ping_and_tag_lists_work_per_registry(
     assert resp.headers["Link"] == '</v2/ghcr.io/org/app/tags/list?n=1&last=1>; rel="next"'
 
 
+# --- OCI-Namespace -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/v2/org/app/manifests/1?ns=ghcr.io", 200),
+        ("HEAD", "/v2/org/app/manifests/1?ns=ghcr.io", 200),
+        ("GET", f"/v2/org/app/blobs/{GHCR_APP.layers[1].digest}?ns=ghcr.io", 200),
+        ("GET", "/v2/org/app/tags/list?ns=ghcr.io", 200),
+        ("GET", "/v2/?ns=ghcr.io", 200),
+        ("GET", "/v2/_catalog?ns=ghcr.io", 200),
+        ("GET", "/v2/org/app/manifests/404?ns=ghcr.io", 404),  # errors say it too
+        ("GET", "/v2/org/nothing/tags/list?ns=ghcr.io", 404),
+    ],
+)
+async def test_a_request_routed_by_ns_says_so_in_oci_namespace(
+    two: Client, same_name: None, method: str, path: str, status: int
+) -> None:
+    """The spec: a registry that uses `ns` to scope the request SHOULD return its value in
+    `OCI-Namespace`."""
+    resp = await two.request(method, path, headers={"Accept": ALL_MANIFESTS})
+    assert resp.status == status
+    assert resp.headers["OCI-Namespace"] == "ghcr.io"
+
+
+async def test_oci_namespace_echoes_ns_as_sent(two: Client, same_name: None) -> None:
+    resp = await two.head("/v2/org/app/manifests/1?ns=GHCR.io", headers={"Accept": ALL_MANIFESTS})
+    assert resp.status == 200
+    assert resp.headers["OCI-Namespace"] == "GHCR.io"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v2/org/app/manifests/1",  # docker.io by default
+        "/v2/ghcr.io/org/app/manifests/1",  # a path prefix
+        "/v2/org/app/manifests/1?ns=quay.io",  # refused: not served here
+        "/v2/Org/app/manifests/1?ns=ghcr.io",  # refused: an invalid name
+        "/v2/?ns=quay.io",
+    ],
+)
+async def test_no_oci_namespace_without_a_request_routed_by_ns(
+    two: Client, same_name: None, path: str
+) -> None:
+    resp = await two.head(path, headers={"Accept": ALL_MANIFESTS})
+    assert "OCI-Namespace" not in resp.headers
+
+
 # --- hosts nobody configured ----------------------------------------------------------------
 
 

@@ -56,6 +56,50 @@ async def test_an_upstream_that_pages_by_itself_is_followed_to_the_end(
     assert queries[-1] == {"n": "2", "last": "t3"}, "the upstream's next page was read"
 
 
+async def test_an_upstream_paging_by_its_own_token_is_followed_with_it(
+    start_mirror: StartMirror, upstream: FakeRegistry, alpine: Manifest
+) -> None:
+    """quay's `Link` carries `n` and an opaque `next_page`, and no `last`: the next page is
+    asked for with the link's whole query."""
+    link = '</v2/library/alpine/tags/list?n=100&next_page=gAAAAABn>; rel="next"'
+    upstream.add_fault(Fault("header", path_contains="/tags/list", headers={"Link": link}))
+    mirror = await start_mirror(upstream.url)
+    resp = await mirror.get("/v2/library/alpine/tags/list")
+    assert resp.status == 200
+    queries = [r.query for r in upstream.filter_requests(kind="tags") if r.status == 200]
+    assert queries == [{}, {"n": "100", "next_page": "gAAAAABn"}]
+
+
+async def test_n_and_last_are_applied_by_the_mirror_whatever_the_upstream_does(
+    start_mirror: StartMirror, upstream: FakeRegistry, alpine: Manifest
+) -> None:
+    """The spec's paging, from the whole list in ASCII order: `n` caps the page (a `Link`
+    to the next one while there is more, relative, keeping `ns`), `last` starts after that
+    tag, `n=0` is an empty list with no `Link`."""
+    for tag in ("b", "A", "c", "a"):
+        upstream.tag("library/alpine", tag, alpine)
+    mirror = await start_mirror(upstream.url)
+    url = "/v2/library/alpine/tags/list"
+    pages = {
+        "": (["3.19", "A", "a", "b", "c"], None),
+        "?n=2": (["3.19", "A"], f"<{url}?n=2&last=A>"),
+        "?n=2&last=A": (["a", "b"], f"<{url}?n=2&last=b>"),
+        "?n=2&last=b": (["c"], None),
+        "?last=a": (["b", "c"], None),
+        "?n=0": ([], None),
+        "?n=0&last=a": ([], None),
+        "?n=5": (["3.19", "A", "a", "b", "c"], None),
+        "?n=1&ns=docker.io": (["3.19"], f"<{url}?n=1&last=3.19&ns=docker.io>"),
+    }
+    for query, (tags, link) in pages.items():
+        resp = await mirror.get(url + query)
+        assert resp.status == 200
+        assert (await resp.json())["tags"] == tags, query
+        expected = f'{link}; rel="next"' if link else None
+        assert resp.headers.get("Link") == expected, query
+    assert all(r.query == {} for r in upstream.filter_requests(kind="tags"))
+
+
 async def test_a_flood_of_random_repository_names_stores_no_tag_list(
     start_mirror: StartMirror, upstream: FakeRegistry, data_dir: Path
 ) -> None:

@@ -277,7 +277,7 @@ class ManifestCache:
             if newer is not None:
                 return newer
         try:
-            header = mediatypes.accept_header(accept)
+            header = mediatypes.upstream_accept_header(accept)
             try:
                 head = await repo.upstream.head_manifest(
                     repo.name, key.tag, header, credential=repo.credential
@@ -373,7 +373,7 @@ class ManifestCache:
                 )
             except RegistryError as exc:
                 if exc.status == 404 and (claimed_by := self._unverified.pop(digest, None)):
-                    raise await self._disown(repo, digest, claimed_by) from None
+                    return await self._fetch_claimed(repo, digest, claimed_by)
                 raise
             self._unverified.pop(digest, None)
             if fetched.digest != digest:
@@ -383,6 +383,43 @@ class ManifestCache:
             await self._report_ratelimit(repo.upstream)
             if token is not None:
                 await self._meta.unlock(lock, token)
+
+    async def _fetch_claimed(
+        self, repo: UpstreamRepo, digest: Digest, keys: set[TagKey]
+    ) -> StoredManifest:
+        """A tag's HEAD named `digest`, which the upstream does not serve by digest (a
+        registry that rewrites manifests on the fly for the client's Accept does that): GET
+        the tag as the HEAD asked it, and keep what comes only if it is that manifest (its
+        bytes hash to the digest named). Otherwise the upstream contradicts itself (or the tag
+        moved meanwhile): the records are dropped and the client told."""
+        mine = sorted(
+            (key for key in keys if (key.upstream, key.repo) == (repo.upstream.host, repo.name)),
+            key=lambda key: (key.tag, key.accept),
+        )
+        if mine:
+            key = mine[0]
+            header = mediatypes.upstream_accept_header(mediatypes.accept_types(key.accept))
+            try:
+                fetched: FetchedManifest | None = await repo.upstream.get_manifest(
+                    repo.name,
+                    key.tag,
+                    header,
+                    algorithm=digest.algorithm,
+                    credential=repo.credential,
+                )
+            except RegistryError as exc:  # the tag gone, or the upstream failing: told below
+                log.warning("upstream %s: tag %s: %s", repo.upstream.name, key.tag, exc)
+                fetched = None
+            if fetched is not None and fetched.digest == digest:
+                log.info(
+                    "upstream %s serves %s only by tag (%s:%s); kept from the tag's answer",
+                    repo.upstream.name,
+                    digest,
+                    key.repo,
+                    key.tag,
+                )
+                return await self._keep(repo, fetched)
+        raise await self._disown(repo, digest, keys)
 
     def _claimed(self, digest: Digest, key: TagKey) -> None:
         if len(self._unverified) >= UNVERIFIED_DIGESTS:

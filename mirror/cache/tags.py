@@ -120,11 +120,13 @@ def _parse(repo: UpstreamRepo, body: bytes) -> tuple[str, list[str]]:
 
 
 def _next_query(link: str | None) -> list[tuple[str, str]]:
-    """The `n` and `last` of the upstream's next page, if it links one."""
+    """The query of the upstream's next page, if it links one: all of it, for the
+    upstream's paging is its own (quay pages by an opaque `next_page`, not by `last`; kept
+    to `n` and `last`, its first page was asked for again until the page cap, a 502)."""
     if not link:
         return []
     target = link.split(";", 1)[0].strip().strip("<>")
-    return [(k, v) for k, v in parse_qsl(urlsplit(target).query) if k in ("n", "last")]
+    return parse_qsl(urlsplit(target).query)
 
 
 def _page(

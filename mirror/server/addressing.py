@@ -8,6 +8,9 @@ for a registry the mirror does not serve, NAME_INVALID for a bad name). Resolvin
 looks a host up or connects anywhere. The refusal is raised only where a handler asks for
 the repository, so authentication (401) and the handler's own checks (a push refused as
 UNSUPPORTED) still come before it.
+
+A request routed by `ns` gets it back in `OCI-Namespace` (the spec's SHOULD for a proxy
+that uses `ns`); one whose `ns` the mirror refuses does not.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from mirror.upstream.routing import Router, UpstreamRepo
 
 # The outcome of resolving the route's `{name}`; set for every route that has one.
 REPOSITORY: web.RequestKey[UpstreamRepo | RegistryError] = web.RequestKey("mirror.repository")
+# The `ns` a request was routed by, as the client sent it: echoed as `OCI-Namespace`.
+NAMESPACE: web.RequestKey[str] = web.RequestKey("mirror.namespace")
+OCI_NAMESPACE_HEADER = "OCI-Namespace"
 
 
 def resolve_repositories(router: Router) -> Middleware:
@@ -29,14 +35,31 @@ def resolve_repositories(router: Router) -> Middleware:
     @web.middleware
     async def resolve_repository(request: web.Request, handler: Handler) -> web.StreamResponse:
         name = request.match_info.get("name")
+        ns = request.query.get("ns")
         if name is not None:
             try:
-                request[REPOSITORY] = router.repository(name, request.query.get("ns"))
+                request[REPOSITORY] = router.repository(name, ns)
             except RegistryError as exc:
                 request[REPOSITORY] = exc
+            else:
+                if ns is not None:
+                    request[NAMESPACE] = ns
         return await handler(request)
 
     return resolve_repository
+
+
+def routed_by_namespace(request: web.Request, ns: str) -> None:
+    """Note that `ns` chose the registry this request is answered from (the mirror serves
+    it): the response says so in `OCI-Namespace`, as the spec asks of a proxy that uses it."""
+    request[NAMESPACE] = ns
+
+
+async def echo_namespace(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: the `ns` the request was routed by, on every response to it,
+    errors included (the error middleware renders those outside the handler)."""
+    if (ns := request.get(NAMESPACE)) is not None:
+        response.headers[OCI_NAMESPACE_HEADER] = ns
 
 
 def repository(request: web.Request) -> UpstreamRepo:

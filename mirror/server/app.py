@@ -55,6 +55,7 @@ async def create_app(
         middlewares=[observe_requests, registry_errors, addressing.resolve_repositories(router)]
     )
     app.on_response_prepare.append(add_response_headers)
+    app.on_response_prepare.append(addressing.echo_namespace)
     cold_misses = ColdMissLimit(config.limits.max_cold_per_client, config.auth.trusted_proxies)
     RegistryRoutes(
         router,

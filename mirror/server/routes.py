@@ -87,21 +87,24 @@ class RegistryRoutes:
     async def ping(self, request: web.Request) -> web.Response:
         if (ns := request.query.get("ns")) is not None:
             self._router.upstream(ns)  # refuse a registry the mirror does not serve
+            addressing.routed_by_namespace(request, ns)
         return web.json_response({})
 
     async def refuse_push(self, request: web.Request) -> web.Response:
         raise _read_only()
 
     async def manifest(self, request: web.Request) -> web.StreamResponse:
-        self._check_read(request)
-        repo = self._repository(request)
-        reference = request.match_info["reference"]
-        if is_digest(reference):
-            manifest = await self._manifests.by_digest(repo, Digest.parse(reference))
+        if request.method not in READ_METHODS:
+            manifest_reference(request)  # a malformed reference: the client's 400 before the 405
+            raise _read_only()
+        repo = self._repository(request)  # a bad name is NAME_INVALID before anything else
+        reference = manifest_reference(request)
+        if isinstance(reference, Digest):
+            manifest = await self._manifests.by_digest(repo, reference)
             return _manifest_response(
                 request, manifest.digest, manifest.media_type, len(manifest.data), manifest.data
             )
-        tag = parse_tag(reference)
+        tag = reference
         accept = mediatypes.accepted_types(request.headers.getall("Accept", []))
         resolved = await self._manifests.resolve(
             repo, tag, accept, with_bytes=request.method != "HEAD"
@@ -158,7 +161,10 @@ class RegistryRoutes:
         last = query.get("last", "")
         visible = request.get(CATALOG_FILTER, lambda host, name: True)  # the user's, if any
         ns = request.query.get("ns")
-        upstreams = [self._router.upstream(ns)] if ns is not None else self._router.upstreams
+        upstreams = self._router.upstreams
+        if ns is not None:
+            upstreams = (self._router.upstream(ns),)
+            addressing.routed_by_namespace(request, ns)
         repos: list[str] = []
         for upstream in upstreams:
             prefix = "" if ns is not None or upstream is self._router.default else upstream.host
@@ -222,6 +228,28 @@ def _catalog_name(name: str) -> str:
             raise RegistryError(errors.NAME_INVALID, "invalid registry host in `last`")
         return f"{first}/{parse_name(rest)}"
     return parse_name(name)
+
+
+def manifest_reference(request: web.Request) -> Digest | str:
+    """The manifest route's reference: a digest or a tag.
+
+    A read of anything else answers 404 MANIFEST_UNKNOWN: the spec gives `GET`/`HEAD` of a
+    manifest no failure but 404, and a reference that is no tag and no digest names nothing
+    (distribution routes it nowhere; the conformance suite reads `.INVALID_MANIFEST_NAME`).
+    A write or delete of one is a bad request, answered 400 (DIGEST_INVALID, TAG_INVALID)
+    before whether the repository takes writes at all: that is the client's mistake either way.
+    """
+    reference = request.match_info["reference"]
+    try:
+        return Digest.parse(reference) if is_digest(reference) else parse_tag(reference)
+    except RegistryError as exc:
+        if request.method not in READ_METHODS:
+            raise
+        raise RegistryError(
+            errors.MANIFEST_UNKNOWN,
+            f"manifest unknown: the reference is neither a tag nor a digest ({exc.message})",
+            detail={"reference": reference[:200]},
+        ) from None
 
 
 def _read_only() -> RegistryError:

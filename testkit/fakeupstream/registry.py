@@ -50,6 +50,7 @@ class FakeRegistry:
         redirect_blobs: bool = True,
         head_supported: bool = True,
         send_digest_header: bool = True,
+        converts_docker_manifests: bool = False,
         token_expires_in: int = 300,
         ratelimit: tuple[int, int] | None = None,
         tls: ssl.SSLContext | None = None,
@@ -59,7 +60,10 @@ class FakeRegistry:
         """Configure behaviour; nothing listens until start(). With `tls` (a server
         context) all three servers speak HTTPS. `port` fixes the registry's port (0: any
         free one), so a test can bring an upstream back at the address a mirror knows.
-        `private` maps a repository to the only users who may pull it."""
+        `private` maps a repository to the only users who may pull it.
+        `converts_docker_manifests`: a tag of a Docker image asked for with an Accept that
+        takes OCI manifests but not Docker ones is answered with an OCI rewrite of it, made
+        on the fly (its own digest, not served by digest), as converting registries do."""
         self._realm = TokenRealm(
             auth=auth,
             users=users or {},
@@ -79,6 +83,7 @@ class FakeRegistry:
             redirect_blobs=redirect_blobs,
             head_supported=head_supported,
             send_digest_header=send_digest_header,
+            converts_docker_manifests=converts_docker_manifests,
             ratelimit=ratelimit,
         )
         self._log = RequestLog()

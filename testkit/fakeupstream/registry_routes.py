@@ -6,6 +6,7 @@ CDN, paginated tag lists, and Hub's pull rate limit (GETs of manifests spend it)
 
 from __future__ import annotations
 
+import json
 import re
 from urllib.parse import urlencode
 
@@ -13,7 +14,15 @@ from aiohttp import web
 
 from .cdn import Cdn
 from .content import NAME_RE, TAG_RE, Content
-from .images import DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Manifest
+from .images import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_LAYER,
+    OCI_MANIFEST,
+    Manifest,
+)
 from .tokens import TokenRealm
 from .wire import Reply, Route, bytes_reply, error, fixed, json_body
 
@@ -33,8 +42,10 @@ def _accepted_types(request: web.Request) -> set[str]:
     return result
 
 
-def _negotiate(manifest: Manifest, accepted: set[str]) -> Manifest | None:
-    """distribution's tag negotiation: list → linux/amd64 child, unaccepted OCI → None."""
+def _negotiate(manifest: Manifest, accepted: set[str], *, converts: bool) -> Manifest | None:
+    """distribution's tag negotiation: list → linux/amd64 child, unaccepted OCI → None.
+    With `converts`, a Docker image for a client that takes OCI manifests but not Docker
+    ones is rewritten on the fly (`_as_oci`)."""
     if not accepted:
         return manifest
     if manifest.media_type == DOCKER_MANIFEST_LIST and DOCKER_MANIFEST_LIST not in accepted:
@@ -44,7 +55,27 @@ def _negotiate(manifest: Manifest, accepted: set[str]) -> Manifest | None:
         manifest = children[0]
     if manifest.media_type in (OCI_MANIFEST, OCI_INDEX) and manifest.media_type not in accepted:
         return None
+    if (
+        converts
+        and manifest.media_type == DOCKER_MANIFEST
+        and DOCKER_MANIFEST not in accepted
+        and OCI_MANIFEST in accepted
+    ):
+        return _as_oci(manifest)
     return manifest
+
+
+def _as_oci(manifest: Manifest) -> Manifest:
+    """A Docker image manifest rewritten as an OCI one: another document with another
+    digest, which the registry serves for the tag but has not stored (so not by digest),
+    the way registries that convert for old or narrow clients do."""
+    document = json.loads(manifest.data)
+    document["mediaType"] = OCI_MANIFEST
+    document["config"]["mediaType"] = OCI_CONFIG
+    for layer in document["layers"]:
+        layer["mediaType"] = OCI_LAYER
+    data = json.dumps(document, separators=(",", ":")).encode()
+    return Manifest(data, OCI_MANIFEST, manifest.blobs, platform=manifest.platform)
 
 
 class RegistryRoutes:
@@ -59,6 +90,7 @@ class RegistryRoutes:
         redirect_blobs: bool,
         head_supported: bool,
         send_digest_header: bool,
+        converts_docker_manifests: bool,
         ratelimit: tuple[int, int] | None,
     ) -> None:
         """Knobs for the ways real registries differ (see FakeRegistry)."""
@@ -68,6 +100,7 @@ class RegistryRoutes:
         self.redirect_blobs = redirect_blobs
         self.head_supported = head_supported
         self.send_digest_header = send_digest_header
+        self.converts_docker_manifests = converts_docker_manifests
         self.ratelimit_limit: int | None = ratelimit[0] if ratelimit else None
         self.ratelimit_remaining: int | None = ratelimit[1] if ratelimit else None
 
@@ -143,7 +176,11 @@ class RegistryRoutes:
             digest = repo.tags.get(ref) if TAG_RE.match(ref) else None
             manifest = repo.manifests.get(digest) if digest is not None else None
             if manifest is not None:
-                manifest = _negotiate(manifest, _accepted_types(request))
+                manifest = _negotiate(
+                    manifest,
+                    _accepted_types(request),
+                    converts=self.converts_docker_manifests,
+                )
         if manifest is None:
             return error(404, "MANIFEST_UNKNOWN", "manifest unknown", rate)
 
