@@ -21,9 +21,17 @@ async def kept_lists(settings: dict[str, Any], data_dir: Path) -> dict[str, byte
             raw = await client.hgetall(name)
         finally:
             await client.aclose()
-        return {key.decode(): value for key, value in raw.items()}
+        return {_text(key): _bytes(value) for key, value in raw.items()}
     path = data_dir / SQLITE_FILE
     if not path.exists():
         return {}
     with sqlite3.connect(path) as db:
         return {key: bytes(value) for key, value in db.execute("SELECT key, value FROM responses")}
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
