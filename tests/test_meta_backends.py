@@ -196,7 +196,6 @@ async def test_redis_keys_all_start_with_the_prefix(redis_server: RedisServer) -
             f"deploy-a:ratelimit:{HUB}",
             f"deploy-a:tag:{HUB}/library/alpine:3.19:{OCI}",
         ]
-        assert 0 < await raw.pttl("deploy-a:response:tags") <= 60_000
     finally:
         await raw.aclose()
         await store.close()
