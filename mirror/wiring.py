@@ -34,7 +34,7 @@ from mirror.cache.janitor import Janitor
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.prefetch.engine import Puller
 from mirror.cache.scope import RepositoryScope
-from mirror.cache.tags import TagListCache
+from mirror.cache.tags import TagLists
 from mirror.config import Config
 from mirror.config.cluster import read_cluster_secret
 from mirror.meta import Leases, MetaStore, Replica, open_meta_store
@@ -42,6 +42,7 @@ from mirror.storage import BlobRedirects, ContentStore
 from mirror.storage.filesystem import FilesystemStore
 from mirror.storage.s3client import S3Location
 from mirror.storage.s3store import S3Store
+from mirror.upstream.lists import ListCache
 from mirror.upstream.peers import Peers
 from mirror.upstream.routing import Router
 
@@ -68,7 +69,8 @@ class Mirror:
     access: AccessRecorder
     blobs: BlobCache
     manifests: ManifestCache
-    tags: TagListCache
+    tags: TagLists
+    lists: ListCache  # the upstreams' tag lists, kept beside the metadata
     replica: Replica  # this process among the replicas (its id, its advertise_url)
     cluster: Cluster | None  # None: a single host (file storage), nothing to share with
     # With S3 storage: the janitor of orphaned uploads, and the store itself when blob GETs
@@ -91,6 +93,7 @@ class Mirror:
                 await self.cluster.peers.close()
             await self.router.close()
             try:
+                await self.lists.close()
                 await self.meta.close()
             finally:
                 await close_store(self.store)
@@ -163,7 +166,15 @@ async def build(
     if remove_temp_files and (removed := await asyncio.to_thread(store.remove_temp_files)):
         log.info("removed %d temp files left by an earlier run", removed)
     meta = await _open_meta(config, resilient=True, clock=clock)
-    router = Router.from_config(config)
+    lists = ListCache.open(
+        redis_url=config.storage.redis_url,
+        key_prefix=config.storage.redis_key_prefix,
+        data_dir=config.storage.data_dir,
+        ttl=config.freshness.tags_list_ttl,
+        offline=config.freshness.offline,
+        clock=clock,
+    )
+    router = Router.from_config(config, lists)
     access = AccessRecorder(meta, clock=clock)
     abandon_budget = AbandonBudget(config.limits.abandoned_downloads, config.limits.abandoned_bytes)
     scope = RepositoryScope(meta, offline=config.freshness.offline)
@@ -179,7 +190,7 @@ async def build(
         cluster=cluster,
     )
     manifests = ManifestCache(store, meta, access, scope, config, clock=clock)
-    tags = TagListCache(meta, config, clock=clock)
+    tags = TagLists()
     janitor, redirects = None, None
     if isinstance(store, S3Store):
         janitor = Janitor(store, meta, grace=config.storage.s3_orphan_grace)
@@ -193,6 +204,7 @@ async def build(
         blobs,
         manifests,
         tags,
+        lists,
         replica,
         cluster,
         janitor,

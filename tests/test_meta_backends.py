@@ -16,7 +16,7 @@ from mirror.meta import open_meta_store
 from mirror.meta.redis import RedisMetaStore, masked_url
 from mirror.meta.resilient import ResilientMetaStore
 from mirror.meta.sqlite import SCHEMA_VERSION, SqliteMetaStore
-from mirror.meta.store import Access, CachedResponse, Link, MetaStoreError, RateLimit
+from mirror.meta.store import Access, Link, MetaStoreError, RateLimit
 from testkit.mirrorproc import free_port
 from tests.meta_fixtures import RedisServer, forget_prefix, unique_prefix
 from tests.meta_samples import DIGEST, HUB, KEY, OCI, RECORD
@@ -67,6 +67,20 @@ async def test_a_version_1_sqlite_file_loses_its_typed_in_catalog_and_keeps_its_
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
         (version,) = conn.execute("PRAGMA user_version").fetchone()
     assert "repositories" not in tables and version == SCHEMA_VERSION
+
+
+async def test_a_version_3_sqlite_file_loses_its_kept_tag_lists(tmp_path: Path) -> None:
+    """Up to version 3 the store kept tag lists; `mirror.upstream.lists` keeps them now."""
+    path = tmp_path / "meta.sqlite3"
+    await (await SqliteMetaStore.open(path)).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE responses (key TEXT PRIMARY KEY, body BLOB)")
+        conn.execute("PRAGMA user_version = 3")
+    await (await SqliteMetaStore.open(path)).close()
+    with sqlite3.connect(path) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    assert "responses" not in tables and version == SCHEMA_VERSION
 
 
 async def test_sqlite_locks_coordinate_stores_sharing_the_file(tmp_path: Path) -> None:
@@ -170,7 +184,6 @@ async def test_redis_keys_all_start_with_the_prefix(redis_server: RedisServer) -
         await store.put_rate_limit(HUB, RateLimit(100, 99, 21600, 1e9))
         await store.record_access({DIGEST: Access(1.0, {"library/alpine"})})
         await store.add_links([Link(HUB, "library/alpine", DIGEST)])
-        await store.put_response("tags", CachedResponse(b"{}", {}, 1e9), keep_for=60)
 
         keys = sorted(map(str, await raw.keys("*")))
         assert keys == [
@@ -181,10 +194,8 @@ async def test_redis_keys_all_start_with_the_prefix(redis_server: RedisServer) -
             f"deploy-a:links:{DIGEST}",
             "deploy-a:lock:lock",
             f"deploy-a:ratelimit:{HUB}",
-            "deploy-a:response:tags",
             f"deploy-a:tag:{HUB}/library/alpine:3.19:{OCI}",
         ]
-        assert 0 < await raw.pttl("deploy-a:response:tags") <= 60_000
     finally:
         await raw.aclose()
         await store.close()

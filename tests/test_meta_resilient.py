@@ -101,7 +101,6 @@ async def test_resilient_store_rides_out_a_redis_outage_and_recovers(
         # Not known to be linked: the mirror asks the upstream, or (offline) serves nothing.
         assert not await store.has_link(Link(HUB, "library/alpine", DIGEST))
         assert await store.get_access(DIGEST) is None
-        assert await store.get_response("tags") is None
         assert await store.get_rate_limit(HUB) is None
         await store.record_access({DIGEST: Access(1.0)})
         local = await store.try_lock("lock", ttl=30)

@@ -16,8 +16,6 @@ from dataclasses import replace
 from mirror.meta.store import (
     Access,
     AccessRecords,
-    CachedResponse,
-    CachedResponses,
     Health,
     Leases,
     Link,
@@ -383,36 +381,6 @@ async def test_a_repository_leaves_the_catalog_with_its_last_link(meta_store: Li
     assert await meta_store.list_repositories(HUB) == ["a/a", "b/b"]
     await meta_store.remove_links([OTHER])
     assert await meta_store.list_repositories(HUB) == []
-
-
-# --- cached responses -----------------------------------------------------------------------
-
-
-async def test_cached_responses_round_trip(meta_store: CachedResponses) -> None:
-    key = f"tags:{HUB}/library/alpine?n=100"
-    body = b'{"name":"library/alpine","tags":["3.19"]}\n\x00\xff binary \n too'
-    response = CachedResponse(body, {"Content-Type": "application/json", "Link": "<x>"}, 1e9)
-    assert await meta_store.get_response(key) is None
-    await meta_store.put_response(key, response, keep_for=60)
-    assert await meta_store.get_response(key) == response
-
-    replaced = CachedResponse(b"", {}, 2e9)
-    await meta_store.put_response(key, replaced, keep_for=60)
-    assert await meta_store.get_response(key) == replaced
-
-
-async def test_cached_responses_expire_after_keep_for(
-    meta_store: CachedResponses, meta_clock: FakeClock
-) -> None:
-    await meta_store.put_response("short", CachedResponse(b"a", {}, 1e9), keep_for=SHORT_TTL)
-    await meta_store.put_response("long", CachedResponse(b"b", {}, 1e9), keep_for=60)
-    meta_clock.advance(2 * SHORT_TTL)
-
-    async def short_gone() -> bool:
-        return await meta_store.get_response("short") is None
-
-    await wait_until(short_gone, within=UNTIL_TIMEOUT, message="the response was still kept")
-    assert await meta_store.get_response("long") == CachedResponse(b"b", {}, 1e9)
 
 
 # --- imports --------------------------------------------------------------------------------

@@ -14,8 +14,6 @@ from mirror.meta.sqlite import SqliteMetaStore
 from mirror.meta.store import (
     Access,
     AccessRecords,
-    CachedResponse,
-    CachedResponses,
     Health,
     Lease,
     Leases,
@@ -36,8 +34,6 @@ from mirror.meta.store import (
 __all__ = [
     "Access",
     "AccessRecords",
-    "CachedResponse",
-    "CachedResponses",
     "Health",
     "Lease",
     "Leases",

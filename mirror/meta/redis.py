@@ -23,8 +23,6 @@ deployments, can share one Redis. Below, `P` is that prefix:
                                              of the repositories with a link: paged with
                                              ZRANGEBYLEX
     P pulls                                  sorted set: qualified repository by pulls
-    P response:<key>                         JSON {headers, stored_at}, a newline, the body;
-                                             with the response's TTL
 
 The access times are one sorted set so the oldest digests can be found in one range query;
 `ZADD GT` keeps the later of two times, so concurrent batches merge without a script.
@@ -32,7 +30,7 @@ Needs Redis 6.2 or newer. The three link keys change together (a transaction to 
 script to remove), so a repository is in the catalog exactly while it has a link; the
 scripts name keys they compute, which a single Redis (not a cluster) allows.
 
-Expiry (locks, kept responses) is Redis's own, by its server's clock, which every process
+Expiry (locks, leases) is Redis's own, by its server's clock, which every process
 sharing it agrees on; so unlike SQLite this store takes no clock.
 
 Timeouts are short: a stalled Redis must cost a request about a second, not hang it. A
@@ -59,7 +57,6 @@ from redis.exceptions import RedisError
 from mirror.errors import RegistryError
 from mirror.meta.store import (
     Access,
-    CachedResponse,
     CountedHealth,
     Lease,
     Link,
@@ -519,27 +516,6 @@ class RedisMetaStore(CountedHealth):
             rows = await self._redis.zrevrange(self._key("pulls"), 0, limit - 1, withscores=True)
         return [(_text(row[0]), int(row[1])) for row in rows]
 
-    # --- cached responses -----------------------------------------------------------------
-
-    async def put_response(self, key: str, response: CachedResponse, keep_for: float) -> None:
-        # One value, one SET: the answer and its expiry are written together.
-        meta = json.dumps({"headers": dict(response.headers), "stored_at": response.stored_at})
-        value = meta.encode() + b"\n" + response.body
-        with self._errors("put_response"):
-            await self._redis.set(self._key("response:", key), value, px=_ms(keep_for))
-
-    async def get_response(self, key: str) -> CachedResponse | None:
-        name = self._key("response:", key)
-        with self._errors("get_response"):
-            raw = await self._redis.get(name)
-        if raw is None:
-            return None
-        with self._corrupt(name):
-            meta, _, body = _bytes(raw).partition(b"\n")
-            data = json.loads(meta)
-            headers = {str(k): str(v) for k, v in data["headers"].items()}
-            return CachedResponse(body, headers, float(data["stored_at"]))
-
 
 def _glob_escape(text: str) -> str:
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
@@ -548,10 +524,6 @@ def _glob_escape(text: str) -> str:
 def _ms(seconds: float) -> int:
     """A TTL in whole milliseconds, at least one (Redis rejects zero)."""
     return max(1, round(seconds * 1000))
-
-
-def _bytes(value: Any) -> bytes:
-    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def _text(value: Any) -> str:

@@ -31,7 +31,6 @@ from typing import TypeVar
 from mirror import observe
 from mirror.meta.store import (
     Access,
-    CachedResponse,
     Lease,
     Link,
     MetaStore,
@@ -234,11 +233,3 @@ class ResilientMetaStore:
         return await self._guard(
             "top_repositories", [], lambda: self._inner.top_repositories(limit)
         )
-
-    async def put_response(self, key: str, response: CachedResponse, keep_for: float) -> None:
-        await self._guard(
-            "put_response", None, lambda: self._inner.put_response(key, response, keep_for)
-        )
-
-    async def get_response(self, key: str) -> CachedResponse | None:
-        return await self._guard("get_response", None, lambda: self._inner.get_response(key))

@@ -6,7 +6,7 @@ every expiry is a unix time in a column: several processes sharing the data dir 
 host, not over NFS) see each other's tags and locks. Expiries are measured with the store's
 `clock` (unix time; tests pass their own).
 
-Schema (version 3, in `PRAGMA user_version`):
+Schema (version 4, in `PRAGMA user_version`):
     tags(upstream, repo, tag, accept) -> digest, media_type, size, confirmed_at
     locks(name) -> token, expires_at
     leases(name) -> holder, url, epoch, token, expires_at (a released lease keeps its row,
@@ -16,13 +16,13 @@ Schema (version 3, in `PRAGMA user_version`):
     links(upstream, repo, digest), indexed by digest too; the catalog is read from it
     (version 1 had a `repositories` table filled from whatever names clients typed: dropped)
     pulls(repo) -> count
-    responses(key) -> body, headers (JSON), stored_at, expires_at
+    (versions up to 3 kept tag lists in a `responses` table: dropped, they are
+    `mirror.upstream.lists`' now)
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import sqlite3
 import threading
@@ -35,7 +35,6 @@ from typing import Any, TypeVar
 from mirror.errors import RegistryError
 from mirror.meta.store import (
     Access,
-    CachedResponse,
     CountedHealth,
     Lease,
     Link,
@@ -49,7 +48,7 @@ from mirror.reference import Digest
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT = 2.0  # seconds a statement waits for another process's write to finish
 
 _SCHEMA = (
@@ -111,13 +110,7 @@ _SCHEMA = (
     ) WITHOUT ROWID
     """,
     """
-    CREATE TABLE IF NOT EXISTS responses (
-        key TEXT PRIMARY KEY, body BLOB NOT NULL, headers TEXT NOT NULL,
-        stored_at REAL NOT NULL, expires_at REAL NOT NULL
-    )
-    """,
-    """
-    CREATE INDEX IF NOT EXISTS responses_by_expiry ON responses (expires_at)
+    DROP TABLE IF EXISTS responses
     """,
 )
 
@@ -451,36 +444,6 @@ class SqliteMetaStore(CountedHealth):
         )
         return [(repo, count) for repo, count in rows]
 
-    # --- cached responses -----------------------------------------------------------------
-
-    async def put_response(self, key: str, response: CachedResponse, keep_for: float) -> None:
-        headers = json.dumps(dict(response.headers))
-
-        def put(c: sqlite3.Connection) -> None:
-            now = self._clock()
-            with _transaction(c):
-                # Expired answers are dropped here, so the table holds only live ones.
-                c.execute("DELETE FROM responses WHERE expires_at <= ?", (now,))
-                c.execute(
-                    "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)",
-                    (key, response.body, headers, response.stored_at, now + keep_for),
-                )
-
-        await self._run(put)
-
-    async def get_response(self, key: str) -> CachedResponse | None:
-        row = await self._run(
-            lambda c: c.execute(
-                "SELECT body, headers, stored_at FROM responses WHERE key = ? AND expires_at > ?",
-                (key, self._clock()),
-            ).fetchone()
-        )
-        if row is None:
-            return None
-        body, headers, stored_at = row
-        with self._counted():
-            return CachedResponse(bytes(body), _headers(key, headers), stored_at)
-
 
 def _connect(path: Path) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), WAL, schema in place."""
@@ -520,13 +483,3 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-def _headers(key: str, text: str) -> dict[str, str]:
-    try:
-        headers = json.loads(text)
-    except ValueError as exc:
-        raise MetaStoreError(f"corrupt cached response {key!r}: {exc}") from exc
-    if not isinstance(headers, dict):
-        raise MetaStoreError(f"corrupt cached response {key!r}: headers are not an object")
-    return {str(k): str(v) for k, v in headers.items()}

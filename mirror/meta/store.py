@@ -4,12 +4,13 @@ restarts and (with Redis) processes.
 Content lives in the content store, keyed by digest and immutable. Everything that changes
 lives here: which digest a tag names and when that was last confirmed upstream, the
 upstream's rate-limit budget, who accessed what and when, which repositories hold which
-content (links, and the catalog read from them), short-lived cached upstream answers (tag
-lists), locks that make one process (of many) do a piece of upstream work, leases that make
-one replica (of many) download a blob, and which replicas are alive.
+content (links, and the catalog read from them), locks that make one process (of many) do
+a piece of upstream work, leases that make one replica (of many) download a blob, and
+which replicas are alive. (Upstream tag lists are kept beside it, by
+`mirror.upstream.lists`.)
 
 The interface is a few roles (`TagRecords`, `Locks`, `Leases`, `Replicas`, `RateLimits`,
-`AccessRecords`, `Links`, `CachedResponses`, `Health`); a caller asks for the ones it uses,
+`AccessRecords`, `Links`, `Health`); a caller asks for the ones it uses,
 and a backend implements all of them (`MetaStore`).
 
 Implementations raise `MetaStoreError` for any backend failure; callers decide how to carry
@@ -29,8 +30,6 @@ from mirror.reference import Digest
 __all__ = [
     "Access",
     "AccessRecords",
-    "CachedResponse",
-    "CachedResponses",
     "CountedHealth",
     "Health",
     "Lease",
@@ -89,15 +88,6 @@ class Access:
 
     last_access: float
     repos: set[str] = field(default_factory=set)
-
-
-@dataclass(frozen=True)
-class CachedResponse:
-    """A small upstream answer kept for reuse (a tags/list page)."""
-
-    body: bytes
-    headers: Mapping[str, str]
-    stored_at: float
 
 
 class Health(Protocol):
@@ -259,15 +249,6 @@ class Links(Protocol):
         `last` only, at most `n` (a page read from the store, never the whole table)."""
 
 
-class CachedResponses(Protocol):
-    """Small upstream answers (tag lists) kept for reuse."""
-
-    async def put_response(self, key: str, response: CachedResponse, keep_for: float) -> None:
-        """Keep `response` for `keep_for` seconds (long enough to serve it stale)."""
-
-    async def get_response(self, key: str) -> CachedResponse | None: ...
-
-
 class MetaStore(
     Health,
     TagRecords,
@@ -277,7 +258,6 @@ class MetaStore(
     RateLimits,
     AccessRecords,
     Links,
-    CachedResponses,
     Protocol,
 ):
     """Every role: what a backend implements. Callers ask for the roles they use."""

@@ -92,9 +92,9 @@ def _cluster_secret(config: Config) -> str | None:
 
 
 class _Background:
-    """What runs beside the requests: access records, cache measuring, eviction, the
-    janitor of orphaned uploads (S3) and the prefetch schedule; stopped in the order
-    shutdown needs."""
+    """What runs beside the requests: access records, cache measuring, pruning the kept tag
+    lists, eviction, the janitor of orphaned uploads (S3) and the prefetch schedule;
+    stopped in the order shutdown needs."""
 
     def __init__(self, mirror: wiring.Mirror, clock: Callable[[], float]) -> None:
         self._mirror = mirror
@@ -111,6 +111,7 @@ class _Background:
         mirror, config = self._mirror, self._mirror.config
         mirror.access.start()
         self._spawn(_measure_cache(mirror.store), "measure-cache")
+        self._spawn(mirror.lists.run_forever(), "prune-tag-lists")
         self._spawn(
             _heartbeat(mirror.meta, mirror.replica, config.cluster.cluster_lease), "heartbeat"
         )

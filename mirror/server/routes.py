@@ -13,7 +13,7 @@ from aiohttp import web
 from mirror import errors, mediatypes, observe
 from mirror.cache.blobs import BlobBody, BlobCache
 from mirror.cache.manifests import ManifestCache
-from mirror.cache.tags import TagListCache
+from mirror.cache.tags import TagLists
 from mirror.errors import RegistryError
 from mirror.meta.store import Links
 from mirror.reference import (
@@ -53,7 +53,7 @@ class RegistryRoutes:
         router: Router,
         blobs: BlobCache,
         manifests: ManifestCache,
-        tags: TagListCache,
+        tags: TagLists,
         meta: Links,
         cold_misses: ColdMissLimit,
         *,

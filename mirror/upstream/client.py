@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -35,6 +36,7 @@ from mirror.upstream.breaker import CircuitBreaker
 from mirror.upstream.credentials import ClientCredential
 from mirror.upstream.failures import UpstreamError, raise_for_status, transport_fault
 from mirror.upstream.foreign import ForeignAuth, Origin, origin_of, scope_for
+from mirror.upstream.lists import ListAnswer, ListCache
 from mirror.upstream.negative import Key, NegativeCache
 from mirror.upstream.options import ClientOptions
 from mirror.upstream.pools import Attempt, Pool
@@ -69,12 +71,6 @@ class FetchedManifest:
     claimed: Digest | None  # what the upstream's Docker-Content-Digest said, if anything
 
 
-@dataclass(frozen=True)
-class TagsPage:
-    body: bytes
-    link: str | None
-
-
 @dataclass
 class BlobStream:
     """An open blob body. `size` is the whole blob's (None when not sent); the chunks are
@@ -88,7 +84,14 @@ class BlobStream:
 class UpstreamClient:
     """Talks to one upstream registry. Create inside the event loop; `close()` at shutdown."""
 
-    def __init__(self, settings: UpstreamSettings, options: ClientOptions | None = None) -> None:
+    def __init__(
+        self,
+        settings: UpstreamSettings,
+        options: ClientOptions | None = None,
+        *,
+        lists: ListCache | None = None,
+    ) -> None:
+        """`lists` keeps the upstream's tag lists (None: every one is asked for)."""
         options = options if options is not None else ClientOptions()
         self.url = settings.url.rstrip("/")
         #: The registry this upstream stands for (`docker.io`): what keys its cache records.
@@ -108,6 +111,7 @@ class UpstreamClient:
         self._metadata = self._pool("metadata", settings, options, options.metadata_connections)
         self._blobs = self._pool("blob", settings, options, options.blob_connections)
         self._negative = NegativeCache(options.negative_ttl, clock=options.clock)
+        self._lists = lists
         self.breaker = CircuitBreaker(self.host, self.name, options.breaker, clock=options.clock)
         self._auth = Authenticator(
             self._metadata.session,
@@ -251,14 +255,29 @@ class UpstreamClient:
         query: Sequence[tuple[str, str]],
         *,
         credential: ClientCredential | None = None,
-    ) -> TagsPage:
+    ) -> ListAnswer:
+        """One page of the repository's tag list as the upstream sends it: from the list
+        cache while fresh, else asked for (and served stale if that fails)."""
         path = f"/v2/{repo}/tags/list"
+        fetch = partial(self._fetch_tags, path, repo, query, credential)
+        if self._lists is None:
+            return await fetch()
+        key = self._lists.key(self.host, self.url + path, query, credential)
+        return await self._lists.get(key, self.url + path, fetch)
+
+    async def _fetch_tags(
+        self,
+        path: str,
+        repo: str,
+        query: Sequence[tuple[str, str]],
+        credential: ClientCredential | None,
+    ) -> ListAnswer:
         async with self._request(
             "GET", path, repo, "tags", params=query, credential=credential
         ) as resp:
             raise_for_status(self.name, resp, errors.NAME_UNKNOWN)
             body = await self._read_capped(resp, MAX_TAGS_BYTES, "tag list")
-            return TagsPage(body=body, link=resp.headers.get("Link"))
+            return ListAnswer(body=body, link=resp.headers.get("Link"))
 
     # --- passthrough ----------------------------------------------------------------------
 
@@ -528,7 +547,6 @@ __all__ = [
     "BlobStream",
     "FetchedManifest",
     "ManifestHead",
-    "TagsPage",
     "UpstreamClient",
     "UpstreamError",
 ]

@@ -22,6 +22,7 @@ from mirror.errors import RegistryError
 from mirror.reference import is_registry_host, looks_like_host, parse_name
 from mirror.upstream.client import UpstreamClient
 from mirror.upstream.credentials import ClientCredential
+from mirror.upstream.lists import ListCache
 from mirror.upstream.options import ClientOptions
 
 # How much of an unknown host a refusal quotes back.
@@ -59,10 +60,13 @@ class Router:
         self.default = self._by_name.get(DOCKER_HUB)
 
     @classmethod
-    def from_config(cls, config: Config) -> Router:
-        """A client for every upstream `config` serves (create inside the event loop)."""
+    def from_config(cls, config: Config, lists: ListCache) -> Router:
+        """A client for every upstream `config` serves, keeping tag lists in `lists`
+        (create inside the event loop)."""
         return cls(
-            UpstreamClient(settings, ClientOptions.from_config(config.registries, settings))
+            UpstreamClient(
+                settings, ClientOptions.from_config(config.registries, settings), lists=lists
+            )
             for settings in config.registries.upstreams
         )
 
