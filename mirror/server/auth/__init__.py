@@ -34,6 +34,6 @@ The parts: `policy` (rules -> allowed?), `tokens` (signing and checking, the key
 
 from mirror.server.auth.client_auth import CLIENT_AUTH, ClientAuth, setup
 from mirror.server.auth.credentials import TOKEN_PATH
-from mirror.server.auth.middleware import CATALOG_FILTER
+from mirror.server.auth.middleware import CATALOG_FILTER, may_pull
 
-__all__ = ["CATALOG_FILTER", "CLIENT_AUTH", "TOKEN_PATH", "ClientAuth", "setup"]
+__all__ = ["CATALOG_FILTER", "CLIENT_AUTH", "TOKEN_PATH", "ClientAuth", "may_pull", "setup"]
