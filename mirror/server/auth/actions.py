@@ -11,8 +11,8 @@ that refuses the request) is guarded the same way:
   and every other method (a manifest `PUT`, say) is `push`.
 
 A blob mount (`POST .../blobs/uploads/?mount=<digest>&from=<repository>`) needs `pull` on
-its source as well; the push routes ask `mirror.server.auth.may_pull` for it and fall back to a plain upload
-when the answer is no, as registries do.
+its source as well; the push routes ask `mirror.server.auth.may_pull` for it and fall back
+to a plain upload when the answer is no, as registries do.
 """
 
 from __future__ import annotations
