@@ -182,8 +182,9 @@ S3_ORPHAN_UPLOADS_ABORTED = Counter(
 AUTH_FAILURES = Counter(
     "mirror_auth_failures_total",
     "Client requests refused by authentication (with htpasswd set), by reason: credentials "
-    "(wrong password or unknown user), token (invalid or expired), denied (logged in but not "
-    "allowed: 403), throttled (too many failures from the address: 429).",
+    "(wrong password or unknown user), token (invalid or expired), scope (a valid token "
+    "without the push or delete it was used for: 401), denied (logged in but not allowed: "
+    "403), throttled (too many failures from the address: 429).",
     ["reason"],
 )
 CLUSTER_BLOB_JOINS = Counter(

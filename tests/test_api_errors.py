@@ -83,24 +83,29 @@ async def test_bad_requests_get_json_errors_and_touch_nothing(
 
 
 @pytest.mark.parametrize(
-    ("method", "path"),
+    ("method", "path", "refused"),
     [
-        ("PUT", "/v2/library/alpine/manifests/latest"),
-        ("DELETE", "/v2/library/alpine/manifests/" + SHA),
-        ("POST", "/v2/library/alpine/blobs/uploads/"),
-        ("PATCH", "/v2/library/alpine/blobs/uploads/4b2f9c1e"),
-        ("PUT", "/v2/library/alpine/blobs/uploads/4b2f9c1e?digest=" + SHA),
-        ("DELETE", "/v2/library/alpine/blobs/" + SHA),
-        ("POST", "/v2/"),
+        ("PUT", "/v2/library/alpine/manifests/latest", "push to"),
+        ("DELETE", "/v2/library/alpine/manifests/" + SHA, "delete from"),
+        ("POST", "/v2/library/alpine/blobs/uploads/", "push to"),
+        ("PATCH", "/v2/library/alpine/blobs/uploads/4b2f9c1e", "push to"),
+        ("PUT", "/v2/library/alpine/blobs/uploads/4b2f9c1e?digest=" + SHA, "push to"),
+        ("DELETE", "/v2/library/alpine/blobs/uploads/4b2f9c1e", "push to"),
+        ("DELETE", "/v2/library/alpine/blobs/" + SHA, "delete from"),
     ],
 )
-async def test_push_and_delete_are_refused_as_read_only(
-    mirror: Client, upstream: FakeRegistry, method: str, path: str
+async def test_anonymous_clients_never_push_or_delete(
+    mirror: Client, upstream: FakeRegistry, method: str, path: str, refused: str
 ) -> None:
+    # Without htpasswd every client is anonymous; no login would help, so 403, not 401.
     resp = await mirror.request(method, path, data=b"{}")
-    assert resp.status == 405
+    assert resp.status == 403
     error = (await resp.json())["errors"][0]
-    assert error["code"] == "UNSUPPORTED"
+    assert error["code"] == "DENIED"
+    assert error["message"] == (
+        f"anonymous clients may not {refused} docker.io/library/alpine on this mirror: it "
+        "authenticates no one (set htpasswd to let users push)"
+    )
     assert upstream.requests == []
 
 
@@ -136,6 +141,12 @@ async def test_head_of_a_reference_that_names_nothing_is_a_bodiless_404(
 async def test_read_only_message_says_so(mirror: Client) -> None:
     resp = await mirror.put("/v2/library/alpine/manifests/latest", data=b"{}")
     assert "read-only" in (await resp.json())["errors"][0]["message"]
+
+
+async def test_other_methods_are_unsupported(mirror: Client) -> None:
+    resp = await mirror.post("/v2/", data=b"{}")
+    assert resp.status == 405
+    assert (await resp.json())["errors"][0]["code"] == "UNSUPPORTED"
 
 
 async def test_head_errors_have_status_and_no_body(mirror: Client) -> None:

@@ -10,7 +10,14 @@ and the layer it came from, so an operator can fix it without reading code.
 server checks the files they name (the TLS pair, the htpasswd file).
 """
 
-from mirror.config.auth import AUTH_ACCESS, MIN_TOKEN_SECRET, MIN_TOKEN_TTL, AuthRule
+from mirror.config.auth import (
+    ACTIONS,
+    AUTH_ACCESS,
+    MIN_TOKEN_SECRET,
+    MIN_TOKEN_TTL,
+    Action,
+    AuthRule,
+)
 from mirror.config.errors import ConfigError
 from mirror.config.freshness import Freshness, TagRule
 from mirror.config.loading import DEFAULT_CONFIG_FILE, ENV_PREFIX, LoadedConfig, load
@@ -41,6 +48,7 @@ from mirror.config.upstreams import (
 )
 
 __all__ = [
+    "ACTIONS",
     "AUTH_ACCESS",
     "BUILTIN_UPSTREAMS",
     "DEFAULT_CONFIG_FILE",
@@ -52,6 +60,7 @@ __all__ = [
     "MIN_TOKEN_SECRET",
     "MIN_TOKEN_TTL",
     "SETTINGS",
+    "Action",
     "AuthRule",
     "AuthSettings",
     "CacheSettings",

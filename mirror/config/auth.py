@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from mirror.config.parsers import (
@@ -19,7 +19,10 @@ from mirror.config.parsers import (
 from mirror.config.toml import toml_str, toml_value
 from mirror.config.upstreams import parse_host
 
-AUTH_ACCESS = ("pull", "deny")
+Action = Literal["pull", "push", "delete"]
+# The actions of the Registry API in order: each access level implies the ones before it.
+ACTIONS: tuple[Action, ...] = ("pull", "push", "delete")
+AUTH_ACCESS = (*ACTIONS, "deny")
 # Docker uses a token for at least this long, whatever `expires_in` says.
 MIN_TOKEN_TTL = 60.0
 MIN_TOKEN_SECRET = 16
@@ -27,14 +30,22 @@ MIN_TOKEN_SECRET = 16
 
 @dataclass(frozen=True)
 class AuthRule:
-    """Who may pull what: the first rule matching the user (by name, by group, or `*` for
-    anyone logged in), the upstream host and the repository glob decides."""
+    """Who may do what: the first rule matching the user (by name, by group, or `*` for
+    anyone logged in), the upstream host and the repository glob decides, with its
+    `access` (`pull`, `push` or `delete`, each implying the ones before; or `deny`)."""
 
     users: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
     upstreams: tuple[str, ...] = ("*",)
     repositories: tuple[str, ...] = ("*",)
-    access: str = "pull"  # or "deny"
+    access: str = "pull"  # one of AUTH_ACCESS
+
+    @property
+    def actions(self) -> tuple[Action, ...]:
+        """The actions this rule allows: its access and every one before it."""
+        if self.access not in ACTIONS:
+            return ()  # deny
+        return ACTIONS[: ACTIONS.index(self.access) + 1]
 
     def __str__(self) -> str:
         parts = [
@@ -96,7 +107,8 @@ def _auth_rule(raw: Any, where: str) -> AuthRule:
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
     if rule.access not in AUTH_ACCESS:
-        raise ValueError(f'{where}: access must be "pull" or "deny", got {rule.access!r}')
+        allowed = ", ".join(f'"{access}"' for access in AUTH_ACCESS)
+        raise ValueError(f"{where}: access must be one of {allowed}, got {rule.access!r}")
     return rule
 
 

@@ -35,10 +35,18 @@ def check_tls(config: Config, sources: Mapping[str, str]) -> None:
 
 
 def check_auth(config: Config, sources: Mapping[str, str]) -> None:
-    """Authentication settings only mean something with `htpasswd`; rules name groups that
-    exist and registries that are served."""
+    """Authentication settings only mean something with `htpasswd` (a rule granting push or
+    delete without it is named as such: anonymous clients never get either); rules name
+    groups that exist and registries that are served."""
     auth = config.auth
     if auth.htpasswd is None:
+        for index, rule in enumerate(auth.auth_rules):
+            if "push" in rule.actions:
+                raise ConfigError(
+                    f"auth_rules (from {sources['auth_rules']}): rule {index + 1} grants "
+                    f"{rule.access}, but without htpasswd every client is anonymous, and "
+                    "anonymous clients never push or delete; set htpasswd"
+                )
         for key, value in (
             ("auth_rules", auth.auth_rules),
             ("auth_groups", auth.auth_groups),
@@ -47,7 +55,7 @@ def check_auth(config: Config, sources: Mapping[str, str]) -> None:
             if value:
                 raise ConfigError(
                     f"{key} (from {sources[key]}): needs htpasswd; without it clients are "
-                    "not authenticated and anyone may pull"
+                    "not authenticated: anyone may pull and no one may push or delete"
                 )
         return
     served = {upstream.host for upstream in config.registries.upstreams}

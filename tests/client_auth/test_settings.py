@@ -64,6 +64,39 @@ def test_auth_settings_without_htpasswd_are_an_error(
         load(tmp_path, text + "\n")
 
 
+@pytest.mark.parametrize("access", ["push", "delete"])
+def test_a_rule_granting_anonymous_clients_push_or_delete_is_an_error(
+    tmp_path: Path, access: str
+) -> None:
+    rules = f'auth_rules = [{{users = ["*"]}}, {{users = ["*"], access = "{access}"}}]\n'
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, rules)
+    assert str(caught.value) == (
+        f"auth_rules (from {tmp_path / 'm.toml'}): rule 2 grants {access}, but without "
+        "htpasswd every client is anonymous, and anonymous clients never push or delete; "
+        "set htpasswd"
+    )
+
+
+def test_rules_read_push_and_delete_each_implying_the_ones_before(
+    tmp_path: Path, users_file: Path
+) -> None:
+    rules = (
+        'auth_rules = [{users = ["a"], access = "delete"}, {users = ["b"], access = "push"}, '
+        '{users = ["c"]}, {users = ["d"], access = "deny"}]\n'
+    )
+    file = tmp_path / "m.toml"
+    file.write_text(f'htpasswd = "{users_file}"\n{rules}')
+    loaded = config.load(config_file=file, environ={})
+    assert [rule.actions for rule in loaded.config.auth.auth_rules] == [
+        ("pull", "push", "delete"),
+        ("pull", "push"),
+        ("pull",),
+        (),
+    ]
+    assert 'access = "push"}' in config.render(loaded)
+
+
 @pytest.mark.parametrize(
     ("rules", "message"),
     [
@@ -72,7 +105,10 @@ def test_auth_settings_without_htpasswd_are_an_error(
             '[{users = ["*"]}, {users = ["a"], upstreams = ["ghcr.io"]}]',
             "rule 2: upstream 'ghcr.io' is not served",
         ),
-        ('[{users = ["a"], access = "push"}]', 'access must be "pull" or "deny"'),
+        (
+            '[{users = ["a"], access = "write"}]',
+            'access must be one of "pull", "push", "delete", "deny", got \'write\'',
+        ),
         ('[{repositories = ["x"]}]', "needs `users`"),
         ('[{users = ["a"], colour = "blue"}]', "unknown key 'colour'"),
         ('[{users = [""]}]', "users: expected a list of non-empty strings"),

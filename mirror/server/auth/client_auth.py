@@ -13,7 +13,7 @@ from mirror.config import Config
 from mirror.server.auth.credentials import TOKEN_PATH, Challenges
 from mirror.server.auth.endpoint import TokenEndpoint
 from mirror.server.auth.logins import Logins
-from mirror.server.auth.middleware import AuthMiddleware
+from mirror.server.auth.middleware import AuthMiddleware, anonymous_reads_only
 from mirror.server.auth.policy import Policy
 from mirror.server.auth.throttle import Throttle
 from mirror.server.auth.tokens import Tokens, signing_key
@@ -58,10 +58,12 @@ def setup(
     *,
     clock: Callable[[], float] = time.time,
 ) -> ClientAuth | None:
-    """Switch client authentication on for `app` if `htpasswd` is set. Its middleware goes
-    innermost: after the error middleware that renders its refusals as the spec's JSON, and
-    after the one that resolves the request's repository (see `mirror.server.addressing`)."""
+    """Switch client authentication on for `app` if `htpasswd` is set; without it, refuse
+    the anonymous clients every push and delete. The middleware goes innermost: after the
+    error middleware that renders its refusals as the spec's JSON, and after the one that
+    resolves the request's repository (see `mirror.server.addressing`)."""
     if config.auth.htpasswd is None:
+        app.middlewares.append(anonymous_reads_only)
         return None
     auth = ClientAuth(config, router, clock=clock)
     auth.register(app)
@@ -70,7 +72,7 @@ def setup(
     rules = (
         f"{len(config.auth.auth_rules)} rules"
         if config.auth.auth_rules
-        else "no rules: all may pull"
+        else "no rules: every user may pull, push and delete"
     )
     log.info("client authentication on: %d users from %s, %s", users, config.auth.htpasswd, rules)
     return auth

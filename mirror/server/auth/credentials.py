@@ -57,12 +57,16 @@ class Challenges:
         host = request.host
         return host if _SAFE_HOST.fullmatch(host) else self._listen
 
-    def bearer(self, request: web.Request, *, error: str | None = None) -> str:
+    def bearer(
+        self, request: web.Request, *, actions: str = "pull", error: str | None = None
+    ) -> str:
+        """The challenge for `request`; on a repository's route its scope asks for
+        `actions` there (what the request needs, see `actions.scope_actions`)."""
         realm = self._realm or f"{request.scheme}://{self.service(request)}{TOKEN_PATH}"
         challenge = f'Bearer realm="{realm}",service="{self.service(request)}"'
         name = request.match_info.get("name")
         if name is not None and safe_name(name):
-            challenge += f',scope="repository:{name}:pull"'
+            challenge += f',scope="repository:{name}:{actions}"'
         if error is not None:
             challenge += f',error="{error}"'
         return challenge

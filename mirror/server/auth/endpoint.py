@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from mirror import errors
+from mirror.config import Action
 from mirror.errors import RegistryError
 from mirror.server.auth.credentials import (
     BASIC_REALM,
@@ -51,8 +52,10 @@ class TokenEndpoint:
         self._challenges = challenges
 
     async def token(self, request: web.Request) -> web.Response:
-        """A token for the scopes the user may have (pull at most; a scope the rules refuse
-        is granted no actions, and a request using it gets 403). Two ways to ask:
+        """A token for the scopes the user may have: of the actions asked (`pull`, `push`,
+        `delete`, or `*` for all), those the rules allow. A push or delete the token lacks
+        gets `401 insufficient_scope` when it is used, a request the rules refuse `403`.
+        Two ways to ask:
 
         - `GET /auth/token?service=...&scope=...` with Basic credentials (the token
           specification; Docker, skopeo, podman);
@@ -81,8 +84,10 @@ class TokenEndpoint:
         return web.json_response(body, headers={"Cache-Control": "no-store"})
 
     def _grant(self, user: str, requested: list[str]) -> list[dict[str, Any]]:
-        """The `access` entries of a token: each requested repository scope, with `pull` if
-        the rules allow it as the name routes without `ns` (use decides in any case)."""
+        """The `access` entries of a token: each requested repository scope with the
+        actions asked for that the rules allow, as the name routes without `ns` (use
+        decides again in any case). A scope asking more than allowed gets the rest, one
+        allowing nothing gets no actions: never an error (the token specification)."""
         scopes = " ".join(requested).split()
         access = []
         for scope in scopes[:MAX_SCOPES]:
@@ -90,18 +95,18 @@ class TokenEndpoint:
             name, _, actions = rest.rpartition(":")
             if kind != "repository" or not name or not safe_name(name):
                 continue
-            granted = []
-            if "pull" in actions.split(",") and self._may_pull(user, name):
-                granted = ["pull"]
+            asked = set(actions.split(","))
+            allowed = self._allowed(user, name)
+            granted = [action for action in allowed if action in asked or "*" in asked]
             access.append({"type": "repository", "name": name, "actions": granted})
         return access
 
-    def _may_pull(self, user: str, name: str) -> bool:
+    def _allowed(self, user: str, name: str) -> tuple[Action, ...]:
         try:
             repo = self._router.repository(name, None)
         except RegistryError:
-            return False
-        return self._policy.allows(user, repo.upstream.host, repo.name)
+            return ()
+        return self._policy.actions(user, repo.upstream.host, repo.name)
 
 
 async def _password_grant(request: web.Request) -> _TokenRequest:

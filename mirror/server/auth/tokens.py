@@ -16,8 +16,8 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,18 @@ class IssuedToken:
     token: str
     issued_at: float
     expires_in: int
+
+
+@dataclass(frozen=True)
+class Bearer:
+    """What a valid token says: its user, and the actions it was granted per repository
+    (the names as the client asked for them, which is how its requests name them)."""
+
+    user: str
+    access: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def grants(self, name: str, action: str) -> bool:
+        return action in self.access.get(name, frozenset())
 
 
 class Tokens:
@@ -61,8 +73,9 @@ class Tokens:
         token = f"{signed}.{_b64(self._sign(signed))}"
         return IssuedToken(token, now, int(self._ttl))
 
-    def verify(self, token: str) -> str | None:
-        """The user a valid, unexpired token of this mirror names; None for anything else."""
+    def verify(self, token: str) -> Bearer | None:
+        """The user and grants of a valid, unexpired token of this mirror; None for anything
+        else."""
         if len(token) > MAX_TOKEN_LENGTH or token.count(".") != 2:
             return None
         signed, _, signature = token.rpartition(".")
@@ -86,7 +99,7 @@ class Tokens:
         now = self._clock()
         if now > expires + CLOCK_SKEW or now < not_before - CLOCK_SKEW:
             return None
-        return user
+        return Bearer(user, _repository_access(claims.get("access")))
 
     def _sign(self, signed: str) -> bytes:
         return hmac.digest(self._key, signed.encode(), hashlib.sha256)
@@ -125,6 +138,20 @@ def stored_key(path: Path) -> bytes:
     if len(key) != 32:
         raise RuntimeError(f"{path} does not hold a token key; remove it to have a new one made")
     return key
+
+
+def _repository_access(claim: object) -> dict[str, frozenset[str]]:
+    """The `access` claim as repository name -> actions (entries of other types, or not
+    well formed, grant nothing)."""
+    access: dict[str, frozenset[str]] = {}
+    for entry in claim if isinstance(claim, list) else []:
+        if not isinstance(entry, dict) or entry.get("type") != "repository":
+            continue
+        name, actions = entry.get("name"), entry.get("actions")
+        if isinstance(name, str) and isinstance(actions, list):
+            granted = {action for action in actions if isinstance(action, str)}
+            access[name] = access.get(name, frozenset()) | granted
+    return access
 
 
 def _b64(data: bytes) -> str:
