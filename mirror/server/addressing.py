@@ -1,7 +1,8 @@
-"""The upstream repository a request addresses, resolved once per request.
+"""The repository a request addresses, resolved once per request.
 
 A registry route's `{name}` (with containerd's `?ns=` or a host prefix, else docker.io)
-maps to an `UpstreamRepo` through the `Router`. The authorisation middleware (to apply the
+maps through the `Router` to a `HostedRepo` when a `hosted` pattern matches it, else to an
+`UpstreamRepo`. The authorisation middleware (to apply the
 rules) and the handler (to serve) both need it, so a middleware outside both resolves it
 once and keeps the outcome on the request: the repository, or the refusal (NAME_UNKNOWN
 for a registry the mirror does not serve, NAME_INVALID for a bad name). Resolving never
@@ -16,10 +17,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from mirror.errors import RegistryError
+from mirror.upstream.hosting import HostedRepo
 from mirror.upstream.routing import Router, UpstreamRepo
 
+Target = UpstreamRepo | HostedRepo
+
 # The outcome of resolving the route's `{name}`; set for every route that has one.
-REPOSITORY: web.RequestKey[UpstreamRepo | RegistryError] = web.RequestKey("mirror.repository")
+REPOSITORY: web.RequestKey[Target | RegistryError] = web.RequestKey("mirror.repository")
 
 
 def resolve_repositories(router: Router) -> Middleware:
@@ -31,7 +35,7 @@ def resolve_repositories(router: Router) -> Middleware:
         name = request.match_info.get("name")
         if name is not None:
             try:
-                request[REPOSITORY] = router.repository(name, request.query.get("ns"))
+                request[REPOSITORY] = router.resolve(name, request.query.get("ns"))
             except RegistryError as exc:
                 request[REPOSITORY] = exc
         return await handler(request)
@@ -39,18 +43,24 @@ def resolve_repositories(router: Router) -> Middleware:
     return resolve_repository
 
 
-def repository(request: web.Request) -> UpstreamRepo:
-    """The repository the request addresses; raises the refusal if it addresses none the
-    mirror serves."""
+def target(request: web.Request) -> Target:
+    """The repository the request addresses, hosted or upstream; raises the refusal if it
+    addresses none the mirror serves."""
     outcome = request[REPOSITORY]
     if isinstance(outcome, RegistryError):
         raise outcome
     return outcome
 
 
-def served_repository(request: web.Request) -> UpstreamRepo | None:
+def served_target(request: web.Request) -> Target | None:
     """The repository the request addresses, or None if the mirror refuses it (the handler
     says why). Only for a route with a `{name}`: a missing outcome is a wiring mistake and
     raises KeyError rather than passing for "nothing to check"."""
     outcome = request[REPOSITORY]
     return None if isinstance(outcome, RegistryError) else outcome
+
+
+def served_repository(request: web.Request) -> UpstreamRepo | None:
+    """The upstream repository the request addresses; None for a hosted one or a refusal."""
+    outcome = served_target(request)
+    return outcome if isinstance(outcome, UpstreamRepo) else None

@@ -13,6 +13,7 @@ from aiohttp.typedefs import Handler
 from mirror import errors, metrics
 from mirror.errors import RegistryError
 from mirror.server import addressing
+from mirror.server.actions import required_action
 from mirror.server.auth.credentials import (
     BASIC_REALM,
     TOKEN_PATH,
@@ -90,13 +91,14 @@ class AuthMiddleware:
     def _authorise(self, request: web.Request, user: str) -> None:
         if request.match_info.get("name") is None:
             return
-        repo = addressing.served_repository(request)
+        repo = addressing.served_target(request)
         if repo is None:
             return  # not served or not a valid name: the handler says so
-        if not self._policy.allows(user, repo.upstream.host, repo.name):
+        action = required_action(request)
+        if not self._policy.allows(user, repo.host, repo.name):
             metrics.AUTH_FAILURES.labels("denied").inc()
             raise RegistryError(
-                errors.DENIED, f"user {user!r} may not pull {repo.qualified} from this mirror"
+                errors.DENIED, f"user {user!r} may not {action} {repo.qualified} from this mirror"
             )
 
 
