@@ -17,6 +17,8 @@ from mirror.meta.store import (
     CachedResponse,
     CachedResponses,
     Health,
+    HostedContent,
+    HostedManifest,
     Lease,
     Leases,
     Link,
@@ -31,6 +33,8 @@ from mirror.meta.store import (
     TagKey,
     TagRecord,
     TagRecords,
+    Upload,
+    Uploads,
 )
 
 __all__ = [
@@ -39,6 +43,8 @@ __all__ = [
     "CachedResponse",
     "CachedResponses",
     "Health",
+    "HostedContent",
+    "HostedManifest",
     "Lease",
     "Leases",
     "Link",
@@ -53,6 +59,8 @@ __all__ = [
     "TagKey",
     "TagRecord",
     "TagRecords",
+    "Upload",
+    "Uploads",
     "open_meta_store",
 ]
 
