@@ -6,12 +6,13 @@ lives here: which digest a tag names and when that was last confirmed upstream, 
 upstream's rate-limit budget, who accessed what and when, which repositories hold which
 content (links, and the catalog read from them), short-lived cached upstream answers (tag
 lists), what the hosted repositories hold (their tags, content and referrers) and the
-upload sessions pushing into them, locks that make one process (of many) do a piece of upstream work, leases that make
-one replica (of many) download a blob, and which replicas are alive.
+upload sessions pushing into them, locks that make one process (of many) do a piece of
+upstream work, leases that make one replica (of many) download a blob, and which replicas
+are alive.
 
 The interface is a few roles (`TagRecords`, `Locks`, `Leases`, `Replicas`, `RateLimits`,
-`AccessRecords`, `Links`, `CachedResponses`, `HostedContent`, `Uploads`, `Health`); a caller asks for the ones it uses,
-and a backend implements all of them (`MetaStore`).
+`AccessRecords`, `Links`, `CachedResponses`, `HostedContent`, `Uploads`, `Health`); a caller
+asks for the ones it uses, and a backend implements all of them (`MetaStore`).
 
 Implementations raise `MetaStoreError` for any backend failure; callers decide how to carry
 on without the store (the mirror keeps serving, going to the upstream as if uncached).
