@@ -39,7 +39,9 @@ BLOB_UPLOAD_UNKNOWN = ErrorCode("BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown
 BLOB_UPLOAD_INVALID = ErrorCode("BLOB_UPLOAD_INVALID", 404, "blob upload invalid")
 SIZE_INVALID = ErrorCode("SIZE_INVALID", 400, "provided length did not match content length")
 MANIFEST_INVALID = ErrorCode("MANIFEST_INVALID", 400, "manifest invalid")
-MANIFEST_BLOB_UNKNOWN = ErrorCode("MANIFEST_BLOB_UNKNOWN", 400, "manifest references an unknown blob")
+MANIFEST_BLOB_UNKNOWN = ErrorCode(
+    "MANIFEST_BLOB_UNKNOWN", 400, "manifest references an unknown blob"
+)
 # The spec says a manifest above the size limit SHOULD get 413; it names no code for it.
 MANIFEST_TOO_LARGE = ErrorCode("SIZE_INVALID", 413, "manifest too large")
 # The metadata store holding hosted repositories' records failed: nothing to answer from.
