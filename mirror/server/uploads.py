@@ -107,10 +107,16 @@ class UploadRoutes:
         return _blob_created(request, digest)
 
     def _hosted_repo(self, request: web.Request) -> HostedRepo:
+        """The hosted repository pushed to: 405 for any other, NAME_INVALID for a name a
+        hosted pattern claims but the grammar refuses."""
         repo = addressing.served_target(request)
-        if not isinstance(repo, HostedRepo):
-            raise push_refusal(self._router.hosting.patterns)
-        return repo
+        if isinstance(repo, HostedRepo):
+            return repo
+        if repo is None and self._router.hosting.claims(
+            request.match_info["name"], request.query.get("ns")
+        ):
+            addressing.target(request)  # raises the refusal
+        raise push_refusal(self._router.hosting.patterns)
 
 
 def _session_response(request: web.Request, upload: Upload, *, status: int) -> web.Response:

@@ -45,22 +45,30 @@ class Hosting:
     def __init__(self, patterns: Iterable[str]) -> None:
         self.patterns = tuple(patterns)
 
+    def claims(self, name: str, ns: str | None) -> bool:
+        """Whether a pattern matches `name` (with `ns`), valid or not."""
+        addressed = _addressed(name, ns)
+        return addressed is not None and any(
+            fnmatch.fnmatchcase(addressed, pattern) for pattern in self.patterns
+        )
+
     def match(self, name: str, ns: str | None) -> HostedRepo | None:
         """The hosted repository `name` (with `ns`) addresses, or None when no pattern
         matches it. Raises NAME_INVALID for a matching name that breaks the grammar."""
-        if not self.patterns:
-            return None
         addressed = _addressed(name, ns)
-        if not any(fnmatch.fnmatchcase(addressed, pattern) for pattern in self.patterns):
+        if addressed is None or not self.claims(name, ns):
             return None
         return HostedRepo(_valid(addressed))
 
 
-def _addressed(name: str, ns: str | None) -> str:
-    """The name as a pattern sees it: Docker Hub's own prefix dropped, any other host kept."""
+def _addressed(name: str, ns: str | None) -> str | None:
+    """The name as a pattern sees it: Docker Hub's own prefix dropped, any other host kept;
+    None for an `ns` that names no registry host."""
     if ns is not None:
         host = ns.lower()
-        return name if host in DOCKER_HUB_HOSTS else f"{host}/{name}"
+        if host in DOCKER_HUB_HOSTS:
+            return name
+        return f"{host}/{name}" if is_registry_host(host) else None
     first, sep, rest = name.partition("/")
     if sep and first.lower() in DOCKER_HUB_HOSTS:
         return rest
