@@ -112,7 +112,7 @@ async def put_manifest(
     return await mirror.put(
         f"/v2/{repo}/manifests/{reference}",
         data=manifest.data,
-        headers={"Content-Type": content_type or manifest.media_type},
+        headers={"Content-Type": manifest.media_type if content_type is None else content_type},
     )
 
 
