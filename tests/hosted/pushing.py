@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
+
 from mirror import mediatypes
 from tests.conftest import Client
 
@@ -108,7 +110,7 @@ async def push(mirror: Client, repo: str, manifest: Pushable, reference: str) ->
 
 async def put_manifest(
     mirror: Client, repo: str, manifest: Pushable, reference: str, content_type: str | None = None
-) -> Any:
+) -> aiohttp.ClientResponse:
     return await mirror.put(
         f"/v2/{repo}/manifests/{reference}",
         data=manifest.data,
@@ -116,7 +118,6 @@ async def put_manifest(
     )
 
 
-async def error_code(resp: Any) -> str:
+async def error_code(resp: aiohttp.ClientResponse) -> str:
     body = await resp.json()
-    code: str = body["errors"][0]["code"]
-    return code
+    return str(body["errors"][0]["code"])

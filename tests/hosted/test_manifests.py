@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import aiohttp
 import pytest
 
 from mirror import mediatypes
@@ -251,7 +252,7 @@ async def test_a_manifest_put_to_a_repository_not_hosted_is_405(mirror: Client) 
     assert "local/*" in (await resp.json())["errors"][0]["message"]
 
 
-async def put_pushed(mirror: Client, pushed: Pushable, reference: str) -> object:
+async def put_pushed(mirror: Client, pushed: Pushable, reference: str) -> aiohttp.ClientResponse:
     for blob in pushed.blobs:
         await push_blob(mirror, REPO, blob)
     return await put_manifest(mirror, REPO, pushed, reference)

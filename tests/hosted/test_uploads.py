@@ -3,6 +3,8 @@ the clients that push (docker, containerd, containers/image, oras) use them."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from testkit.fakeupstream import FakeRegistry, Manifest
@@ -264,7 +266,7 @@ async def test_hosted_repositories_behind_a_prefix_or_ns_take_pushes(mirror: Cli
 
 
 async def test_an_upload_continues_on_another_mirror_sharing_the_metadata_store(
-    upstream: FakeRegistry, start_mirror: StartMirror, meta_settings: dict[str, object]
+    upstream: FakeRegistry, start_mirror: StartMirror, meta_settings: dict[str, Any]
 ) -> None:
     first = await start_mirror(upstream.url, hosted=HOSTED, **meta_settings)
     location = await start_upload(first, REPO)
