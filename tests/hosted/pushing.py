@@ -57,11 +57,14 @@ def image(
     *,
     media_type: str = mediatypes.OCI_MANIFEST,
     extra: dict[str, Any] | None = None,
+    layer_size: int = 1000,
 ) -> Pushable:
-    """An image manifest with a config and two layers, unique per `seed`."""
+    """An image manifest with a config and two layers (the first about `layer_size` bytes),
+    unique per `seed`."""
     docker = media_type == mediatypes.DOCKER_MANIFEST
     config = Blob(json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode())
-    layers = (Blob(f"layer one of {seed}".encode() * 100), Blob(f"layer two of {seed}".encode()))
+    first = hashlib.shake_256(f"layer one of {seed}".encode()).digest(layer_size)
+    layers = (Blob(first), Blob(f"layer two of {seed}".encode()))
     document = {
         "schemaVersion": 2,
         "mediaType": media_type,
