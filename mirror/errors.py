@@ -34,9 +34,8 @@ UNAUTHORIZED = ErrorCode("UNAUTHORIZED", 401, "authentication required")
 DENIED = ErrorCode("DENIED", 403, "requested access to the resource is denied")
 UNSUPPORTED = ErrorCode("UNSUPPORTED", 405, "the operation is unsupported")
 TOOMANYREQUESTS = ErrorCode("TOOMANYREQUESTS", 429, "too many requests")
-# Pushes into hosted repositories (distribution's statuses; BLOB_UPLOAD_INVALID is its 404).
+# Pushes into hosted repositories (distribution's statuses).
 BLOB_UPLOAD_UNKNOWN = ErrorCode("BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown to registry")
-BLOB_UPLOAD_INVALID = ErrorCode("BLOB_UPLOAD_INVALID", 404, "blob upload invalid")
 SIZE_INVALID = ErrorCode("SIZE_INVALID", 400, "provided length did not match content length")
 MANIFEST_INVALID = ErrorCode("MANIFEST_INVALID", 400, "manifest invalid")
 MANIFEST_BLOB_UNKNOWN = ErrorCode(
