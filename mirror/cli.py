@@ -17,6 +17,7 @@ from mirror.server.serve import serve
 # commands take --config, --data-dir and --redis-url.
 SERVE_FLAGS = (
     "listen",
+    "hosted",
     "upstream",
     "data_dir",
     "redis_url",
@@ -137,6 +138,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_const",
         const=True,
         help="answer blob GETs with a redirect to a presigned URL of the bucket",
+    )
+    serve.add_argument(
+        "--hosted",
+        metavar="GLOB",
+        action="append",
+        help="host (accept pushes to) the repositories matching GLOB, e.g. 'local/*'; repeatable",
     )
     serve.add_argument(
         "--tag-ttl", metavar="SECONDS", help="how long a tag is served without asking upstream"

@@ -34,6 +34,17 @@ UNAUTHORIZED = ErrorCode("UNAUTHORIZED", 401, "authentication required")
 DENIED = ErrorCode("DENIED", 403, "requested access to the resource is denied")
 UNSUPPORTED = ErrorCode("UNSUPPORTED", 405, "the operation is unsupported")
 TOOMANYREQUESTS = ErrorCode("TOOMANYREQUESTS", 429, "too many requests")
+# Pushes into hosted repositories (distribution's statuses).
+BLOB_UPLOAD_UNKNOWN = ErrorCode("BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown to registry")
+SIZE_INVALID = ErrorCode("SIZE_INVALID", 400, "provided length did not match content length")
+MANIFEST_INVALID = ErrorCode("MANIFEST_INVALID", 400, "manifest invalid")
+MANIFEST_BLOB_UNKNOWN = ErrorCode(
+    "MANIFEST_BLOB_UNKNOWN", 400, "manifest references an unknown blob"
+)
+# The spec says a manifest above the size limit SHOULD get 413; it names no code for it.
+MANIFEST_TOO_LARGE = ErrorCode("SIZE_INVALID", 413, "manifest too large")
+# The metadata store holding hosted repositories' records failed: nothing to answer from.
+STORE_UNAVAILABLE = ErrorCode("UNAVAILABLE", 503, "metadata store unavailable")
 # Upstream faults. The spec has no codes for gateway errors; distribution uses UNAVAILABLE.
 UPSTREAM_BAD_GATEWAY = ErrorCode("UNAVAILABLE", 502, "upstream registry failed")
 UPSTREAM_UNAVAILABLE = ErrorCode("UNAVAILABLE", 503, "upstream registry unreachable")

@@ -30,11 +30,13 @@ from mirror.cache.access import AccessRecorder
 from mirror.cache.blobs import BlobCache
 from mirror.cache.cluster import Cluster
 from mirror.cache.downloads import AbandonBudget
+from mirror.cache.hosted import HostedRepositories
 from mirror.cache.janitor import Janitor
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.prefetch.engine import Puller
 from mirror.cache.scope import RepositoryScope
 from mirror.cache.tags import TagLists
+from mirror.cache.uploads import UploadSessions
 from mirror.config import Config
 from mirror.config.cluster import read_cluster_secret
 from mirror.meta import Leases, MetaStore, Replica, open_meta_store
@@ -77,6 +79,9 @@ class Mirror:
     # are redirected to it (`s3_redirect`).
     janitor: Janitor | None
     redirects: BlobRedirects | None
+    # The hosted repositories and the uploads pushing into them.
+    hosted: HostedRepositories
+    uploads: UploadSessions
 
     def puller(self) -> Puller:
         """The parts a prefetch pulls through (the server's own, for its schedule)."""
@@ -195,6 +200,11 @@ async def build(
     if isinstance(store, S3Store):
         janitor = Janitor(store, meta, grace=config.storage.s3_orphan_grace)
         redirects = store if config.storage.s3_redirect else None
+    hosting = config.hosting
+    hosted = HostedRepositories(store, meta, meta, max_manifest_size=hosting.max_manifest_size)
+    uploads = UploadSessions(
+        store, meta, config.storage.data_dir, ttl=hosting.upload_ttl, clock=clock
+    )
     return Mirror(
         config,
         store,
@@ -209,6 +219,8 @@ async def build(
         cluster,
         janitor,
         redirects,
+        hosted,
+        uploads,
     )
 
 

@@ -2,7 +2,9 @@
 
 - temp files a crash left in the store (older than `gc_grace`, and not the spool of a
   download in progress: the store tells);
-- blobs no cached manifest refers to and nobody used within `gc_grace`;
+- blobs no cached manifest refers to and nobody used within `gc_grace` (never one a hosted
+  repository holds: pushed content goes only when deleted from there);
+- the bytes of abandoned uploads into hosted repositories (idle past `upload_ttl`);
 - metadata about content that is gone: tag records naming a missing manifest, access
   records of missing digests, the links of the blobs it removes.
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mirror.cache.references import named_blobs
+from mirror.cache.uploads import UploadSessions
 from mirror.config import Config
 from mirror.units import human_size
 from mirror.wiring import DataDir, open_data_dir
@@ -45,7 +48,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         print(f"{verb} {line}")
     print(
         f"{verb} {report.temp_files} temp files, {report.blobs} unreferenced blobs, "
-        f"{report.tag_records} tag records and {report.access_records} access records; "
+        f"{report.tag_records} tag records, {report.access_records} access records and "
+        f"{report.uploads} abandoned uploads; "
         f"{human_size(report.bytes_freed)} {'would be ' if args.dry_run else ''}freed"
     )
     return 0
@@ -57,6 +61,7 @@ class Report:
     blobs: int = 0
     tag_records: int = 0
     access_records: int = 0
+    uploads: int = 0
     bytes_freed: int = 0
     lines: list[str] = field(default_factory=list)
 
@@ -79,12 +84,13 @@ async def collect_garbage(
 
     manifests = await asyncio.to_thread(lambda: list(store.objects("manifest")))
     referenced = await named_blobs(store, (m.digest for m in manifests))
+    hosted = await meta.hosted_digests()
     accessed = await meta.list_accesses()
     blobs = await asyncio.to_thread(lambda: list(store.objects("blob")))
     removed: set[str] = set()
     for blob in blobs:
         last_used = max(blob.mtime, accessed.get(str(blob.digest), 0.0))
-        if blob.digest in referenced or last_used > cutoff:
+        if blob.digest in referenced or str(blob.digest) in hosted or last_used > cutoff:
             continue
         if store.spool(blob.digest).in_progress():
             continue
@@ -111,4 +117,10 @@ async def collect_garbage(
         await meta.delete_accesses(gone)
     if removed and not dry_run:
         await meta.remove_links(sorted(removed))
+    if not dry_run:
+        config = data.config
+        uploads = UploadSessions(
+            store, meta, config.storage.data_dir, ttl=config.hosting.upload_ttl, clock=lambda: now
+        )
+        report.uploads = await uploads.sweep()
     return report

@@ -15,6 +15,10 @@ from urllib.parse import urlsplit
 
 T = TypeVar("T")
 
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+# A repository glob with its wildcards filled in: a name, perhaps behind a host[:port].
+_GLOB_SAMPLE = re.compile(rf"(?:[a-z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*")
+
 
 @dataclass(frozen=True)
 class Listen:
@@ -221,6 +225,18 @@ def parse_image_list(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ValueError("expected a list of strings")
     return tuple(value)
+
+
+def parse_repository_globs(value: Any) -> tuple[str, ...]:
+    """Repository globs (`local/*`, `registry.local/team/*`): a list, or from the
+    environment a comma-separated string. `*` and `?` aside, each must read as a
+    repository name (lower case, `/`-separated components), perhaps behind a host."""
+    globs = parse_image_list(value)
+    for glob in globs:
+        sample = glob.replace("*", "a").replace("?", "a")
+        if not _GLOB_SAMPLE.fullmatch(sample):
+            raise ValueError(f"{glob!r} is not a repository glob (like `local/*`)")
+    return globs
 
 
 def parse_networks(value: Any) -> tuple[str, ...]:

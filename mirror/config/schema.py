@@ -44,6 +44,7 @@ from mirror.config.parsers import (
     parse_positive_count,
     parse_prefix,
     parse_redis_url,
+    parse_repository_globs,
     parse_seconds,
     parse_size,
     parse_storage,
@@ -188,6 +189,16 @@ class PrefetchSettings:
 
 
 @dataclass(frozen=True)
+class HostingSettings:
+    """The repositories the mirror hosts itself (read-write, never fetched upstream), how
+    long an upload may sit idle before it expires, and the largest manifest accepted."""
+
+    hosted: tuple[str, ...] = field(metadata=setting(parse_repository_globs, []))
+    upload_ttl: float = field(metadata=setting(parse_seconds, 86400.0))
+    max_manifest_size: int = field(metadata=setting(parse_size, "4MiB"))
+
+
+@dataclass(frozen=True)
 class AuthSettings:
     """Client authentication: off unless `htpasswd` is set (the server reads the file)."""
 
@@ -222,6 +233,7 @@ class Config:
     cache: CacheSettings
     limits: LimitSettings
     prefetch: PrefetchSettings
+    hosting: HostingSettings
     auth: AuthSettings
     logging: LoggingSettings
 

@@ -15,6 +15,8 @@ from mirror.meta.store import (
     Access,
     AccessRecords,
     Health,
+    HostedContent,
+    HostedManifest,
     Lease,
     Leases,
     Link,
@@ -29,12 +31,16 @@ from mirror.meta.store import (
     TagKey,
     TagRecord,
     TagRecords,
+    Upload,
+    Uploads,
 )
 
 __all__ = [
     "Access",
     "AccessRecords",
     "Health",
+    "HostedContent",
+    "HostedManifest",
     "Lease",
     "Leases",
     "Link",
@@ -49,6 +55,8 @@ __all__ = [
     "TagKey",
     "TagRecord",
     "TagRecords",
+    "Upload",
+    "Uploads",
     "open_meta_store",
 ]
 

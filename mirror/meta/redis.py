@@ -23,6 +23,12 @@ deployments, can share one Redis. Below, `P` is that prefix:
                                              of the repositories with a link: paged with
                                              ZRANGEBYLEX
     P pulls                                  sorted set: qualified repository by pulls
+    P hosted:<repo>                          set of digests hosted `repo` holds
+    P hosted-digests                         set of digests any hosted repository holds
+    P hosted-tag:<repo>                      hash: tag -> JSON HostedManifest
+    P hosted-tags:<repo>                     sorted set of those tags (scores 0: paged by name)
+    P referrers:<repo>@<subject>             hash: referrer digest -> descriptor JSON
+    P upload:<id>                            JSON Upload, with the session's TTL
 
 The access times are one sorted set so the oldest digests can be found in one range query;
 `ZADD GT` keeps the later of two times, so concurrent batches merge without a script.
@@ -58,6 +64,7 @@ from mirror.errors import RegistryError
 from mirror.meta.store import (
     Access,
     CountedHealth,
+    HostedManifest,
     Lease,
     Link,
     MetaStoreError,
@@ -65,6 +72,7 @@ from mirror.meta.store import (
     Replica,
     TagKey,
     TagRecord,
+    Upload,
 )
 from mirror.reference import Digest
 
@@ -515,6 +523,95 @@ class RedisMetaStore(CountedHealth):
         with self._errors("top_repositories"):
             rows = await self._redis.zrevrange(self._key("pulls"), 0, limit - 1, withscores=True)
         return [(_text(row[0]), int(row[1])) for row in rows]
+
+    # --- hosted repositories --------------------------------------------------------------
+
+    async def add_hosted(self, repo: str, digests: Iterable[str]) -> None:
+        batch = list(digests)
+        if not batch:
+            return
+        with self._errors("add_hosted"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.sadd(self._key("hosted:", repo), *batch)
+                pipe.sadd(self._key("hosted-digests"), *batch)
+                await pipe.execute()
+
+    async def hosted_holds(self, repo: str, digest: str) -> bool:
+        with self._errors("hosted_holds"):
+            return bool(await self._redis.sismember(self._key("hosted:", repo), digest))
+
+    async def hosted_digests(self) -> set[str]:
+        with self._errors("hosted_digests"):
+            members = await self._redis.smembers(self._key("hosted-digests"))
+        return {_text(member) for member in members}
+
+    async def put_hosted_tag(self, repo: str, tag: str, manifest: HostedManifest) -> None:
+        value = json.dumps(
+            {
+                "digest": str(manifest.digest),
+                "media_type": manifest.media_type,
+                "size": manifest.size,
+            }
+        )
+        with self._errors("put_hosted_tag"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self._key("hosted-tag:", repo), tag, value)
+                pipe.zadd(self._key("hosted-tags:", repo), {tag: 0})
+                await pipe.execute()
+
+    async def get_hosted_tag(self, repo: str, tag: str) -> HostedManifest | None:
+        name = self._key("hosted-tag:", repo)
+        with self._errors("get_hosted_tag"):
+            raw = await self._redis.hget(name, tag)
+        if raw is None:
+            return None
+        with self._corrupt(f"{name} {tag}"):
+            data = json.loads(raw)
+            return HostedManifest(
+                Digest.parse(data["digest"]), str(data["media_type"]), int(data["size"])
+            )
+
+    async def hosted_tags(self, repo: str, *, last: str = "", n: int | None = None) -> list[str]:
+        if n == 0:
+            return []
+        after = f"({last}" if last else "-"
+        with self._errors("hosted_tags"):
+            tags = await self._redis.zrangebylex(
+                self._key("hosted-tags:", repo), after, "+", start=0 if n else None, num=n
+            )
+        return [_text(tag) for tag in tags]
+
+    async def add_referrer(self, repo: str, subject: str, referrer: str, descriptor: str) -> None:
+        with self._errors("add_referrer"):
+            await self._redis.hset(
+                self._key("referrers:", repo, "@", subject), referrer, descriptor
+            )
+
+    async def referrers(self, repo: str, subject: str) -> list[str]:
+        with self._errors("referrers"):
+            found = await self._redis.hgetall(self._key("referrers:", repo, "@", subject))
+        return [_text(found[key]) for key in sorted(found, key=_text)]
+
+    # --- upload sessions ------------------------------------------------------------------
+
+    async def put_upload(self, upload: Upload, ttl: float) -> None:
+        value = json.dumps({"repo": upload.repo, "size": upload.size})
+        with self._errors("put_upload"):
+            await self._redis.set(self._key("upload:", upload.id), value, px=_ms(ttl))
+
+    async def get_upload(self, upload_id: str) -> Upload | None:
+        name = self._key("upload:", upload_id)
+        with self._errors("get_upload"):
+            raw = await self._redis.get(name)
+        if raw is None:
+            return None
+        with self._corrupt(name):
+            data = json.loads(raw)
+            return Upload(upload_id, str(data["repo"]), int(data["size"]))
+
+    async def delete_upload(self, upload_id: str) -> None:
+        with self._errors("delete_upload"):
+            await self._redis.delete(self._key("upload:", upload_id))
 
 
 def _glob_escape(text: str) -> str:

@@ -13,6 +13,11 @@ serving cached bytes to it, and an offline mirror, or one whose upstream fails t
 no cached content to a repository it cannot confirm. Never the other way round: a failing
 store never makes content servable.
 
+The hosted repositories' records and upload sessions are the exception: they are the only
+record of what was pushed, so "not known" would be a wrong answer (a tag gone, an upload
+lost). Those calls go straight to the backend and its failures reach the caller, which
+answers 503.
+
 After a failure the backend is left alone for `retry_after` seconds, so an outage costs
 each request nothing rather than a timeout; then one call probes it, and the store recovers
 by itself once the backend answers. One warning per outage, one line when it ends, and a
@@ -31,6 +36,7 @@ from typing import TypeVar
 from mirror import observe
 from mirror.meta.store import (
     Access,
+    HostedManifest,
     Lease,
     Link,
     MetaStore,
@@ -39,6 +45,7 @@ from mirror.meta.store import (
     Replica,
     TagKey,
     TagRecord,
+    Upload,
 )
 
 log = logging.getLogger(__name__)
@@ -233,3 +240,38 @@ class ResilientMetaStore:
         return await self._guard(
             "top_repositories", [], lambda: self._inner.top_repositories(limit)
         )
+
+    # --- hosted repositories and uploads: failures reach the caller (see above)
+
+    async def add_hosted(self, repo: str, digests: Iterable[str]) -> None:
+        await self._inner.add_hosted(repo, digests)
+
+    async def hosted_holds(self, repo: str, digest: str) -> bool:
+        return await self._inner.hosted_holds(repo, digest)
+
+    async def hosted_digests(self) -> set[str]:
+        return await self._inner.hosted_digests()
+
+    async def put_hosted_tag(self, repo: str, tag: str, manifest: HostedManifest) -> None:
+        await self._inner.put_hosted_tag(repo, tag, manifest)
+
+    async def get_hosted_tag(self, repo: str, tag: str) -> HostedManifest | None:
+        return await self._inner.get_hosted_tag(repo, tag)
+
+    async def hosted_tags(self, repo: str, *, last: str = "", n: int | None = None) -> list[str]:
+        return await self._inner.hosted_tags(repo, last=last, n=n)
+
+    async def add_referrer(self, repo: str, subject: str, referrer: str, descriptor: str) -> None:
+        await self._inner.add_referrer(repo, subject, referrer, descriptor)
+
+    async def referrers(self, repo: str, subject: str) -> list[str]:
+        return await self._inner.referrers(repo, subject)
+
+    async def put_upload(self, upload: Upload, ttl: float) -> None:
+        await self._inner.put_upload(upload, ttl)
+
+    async def get_upload(self, upload_id: str) -> Upload | None:
+        return await self._inner.get_upload(upload_id)
+
+    async def delete_upload(self, upload_id: str) -> None:
+        await self._inner.delete_upload(upload_id)

@@ -18,6 +18,9 @@ Schema (version 4, in `PRAGMA user_version`):
     pulls(repo) -> count
     (versions up to 3 kept tag lists in a `responses` table: dropped, they are
     `mirror.upstream.lists`' now)
+    hosted_content(repo, digest), indexed by digest too; hosted_tags(repo, tag) -> digest,
+    media_type, size; referrers(repo, subject, referrer) -> descriptor (JSON);
+    uploads(id) -> repo, size, expires_at (version 4)
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from mirror.errors import RegistryError
 from mirror.meta.store import (
     Access,
     CountedHealth,
+    HostedManifest,
     Lease,
     Link,
     MetaStoreError,
@@ -43,6 +47,7 @@ from mirror.meta.store import (
     Replica,
     TagKey,
     TagRecord,
+    Upload,
 )
 from mirror.reference import Digest
 
@@ -111,6 +116,31 @@ _SCHEMA = (
     """,
     """
     DROP TABLE IF EXISTS responses
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS hosted_content (
+        repo TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (repo, digest)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE INDEX IF NOT EXISTS hosted_content_by_digest ON hosted_content (digest)
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS hosted_tags (
+        repo TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL, media_type TEXT NOT NULL,
+        size INTEGER NOT NULL, PRIMARY KEY (repo, tag)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS referrers (
+        repo TEXT NOT NULL, subject TEXT NOT NULL, referrer TEXT NOT NULL,
+        descriptor TEXT NOT NULL, PRIMARY KEY (repo, subject, referrer)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS uploads (
+        id TEXT PRIMARY KEY, repo TEXT NOT NULL, size INTEGER NOT NULL, expires_at REAL NOT NULL
+    ) WITHOUT ROWID
     """,
 )
 
@@ -443,6 +473,100 @@ class SqliteMetaStore(CountedHealth):
             ).fetchall()
         )
         return [(repo, count) for repo, count in rows]
+
+    # --- hosted repositories --------------------------------------------------------------
+
+    async def add_hosted(self, repo: str, digests: Iterable[str]) -> None:
+        rows = [(repo, digest) for digest in digests]
+        await self._run(
+            lambda c: c.executemany("INSERT OR IGNORE INTO hosted_content VALUES (?, ?)", rows)
+        )
+
+    async def hosted_holds(self, repo: str, digest: str) -> bool:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT 1 FROM hosted_content WHERE repo = ? AND digest = ?", (repo, digest)
+            ).fetchone()
+        )
+        return row is not None
+
+    async def hosted_digests(self) -> set[str]:
+        rows = await self._run(
+            lambda c: c.execute("SELECT DISTINCT digest FROM hosted_content").fetchall()
+        )
+        return {digest for (digest,) in rows}
+
+    async def put_hosted_tag(self, repo: str, tag: str, manifest: HostedManifest) -> None:
+        row = (repo, tag, str(manifest.digest), manifest.media_type, manifest.size)
+        await self._run(
+            lambda c: c.execute("INSERT OR REPLACE INTO hosted_tags VALUES (?, ?, ?, ?, ?)", row)
+        )
+
+    async def get_hosted_tag(self, repo: str, tag: str) -> HostedManifest | None:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT digest, media_type, size FROM hosted_tags WHERE repo = ? AND tag = ?",
+                (repo, tag),
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        digest, media_type, size = row
+        with self._counted():
+            try:
+                return HostedManifest(Digest.parse(digest), media_type, size)
+            except RegistryError as exc:
+                raise MetaStoreError(f"corrupt hosted tag {repo}:{tag}: {exc}") from exc
+
+    async def hosted_tags(self, repo: str, *, last: str = "", n: int | None = None) -> list[str]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT tag FROM hosted_tags WHERE repo = ? AND tag > ? ORDER BY tag LIMIT ?",
+                (repo, last, -1 if n is None else n),
+            ).fetchall()
+        )
+        return [tag for (tag,) in rows]
+
+    async def add_referrer(self, repo: str, subject: str, referrer: str, descriptor: str) -> None:
+        row = (repo, subject, referrer, descriptor)
+        await self._run(
+            lambda c: c.execute("INSERT OR REPLACE INTO referrers VALUES (?, ?, ?, ?)", row)
+        )
+
+    async def referrers(self, repo: str, subject: str) -> list[str]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT descriptor FROM referrers WHERE repo = ? AND subject = ? ORDER BY referrer",
+                (repo, subject),
+            ).fetchall()
+        )
+        return [descriptor for (descriptor,) in rows]
+
+    # --- upload sessions ------------------------------------------------------------------
+
+    async def put_upload(self, upload: Upload, ttl: float) -> None:
+        def put(c: sqlite3.Connection) -> None:
+            now = self._clock()
+            with _transaction(c):
+                c.execute("DELETE FROM uploads WHERE expires_at <= ?", (now,))
+                c.execute(
+                    "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?)",
+                    (upload.id, upload.repo, upload.size, now + ttl),
+                )
+
+        await self._run(put)
+
+    async def get_upload(self, upload_id: str) -> Upload | None:
+        row = await self._run(
+            lambda c: c.execute(
+                "SELECT repo, size FROM uploads WHERE id = ? AND expires_at > ?",
+                (upload_id, self._clock()),
+            ).fetchone()
+        )
+        return None if row is None else Upload(upload_id, row[0], row[1])
+
+    async def delete_upload(self, upload_id: str) -> None:
+        await self._run(lambda c: c.execute("DELETE FROM uploads WHERE id = ?", (upload_id,)))
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -4,14 +4,15 @@ restarts and (with Redis) processes.
 Content lives in the content store, keyed by digest and immutable. Everything that changes
 lives here: which digest a tag names and when that was last confirmed upstream, the
 upstream's rate-limit budget, who accessed what and when, which repositories hold which
-content (links, and the catalog read from them), locks that make one process (of many) do
-a piece of upstream work, leases that make one replica (of many) download a blob, and
-which replicas are alive. (Upstream tag lists are kept beside it, by
+content (links, and the catalog read from them), what the hosted repositories hold (their
+tags, content and referrers) and the upload sessions pushing into them, locks that make one
+process (of many) do a piece of upstream work, leases that make one replica (of many)
+download a blob, and which replicas are alive. (Upstream tag lists are kept beside it, by
 `mirror.upstream.lists`.)
 
 The interface is a few roles (`TagRecords`, `Locks`, `Leases`, `Replicas`, `RateLimits`,
-`AccessRecords`, `Links`, `Health`); a caller asks for the ones it uses,
-and a backend implements all of them (`MetaStore`).
+`AccessRecords`, `Links`, `HostedContent`, `Uploads`, `Health`); a caller asks for the ones
+it uses, and a backend implements all of them (`MetaStore`).
 
 Implementations raise `MetaStoreError` for any backend failure; callers decide how to carry
 on without the store (the mirror keeps serving, going to the upstream as if uncached).
@@ -32,6 +33,8 @@ __all__ = [
     "AccessRecords",
     "CountedHealth",
     "Health",
+    "HostedContent",
+    "HostedManifest",
     "Lease",
     "Leases",
     "Link",
@@ -46,6 +49,8 @@ __all__ = [
     "TagKey",
     "TagRecord",
     "TagRecords",
+    "Upload",
+    "Uploads",
 ]
 
 
@@ -249,6 +254,67 @@ class Links(Protocol):
         `last` only, at most `n` (a page read from the store, never the whole table)."""
 
 
+@dataclass(frozen=True)
+class HostedManifest:
+    """The manifest a hosted tag names."""
+
+    digest: Digest
+    media_type: str
+    size: int
+
+
+class HostedContent(Protocol):
+    """What the hosted repositories hold: the only record of it (nothing upstream to ask
+    again), so unlike the cache's roles a failure here must fail the request, never read as
+    "nothing held". Content a hosted repository holds is never evicted."""
+
+    async def add_hosted(self, repo: str, digests: Iterable[str]) -> None:
+        """Record that hosted `repo` holds these blobs and manifests (idempotent)."""
+
+    async def hosted_holds(self, repo: str, digest: str) -> bool: ...
+
+    async def hosted_digests(self) -> set[str]:
+        """Every digest any hosted repository holds (what eviction must keep)."""
+
+    async def put_hosted_tag(self, repo: str, tag: str, manifest: HostedManifest) -> None:
+        """Point `tag` of `repo` at `manifest` (creating or moving it)."""
+
+    async def get_hosted_tag(self, repo: str, tag: str) -> HostedManifest | None: ...
+
+    async def hosted_tags(self, repo: str, *, last: str = "", n: int | None = None) -> list[str]:
+        """`repo`'s tags: sorted, those after `last` only, at most `n`."""
+
+    async def add_referrer(self, repo: str, subject: str, referrer: str, descriptor: str) -> None:
+        """Record that manifest `referrer` of `repo` names `subject` as its subject;
+        `descriptor` is its OCI descriptor as JSON, as the referrers API lists it."""
+
+    async def referrers(self, repo: str, subject: str) -> list[str]:
+        """The descriptors (JSON) of `repo`'s manifests whose subject is `subject`, sorted by
+        referrer digest."""
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A blob upload in progress into a hosted repository: `size` bytes received so far
+    (kept where every replica sharing the data dir reads them, see `mirror.cache.uploads`)."""
+
+    id: str
+    repo: str
+    size: int
+
+
+class Uploads(Protocol):
+    """Upload sessions, shared by processes and kept across restarts; each expires `ttl`
+    seconds after its last write (an abandoned upload)."""
+
+    async def put_upload(self, upload: Upload, ttl: float) -> None: ...
+
+    async def get_upload(self, upload_id: str) -> Upload | None:
+        """The session, or None when it is unknown, finished, cancelled or expired."""
+
+    async def delete_upload(self, upload_id: str) -> None: ...
+
+
 class MetaStore(
     Health,
     TagRecords,
@@ -258,6 +324,8 @@ class MetaStore(
     RateLimits,
     AccessRecords,
     Links,
+    HostedContent,
+    Uploads,
     Protocol,
 ):
     """Every role: what a backend implements. Callers ask for the roles they use."""

@@ -1,7 +1,8 @@
-"""The upstream repository a request addresses, resolved once per request.
+"""The repository a request addresses, resolved once per request.
 
 A registry route's `{name}` (with containerd's `?ns=` or a host prefix, else docker.io)
-maps to an `UpstreamRepo` through the `Router`. The authorisation middleware (to apply the
+maps through the `Router` to a `HostedRepo` when a `hosted` pattern matches it, else to an
+`UpstreamRepo`. The authorisation middleware (to apply the
 rules) and the handler (to serve) both need it, so a middleware outside both resolves it
 once and keeps the outcome on the request: the repository, or the refusal (NAME_UNKNOWN
 for a registry the mirror does not serve, NAME_INVALID for a bad name). Resolving never
@@ -19,10 +20,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from mirror.errors import RegistryError
+from mirror.upstream.hosting import HostedRepo
 from mirror.upstream.routing import Router, UpstreamRepo
 
+Target = UpstreamRepo | HostedRepo
+
 # The outcome of resolving the route's `{name}`; set for every route that has one.
-REPOSITORY: web.RequestKey[UpstreamRepo | RegistryError] = web.RequestKey("mirror.repository")
+REPOSITORY: web.RequestKey[Target | RegistryError] = web.RequestKey("mirror.repository")
 # The `ns` a request was routed by, as the client sent it: echoed as `OCI-Namespace`.
 NAMESPACE: web.RequestKey[str] = web.RequestKey("mirror.namespace")
 OCI_NAMESPACE_HEADER = "OCI-Namespace"
@@ -38,7 +42,7 @@ def resolve_repositories(router: Router) -> Middleware:
         ns = request.query.get("ns")
         if name is not None:
             try:
-                request[REPOSITORY] = router.repository(name, ns)
+                request[REPOSITORY] = router.resolve(name, ns)
             except RegistryError as exc:
                 request[REPOSITORY] = exc
             else:
@@ -62,18 +66,24 @@ async def echo_namespace(request: web.Request, response: web.StreamResponse) -> 
         response.headers[OCI_NAMESPACE_HEADER] = ns
 
 
-def repository(request: web.Request) -> UpstreamRepo:
-    """The repository the request addresses; raises the refusal if it addresses none the
-    mirror serves."""
+def target(request: web.Request) -> Target:
+    """The repository the request addresses, hosted or upstream; raises the refusal if it
+    addresses none the mirror serves."""
     outcome = request[REPOSITORY]
     if isinstance(outcome, RegistryError):
         raise outcome
     return outcome
 
 
-def served_repository(request: web.Request) -> UpstreamRepo | None:
+def served_target(request: web.Request) -> Target | None:
     """The repository the request addresses, or None if the mirror refuses it (the handler
     says why). Only for a route with a `{name}`: a missing outcome is a wiring mistake and
     raises KeyError rather than passing for "nothing to check"."""
     outcome = request[REPOSITORY]
     return None if isinstance(outcome, RegistryError) else outcome
+
+
+def served_repository(request: web.Request) -> UpstreamRepo | None:
+    """The upstream repository the request addresses; None for a hosted one or a refusal."""
+    outcome = served_target(request)
+    return outcome if isinstance(outcome, UpstreamRepo) else None

@@ -18,13 +18,16 @@ from mirror.cache.prefetch.schedule import schedule as schedule_prefetch
 from mirror.config import Config
 from mirror.config.cluster import read_cluster_secret
 from mirror.meta.store import Replica, Replicas
+from mirror.reference import Digest
 from mirror.server import addressing, auth
 from mirror.server.auth import passthrough
 from mirror.server.coldmisses import ColdMissLimit
+from mirror.server.hosted import HostedRoutes
 from mirror.server.middleware import add_response_headers, observe_requests, registry_errors
 from mirror.server.ops import OpsRoutes
 from mirror.server.relay import RelayRoutes
 from mirror.server.routes import RegistryRoutes
+from mirror.server.uploads import UploadRoutes
 from mirror.storage import ContentStore
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,7 @@ async def create_app(
     app.on_response_prepare.append(add_response_headers)
     app.on_response_prepare.append(addressing.echo_namespace)
     cold_misses = ColdMissLimit(config.limits.max_cold_per_client, config.auth.trusted_proxies)
+    UploadRoutes(router, mirror.hosted, mirror.uploads).register(app.router)
     RegistryRoutes(
         router,
         mirror.blobs,
@@ -64,6 +68,7 @@ async def create_app(
         mirror.tags,
         mirror.meta,
         cold_misses,
+        HostedRoutes(mirror.hosted),
         redirects=mirror.redirects,
     ).register(app.router)
     OpsRoutes(
@@ -121,11 +126,13 @@ class _Background:
                 mirror.meta,
                 max_bytes=config.cache.max_cache_size,
                 low_water=config.cache.cache_low_water,
-                pinned=lambda: pinned_digests(config, mirror.store, mirror.meta),
+                pinned=lambda: _kept(config, mirror),
                 before_pass=mirror.access.flush,
                 clock=self._clock,
             )
             self._spawn(evictor.run_forever(), "evict")
+        if config.hosting.hosted:
+            self._spawn(mirror.uploads.run_forever(), "sweep-expired-uploads")
         if mirror.janitor is not None:
             self._spawn(mirror.janitor.run_forever(), "abort-orphaned-uploads")
         if config.prefetch.prefetch:
@@ -146,6 +153,14 @@ class _Background:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._mirror.close()
+
+
+async def _kept(config: Config, mirror: wiring.Mirror) -> set[Digest]:
+    """What eviction never removes: the pinned images, and everything a hosted repository
+    holds (pushed content has no upstream to fetch it again from). Without the hosted
+    records nothing may go: their store's failure (MetaStoreError) ends the pass."""
+    kept = await pinned_digests(config, mirror.store, mirror.meta)
+    return kept | {Digest.parse(digest) for digest in await mirror.meta.hosted_digests()}
 
 
 async def _heartbeat(replicas: Replicas, replica: Replica, lease: float) -> None:

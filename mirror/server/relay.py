@@ -21,7 +21,8 @@ from mirror.cache.blobs import BlobCache
 from mirror.cache.downloads import Reader
 from mirror.errors import RegistryError
 from mirror.reference import Digest
-from mirror.server.routes import cached_blob_response, stream_download
+from mirror.server.responses import cached_blob_response
+from mirror.server.routes import stream_download
 from mirror.upstream import peers
 from mirror.upstream.peers import RELAY_PREFIX
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
-from mirror import errors, observe
+from mirror import errors, mediatypes, observe
 from mirror.errors import RegistryError
 from mirror.reference import Digest
 from mirror.storage import StoredBlob
@@ -143,3 +143,37 @@ def abort(request: web.Request) -> None:
     complete one with bad bytes."""
     if request.transport is not None:
         request.transport.abort()
+
+
+def manifest_response(
+    request: web.Request, digest: Digest, media_type: str, size: int, data: bytes | None
+) -> web.StreamResponse:
+    headers = content_headers(digest, media_type)
+    if etag_matches(request, digest):
+        return web.Response(status=304, headers=headers)
+    if data is None or request.method == "HEAD":
+        response = web.StreamResponse(headers=headers)
+        response.content_length = size
+        return response
+    return web.Response(body=data, headers=headers)
+
+
+def blob_headers(digest: Digest) -> dict[str, str]:
+    return {
+        **content_headers(digest, mediatypes.BLOB_CONTENT_TYPE),
+        "Accept-Ranges": "bytes",
+        "Cache-Control": IMMUTABLE_CACHE_CONTROL,
+    }
+
+
+def cached_blob_response(
+    request: web.Request, digest: Digest, blob: StoredBlob
+) -> web.StreamResponse:
+    headers = blob_headers(digest)
+    if etag_matches(request, digest):
+        return web.Response(status=304, headers=headers)
+    rng = parse_range(request.headers.get("Range"), blob.size)
+    if rng is None:
+        return BlobSliceResponse(blob, 0, blob.size, status=200, headers=headers)
+    headers["Content-Range"] = rng.content_range(blob.size)
+    return BlobSliceResponse(blob, rng.start, rng.end - rng.start, status=206, headers=headers)

@@ -1,5 +1,6 @@
-"""The pull side of the Registry HTTP API v2. Routes parse and validate, then delegate to the
-caches; every failure is a `RegistryError` that the error middleware renders."""
+"""The read side of the Registry HTTP API v2. Routes parse and validate, then delegate to the
+caches, or, for a hosted repository, to `mirror.server.hosted` (which also takes its manifest
+`PUT`s); every failure is a `RegistryError` that the error middleware renders."""
 
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ from mirror.reference import (
 from mirror.server import addressing, responses
 from mirror.server.auth import CATALOG_FILTER
 from mirror.server.coldmisses import ColdMissLimit
+from mirror.server.hosted import HostedRoutes, push_refusal
+from mirror.server.responses import cached_blob_response
 from mirror.storage import BlobRedirects, StoredBlob
+from mirror.upstream.hosting import HostedRepo
 from mirror.upstream.routing import Router, UpstreamRepo
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,7 @@ class RegistryRoutes:
         tags: TagLists,
         meta: Links,
         cold_misses: ColdMissLimit,
+        hosted: HostedRoutes,
         *,
         redirects: BlobRedirects | None = None,
     ) -> None:
@@ -65,17 +70,16 @@ class RegistryRoutes:
         self._tags = tags
         self._meta = meta
         self._cold_misses = cold_misses
+        self._hosted = hosted
         self._redirects = redirects  # blob GETs sent to the bucket (`s3_redirect`)
 
     def register(self, router: web.UrlDispatcher) -> None:
         """Add the routes, each named for its metrics label (see `middleware.route_label`).
-        The routes that need the repository resolved have a `{name}` (`addressing`)."""
+        The routes that need the repository resolved have a `{name}` (`addressing`). The
+        upload routes (`mirror.server.uploads`) go first: `blobs/uploads` is no digest."""
         router.add_route("GET", "/v2", self.ping, name="ping.unslashed")
         router.add_route("GET", "/v2/", self.ping, name="ping")
         router.add_route("GET", "/v2/_catalog", self.catalog, name="catalog")
-        uploads = f"/v2/{_NAME}/blobs/uploads"
-        router.add_route("*", f"{uploads}/{{rest:.*}}", self.refuse_push, name="push.session")
-        router.add_route("*", uploads, self.refuse_push, name="push")
         router.add_route(
             "*", f"/v2/{_NAME}/manifests/{{reference}}", self.manifest, name="manifest"
         )
@@ -90,18 +94,16 @@ class RegistryRoutes:
             addressing.routed_by_namespace(request, ns)
         return web.json_response({})
 
-    async def refuse_push(self, request: web.Request) -> web.Response:
-        raise _read_only()
-
     async def manifest(self, request: web.Request) -> web.StreamResponse:
-        if request.method not in READ_METHODS:
+        if request.method not in READ_METHODS and not self._hosts(request):
             manifest_reference(request)  # a malformed reference: the client's 400 before the 405
-            raise _read_only()
-        repo = self._repository(request)  # a bad name is NAME_INVALID before anything else
+        repo = self._resolve(request)
+        if isinstance(repo, HostedRepo):
+            return await self._hosted.manifest(request, repo)
         reference = manifest_reference(request)
         if isinstance(reference, Digest):
             manifest = await self._manifests.by_digest(repo, reference)
-            return _manifest_response(
+            return responses.manifest_response(
                 request, manifest.digest, manifest.media_type, len(manifest.data), manifest.data
             )
         tag = reference
@@ -110,7 +112,7 @@ class RegistryRoutes:
             repo, tag, accept, with_bytes=request.method != "HEAD"
         )
         data = resolved.manifest.data if resolved.manifest is not None else None
-        response = _manifest_response(
+        response = responses.manifest_response(
             request, resolved.digest, resolved.media_type, resolved.size, data
         )
         if resolved.stale is not None:
@@ -118,8 +120,9 @@ class RegistryRoutes:
         return response
 
     async def blob(self, request: web.Request) -> web.StreamResponse:
-        self._check_read(request)
-        repo = self._repository(request)
+        repo = self._resolve(request)
+        if isinstance(repo, HostedRepo):
+            return await self._hosted.blob(request, repo)
         digest = Digest.parse(request.match_info["digest"])
         if cached := await self._blobs.cached(repo, digest):  # the repository holds it
             if self._redirects is not None and _redirectable(request, digest, cached):
@@ -128,7 +131,7 @@ class RegistryRoutes:
             return cached_blob_response(request, digest, cached)
         if request.method == "HEAD":
             size = await self._blobs.size(repo, digest)
-            response = web.StreamResponse(headers=_blob_headers(digest))
+            response = web.StreamResponse(headers=responses.blob_headers(digest))
             if size is not None:
                 response.content_length = size
             return response
@@ -138,10 +141,14 @@ class RegistryRoutes:
             return await stream_download(request, download)
 
     async def tags(self, request: web.Request) -> web.Response:
-        self._check_read(request)
-        repo = self._repository(request)
-        name = request.match_info["name"]  # as the client wrote it: Link points back to it
+        repo = self._resolve(request)
         query = _pagination(request, parse_tag)
+        if isinstance(repo, HostedRepo):
+            self._check_read(request)
+            wanted = dict(query)
+            n = int(wanted["n"]) if "n" in wanted else None
+            return await self._hosted.tags(request, repo, n, wanted.get("last", ""))
+        name = request.match_info["name"]  # as the client wrote it: Link points back to it
         page = await self._tags.page(repo, query)
         headers = {}
         if page.link and (link := _rewrite_link(page.link, name, request.query.get("ns"))):
@@ -202,11 +209,22 @@ class RegistryRoutes:
 
     def _check_read(self, request: web.Request) -> None:
         if request.method not in READ_METHODS:
-            raise _read_only()
+            raise push_refusal(self._router.hosting.patterns)
 
-    def _repository(self, request: web.Request) -> UpstreamRepo:
-        repo = addressing.repository(request)
-        observe.routed(repo.upstream.host)
+    @staticmethod
+    def _hosts(request: web.Request) -> bool:
+        """Whether the request addresses a hosted repository (which takes writes)."""
+        return isinstance(addressing.served_target(request), HostedRepo)
+
+    def _resolve(self, request: web.Request) -> UpstreamRepo | HostedRepo:
+        """The repository the request addresses: a hosted one as it is (its handler checks
+        the method), else an upstream one, for reads only."""
+        if isinstance(hosted := addressing.served_target(request), HostedRepo):
+            return hosted
+        self._check_read(request)
+        repo = addressing.target(request)
+        if isinstance(repo, UpstreamRepo):
+            observe.routed(repo.upstream.host)
         return repo
 
 
@@ -252,34 +270,6 @@ def manifest_reference(request: web.Request) -> Digest | str:
         ) from None
 
 
-def _read_only() -> RegistryError:
-    return RegistryError(
-        errors.UNSUPPORTED,
-        "this registry is a read-only pull-through mirror: push and delete are not supported",
-    )
-
-
-def _manifest_response(
-    request: web.Request, digest: Digest, media_type: str, size: int, data: bytes | None
-) -> web.StreamResponse:
-    headers = responses.content_headers(digest, media_type)
-    if responses.etag_matches(request, digest):
-        return web.Response(status=304, headers=headers)
-    if data is None or request.method == "HEAD":
-        response = web.StreamResponse(headers=headers)
-        response.content_length = size
-        return response
-    return web.Response(body=data, headers=headers)
-
-
-def _blob_headers(digest: Digest) -> dict[str, str]:
-    return {
-        **responses.content_headers(digest, mediatypes.BLOB_CONTENT_TYPE),
-        "Accept-Ranges": "bytes",
-        "Cache-Control": responses.IMMUTABLE_CACHE_CONTROL,
-    }
-
-
 def _redirectable(request: web.Request, digest: Digest, blob: StoredBlob) -> bool:
     """Whether a GET of a stored blob goes to the bucket: every GET of a blob read from
     there, ranges included (the bucket honours them, and clients send the header again
@@ -304,21 +294,6 @@ def _redirect_response(digest: Digest, url: str) -> web.Response:
     return web.Response(status=307, headers=headers)
 
 
-def cached_blob_response(
-    request: web.Request, digest: Digest, blob: StoredBlob
-) -> web.StreamResponse:
-    headers = _blob_headers(digest)
-    if responses.etag_matches(request, digest):
-        return web.Response(status=304, headers=headers)
-    rng = responses.parse_range(request.headers.get("Range"), blob.size)
-    if rng is None:
-        return responses.BlobSliceResponse(blob, 0, blob.size, status=200, headers=headers)
-    headers["Content-Range"] = rng.content_range(blob.size)
-    return responses.BlobSliceResponse(
-        blob, rng.start, rng.end - rng.start, status=206, headers=headers
-    )
-
-
 async def stream_download(request: web.Request, download: BlobBody) -> web.StreamResponse:
     """Stream a blob that is still arriving from upstream; abort the connection if the
     download fails, so the client never mistakes a partial or bad body for a good one."""
@@ -330,7 +305,7 @@ async def stream_download(request: web.Request, download: BlobBody) -> web.Strea
 
 async def _stream_body(request: web.Request, download: BlobBody) -> web.StreamResponse:
     size = download.size
-    headers = _blob_headers(download.digest)
+    headers = responses.blob_headers(download.digest)
     start, end, status = 0, None, 200
     if size is not None:
         rng = responses.parse_range(request.headers.get("Range"), size)

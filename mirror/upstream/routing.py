@@ -22,6 +22,7 @@ from mirror.errors import RegistryError
 from mirror.reference import is_registry_host, looks_like_host, parse_name
 from mirror.upstream.client import UpstreamClient
 from mirror.upstream.credentials import ClientCredential
+from mirror.upstream.hosting import HostedRepo, Hosting
 from mirror.upstream.lists import ListCache
 from mirror.upstream.options import ClientOptions
 
@@ -40,6 +41,10 @@ class UpstreamRepo:
     credential: ClientCredential | None = field(default=None, repr=False, compare=False)
 
     @property
+    def host(self) -> str:
+        return self.upstream.host
+
+    @property
     def qualified(self) -> str:
         """`host/name`: unique across upstreams (`ghcr.io/org/app`)."""
         return f"{self.upstream.host}/{self.name}"
@@ -48,8 +53,9 @@ class UpstreamRepo:
 class Router:
     """Maps registry hosts (and their aliases) to the configured upstream clients."""
 
-    def __init__(self, upstreams: Iterable[UpstreamClient]) -> None:
+    def __init__(self, upstreams: Iterable[UpstreamClient], hosted: Iterable[str] = ()) -> None:
         self.upstreams = tuple(upstreams)
+        self.hosting = Hosting(hosted)
         self._by_name: dict[str, UpstreamClient] = {}
         for upstream in self.upstreams:
             names = {upstream.host, upstream.name.lower()}
@@ -64,15 +70,24 @@ class Router:
         """A client for every upstream `config` serves, keeping tag lists in `lists`
         (create inside the event loop)."""
         return cls(
-            UpstreamClient(
-                settings, ClientOptions.from_config(config.registries, settings), lists=lists
-            )
-            for settings in config.registries.upstreams
+            (
+                UpstreamClient(
+                    settings, ClientOptions.from_config(config.registries, settings), lists=lists
+                )
+                for settings in config.registries.upstreams
+            ),
+            config.hosting.hosted,
         )
 
     @property
     def hosts(self) -> list[str]:
         return [upstream.host for upstream in self.upstreams]
+
+    def resolve(self, name: str, ns: str | None) -> UpstreamRepo | HostedRepo:
+        """What a request path's `name` (and `ns`) addresses: a hosted repository when a
+        `hosted` pattern matches it, else an upstream one (see `repository`)."""
+        hosted = self.hosting.match(name, ns)
+        return hosted if hosted is not None else self.repository(name, ns)
 
     def repository(self, name: str, ns: str | None) -> UpstreamRepo:
         """The upstream repository a request path's `name` (and `ns`) addresses.

@@ -231,7 +231,7 @@ async def start_with_mount_probe(
     app = await create_app(config.load(config_file=file, environ={}).config, clock=time.time)
 
     async def mount_source(request: web.Request) -> web.Response:
-        repo = addressing.repository(request)
+        repo = addressing.target(request)
         return web.json_response({"mountable": auth.may_pull(request, repo)})
 
     app.router.add_get(MOUNT_SOURCE + "{name:.+}", mount_source)

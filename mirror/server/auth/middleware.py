@@ -27,6 +27,7 @@ from mirror.server.auth.credentials import (
 from mirror.server.auth.logins import Logins, record_user
 from mirror.server.auth.policy import Policy
 from mirror.server.auth.tokens import Bearer, Tokens
+from mirror.upstream.hosting import HostedRepo
 from mirror.upstream.peers import RELAY_PREFIX
 from mirror.upstream.routing import UpstreamRepo
 
@@ -39,16 +40,16 @@ METRICS_PATH = "/metrics"
 CATALOG_FILTER: web.RequestKey[Callable[[str, str], bool]] = web.RequestKey("mirror.catalog_filter")
 
 
-def may_pull(request: web.Request, repo: UpstreamRepo) -> bool:
+def may_pull(request: web.Request, repo: addressing.Target) -> bool:
     """Whether the request's client may pull `repo`: what a push route asks before mounting
     a blob from it (`from=`), falling back to a plain upload when not. Never a passthrough
     upstream's repository: only that upstream can say whether the client may have its
     content (see `passthrough`), and a mount does not ask it. Otherwise what the rules allow
     the user, or anyone, with authentication off."""
-    if repo.upstream.passthrough:
+    if isinstance(repo, UpstreamRepo) and repo.upstream.passthrough:
         return False
     visible = request.get(CATALOG_FILTER)
-    return visible is None or visible(repo.upstream.host, repo.name)
+    return visible is None or visible(repo.host, repo.name)
 
 
 @web.middleware
@@ -58,9 +59,9 @@ async def anonymous_reads_only(request: web.Request, handler: Handler) -> web.St
     name = request.match_info.get("name")
     if name is not None and request.path.startswith("/v2/"):
         action = needed_action(request, name)
-        if action != "pull":
-            repo = addressing.served_repository(request)
-            refused = _refusal("anonymous clients", action, repo.qualified if repo else name)
+        repo = addressing.served_target(request)
+        if action != "pull" and isinstance(repo, HostedRepo):
+            refused = _refusal("anonymous clients", action, repo.qualified)
             raise RegistryError(
                 errors.DENIED,
                 f"{refused}: it authenticates no one (set htpasswd to let users push)",
@@ -141,10 +142,12 @@ class AuthMiddleware:
         token would help. A token must also carry a push or delete it is used for (pulls are
         the rules' alone, as they always were): one without gets `401` with an
         `insufficient_scope` challenge, and the client fetches one that does."""
-        repo = addressing.served_repository(request)
-        if repo is None:
-            return  # not served or not a valid name: the handler says so
-        if not self._policy.allows(user, action, repo.upstream.host, repo.name):
+        repo = addressing.served_target(request)
+        if repo is None or (action != "pull" and not isinstance(repo, HostedRepo)):
+            # Not served, not a valid name, or a write where nothing is written: the handler
+            # says so (a push to a cached repository is `405 UNSUPPORTED` whoever sends it).
+            return
+        if not self._policy.allows(user, action, repo.host, repo.name):
             metrics.AUTH_FAILURES.labels("denied").inc()
             raise RegistryError(errors.DENIED, _refusal(f"user {user!r}", action, repo.qualified))
         if bearer is not None and action != "pull" and not bearer.grants(name, action):

@@ -1,0 +1,276 @@
+"""Hosted repositories: content the mirror keeps for its own users, served from the store and
+the metadata store alone, never from or against an upstream.
+
+The bytes live in the same content store as the cache's, once per digest; what a hosted
+repository holds is recorded per repository (`HostedContent`), so a digest is readable
+through a hosted name only once it was pushed, mounted or put there, and eviction keeps
+every digest a hosted repository holds. Manifests are kept byte for byte; a pushed manifest
+must name only blobs and child manifests the repository already holds, so a hosted image is
+always whole. Putting a manifest the repository holds under another tag copies nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from mirror import errors, mediatypes
+from mirror.errors import RegistryError
+from mirror.manifestjson import ManifestError, declared_type, parse_manifest
+from mirror.meta.store import HostedContent, HostedManifest, Link, Links, MetaStoreError
+from mirror.reference import Digest, is_digest, parse_tag
+from mirror.storage import ContentStore, StoredBlob, StoredManifest, StoreUnavailable
+from mirror.upstream.hosting import HostedRepo
+from mirror.upstream.routing import UpstreamRepo
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_IMAGE_TYPES = frozenset({mediatypes.DOCKER_MANIFEST, mediatypes.OCI_MANIFEST})
+_INDEX_TYPES = frozenset({mediatypes.DOCKER_MANIFEST_LIST, mediatypes.OCI_INDEX})
+
+
+@dataclass(frozen=True)
+class PushedManifest:
+    """A manifest put into a hosted repository: its digest, and its subject if it has one
+    (the `OCI-Subject` answer)."""
+
+    digest: Digest
+    subject: Digest | None
+
+
+class HostedRepositories:
+    """Reads and writes of hosted repositories over the store and their records."""
+
+    def __init__(
+        self, store: ContentStore, meta: HostedContent, links: Links, *, max_manifest_size: int
+    ) -> None:
+        self._store = store
+        self._meta = meta
+        self._links = links
+        self.max_manifest_size = max_manifest_size
+
+    # --- reads
+
+    async def blob(self, repo: HostedRepo, digest: Digest) -> StoredBlob:
+        """A blob `repo` holds; BLOB_UNKNOWN otherwise."""
+        if await self.holds(repo, digest) and (blob := await self._store.open_blob(digest)):
+            return blob
+        raise RegistryError(errors.BLOB_UNKNOWN, detail={"digest": str(digest)})
+
+    async def manifest(self, repo: HostedRepo, reference: str) -> StoredManifest:
+        """The manifest a tag of `repo` names, or one it holds by digest; MANIFEST_UNKNOWN
+        otherwise (TAG_INVALID for a reference that is neither)."""
+        unknown = RegistryError(errors.MANIFEST_UNKNOWN, detail={"reference": reference[:200]})
+        if is_digest(reference):
+            digest = Digest.parse(reference)
+            if not await self.holds(repo, digest):
+                raise unknown
+        else:
+            tag = parse_tag(reference)
+            tagged = await self._guarded(self._meta.get_hosted_tag(repo.name, tag))
+            if tagged is None:
+                raise unknown
+            digest = tagged.digest
+        manifest = await self._store.read_manifest(digest)
+        if manifest is None:
+            raise unknown
+        return manifest
+
+    async def tags(self, repo: HostedRepo, *, last: str, n: int | None) -> list[str]:
+        """A page of `repo`'s tags (after `last`, at most `n`)."""
+        return await self._guarded(self._meta.hosted_tags(repo.name, last=last, n=n))
+
+    async def holds(self, repo: HostedRepo, digest: Digest) -> bool:
+        return await self._guarded(self._meta.hosted_holds(repo.name, str(digest)))
+
+    # --- writes
+
+    async def add_blob(self, repo: HostedRepo, digest: Digest) -> None:
+        """Record that `repo` holds a blob just published under `digest`."""
+        await self._guarded(self._meta.add_hosted(repo.name, [str(digest)]))
+
+    async def mount(
+        self, repo: HostedRepo, digest: Digest, source: HostedRepo | UpstreamRepo
+    ) -> bool:
+        """Give `repo` a blob `source` holds (hosted, or cached and linked there), copying
+        nothing; False when it cannot (the client then uploads it)."""
+        if isinstance(source, HostedRepo):
+            held = await self.holds(source, digest)
+        else:
+            link = Link(source.upstream.host, source.name, str(digest))
+            held = await self._links.has_link(link)
+        if not held or await self._blob_size(digest) is None:
+            return False
+        await self.add_blob(repo, digest)
+        return True
+
+    async def put_manifest(
+        self, repo: HostedRepo, reference: str, content_type: str, data: bytes
+    ) -> PushedManifest:
+        """Validate and keep a pushed manifest, then point the tag at it (`reference` a
+        tag) or check it against the digest (`reference` a digest)."""
+        if len(data) > self.max_manifest_size:
+            raise RegistryError(
+                errors.MANIFEST_TOO_LARGE,
+                f"manifests are limited to {self.max_manifest_size} bytes",
+            )
+        tag = None if is_digest(reference) else parse_tag(reference)
+        media_type, document = _checked_manifest(content_type, data)
+        if tag is None:
+            digest = Digest.parse(reference)
+            actual = hashlib.new(digest.algorithm, data).hexdigest()
+            if actual != digest.hex:
+                raise RegistryError(
+                    errors.DIGEST_INVALID,
+                    "the manifest does not match the digest it was put under",
+                    detail={"digest": str(digest), "actual": f"{digest.algorithm}:{actual}"},
+                )
+        else:
+            digest = Digest("sha256", hashlib.sha256(data).hexdigest())
+        await self._check_references(repo, media_type, document)
+        try:
+            await self._store.write_manifest(StoredManifest(data, media_type, digest))
+        except StoreUnavailable as exc:
+            raise RegistryError(errors.STORE_UNAVAILABLE, "the store is unavailable") from exc
+        await self._guarded(self._meta.add_hosted(repo.name, [str(digest)]))
+        subject = _subject(document)
+        if subject is not None:
+            descriptor = _referrer_descriptor(document, media_type, digest, len(data))
+            await self._guarded(
+                self._meta.add_referrer(repo.name, str(subject), str(digest), descriptor)
+            )
+        if tag is not None:
+            tagged = HostedManifest(digest, media_type, len(data))
+            await self._guarded(self._meta.put_hosted_tag(repo.name, tag, tagged))
+        return PushedManifest(digest, subject)
+
+    async def _check_references(
+        self, repo: HostedRepo, media_type: str, document: dict[str, Any]
+    ) -> None:
+        """MANIFEST_BLOB_UNKNOWN unless `repo` holds every blob (image) or child manifest
+        (index) the manifest names. Foreign and non-distributable layers, which clients
+        fetch from their `urls` and never upload, are not required; nor is `subject`, which
+        the spec lets a manifest name before it exists."""
+        if media_type in _IMAGE_TYPES:
+            named = [document.get("config"), *_list(document.get("layers"))]
+            wanted = [d for d in named if not _foreign(d)]
+        else:
+            wanted = _list(document.get("manifests"))
+        missing = []
+        for descriptor in wanted:
+            digest = _descriptor_digest(descriptor)
+            if not await self.holds(repo, digest):
+                missing.append(str(digest))
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise RegistryError(
+                errors.MANIFEST_BLOB_UNKNOWN,
+                f"{repo.name} does not hold {missing[0]}{more}: push it first",
+                detail={"digest": missing[0], "missing": missing},
+            )
+
+    async def _blob_size(self, digest: Digest) -> int | None:
+        try:
+            return await self._store.blob_size(digest)
+        except StoreUnavailable:
+            return None
+
+    async def _guarded(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except MetaStoreError as exc:
+            log.warning("hosted repositories unavailable: %s", exc)
+            raise RegistryError(
+                errors.STORE_UNAVAILABLE, "hosted repositories are unavailable; retry later"
+            ) from None
+
+
+def _checked_manifest(content_type: str, data: bytes) -> tuple[str, dict[str, Any]]:
+    """The manifest's media type and document: the `Content-Type` it was put with, which
+    must be a manifest type and the `mediaType` it declares, if any. MANIFEST_INVALID
+    otherwise (containers/image then retries in another format)."""
+    media_type = mediatypes.bare_type(content_type)
+    if media_type not in mediatypes.MANIFEST_TYPES:
+        raise RegistryError(
+            errors.MANIFEST_INVALID,
+            f"Content-Type {media_type or '(none)'!r} is not a manifest type this registry stores",
+        )
+    try:
+        document = parse_manifest(data)
+    except ManifestError as exc:
+        raise RegistryError(errors.MANIFEST_INVALID, f"the manifest is {exc}") from None
+    declared = declared_type(document)
+    if declared is not None and declared != media_type:
+        raise RegistryError(
+            errors.MANIFEST_INVALID,
+            f"the manifest declares mediaType {declared!r} but was put as {media_type!r}",
+        )
+    if document.get("schemaVersion") != 2:
+        raise RegistryError(errors.MANIFEST_INVALID, "schemaVersion must be 2")
+    for descriptor in _descriptors(media_type, document):
+        _descriptor_digest(descriptor)
+    return media_type, document
+
+
+def _descriptors(media_type: str, document: dict[str, Any]) -> list[Any]:
+    if media_type in _IMAGE_TYPES:
+        return [document.get("config"), *_list(document.get("layers"))]
+    return _list(document.get("manifests"))
+
+
+def _descriptor_digest(descriptor: Any) -> Digest:
+    if not isinstance(descriptor, dict) or not isinstance(descriptor.get("digest"), str):
+        raise RegistryError(errors.MANIFEST_INVALID, "a descriptor has no digest")
+    try:
+        return Digest.parse(descriptor["digest"])
+    except RegistryError:
+        raise RegistryError(
+            errors.MANIFEST_INVALID,
+            "a descriptor has an invalid digest",
+            detail={"digest": str(descriptor["digest"])[:200]},
+        ) from None
+
+
+def _foreign(descriptor: Any) -> bool:
+    """A layer clients fetch from elsewhere (its `urls`), never pushed."""
+    if not isinstance(descriptor, dict):
+        return False
+    media_type = str(descriptor.get("mediaType", ""))
+    return (
+        bool(descriptor.get("urls")) or "nondistributable" in media_type or "foreign" in media_type
+    )
+
+
+def _subject(document: dict[str, Any]) -> Digest | None:
+    subject = document.get("subject")
+    if subject is None:
+        return None
+    return _descriptor_digest(subject)
+
+
+def _referrer_descriptor(
+    document: dict[str, Any], media_type: str, digest: Digest, size: int
+) -> str:
+    """The descriptor the referrers API lists for a manifest: its type, digest and size,
+    its `artifactType` (else its config's media type, for an image) and its own
+    annotations, copied."""
+    descriptor: dict[str, Any] = {"mediaType": media_type, "digest": str(digest), "size": size}
+    artifact_type = document.get("artifactType")
+    config = document.get("config")
+    if not isinstance(artifact_type, str) and isinstance(config, dict):
+        artifact_type = config.get("mediaType")
+    if isinstance(artifact_type, str):
+        descriptor["artifactType"] = artifact_type
+    if isinstance(annotations := document.get("annotations"), dict):
+        descriptor["annotations"] = annotations
+    return json.dumps(descriptor, sort_keys=True)
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []

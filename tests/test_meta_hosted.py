@@ -1,0 +1,89 @@
+"""The metadata store's contract for the hosted repositories (`HostedContent`) and their
+upload sessions (`Uploads`), run against every implementation like `test_meta_store`."""
+
+from __future__ import annotations
+
+from mirror.meta.store import HostedContent, HostedManifest, Upload, Uploads
+from mirror.reference import Digest
+from testkit.clock import FakeClock
+from testkit.waiting import wait_until
+from tests.meta_fixtures import UNTIL_TIMEOUT
+from tests.meta_samples import SHORT_TTL
+
+LAYER = "sha256:" + "1" * 64
+CONFIG = "sha256:" + "2" * 64
+INDEX = Digest.parse("sha256:" + "3" * 64)
+MANIFEST = HostedManifest(INDEX, "application/vnd.oci.image.index.v1+json", 512)
+
+# --- hosted content -------------------------------------------------------------------------
+
+
+async def test_hosted_content_is_held_per_repository(meta_store: HostedContent) -> None:
+    assert not await meta_store.hosted_holds("local/app", LAYER)
+    await meta_store.add_hosted("local/app", [LAYER, CONFIG])
+    await meta_store.add_hosted("local/app", [LAYER])  # idempotent
+    await meta_store.add_hosted("local/other", [])
+
+    assert await meta_store.hosted_holds("local/app", LAYER)
+    assert not await meta_store.hosted_holds("local/other", LAYER)
+
+
+async def test_hosted_digests_are_those_of_every_hosted_repository(
+    meta_store: HostedContent,
+) -> None:
+    assert await meta_store.hosted_digests() == set()
+    await meta_store.add_hosted("local/a", [LAYER])
+    await meta_store.add_hosted("local/b", [LAYER, CONFIG])
+    assert await meta_store.hosted_digests() == {LAYER, CONFIG}
+
+
+async def test_a_hosted_tag_is_created_moved_and_listed_in_pages(
+    meta_store: HostedContent,
+) -> None:
+    assert await meta_store.get_hosted_tag("local/app", "1") is None
+    for tag in ("b", "a", "c"):
+        await meta_store.put_hosted_tag("local/app", tag, MANIFEST)
+    moved = HostedManifest(Digest.parse(LAYER), "application/vnd.oci.image.manifest.v1+json", 9)
+    await meta_store.put_hosted_tag("local/app", "a", moved)
+
+    assert await meta_store.get_hosted_tag("local/app", "a") == moved
+    assert await meta_store.get_hosted_tag("local/app", "b") == MANIFEST
+    assert await meta_store.hosted_tags("local/app") == ["a", "b", "c"]
+    assert await meta_store.hosted_tags("local/app", last="a", n=1) == ["b"]
+    assert await meta_store.hosted_tags("local/app", n=0) == []
+    assert await meta_store.hosted_tags("local/other") == []
+
+
+async def test_referrers_are_listed_per_repository_and_subject(meta_store: HostedContent) -> None:
+    await meta_store.add_referrer("local/app", LAYER, "sha256:" + "b" * 64, '{"b": 1}')
+    await meta_store.add_referrer("local/app", LAYER, "sha256:" + "a" * 64, '{"a": 1}')
+    await meta_store.add_referrer("local/other", LAYER, "sha256:" + "c" * 64, '{"c": 1}')
+
+    assert await meta_store.referrers("local/app", LAYER) == ['{"a": 1}', '{"b": 1}']
+    assert await meta_store.referrers("local/app", CONFIG) == []
+
+
+# --- upload sessions ------------------------------------------------------------------------
+
+
+async def test_an_upload_session_round_trips_and_is_deleted(meta_store: Uploads) -> None:
+    assert await meta_store.get_upload("u1") is None
+    await meta_store.put_upload(Upload("u1", "local/app", 0), ttl=60)
+    await meta_store.put_upload(Upload("u1", "local/app", 1024), ttl=60)
+    assert await meta_store.get_upload("u1") == Upload("u1", "local/app", 1024)
+
+    await meta_store.delete_upload("u1")
+    assert await meta_store.get_upload("u1") is None
+    await meta_store.delete_upload("u1")  # deleting what is gone is fine
+
+
+async def test_an_idle_upload_session_expires(meta_store: Uploads, meta_clock: FakeClock) -> None:
+    await meta_store.put_upload(Upload("idle", "local/app", 5), ttl=SHORT_TTL)
+    await meta_store.put_upload(Upload("busy", "local/app", 5), ttl=60)
+    meta_clock.advance(2 * SHORT_TTL)
+
+    async def expired() -> bool:
+        return await meta_store.get_upload("idle") is None
+
+    await wait_until(expired, within=UNTIL_TIMEOUT, message="the idle upload did not expire")
+    assert await meta_store.get_upload("busy") == Upload("busy", "local/app", 5)
