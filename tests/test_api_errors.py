@@ -10,7 +10,7 @@ import pytest
 
 from mirror.server.responses import ByteRange, parse_range
 from testkit.fakeupstream import FakeRegistry, Manifest
-from tests.conftest import Client, content_files
+from tests.conftest import Client, StartMirror, content_files
 
 SHA = "sha256:" + "a" * 64
 
@@ -85,25 +85,26 @@ async def test_bad_requests_get_json_errors_and_touch_nothing(
 @pytest.mark.parametrize(
     ("method", "path", "refused"),
     [
-        ("PUT", "/v2/library/alpine/manifests/latest", "push to"),
-        ("DELETE", "/v2/library/alpine/manifests/" + SHA, "delete from"),
-        ("POST", "/v2/library/alpine/blobs/uploads/", "push to"),
-        ("PATCH", "/v2/library/alpine/blobs/uploads/4b2f9c1e", "push to"),
-        ("PUT", "/v2/library/alpine/blobs/uploads/4b2f9c1e?digest=" + SHA, "push to"),
-        ("DELETE", "/v2/library/alpine/blobs/uploads/4b2f9c1e", "push to"),
-        ("DELETE", "/v2/library/alpine/blobs/" + SHA, "delete from"),
+        ("PUT", "/v2/local/app/manifests/latest", "push to"),
+        ("DELETE", "/v2/local/app/manifests/" + SHA, "delete from"),
+        ("POST", "/v2/local/app/blobs/uploads/", "push to"),
+        ("PATCH", "/v2/local/app/blobs/uploads/4b2f9c1e", "push to"),
+        ("PUT", "/v2/local/app/blobs/uploads/4b2f9c1e?digest=" + SHA, "push to"),
+        ("DELETE", "/v2/local/app/blobs/uploads/4b2f9c1e", "push to"),
+        ("DELETE", "/v2/local/app/blobs/" + SHA, "delete from"),
     ],
 )
 async def test_anonymous_clients_never_push_or_delete(
-    mirror: Client, upstream: FakeRegistry, method: str, path: str, refused: str
+    start_mirror: StartMirror, upstream: FakeRegistry, method: str, path: str, refused: str
 ) -> None:
     # Without htpasswd every client is anonymous; no login would help, so 403, not 401.
+    mirror = await start_mirror(upstream.url, hosted=["local/*"])
     resp = await mirror.request(method, path, data=b"{}")
     assert resp.status == 403
     error = (await resp.json())["errors"][0]
     assert error["code"] == "DENIED"
     assert error["message"] == (
-        f"anonymous clients may not {refused} docker.io/library/alpine on this mirror: it "
+        f"anonymous clients may not {refused} hosted/local/app on this mirror: it "
         "authenticates no one (set htpasswd to let users push)"
     )
     assert upstream.requests == []

@@ -62,7 +62,9 @@ ALLOWED = {"alice": {"pull", "push", "delete"}, "bob": {"pull", "push"}, "carol"
 
 @pytest.fixture
 async def ruled(start_mirror: StartMirror, upstream: FakeRegistry, users_file: Path) -> Client:
-    return await start_mirror(upstream.url, htpasswd=str(users_file), auth_rules=RULES)
+    return await start_mirror(
+        upstream.url, htpasswd=str(users_file), auth_rules=RULES, hosted=["local/*"]
+    )
 
 
 async def send(mirror: Client, method: str, path: str, headers: dict[str, str]) -> Any:
@@ -89,23 +91,23 @@ async def test_a_refusal_names_the_user_and_the_repository(ruled: Client) -> Non
     assert await error_of(pushed) == (
         403,
         "DENIED",
-        "user 'carol' may not push to docker.io/local/app on this mirror",
+        "user 'carol' may not push to hosted/local/app on this mirror",
     )
     deleted = await send(ruled, "DELETE", f"/v2/local/app/manifests/{DIGEST}", bob)
     assert await error_of(deleted) == (
         403,
         "DENIED",
-        "user 'bob' may not delete from docker.io/local/app on this mirror",
+        "user 'bob' may not delete from hosted/local/app on this mirror",
     )
-    # Outside local/*, bob's push rule does not match: the catch-all lets him pull only.
+    # Outside the hosted local/*, nothing takes a push, whoever asks: 405, not a refusal.
     elsewhere = await send(ruled, "POST", "/v2/library/alpine/blobs/uploads/", bob)
-    assert (await error_of(elsewhere))[:2] == (403, "DENIED")
+    assert (await error_of(elsewhere))[:2] == (405, "UNSUPPORTED")
 
 
 async def test_without_rules_every_user_may_push_and_delete(
     start_mirror: StartMirror, upstream: FakeRegistry, users_file: Path
 ) -> None:
-    mirror = await start_mirror(upstream.url, htpasswd=str(users_file))
+    mirror = await start_mirror(upstream.url, htpasswd=str(users_file), hosted=["local/*"])
     carol = basic("carol", PASSWORDS["carol"])
     for method, path, _ in REQUESTS:
         assert (await send(mirror, method, path, carol)).status not in (401, 403), (method, path)
@@ -254,7 +256,12 @@ async def test_a_blob_mounts_only_from_a_repository_the_user_may_pull(
         {"users": ["bob"], "repositories": ["local/*"], "access": "push"},
     ]
     mirror = await start_with_mount_probe(
-        aiohttp_client, tmp_path / "ruled", upstream.url, htpasswd=str(users_file), auth_rules=rules
+        aiohttp_client,
+        tmp_path / "ruled",
+        upstream.url,
+        htpasswd=str(users_file),
+        auth_rules=rules,
+        hosted=["local/*"],
     )
     alice, bob = basic("alice", PASSWORDS["alice"]), basic("bob", PASSWORDS["bob"])
     assert await mountable(mirror, "library/alpine", alice)
