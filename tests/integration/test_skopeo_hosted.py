@@ -1,6 +1,7 @@
 """skopeo pushes into hosted repositories and copies back out of them: what comes out is
 byte for byte what went in, a multi-arch index included, and a retag promotion uploads no
-blob (counted in the mirror's access log)."""
+blob (counted in the mirror's access log). skopeo logs in as an htpasswd user: anonymous
+clients never push."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from testkit.mirrorserver import MirrorServer
 from testkit.skopeo import skopeo
 from testkit.upstream import RealUpstream
+from tests.client_auth.helpers import write_htpasswd
 from tests.integration.accesslog import mirror_requests
 from tests.integration.conftest import StartMirror
 from tests.integration.skopeocopy import check_dir_copy, check_oci_copy, source
@@ -19,15 +21,19 @@ from tests.integration.skopeocopy import check_dir_copy, check_oci_copy, source
 pytestmark = pytest.mark.skopeo
 
 TLS = ("--src-tls-verify=false", "--dest-tls-verify=false")
+PUSHER = "pusher:pusher-password"
+LOGIN = (f"--src-creds={PUSHER}", f"--dest-creds={PUSHER}")
 
 
 @pytest.fixture
-def mirror(start_mirror: StartMirror) -> MirrorServer:
-    return start_mirror(["--hosted", "local/*"])
+def mirror(start_mirror: StartMirror, tmp_path: Path) -> MirrorServer:
+    user, password = PUSHER.split(":")
+    users = write_htpasswd(tmp_path / "htpasswd", {user: password})
+    return start_mirror(["--hosted", "local/*", "--htpasswd", str(users)])
 
 
 def copy(mirror: MirrorServer, src: str, dest: str, *options: str) -> None:
-    result = skopeo("copy", *TLS, *options, src, dest)
+    result = skopeo("copy", *TLS, *LOGIN, *options, src, dest)
     assert result.returncode == 0, f"skopeo copy failed:\n{result.stderr}\n{mirror.stderr}"
 
 
@@ -66,7 +72,12 @@ def test_a_retag_promotion_uploads_no_blob(mirror: MirrorServer, upstream: RealU
     copy(mirror, dev, f"docker://{mirror.host}/local/app:prod")
 
     assert len(mirror_requests(mirror.stderr, "/blobs/uploads")) == uploads_before
-    result = skopeo("inspect", "--tls-verify=false", f"docker://{mirror.host}/local/app:prod")
+    result = skopeo(
+        "inspect",
+        "--tls-verify=false",
+        f"--creds={PUSHER}",
+        f"docker://{mirror.host}/local/app:prod",
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["Digest"] == small.digest
 
@@ -75,6 +86,8 @@ def test_a_push_to_a_cached_repository_is_refused(
     mirror: MirrorServer, upstream: RealUpstream
 ) -> None:
     small = upstream.images["small"]
-    result = skopeo("copy", *TLS, source(mirror, small), f"docker://{mirror.host}/library/pushed:1")
+    result = skopeo(
+        "copy", *TLS, *LOGIN, source(mirror, small), f"docker://{mirror.host}/library/pushed:1"
+    )
     assert result.returncode != 0
     assert "local/*" in result.stderr or "405" in result.stderr or "UNSUPPORTED" in result.stderr
