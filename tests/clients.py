@@ -28,7 +28,7 @@ async def pull_like_docker(mirror: Client, name: str, tag: str) -> Manifest | No
     assert head.status == 200, await head.text()
     digest = head.headers["Docker-Content-Digest"]
     resp = await mirror.get(f"/v2/{name}/manifests/{digest}", headers={"Accept": ALL_MANIFESTS})
-    assert resp.status == 200
+    assert resp.status == 200, await resp.text()
     body = await resp.read()
     assert sha256(body) == digest
     assert resp.headers["Content-Type"] == head.headers["Content-Type"]
@@ -36,7 +36,7 @@ async def pull_like_docker(mirror: Client, name: str, tag: str) -> Manifest | No
     manifest = json.loads(body)
     for descriptor in [manifest["config"], *manifest["layers"]]:
         blob = await mirror.get(f"/v2/{name}/blobs/{descriptor['digest']}")
-        assert blob.status == 200
+        assert blob.status == 200, await blob.text()
         data = await blob.read()
         assert len(data) == descriptor["size"]
         assert sha256(data) == descriptor["digest"]

@@ -24,6 +24,7 @@ from hypothesis import settings
 
 from mirror import config
 from mirror.server.app import create_app
+from mirror.upstream.lists import SQLITE_FILE
 from testkit.fakeupstream import FakeRegistry, make_image, make_layer
 from tests.conftest import files_under, toml_value
 from tests.connections import ConnectionCounter
@@ -189,7 +190,7 @@ class Fuzzed:
 
     def _check_data_dir(self) -> None:
         """Content files are named by digests of content the upstream really has; temp
-        files by those digests too (or the readiness probe)."""
+        files by those digests too (or the readiness probe); nothing else but the records."""
         hexes = {d.split(":", 1)[1] for d in self.known_digests}
         for path in files_under(self.data_dir):
             parts = path.split("/")
@@ -201,8 +202,9 @@ class Fuzzed:
                 assert len(parts) == 2, path
                 name = parts[1]
                 assert name.startswith("ready.") or any(h in name for h in hexes), path
-            else:
-                assert len(parts) == 1 and parts[0].startswith("meta."), path
+            else:  # the metadata store's files, and the kept tag lists' (upstream.lists)
+                assert len(parts) == 1, path
+                assert parts[0].startswith(("meta.", SQLITE_FILE)), path
 
     def _check_upstream_requests(self) -> None:
         """The upstream was only ever asked about valid names, tags and digests."""
