@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,45 +28,12 @@ from bench.harness import BenchImage, OursMirror, TheirsProxy, seed
 from testkit.mirrorproc import free_port
 from testkit.mirrorserver import MirrorServer, ServerProcess
 from testkit.nginx import Nginx, cluster_site
+from testkit.redis import RedisProcess
 from testkit.seaweed import ACCESS_KEY, SECRET_KEY, SeaweedFS, weed_binary
 from testkit.upstream import RealUpstream, TokenServer
 
 BUCKET = "bench"
 CLUSTER_SECRET = "bench-cluster-secret-0123456789abcdef"
-REDIS_BINARY = "redis-server"
-
-
-class RedisProcess(ServerProcess):
-    """A private redis-server on a loopback port, keeping nothing on disk."""
-
-    name = "redis"
-
-    def argv(self) -> list[str]:
-        return [
-            shutil.which(REDIS_BINARY) or f"/usr/bin/{REDIS_BINARY}",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.log_dir),
-        ]
-
-    def ready(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as conn:
-                conn.sendall(b"PING\r\n")
-                return conn.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    @property
-    def redis_url(self) -> str:
-        return f"redis://{self.host}/0"
 
 
 class Restartable(Protocol):

@@ -18,16 +18,14 @@ import asyncio
 import os
 import secrets
 import signal
-import socket
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 from testkit.mirrorproc import STOP_TIMEOUT, MirrorProcess
-from testkit.mirrorserver import MirrorServer, ServerProcess
+from testkit.mirrorserver import MirrorServer
 
-REDIS_SERVER = "redis-server"
 START_TIMEOUT = 30.0  # until every replica answers: three start at once on a busy machine
 
 
@@ -178,31 +176,6 @@ class ReplicaServer(MirrorServer):
 
     def argv(self) -> list[str]:
         return [*super().argv(), *advertise_args(self.port)]
-
-
-class RedisProcess(ServerProcess):
-    """A private redis-server on a loopback port, keeping nothing on disk."""
-
-    name = "redis"
-
-    @property
-    def redis_url(self) -> str:
-        return f"redis://{self.host}/0"
-
-    def argv(self) -> list[str]:
-        return [
-            REDIS_SERVER,
-            *("--port", str(self.port), "--bind", "127.0.0.1"),
-            *("--save", "", "--appendonly", "no", "--dir", str(self.log_dir)),
-        ]
-
-    def ready(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64) == b"+PONG\r\n"
-        except OSError:
-            return False
 
 
 def _made(directory: Path) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient as PluginClient
 
 from mirror import config
 from mirror.server.app import create_app
@@ -71,8 +72,15 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
-@pytest.fixture
-def start_mirror(aiohttp_client: AiohttpClient, tmp_path: Path, data_dir: Path) -> StartMirror:
+def mirror_starter(
+    aiohttp_client: PluginClient,
+    tmp_path: Path,
+    data_dir: Path,
+    headers: Mapping[str, str] | None = None,
+) -> StartMirror:
+    """`start_mirror` for a fixture: each mirror's settings go through a config file, as a
+    user's would; its client sends `headers` with every request."""
+
     async def start(
         upstream_url: str, *, clock: Callable[[], float] | None = None, **settings: Any
     ) -> Client:
@@ -87,9 +95,15 @@ def start_mirror(aiohttp_client: AiohttpClient, tmp_path: Path, data_dir: Path) 
         file.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in values.items()))
         loaded = config.load(config_file=file, environ={})
         app = await create_app(loaded.config, clock=clock or time.time)
-        return await aiohttp_client(app)
+        client: Client = await aiohttp_client(app, headers=headers)
+        return client
 
     return start
+
+
+@pytest.fixture
+def start_mirror(aiohttp_client: PluginClient, tmp_path: Path, data_dir: Path) -> StartMirror:
+    return mirror_starter(aiohttp_client, tmp_path, data_dir)
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +34,9 @@ from mirror.meta.sqlite import SqliteMetaStore
 from mirror.meta.store import MetaStore
 from testkit.clock import FakeClock
 from testkit.mirrorproc import free_port
+from testkit.redis import redis_argv
 from testkit.waiting import wait_until
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 START_TIMEOUT = 5.0  # until it answers PING
 STOP_TIMEOUT = 3.0  # from SIGTERM to the exit; SIGKILL after that
 UNTIL_TIMEOUT = 5.0  # seconds a test waits for an expiry to show
@@ -73,19 +72,8 @@ class RedisServer:
         """Start it and wait (bounded) until it answers PING."""
         assert self._proc is None, "redis-server is already running"
         self._proc = await asyncio.create_subprocess_exec(
-            REDIS_SERVER,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.workdir),
-            "--logfile",
-            str(self.workdir / "redis.log"),
+            *redis_argv(self.port, self.workdir),
+            *("--logfile", str(self.workdir / "redis.log")),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,

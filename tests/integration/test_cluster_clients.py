@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from testkit.cluster import RedisProcess, ReplicaServer, Shared
+from testkit.cluster import ReplicaServer, Shared
+from testkit.redis import RedisProcess
 from testkit.seaweed import SeaweedFS, unique_prefix
 from testkit.upstream import RealUpstream, SeededImage
 from tests.integration.conftest import require
