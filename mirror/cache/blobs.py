@@ -19,15 +19,8 @@ from typing import Protocol
 from mirror import errors, observe
 from mirror.cache.access import AccessRecorder
 from mirror.cache.cluster import Cluster
-from mirror.cache.downloads import (
-    AbandonBudget,
-    Download,
-    DownloadLost,
-    Downloads,
-    NoRoom,
-    Reader,
-    State,
-)
+from mirror.cache.download import Download, DownloadLost, NoRoom, Reader, State
+from mirror.cache.downloads import AbandonBudget, Downloads
 from mirror.cache.passthrough import Passthrough
 from mirror.cache.scope import RepositoryScope
 from mirror.errors import RegistryError

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from mirror import errors
 from mirror.cache.blobs import BlobCache
-from mirror.cache.downloads import Reader
+from mirror.cache.download import Reader
 from mirror.errors import RegistryError
 from mirror.reference import Digest
 from mirror.server.responses import cached_blob_response

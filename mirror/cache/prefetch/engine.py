@@ -12,7 +12,7 @@ from typing import Protocol
 
 from mirror import errors, mediatypes
 from mirror.cache.blobs import BlobCache
-from mirror.cache.downloads import Reader
+from mirror.cache.download import Reader
 from mirror.cache.graph import ManifestWalk
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.references import references
