@@ -2,7 +2,9 @@
 it pushed: `docker login`, a pull of a two-layer image through the mirror, `docker tag` into
 `local/app`, `docker push` (its layers mounted from the repository they were pulled from,
 its config uploaded the way Docker uploads: POST, one PATCH without Content-Range, PUT),
-then `docker rmi` and a pull of the hosted tag with the digest the push reported.
+then `docker rmi` and a pull of the hosted tag with the digest the push reported. An image
+built on the pulled one (`docker build`, a `COPY` of 3 MB: no container runs) pushes its new
+layer the same way and mounts its base layers.
 
 A user who may only pull is refused the push (403 DENIED), and one who may push is refused
 a delete of the manifest. dockerd names the mirror itself (no registry mirrors): plain HTTP
@@ -11,16 +13,19 @@ to 127.0.0.1 needs no `insecure-registries` entry, 127.0.0.0/8 is insecure by de
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 
+from testkit.layout import random_bytes
 from testkit.mirrorserver import MirrorServer
 from testkit.upstream import RealUpstream
 from tests.integration.accesslog import mirror_requests
-from tests.integration.conftest import StartMirror, require
+from tests.integration.conftest import MB, StartMirror, require
 from tests.integration.dockerd import DOCKER_CLI, DockerDaemon
 from tests.integration.hosting import (
     PASSWORDS,
@@ -137,3 +142,42 @@ def test_a_user_who_may_push_is_refused_a_delete(
     assert b"dev" in refused.body and b"local/app" in refused.body
     kept = registry_call(hosting, "HEAD", "local/app/manifests/kept", "dev")
     assert kept.status == 200 and kept.headers["docker-content-digest"] == match[1]
+
+
+def test_a_new_layer_is_uploaded_in_one_patch_and_the_base_mounted(
+    upstream: RealUpstream, hosting: MirrorServer, dockerd: DockerDaemon, tmp_path: Path
+) -> None:
+    app = upstream.images["tag_a"]
+    base = f"{hosting.host}/{app.repo}:{app.tag}"
+    target = f"{hosting.host}/local/built:1"
+    login(dockerd, hosting, "dev")
+    dockerd.docker("pull", base).check()
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "data.bin").write_bytes(random_bytes(3 * MB, seed=160))
+    (context / "Dockerfile").write_text(f"FROM {base}\nCOPY data.bin /data.bin\n")
+    dockerd.docker("build", "-t", target, str(context)).check()
+
+    pushed = dockerd.docker("push", target)
+
+    assert pushed.returncode == 0, f"{pushed.describe()}\nmirror:\n{hosting.stderr}"
+    manifest = json.loads(registry_call(hosting, "GET", "local/built/manifests/1", "dev").body)
+    *base_layers, new_layer = [layer["digest"] for layer in manifest["layers"]]
+    uploads = mirror_requests(hosting.stderr, "/v2/local/built/blobs/uploads")
+    mounts = [parse_qs(r.query) for r in uploads if r.method == "POST" and r.status == 201]
+    assert sorted(m["mount"][0] for m in mounts) == sorted(base_layers), uploads
+    assert all(m["from"] == [app.repo] for m in mounts), uploads
+    closed = [r for r in uploads if r.method == "PUT"]
+    assert {parse_qs(r.query)["digest"][0] for r in closed} == {
+        new_layer,
+        manifest["config"]["digest"],
+    }
+    for put in closed:  # each session after its POST: one PATCH, then the PUT
+        session = [r for r in uploads if r.path == put.path]
+        assert [(r.method, r.status) for r in session] == [("PATCH", 202), ("PUT", 201)], uploads
+    diff_ids = layers(dockerd, target)
+
+    dockerd.docker("rmi", target, base).check()
+    dockerd.docker("pull", target).check()
+
+    assert layers(dockerd, target) == diff_ids
