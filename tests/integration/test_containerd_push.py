@@ -5,7 +5,8 @@ carries its `Docker-Content-Digest`. The pushed OCI manifest is byte for byte th
 one, so the hosted tag has the upstream's digest, and a fresh pull of it unpacks.
 
 An image imported from a tarball has no such source, so every blob goes up in its
-session's single PUT. ctr logs in with `--user` (the OAuth2 password grant at the mirror's token endpoint).
+session's single PUT. ctr logs in with `--user` (the OAuth2 password grant at the mirror's
+token endpoint).
 """
 
 from __future__ import annotations

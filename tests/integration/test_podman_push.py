@@ -1,9 +1,9 @@
 """podman pushes into a hosted repository of the mirror and pulls back what it pushed:
 `podman login --tls-verify=false`, a pull of library/app:a from the mirror (named as the
-registry, plain HTTP), `podman tag` into `local/app`, `podman push` (the layers mounted from library/app, the
-config uploaded), then `podman rmi` and a
-pull of the hosted tag, which comes back under the digest the push wrote. A user who may
-only pull is refused the push (403 DENIED).
+registry, plain HTTP), `podman tag` into `local/app`, `podman push` (the layers mounted from
+library/app, the config uploaded), then `podman rmi` and a pull of the hosted tag, which
+comes back under the digest the push wrote. A user who may only pull is refused the push
+(403 DENIED).
 
 Root podman with private storage and configuration (see `Podman`).
 """
