@@ -6,7 +6,7 @@ one, so the hosted tag has the upstream's digest, and a fresh pull of it unpacks
 
 An image imported from a tarball has no such source, so every blob goes up in its
 session's single PUT. ctr logs in with `--user` (the OAuth2 password grant at the mirror's
-token endpoint).
+token endpoint). A user who may only pull is refused the push (403 DENIED).
 """
 
 from __future__ import annotations
@@ -89,3 +89,23 @@ def test_an_imported_image_is_pushed_in_one_put_per_blob(
     assert not [r for r in uploads if r.method == "PATCH"], uploads
     head = registry_call(hosting, "HEAD", "local/imported/manifests/1", "dev")
     assert head.status == 200 and head.headers["docker-content-digest"] == app.digest
+
+
+def test_a_user_who_may_only_pull_is_refused_the_push(
+    upstream: RealUpstream, hosting: MirrorServer
+) -> None:
+    require("containerd", "ctr")
+    app = upstream.images["tag_a"]
+    pulled = f"{hosting.host}/{app.repo}:{app.tag}"
+    target = f"{hosting.host}/local/ctr:denied"
+    with Containerd() as containerd:
+        ctr_as(containerd, "reader", "pull", pulled).check()
+        containerd.ctr("images", "tag", pulled, target).check()
+
+        pushed = ctr_as(containerd, "reader", "push", target)
+
+    assert pushed.returncode != 0, pushed.describe()
+    assert "403" in pushed.output, pushed.describe()
+    writes = [r for r in mirror_requests(hosting.stderr, "/v2/local/ctr/") if r.method != "HEAD"]
+    assert writes and {r.status for r in writes} == {403}, writes
+    assert registry_call(hosting, "GET", "local/ctr/manifests/denied", "reader").status == 404
