@@ -11,6 +11,7 @@ from pathlib import Path
 
 from testkit.mirrorserver import HttpResponse, MirrorServer, http_request
 from tests.client_auth.helpers import write_htpasswd
+from tests.clients import ALL_MANIFESTS
 from tests.integration.conftest import StartMirror
 
 HOSTED = "local/*"
@@ -38,7 +39,7 @@ def as_user(user: str) -> dict[str, str]:
 
 def registry_call(mirror: MirrorServer, method: str, path: str, user: str) -> HttpResponse:
     """One Registry API request as `user` (`path` below `/v2/`); fails if no answer came."""
-    headers = as_user(user) | {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
+    headers = as_user(user) | {"Accept": ALL_MANIFESTS}
     response = http_request(f"{mirror.url}/v2/{path}", method, headers)
     assert response is not None, f"{method} /v2/{path}: no answer\n{mirror.stderr}"
     return response
