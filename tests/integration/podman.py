@@ -112,9 +112,12 @@ class Podman(Daemon):
             REGISTRY_AUTH_FILE=str(self.dir / "auth.json"),
         )
 
-    def podman(self, *args: str, timeout: float = COMMAND_TIMEOUT) -> Result:
-        """`podman` with private storage and configuration. Pulls get `--signature-policy`
-        added (it is an option of `pull`, not a global one)."""
+    def podman(
+        self, *args: str, timeout: float = COMMAND_TIMEOUT, stdin: str | None = None
+    ) -> Result:
+        """`podman` with private storage and configuration (`stdin`: text to feed it, as for
+        `podman login --password-stdin`). Pulls get `--signature-policy` added (it is an
+        option of `pull`, not a global one)."""
         command = list(args)
         if command[:1] == ["pull"]:
             command[1:1] = ["--signature-policy", str(self.policy)]
@@ -137,6 +140,7 @@ class Podman(Daemon):
             ],
             env=self.env(),
             timeout=timeout,
+            stdin=stdin,
         )
 
     def close(self) -> None:
