@@ -202,9 +202,7 @@ async def build(
         redirects = store if config.storage.s3_redirect else None
     hosting = config.hosting
     hosted = HostedRepositories(store, meta, meta, max_manifest_size=hosting.max_manifest_size)
-    uploads = UploadSessions(
-        store, meta, config.storage.data_dir, ttl=hosting.upload_ttl, clock=clock
-    )
+    uploads = UploadSessions(store, meta, ttl=hosting.upload_ttl, clock=clock)
     return Mirror(
         config,
         store,

@@ -6,7 +6,7 @@ different hosts have)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,7 +31,14 @@ def redis_prefix_of(root: Path) -> str:
 
 
 class StartReplica(Protocol):
-    def __call__(self, name: str, upstream_url: str, **settings: Any) -> Awaitable[Client]: ...
+    def __call__(
+        self,
+        name: str,
+        upstream_url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **settings: Any,
+    ) -> Awaitable[Client]: ...
 
 
 @pytest.fixture
@@ -42,9 +49,15 @@ def start_replica(
     redis_url: str,
 ) -> StartReplica:
     """Start replica `name` of the test's cluster in front of `upstream_url` (settings
-    override the cluster's)."""
+    override the cluster's); its client sends `headers` with every request."""
 
-    async def start(name: str, upstream_url: str, **settings: Any) -> Client:
+    async def start(
+        name: str,
+        upstream_url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **settings: Any,
+    ) -> Client:
         port = free_port()
         values = {
             "upstream": upstream_url,
@@ -63,7 +76,7 @@ def start_replica(
         file = tmp_path / f"{name}.toml"
         file.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in values.items()))
         app = await create_app(config.load(config_file=file, environ={}).config)
-        return await aiohttp_client(app, server_kwargs={"port": port})
+        return await aiohttp_client(app, server_kwargs={"port": port}, headers=headers)
 
     return start
 

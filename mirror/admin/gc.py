@@ -119,8 +119,6 @@ async def collect_garbage(
         await meta.remove_links(sorted(removed))
     if not dry_run:
         config = data.config
-        uploads = UploadSessions(
-            store, meta, config.storage.data_dir, ttl=config.hosting.upload_ttl, clock=lambda: now
-        )
+        uploads = UploadSessions(store, meta, ttl=config.hosting.upload_ttl, clock=lambda: now)
         report.uploads = await uploads.sweep()
     return report

@@ -296,7 +296,7 @@ class HostedContent(Protocol):
 @dataclass(frozen=True)
 class Upload:
     """A blob upload in progress into a hosted repository: `size` bytes received so far
-    (kept where every replica sharing the data dir reads them, see `mirror.cache.uploads`)."""
+    (kept in the content store's upload spool, see `mirror.cache.uploads`)."""
 
     id: str
     repo: str

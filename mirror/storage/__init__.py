@@ -15,6 +15,7 @@ from mirror.storage.protocol import (
     StoredObject,
     StoreUnavailable,
     TempFile,
+    UploadSpool,
     Usage,
 )
 
@@ -32,5 +33,6 @@ __all__ = [
     "StoredManifest",
     "StoredObject",
     "TempFile",
+    "UploadSpool",
     "Usage",
 ]

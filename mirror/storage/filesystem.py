@@ -12,6 +12,7 @@ the layout:
     manifests/<algorithm>/<first two hex>/<hex>.type   their media type
     tmp/                                               in-progress writes
     tmp/<algorithm>-<hex>.{lock,download,size}         a claimed download (filespool)
+    uploads/<id>                                       a push's bytes so far (fileuploads)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import BinaryIO
 from mirror.errors import RegistryError
 from mirror.reference import Digest
 from mirror.storage.filespool import SPOOL_SUFFIXES, FileSpool
+from mirror.storage.fileuploads import FileUploadSpool
 from mirror.storage.filewriter import FileBlobWriter, held, sync_directory
 from mirror.storage.protocol import (
     ContentKind,
@@ -87,6 +89,7 @@ class FilesystemStore:
         for sub in ("blobs", "manifests", "tmp"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         self._recent = RecentManifests()
+        self._uploads = FileUploadSpool(root)
         # What the store holds: measured by `measure()` (a walk of the tree, at start and
         # now and then), kept current in between by counting what this process commits.
         self.usage: dict[ContentKind, Usage] = {"blob": Usage(), "manifest": Usage()}
@@ -141,6 +144,10 @@ class FilesystemStore:
     def spool(self, digest: Digest) -> FileSpool:
         final = self._blob_path(digest)
         return FileSpool(digest, self._spool_stem(digest), final, self._count_blob)
+
+    @property
+    def uploads(self) -> FileUploadSpool:
+        return self._uploads
 
     def _spool_stem(self, digest: Digest) -> Path:
         return self._tmp / f"{digest.algorithm}-{digest.hex}"

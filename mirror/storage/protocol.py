@@ -9,7 +9,7 @@ other process (or, later, replica) sharing the store streams the bytes as they a
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
@@ -160,6 +160,39 @@ class Spool(Protocol):
         gone: it was committed before this process noticed). None when neither is there."""
 
 
+class UploadSpool(Protocol):
+    """The bytes of the blob uploads in progress into hosted repositories (a push), each
+    session's under its id, kept where the processes sharing the store reach them: the
+    data dir for a filesystem store, the bucket for an S3 one (so an upload continues on
+    any replica). How many bytes a session holds is recorded elsewhere (the metadata
+    store); a spool holds at least that many, and reads exactly that many. Its bytes are
+    never served: the closing request streams them through a verified `BlobWriter`."""
+
+    async def create(self, upload_id: str) -> None:
+        """Room for a new, empty session."""
+
+    async def holds(self, upload_id: str) -> bool:
+        """Whether this process reaches the session's bytes (a data dir's are on the host
+        that created them only)."""
+
+    async def append(self, upload_id: str, offset: int, chunks: AsyncIterable[bytes]) -> int:
+        """Keep the chunk at `offset` (the size recorded so far; anything written past it,
+        by a write that died before its record, no longer counts), durably, streamed as it
+        arrives; how many bytes it had. After an exception the caller records no new size,
+        so whatever part of the chunk was kept does not count."""
+
+    def read(self, upload_id: str, size: int) -> AsyncGenerator[bytes, None]:
+        """The session's first `size` bytes, in order; FileNotFoundError when some are
+        gone (the session was removed meanwhile)."""
+
+    async def remove(self, upload_id: str) -> None:
+        """Drop the session's bytes (idempotent)."""
+
+    def idle(self, older_than: float) -> list[str]:
+        """The sessions whose bytes were last written before `older_than` (unix time);
+        blocking (housekeeping)."""
+
+
 class BlobRedirects(Protocol):
     """A store whose blobs clients can fetch themselves, from URLs it signs."""
 
@@ -196,6 +229,10 @@ class ContentStore(Protocol):
 
     def spool(self, digest: Digest) -> Spool:
         """The coordination point of `digest`'s download between processes."""
+
+    @property
+    def uploads(self) -> UploadSpool:
+        """Where the bytes of blob uploads in progress (pushes) are kept."""
 
     # --- manifests
 

@@ -7,6 +7,7 @@ Layout under the configured prefix (`s3://BUCKET/PREFIX`):
     manifests/sha256/<hex>    the exact manifest bytes; their media type is the object's
                               Content-Type (written with the bytes, in one request)
     _probe/<random>           written and deleted by `check_writable`
+    uploads/<id>/<offset>     a chunk of a push in progress (see `mirror.storage.s3uploads`)
 
 Nothing becomes visible unless its digest was verified (see `mirror.storage.s3writer`),
 so an object under a digest key always holds those bytes. A download is coordinated per host
@@ -63,6 +64,7 @@ from mirror.storage.s3client import (
     part_size,
 )
 from mirror.storage.s3stream import StreamingUpload, publish
+from mirror.storage.s3uploads import S3UploadSpool
 from mirror.storage.s3writer import (
     S3BlobWriter,
     Uploader,
@@ -94,11 +96,17 @@ class S3Store:
         self._hot = HotCache(self._local, local_cache_size)
         self._uploader = Uploader(self._client.get, location.bucket)
         self._recent = RecentManifests()
+        self._upload_spool = S3UploadSpool(location, self._client.get, self._blocking)
         self.usage: dict[ContentKind, Usage] = {"blob": Usage(), "manifest": Usage()}
 
     @property
     def location(self) -> str:
         return self._where.describe()
+
+    @property
+    def uploads(self) -> S3UploadSpool:
+        """In the bucket, so a push continues on any replica."""
+        return self._upload_spool
 
     async def close(self) -> None:
         await self._client.close()

@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 from mirror.cache.eviction import RECENT_SECONDS
-from mirror.cache.uploads import UPLOADS_DIR
 from mirror.reference import Digest
 from mirror.storage.filesystem import FilesystemStore
+from mirror.storage.fileuploads import UPLOADS_DIR
 from testkit.clock import FakeClock
 from testkit.fakeupstream import FakeRegistry, make_image, random_layer
 from testkit.mirrorproc import run_mirror

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mirror.cache.uploads import UPLOADS_DIR, UploadSessions
+from mirror.cache.uploads import UploadSessions
 from mirror.meta.sqlite import SqliteMetaStore
 from mirror.storage.filesystem import FilesystemStore
+from mirror.storage.fileuploads import UPLOADS_DIR
 from testkit.clock import FakeClock
 from testkit.fakeupstream import FakeRegistry
 from tests.conftest import Client, StartMirror
@@ -52,7 +53,7 @@ async def test_the_sweep_removes_only_expired_uploads_bytes(
     clock: FakeClock, tmp_path: Path
 ) -> None:
     meta = await SqliteMetaStore.open(tmp_path / "meta.sqlite3", clock=clock)
-    sessions = UploadSessions(FilesystemStore(tmp_path), meta, tmp_path, ttl=TTL, clock=clock)
+    sessions = UploadSessions(FilesystemStore(tmp_path), meta, ttl=TTL, clock=clock)
     abandoned = await sessions.start("local/app")
     await sessions.append(abandoned, _chunks(b"abc"))
     clock.advance(TTL + 1)
