@@ -5,19 +5,51 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+from pytest_aiohttp import AiohttpClient
 
-from mirror import mediatypes
-from tests.conftest import Client
+from mirror import config, mediatypes
+from mirror.server.app import create_app
+from tests.client_auth.helpers import basic, write_htpasswd
+from tests.conftest import Client, StartMirror, toml_value
 
 HOSTED = ["local/*", "registry.local/team/*"]
+PUSHER, PASSWORD = "pusher", "pusher-password"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+
+def logged_in_mirrors(aiohttp_client: AiohttpClient, tmp_path: Path, data_dir: Path) -> StartMirror:
+    """Mirrors with an htpasswd file of one user, `PUSHER`, whose client logs in as it with
+    every request (anonymous clients never push)."""
+    users = write_htpasswd(tmp_path / "htpasswd", {PUSHER: PASSWORD})
+
+    async def start(
+        upstream_url: str, *, clock: Callable[[], float] | None = None, **settings: Any
+    ) -> Client:
+        values = {
+            "upstream": upstream_url,
+            "data_dir": str(data_dir),
+            "htpasswd": str(users),
+            **settings,
+        }
+        file = tmp_path / "mirror.toml"
+        file.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in values.items()))
+        app = await create_app(
+            config.load(config_file=file, environ={}).config, clock=clock or time.time
+        )
+        client: Client = await aiohttp_client(app, headers=basic(PUSHER, PASSWORD))
+        return client
+
+    return start
 
 
 def digest_of(data: bytes) -> str:
