@@ -78,8 +78,9 @@ UPSTREAM_BYTES = Counter(
 )
 UPSTREAM_REQUESTS = Counter(
     "mirror_upstream_requests_total",
-    "Requests sent to upstreams, by upstream host, method, kind (manifest, blob, tags, token) "
-    'and status (the HTTP status, or "error" / "timeout" when there was no answer).',
+    "Requests sent to upstreams, by upstream host, method, kind (manifest, blob, tags, "
+    'referrers, token) and status (the HTTP status, or "error" / "timeout" when there was '
+    "no answer).",
     ["upstream", "method", "kind", "status"],
 )
 UPSTREAM_DURATION = Histogram(

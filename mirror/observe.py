@@ -23,7 +23,7 @@ from typing import Literal, Protocol
 
 CacheKind = Literal["blob", "manifest", "tag"]
 Outcome = Literal["hit", "coalesced", "miss", "stale"]
-UpstreamKind = Literal["manifest", "blob", "tags", "token"]
+UpstreamKind = Literal["manifest", "blob", "tags", "referrers", "token"]
 Revalidation = Literal["unchanged", "changed", "stale", "failed"]
 ContentKind = Literal["blob", "manifest"]
 PoolName = Literal["blob", "metadata"]

@@ -34,6 +34,7 @@ from mirror.cache.hosted import HostedRepositories
 from mirror.cache.janitor import Janitor
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.prefetch.engine import Puller
+from mirror.cache.referrers import Referrers
 from mirror.cache.scope import RepositoryScope
 from mirror.cache.tags import TagLists
 from mirror.cache.uploads import UploadSessions
@@ -72,7 +73,7 @@ class Mirror:
     blobs: BlobCache
     manifests: ManifestCache
     tags: TagLists
-    lists: ListCache  # the upstreams' tag lists, kept beside the metadata
+    lists: ListCache  # the upstreams' tag lists and referrers, kept beside the metadata
     replica: Replica  # this process among the replicas (its id, its advertise_url)
     cluster: Cluster | None  # None: a single host (file storage), nothing to share with
     # With S3 storage: the janitor of orphaned uploads, and the store itself when blob GETs
@@ -82,6 +83,7 @@ class Mirror:
     # The hosted repositories and the uploads pushing into them.
     hosted: HostedRepositories
     uploads: UploadSessions
+    referrers: Referrers  # of hosted and cached repositories alike
 
     def puller(self) -> Puller:
         """The parts a prefetch pulls through (the server's own, for its schedule)."""
@@ -203,6 +205,7 @@ async def build(
     hosting = config.hosting
     hosted = HostedRepositories(store, meta, meta, max_manifest_size=hosting.max_manifest_size)
     uploads = UploadSessions(store, meta, ttl=hosting.upload_ttl, clock=clock)
+    referrers = Referrers(hosted, manifests, scope)
     return Mirror(
         config,
         store,
@@ -219,6 +222,7 @@ async def build(
         redirects,
         hosted,
         uploads,
+        referrers,
     )
 
 

@@ -168,7 +168,7 @@ async def test_metrics_carry_no_repository_or_digest_labels(
 
 # The route labels the README's metrics table and the Grafana dashboard name.
 ROUTE_LABELS = {
-    *("ping", "manifest", "blob", "tags", "catalog", "push", "token"),
+    *("ping", "manifest", "blob", "tags", "referrers", "catalog", "push", "token"),
     *("healthz", "readyz", "metrics", "status", "static", "cluster"),
 }
 
@@ -189,6 +189,7 @@ async def test_requests_count_under_their_routes_documented_labels(
         "/v2/library/alpine/manifests/3.19": "manifest",
         "/v2/library/alpine/blobs/sha256:" + "a" * 64: "blob",
         "/v2/library/alpine/tags/list": "tags",
+        "/v2/library/alpine/referrers/sha256:" + "b" * 64: "referrers",
         "/v2/library/alpine/blobs/uploads": "push",
         "/v2/library/alpine/blobs/uploads/a-session": "push",
         "/auth/token": "token",

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from testkit.clock import FakeClock
-from testkit.fakeupstream import FakeRegistry, Manifest, make_image
+from testkit.fakeupstream import FakeRegistry, Manifest, make_image, make_referrer
 from tests.clients import ALL_MANIFESTS
 from tests.conftest import Client, StartMirror, sha256
 
@@ -218,3 +218,31 @@ async def test_an_upstream_404_for_one_clients_credentials_is_not_remembered_for
     assert await status_as(mirror, "alice", "/v2/alice/app/manifests/2") == 404
     private.push_image("alice/app", "2", make_image(seed=35))
     assert await status_as(mirror, "alice", "/v2/alice/app/manifests/2") == 200
+
+
+async def test_a_referrers_list_is_served_only_to_a_client_the_upstream_lets_pull(
+    start_mirror: StartMirror,
+) -> None:
+    """Without a referrers API, alice's list comes from a fallback tag the mirror keeps as
+    a tag record: bob, whom the upstream refuses, is refused before it is read."""
+    async with FakeRegistry(
+        users=USERS, anonymous_pull=False, private={"alice/app": ["alice"]}, referrers_api=False
+    ) as registry:
+        registry.push_image("alice/app", "1", ALICE_APP)
+        signature = make_referrer(ALICE_APP, "application/vnd.cncf.notary.signature")
+        registry.push_referrer("alice/app", signature)
+        mirror = await start_mirror(
+            registry.url,
+            builtin_upstreams=False,
+            upstream=[
+                {"host": "docker.io", "url": registry.url, "client_credentials": "passthrough"}
+            ],
+        )
+        path = f"/v2/alice/app/referrers/{ALICE_APP.digest}"
+
+        mine = await mirror.get(path, headers=basic("alice"))
+        assert [m["digest"] for m in json.loads(await mine.read())["manifests"]] == [
+            signature.digest
+        ]
+        theirs = await mirror.get(path, headers=basic("bob"))
+        assert theirs.status == 401

@@ -86,6 +86,10 @@ class HostedRepositories:
         """A page of `repo`'s tags (after `last`, at most `n`)."""
         return await self._guarded(self._meta.hosted_tags(repo.name, last=last, n=n))
 
+    async def referrers(self, repo: HostedRepo, subject: Digest) -> list[str]:
+        """The descriptors (JSON) of the manifests pushed to `repo` with `subject`."""
+        return await self._guarded(self._meta.referrers(repo.name, str(subject)))
+
     async def holds(self, repo: HostedRepo, digest: Digest) -> bool:
         return await self._guarded(self._meta.hosted_holds(repo.name, str(digest)))
 

@@ -60,7 +60,7 @@ async def _whole_list(repo: UpstreamRepo) -> _WholeList:
         name, listed = _parse(repo, got.body)
         tags.update(listed)
         stale = stale or got.stale
-        query = _next_query(got.link)
+        query = next_query(got.link)
         if not query:
             return _WholeList(name, sorted(tags), stale)
     raise UpstreamError(
@@ -88,10 +88,11 @@ def _parse(repo: UpstreamRepo, body: bytes) -> tuple[str, list[str]]:
     return name if isinstance(name, str) else repo.name, tags
 
 
-def _next_query(link: str | None) -> list[tuple[str, str]]:
-    """The query of the upstream's next page, if it links one: all of it, for the
-    upstream's paging is its own (quay pages by an opaque `next_page`, not by `last`; kept
-    to `n` and `last`, its first page was asked for again until the page cap, a 502)."""
+def next_query(link: str | None) -> list[tuple[str, str]]:
+    """The query of the upstream's next page, if it links one (tag lists, referrers): all
+    of it, for the upstream's paging is its own (quay pages by an opaque `next_page`, not
+    by `last`; kept to `n` and `last`, its first page was asked for again until the page
+    cap, a 502)."""
     if not link:
         return []
     target = link.split(";", 1)[0].strip().strip("<>")

@@ -25,6 +25,7 @@ from mirror.server.coldmisses import ColdMissLimit
 from mirror.server.hosted import HostedRoutes
 from mirror.server.middleware import add_response_headers, observe_requests, registry_errors
 from mirror.server.ops import OpsRoutes
+from mirror.server.referrers import ReferrersRoutes
 from mirror.server.relay import RelayRoutes
 from mirror.server.routes import RegistryRoutes
 from mirror.server.uploads import UploadRoutes
@@ -71,6 +72,7 @@ async def create_app(
         HostedRoutes(mirror.hosted),
         redirects=mirror.redirects,
     ).register(app.router)
+    ReferrersRoutes(mirror.referrers).register(app.router)
     OpsRoutes(
         mirror.store, mirror.meta, router, mirror.access, mirror.replica, clock=clock
     ).register(app.router)

@@ -116,7 +116,7 @@ class RegistryRoutes:
             request, resolved.digest, resolved.media_type, resolved.size, data
         )
         if resolved.stale is not None:
-            response.headers["Warning"] = _stale_warning(resolved.stale)
+            response.headers["Warning"] = stale_warning(resolved.stale)
         return response
 
     async def blob(self, request: web.Request) -> web.StreamResponse:
@@ -142,7 +142,7 @@ class RegistryRoutes:
 
     async def tags(self, request: web.Request) -> web.Response:
         repo = self._resolve(request)
-        query = _pagination(request, parse_tag)
+        query = pagination(request, parse_tag)
         if isinstance(repo, HostedRepo):
             self._check_read(request)
             wanted = dict(query)
@@ -154,7 +154,7 @@ class RegistryRoutes:
         if page.link and (link := _rewrite_link(page.link, name, request.query.get("ns"))):
             headers["Link"] = link
         if page.stale is not None:
-            headers["Warning"] = _stale_warning(page.stale)
+            headers["Warning"] = stale_warning(page.stale)
         return web.Response(body=page.body, content_type="application/json", headers=headers)
 
     async def catalog(self, request: web.Request) -> web.Response:
@@ -163,7 +163,7 @@ class RegistryRoutes:
         through the mirror (`library/alpine` for docker.io, `ghcr.io/org/app` for the
         others). One page (`n`, default `CATALOG_PAGE`, after `last`), read from the store
         a page at a time per upstream, with a `Link` to the next."""
-        query = dict(_pagination(request, _catalog_name))
+        query = dict(pagination(request, _catalog_name))
         n = int(query.get("n", CATALOG_PAGE))
         last = query.get("last", "")
         visible = request.get(CATALOG_FILTER, lambda host, name: True)  # the user's, if any
@@ -332,7 +332,7 @@ async def _stream_body(request: web.Request, download: BlobBody) -> web.StreamRe
     return response
 
 
-def _pagination(request: web.Request, parse_last: Callable[[str], str]) -> list[tuple[str, str]]:
+def pagination(request: web.Request, parse_last: Callable[[str], str]) -> list[tuple[str, str]]:
     """Validated `n` and `last` query parameters, in that order."""
     query: list[tuple[str, str]] = []
     if (n := request.query.get("n")) is not None:
@@ -354,7 +354,7 @@ def _pagination(request: web.Request, parse_last: Callable[[str], str]) -> list[
     return query
 
 
-def _stale_warning(reason: str) -> str:
+def stale_warning(reason: str) -> str:
     """An RFC 7234 `Warning: 110` ("Response is Stale") with the reason, header-safe."""
     return f'110 - "Response is Stale: {responses.header_safe(reason, 300)}"'
 

@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 # distribution refuses manifests over 4 MiB; so does the mirror, to bound memory.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_TAGS_BYTES = 16 * 1024 * 1024
+# A referrers index is read as a manifest is: one page of it at most this big.
+MAX_REFERRERS_BYTES = MAX_MANIFEST_BYTES
+# What an upstream without the referrers API answers (ggcr and oras-go read these so):
+# clients, and the mirror, then use the fallback tag.
+_NO_REFERRERS_API = frozenset({400, 404, 405, 406})
 _NOT_FOUND: Mapping[observe.UpstreamKind, ErrorCode] = {
     "manifest": errors.MANIFEST_UNKNOWN,
     "blob": errors.BLOB_UNKNOWN,
@@ -91,7 +96,8 @@ class UpstreamClient:
         *,
         lists: ListCache | None = None,
     ) -> None:
-        """`lists` keeps the upstream's tag lists (None: every one is asked for)."""
+        """`lists` keeps the upstream's tag lists and referrers (None: every one is asked
+        for)."""
         options = options if options is not None else ClientOptions()
         self.url = settings.url.rstrip("/")
         #: The registry this upstream stands for (`docker.io`): what keys its cache records.
@@ -278,6 +284,44 @@ class UpstreamClient:
             raise_for_status(self.name, resp, errors.NAME_UNKNOWN)
             body = await self._read_capped(resp, MAX_TAGS_BYTES, "tag list")
             return ListAnswer(body=body, link=resp.headers.get("Link"))
+
+    # --- referrers ------------------------------------------------------------------------
+
+    async def get_referrers(
+        self,
+        repo: str,
+        subject: Digest,
+        query: Sequence[tuple[str, str]],
+        *,
+        credential: ClientCredential | None = None,
+    ) -> ListAnswer:
+        """One page of the upstream's referrers of `subject` as it sends it (`query`: the
+        one its previous page's `Link` named), from the list cache while fresh, else asked
+        for (and served stale if that fails). Status 404 when the upstream has no referrers
+        API (it answered 400, 404, 405 or 406)."""
+        path = f"/v2/{repo}/referrers/{subject}"
+        fetch = partial(self._fetch_referrers, path, repo, query, credential)
+        if self._lists is None:
+            return await fetch()
+        key = self._lists.key(self.host, self.url + path, query, credential)
+        return await self._lists.get(key, self.url + path, fetch)
+
+    async def _fetch_referrers(
+        self,
+        path: str,
+        repo: str,
+        query: Sequence[tuple[str, str]],
+        credential: ClientCredential | None,
+    ) -> ListAnswer:
+        async with self._request(
+            "GET", path, repo, "referrers", params=query, credential=credential
+        ) as resp:
+            if resp.status in _NO_REFERRERS_API:
+                return ListAnswer(body=b"", link=None, status=404)
+            raise_for_status(self.name, resp, errors.NAME_UNKNOWN)
+            body = await self._read_capped(resp, MAX_REFERRERS_BYTES, "referrers index")
+            media_type = bare_type(resp.headers.get("Content-Type", ""))
+            return ListAnswer(body=body, link=resp.headers.get("Link"), media_type=media_type)
 
     # --- passthrough ----------------------------------------------------------------------
 

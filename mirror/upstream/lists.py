@@ -1,14 +1,15 @@
-"""Small, mutable upstream JSON answers (tag lists; referrers indexes next), kept through
+"""Small, mutable upstream JSON answers (tag lists, referrers indexes), kept through
 aiohttp-client-cache in the metadata store's own Redis (under its key prefix) or, without
 one, an SQLite file in the data dir, so replicas on one Redis share them.
 
 An answer is served from there while it is fresh (`tags_list_ttl`), asked for again after,
 and served stale when asking fails (the upstream down, unreachable, erroring, rate limiting)
 or the mirror is offline; it is kept `KEEP_STALE_SECONDS` past its freshness for that. An
-upstream's refusal (401/403) and its 404 are answers, never papered over with a stale copy,
-and only 200s are kept.
+upstream's refusal (401/403) and a tag list's 404 are answers, never papered over with a
+stale copy. Kept are 200s and the 404 of a referrers API an upstream does not have (which
+says "use the fallback tag", an answer as lasting as a list).
 
-Only the paths that hand an answer to `ListCache.get` (tag lists) use it: blobs and
+Only the paths that hand an answer to `ListCache.get` (tag lists, referrers) use it: blobs and
 manifests are content-addressed, verified and stored by the mirror itself, never by an HTTP
 cache.
 
@@ -31,6 +32,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,8 @@ SQLITE_FILE = "lists.sqlite3"
 REDIS_NAME = "lists"
 # How often the server removes the answers past their keeping.
 PRUNE_INTERVAL_SECONDS = 3600
+# The answers kept: a list, or a referrers API the upstream does not have.
+KEPT_STATUSES = (200, 404)
 # What of an answer is kept: the rest is the upstream's business.
 _KEPT_HEADERS = ("Content-Type", "Link")
 # An upstream refusing the credential is an answer, not a failure to answer.
@@ -68,12 +72,15 @@ _STORE_FAILURES = (RedisError, sqlite3.Error, OSError, ValueError)
 
 @dataclass(frozen=True)
 class ListAnswer:
-    """An upstream's JSON answer: its body, the `Link` to its next page, and why it is
-    served stale (None: fresh)."""
+    """An upstream's JSON answer: its body, the `Link` to its next page, why it is served
+    stale (None: fresh), its status (200, or 404 for a referrers API the upstream lacks)
+    and its `Content-Type` (clients tell a referrers API by its exact type)."""
 
     body: bytes
     link: str | None
     stale: str | None = None
+    status: int = 200
+    media_type: str = "application/json"
 
 
 class ListCache:
@@ -107,7 +114,7 @@ class ListCache:
         Connects on first use."""
         settings: dict[str, Any] = {
             "expire_after": timedelta(seconds=ttl + KEEP_STALE_SECONDS),
-            "allowed_codes": (200,),
+            "allowed_codes": KEPT_STATUSES,
             "allowed_methods": ("GET",),
             "serializer": JsonEntries(),
         }
@@ -179,10 +186,10 @@ class ListCache:
 
     async def _write(self, key: str, url: str, answer: ListAnswer) -> None:
         now = datetime.fromtimestamp(self._clock(), UTC).replace(tzinfo=None)
-        headers = [("Content-Type", "application/json")]
+        headers = [("Content-Type", answer.media_type)]
         if answer.link is not None:
             headers.append(("Link", answer.link))
-        response = _response(url, answer.body, headers, now, self._backend)
+        response = _response(url, answer, headers, now, self._backend)
         if not await self._backend.is_cacheable(response):
             return
         try:
@@ -215,7 +222,7 @@ class JsonEntries:
         expires = entry["expires"]
         return CachedResponse(
             method="GET",
-            reason="OK",
+            reason=HTTPStatus(int(entry["status"])).phrase,
             status=int(entry["status"]),
             url=URL(entry["url"]),
             version="1.1",
@@ -228,21 +235,21 @@ class JsonEntries:
 
 def _response(
     url: str,
-    body: bytes,
+    answer: ListAnswer,
     headers: Sequence[tuple[str, str]],
     now: datetime,
     backend: CacheBackend,
 ) -> CachedResponse:
-    """A 200 from `url` as the library keeps it: created now (by the mirror's clock, which
-    freshness is measured with), expiring when its keeping ends (by the wall clock, which
-    the library prunes with)."""
+    """An answer from `url` as the library keeps it: created now (by the mirror's clock,
+    which freshness is measured with), expiring when its keeping ends (by the wall clock,
+    which the library prunes with)."""
     return CachedResponse(
         method="GET",
-        reason="OK",
-        status=200,
+        reason=HTTPStatus(answer.status).phrase,
+        status=answer.status,
         url=URL(url),
         version="1.1",
-        body=body,
+        body=answer.body,
         raw_headers=tuple((k.encode(), v.encode()) for k, v in headers),
         created_at=now,
         expires=backend.create_cache_actions("", url).expires,
@@ -250,7 +257,8 @@ def _response(
 
 
 def _answer(kept: CachedResponse, stale: str | None = None) -> ListAnswer:
-    return ListAnswer(kept._body or b"", kept.headers.get("Link"), stale)
+    media_type = kept.headers.get("Content-Type", "application/json")
+    return ListAnswer(kept._body or b"", kept.headers.get("Link"), stale, kept.status, media_type)
 
 
 def _timestamp(naive_utc: datetime) -> float:

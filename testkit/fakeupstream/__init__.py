@@ -17,6 +17,7 @@ from .images import (
     make_image,
     make_index,
     make_layer,
+    make_referrer,
     random_layer,
     sha256_digest,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "make_image",
     "make_index",
     "make_layer",
+    "make_referrer",
     "random_layer",
     "sha256_digest",
 ]

@@ -33,6 +33,7 @@ __all__ = [
     "make_image",
     "make_index",
     "make_layer",
+    "make_referrer",
     "random_layer",
     "sha256_digest",
 ]
@@ -45,6 +46,7 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
 
 INDEX_MEDIA_TYPES = frozenset({DOCKER_MANIFEST_LIST, OCI_INDEX})
 
@@ -240,3 +242,32 @@ def make_index(children: Sequence[Manifest], *, oci: bool = False) -> Manifest:
     media_type = OCI_INDEX if oci else DOCKER_MANIFEST_LIST
     index_obj = {"schemaVersion": 2, "mediaType": media_type, "manifests": entries}
     return Manifest(data=_dumps(index_obj), media_type=media_type, children=tuple(children))
+
+
+def make_referrer(
+    subject: Manifest,
+    artifact_type: str,
+    *,
+    seed: int = 0,
+    annotations: dict[str, str] | None = None,
+) -> Manifest:
+    """An OCI artifact manifest (a signature, an SBOM) naming `subject`: the empty config,
+    one layer of `artifact_type` unique per `seed`, and its annotations."""
+    config = Blob(data=b"{}", media_type=OCI_EMPTY)
+    payload = f"{artifact_type} of {subject.digest} #{seed}".encode()
+    layer = Blob(data=payload, media_type=artifact_type)
+    document: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": artifact_type,
+        "config": config.descriptor(),
+        "layers": [layer.descriptor()],
+        "subject": {
+            "mediaType": subject.media_type,
+            "digest": subject.digest,
+            "size": subject.size,
+        },
+    }
+    if annotations:
+        document["annotations"] = annotations
+    return Manifest(data=_dumps(document), media_type=OCI_MANIFEST, blobs=(config, layer))

@@ -29,6 +29,7 @@ from .faults import BODY_FAULTS, REQUEST_FAULTS, Fault, FaultQueue
 from .gates import BodyGate, GateList
 from .images import Blob, Manifest
 from .recording import REQUEST_WAIT, RecordedRequest, RequestLog
+from .referrers import fallback_tag, subject_of, tag_index
 from .registry_routes import RegistryRoutes
 from .tokens import AuthMode, TokenRealm
 from .wire import Route
@@ -51,6 +52,7 @@ class FakeRegistry:
         head_supported: bool = True,
         send_digest_header: bool = True,
         converts_docker_manifests: bool = False,
+        referrers_api: bool = True,
         token_expires_in: int = 300,
         ratelimit: tuple[int, int] | None = None,
         tls: ssl.SSLContext | None = None,
@@ -63,7 +65,9 @@ class FakeRegistry:
         `private` maps a repository to the only users who may pull it.
         `converts_docker_manifests`: a tag of a Docker image asked for with an Accept that
         takes OCI manifests but not Docker ones is answered with an OCI rewrite of it, made
-        on the fly (its own digest, not served by digest), as converting registries do."""
+        on the fly (its own digest, not served by digest), as converting registries do.
+        `referrers_api`: the registry serves `/v2/<name>/referrers/<digest>`; without it,
+        that path is no endpoint (404) and `push_referrer` keeps the fallback tag instead."""
         self._realm = TokenRealm(
             auth=auth,
             users=users or {},
@@ -84,6 +88,7 @@ class FakeRegistry:
             head_supported=head_supported,
             send_digest_header=send_digest_header,
             converts_docker_manifests=converts_docker_manifests,
+            referrers_api=referrers_api,
             ratelimit=ratelimit,
         )
         self._log = RequestLog()
@@ -108,6 +113,15 @@ class FakeRegistry:
     def ratelimit_remaining(self, value: int | None) -> None:
         self._routes.ratelimit_remaining = value
 
+    @property
+    def referrers_page_size(self) -> int | None:
+        """Referrers per page of the referrers API (None: all on one); a test may set it."""
+        return self._routes.referrers_page_size
+
+    @referrers_page_size.setter
+    def referrers_page_size(self, value: int | None) -> None:
+        self._routes.referrers_page_size = value
+
     # ----------------------------------------------------------------- content
 
     def push_image(self, repo: str, tag: str | None, manifest: Manifest) -> None:
@@ -121,6 +135,18 @@ class FakeRegistry:
     def tag(self, repo: str, tag: str, manifest: Manifest) -> None:
         """Create or move ``tag``; the manifest is pushed too so the tag never dangles."""
         self._content.push_image(repo, tag, manifest)
+
+    def push_referrer(self, repo: str, referrer: Manifest) -> None:
+        """Push a manifest with a `subject` (untagged), as a signing client does: the
+        referrers API lists it; without that API, the client's read-modify-write of the
+        subject's fallback tag (`sha256-<hex>`) is done here."""
+        self._content.push_image(repo, None, referrer)
+        subject = subject_of(referrer)
+        if subject is None:
+            raise ValueError("a referrer names a subject")
+        if not self._routes.referrers_api:
+            index = tag_index(self._content, repo, subject)
+            self._content.push_image(repo, fallback_tag(subject), index)
 
     def delete_tag(self, repo: str, tag: str) -> None:
         """Remove a tag (its manifest stays reachable by digest, like on a real registry)."""

@@ -23,12 +23,14 @@ from .images import (
     OCI_MANIFEST,
     Manifest,
 )
+from .referrers import referrers_page
 from .tokens import TokenRealm
 from .wire import Reply, Route, bytes_reply, error, fixed, json_body
 
 _DIGEST_RE = re.compile(r"^[a-z0-9]+([+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 _OBJECT_RE = re.compile(r"^/v2/(?P<name>.+)/(?P<op>manifests|blobs)/(?P<ref>[^/]+)$")
 _TAGS_RE = re.compile(r"^/v2/(?P<name>.+)/tags/list$")
+_REFERRERS_RE = re.compile(r"^/v2/(?P<name>.+)/referrers/(?P<ref>[^/]+)$")
 
 
 def _accepted_types(request: web.Request) -> set[str]:
@@ -91,6 +93,7 @@ class RegistryRoutes:
         head_supported: bool,
         send_digest_header: bool,
         converts_docker_manifests: bool,
+        referrers_api: bool,
         ratelimit: tuple[int, int] | None,
     ) -> None:
         """Knobs for the ways real registries differ (see FakeRegistry)."""
@@ -101,6 +104,8 @@ class RegistryRoutes:
         self.head_supported = head_supported
         self.send_digest_header = send_digest_header
         self.converts_docker_manifests = converts_docker_manifests
+        self.referrers_api = referrers_api
+        self.referrers_page_size: int | None = None
         self.ratelimit_limit: int | None = ratelimit[0] if ratelimit else None
         self.ratelimit_remaining: int | None = ratelimit[1] if ratelimit else None
 
@@ -116,6 +121,8 @@ class RegistryRoutes:
             name, ref = match.group("name"), match.group("ref")
         elif (match := _TAGS_RE.match(path)) is not None:
             kind, name = "tags", match.group("name")
+        elif (match := _REFERRERS_RE.match(path)) is not None and self.referrers_api:
+            kind, name, ref = "referrers", match.group("name"), match.group("ref")
         if kind == "other":
             return Route(kind, fixed(error(404, "NOT_FOUND", "no such endpoint")))
         if request.method not in ("GET", "HEAD"):
@@ -129,6 +136,8 @@ class RegistryRoutes:
                 return self._manifest(request, name, ref)
             if kind == "blob":
                 return self._blob(request, name, ref)
+            if kind == "referrers":
+                return self._referrers(request, name, ref)
             return self._tags(request, name)
 
         return Route(kind, handle, self._realm.check_access(request, name), repo=name)
@@ -217,6 +226,13 @@ class RegistryRoutes:
             location = self._cdn.signed_url(blob.digest)
             return Reply(307, {"Location": location, "Content-Type": "text/html; charset=utf-8"})
         return bytes_reply(request, blob.data, headers)
+
+    def _referrers(self, request: web.Request, name: str, subject: str) -> Reply:
+        """The referrers API: every manifest of `name` naming `subject`, paged."""
+        if not _DIGEST_RE.match(subject):
+            return error(400, "DIGEST_INVALID", "invalid digest")
+        start = int(request.query.get("next", "0"))
+        return referrers_page(self._content, name, subject, start, self.referrers_page_size)
 
     def _tags(self, request: web.Request, name: str) -> Reply:
         """Paginated tag list with a path-relative Link, like distribution."""

@@ -5,19 +5,38 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+from pytest_aiohttp import AiohttpClient
 
 from mirror import mediatypes
-from tests.conftest import Client
+from tests.client_auth.helpers import basic, write_htpasswd
+from tests.conftest import Client, StartMirror, mirror_starter
 
 HOSTED = ["local/*", "registry.local/team/*"]
+PUSHER, PASSWORD = "pusher", "pusher-password"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+
+
+def logged_in_mirrors(aiohttp_client: AiohttpClient, tmp_path: Path, data_dir: Path) -> StartMirror:
+    """Mirrors with an htpasswd file of one user, `PUSHER`, whose client logs in as it with
+    every request (anonymous clients never push)."""
+    users = write_htpasswd(tmp_path / "htpasswd", {PUSHER: PASSWORD})
+    start = mirror_starter(aiohttp_client, tmp_path, data_dir, basic(PUSHER, PASSWORD))
+
+    async def logged_in(
+        upstream_url: str, *, clock: Callable[[], float] | None = None, **settings: Any
+    ) -> Client:
+        return await start(upstream_url, clock=clock, **{"htpasswd": str(users), **settings})
+
+    return logged_in
 
 
 def digest_of(data: bytes) -> str:

@@ -25,8 +25,7 @@ from testkit.seaweed import SeaweedFS
 from tests.client_auth.helpers import basic, write_htpasswd
 from tests.cluster_fixtures import StartReplica, stored_keys
 from tests.conftest import Client
-from tests.hosted.conftest import PASSWORD, PUSHER
-from tests.hosted.pushing import HOSTED, Blob, error_code, start_upload
+from tests.hosted.pushing import HOSTED, PASSWORD, PUSHER, Blob, error_code, start_upload
 from tests.s3_fixtures import prefix_of, s3_store
 
 REPO = "local/app"

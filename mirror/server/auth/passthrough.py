@@ -30,7 +30,14 @@ from mirror.upstream.entitlement import Entitlements
 from mirror.upstream.routing import Router
 
 CHALLENGE = 'Basic realm="registry credentials", charset="UTF-8"'
-_KINDS: dict[str, observe.UpstreamKind] = {"manifest": "manifest", "blob": "blob", "tags": "tags"}
+# What to ask the upstream per route: a referrers list is checked as the tag list is (the
+# subject need not exist for its list to be readable).
+_KINDS: dict[str, observe.UpstreamKind] = {
+    "manifest": "manifest",
+    "blob": "blob",
+    "tags": "tags",
+    "referrers": "tags",
+}
 
 
 class Passthrough:
