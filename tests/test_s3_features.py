@@ -1,7 +1,7 @@
 """The rest of the mirror on S3 storage, as on a data dir: repository links, eviction under
 `max_cache_size` by two replicas sharing the bucket and Redis, and the commands on the cache
-(`mirror ls`, `rm`, `gc`, `prefetch`, `tag`) run as the real CLI against a real SeaweedFS. (Export
-and import, and gc's aborting of orphaned uploads: tests/test_s3_store.py.)"""
+(`mirror ls`, `rm`, `gc`, `prefetch`, `tag`) run as the real CLI against a real SeaweedFS.
+(Export and import, and gc's aborting of orphaned uploads: tests/test_s3_store.py.)"""
 
 from __future__ import annotations
 
