@@ -1,9 +1,10 @@
 """`mirror ls` and `mirror rm`: what the cache holds, and taking one image out of it.
 
 `ls` lists cached repositories (from the tag records) and hosted ones (from their tags,
-marked `hosted`), and with a repository its tags with their digest, size and last access. `rm IMAGE` removes the image's manifests (an index and
-its per-platform manifests) and tag records; its blobs stay until `mirror gc` finds them
-unreferenced, since other images may share them.
+marked `hosted`), and with a repository its tags with their digest, size and last access.
+`rm IMAGE` removes the image's manifests (an index and its per-platform manifests) and tag
+records; its blobs stay until `mirror gc` finds them unreferenced, since other images may
+share them.
 """
 
 from __future__ import annotations
