@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mirror import __version__, clientconfig, config
-from mirror.admin import bundle, gc, inventory, prefetch
+from mirror.admin import bundle, gc, inventory, prefetch, tag
 from mirror.meta import MetaStoreError
 from mirror.server import htpasswd, tls
 from mirror.server.serve import serve
@@ -36,7 +36,7 @@ SERVE_FLAGS = (
     "tls_listen",
 )
 # Modules adding the commands that work on a data dir (see mirror.admin).
-ADMIN_COMMANDS = (gc, inventory, prefetch, bundle)
+ADMIN_COMMANDS = (gc, inventory, prefetch, tag, bundle)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

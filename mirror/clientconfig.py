@@ -130,8 +130,9 @@ class ClientFiles:
 
 
 def generate(client: str, cfg: Config, mirror: MirrorURL) -> ClientFiles:
-    """The files for `client` (one of CLIENTS), with a note on logging in when the mirror
-    requires it (credentials belong in each client's own store, not in these files)."""
+    """The files for `client` (one of CLIENTS), with a note on how to push when the mirror
+    hosts repositories, and on logging in when it requires it (credentials belong in each
+    client's own store, not in these files)."""
     if client == "docker":
         files = docker(cfg, mirror)
     elif client == "containerd":
@@ -140,6 +141,8 @@ def generate(client: str, cfg: Config, mirror: MirrorURL) -> ClientFiles:
         files = podman(cfg, mirror)
     else:
         raise ClientConfigError(f"unknown client {client!r}; expected one of {', '.join(CLIENTS)}")
+    if cfg.hosting.hosted:
+        files = replace(files, notes=(*files.notes, push_note(client, cfg, mirror)))
     if cfg.auth.htpasswd is None:
         return files
     login = {
@@ -150,6 +153,34 @@ def generate(client: str, cfg: Config, mirror: MirrorURL) -> ClientFiles:
     }[client]
     note = f"this mirror requires a login (htpasswd is set): {login}"
     return replace(files, notes=(*files.notes, note))
+
+
+def push_note(client: str, cfg: Config, mirror: MirrorURL) -> str:
+    """How `client` pushes to the hosted repositories: straight to the mirror by its own
+    name (pushes never go through registry mirrors), logged in, since anonymous clients
+    never push."""
+    patterns = cfg.hosting.hosted
+    image = f"{mirror.registry_host}/{_example_repository(patterns[0])}:1"
+    plain = mirror.plain_http  # docker: its insecure-registries entry covers pushes
+    push = {
+        "docker": f"docker tag app {image} && docker push {image}",
+        "containerd": f"ctr images push --user USER {'--plain-http ' if plain else ''}{image}",
+        "podman": f"podman push {'--tls-verify=false ' if plain else ''}{image}",
+    }[client]
+    login = {
+        "docker": f"docker login {mirror.netloc}; ",
+        "containerd": "",  # ctr takes the user on each command
+        "podman": f"podman login {'--tls-verify=false ' if plain else ''}{mirror.netloc}; ",
+    }[client]
+    note = f"push your own images to the hosted repositories ({', '.join(patterns)}): {login}{push}"
+    if cfg.auth.htpasswd is None:
+        note += " (this mirror has no htpasswd: anonymous clients never push, so set one first)"
+    return note
+
+
+def _example_repository(pattern: str) -> str:
+    """A repository name a `hosted` glob matches: `local/*` -> `local/app`."""
+    return pattern.replace("*", "app").replace("?", "a").replace("[", "").replace("]", "")
 
 
 # --------------------------------------------------------------------------- Docker

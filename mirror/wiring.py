@@ -7,8 +7,8 @@ building their own parts:
   fails a request; leftover temp files removed when no sibling worker may be writing them;
 - a command on the data dir (`mirror gc`, `ls`, `rm`, `export`, `import`): the content store
   and the bare metadata store, which fail loudly instead of answering "nothing known";
-- a one-shot pull (`mirror prefetch`): the server's caches without the HTTP side, asking the
-  upstream about every tag however recently it was confirmed.
+- a one-shot pull (`mirror prefetch`, `mirror tag`): the server's caches without the HTTP
+  side, asking the upstream about every tag however recently it was confirmed.
 
 Which content store and which metadata backend serve a config is decided here and nowhere
 else, so a new backend is one more branch in `open_store` or `open_meta_store`.
@@ -249,14 +249,21 @@ def _cluster(
 
 
 @asynccontextmanager
-async def pulling(config: Config) -> AsyncIterator[Puller]:
-    """The pull-through parts for a one-shot pull (`mirror prefetch`), closed on the way out
-    (downloads still running aborted). Temp files are left alone: a server may be writing
-    them.
+async def one_shot(config: Config) -> AsyncIterator[Mirror]:
+    """The pull-through parts for a one-shot command (`mirror prefetch`, `mirror tag`),
+    closed on the way out (downloads still running aborted). Temp files are left alone: a
+    server may be writing them.
 
     Raises MetaStoreError when a configured Redis cannot be reached."""
     mirror = await build(config)
     try:
-        yield mirror.puller()
+        yield mirror
     finally:
         await mirror.close()
+
+
+@asynccontextmanager
+async def pulling(config: Config) -> AsyncIterator[Puller]:
+    """`one_shot`'s parts a prefetch pulls through."""
+    async with one_shot(config) as mirror:
+        yield mirror.puller()

@@ -370,3 +370,45 @@ def test_a_mirror_that_requires_a_login_says_so(tmp_path: Path) -> None:
             "docker", load(tmp_path, ""), parse_mirror_url(EXAMPLE_URL)
         ).notes
     )
+
+
+@pytest.mark.parametrize(
+    ("client", "how"),
+    [
+        (
+            "docker",
+            "docker login mirror.example.internal:5000; docker tag app "
+            "mirror.example.internal:5000/local/app:1 && docker push "
+            "mirror.example.internal:5000/local/app:1",
+        ),
+        (
+            "containerd",
+            "ctr images push --user USER --plain-http mirror.example.internal:5000/local/app:1",
+        ),
+        (
+            "podman",
+            "podman login --tls-verify=false mirror.example.internal:5000; podman push "
+            "--tls-verify=false mirror.example.internal:5000/local/app:1",
+        ),
+    ],
+)
+def test_a_mirror_with_hosted_repositories_says_how_to_push(
+    tmp_path: Path, client: str, how: str
+) -> None:
+    users = tmp_path / "users"
+    users.write_text("alice:$2b$04$" + "a" * 53 + "\n")
+    cfg = load(tmp_path, f'hosted = ["local/*", "acme/*"]\nhtpasswd = "{users}"\n')
+
+    (note,) = [n for n in generate(client, cfg).notes if n.startswith("push")]
+
+    assert note == f"push your own images to the hosted repositories (local/*, acme/*): {how}"
+
+
+def test_pushing_without_htpasswd_is_said_to_need_one(tmp_path: Path) -> None:
+    hosting = generate("docker", load(tmp_path, 'hosted = ["local/*"]\n'))
+    plain = generate("docker", load(tmp_path, ""))
+
+    assert hosting.notes[-1].endswith(
+        "(this mirror has no htpasswd: anonymous clients never push, so set one first)"
+    )
+    assert not any("push" in note for note in plain.notes)

@@ -54,6 +54,21 @@ async def test_a_hosted_tag_is_created_moved_and_listed_in_pages(
     assert await meta_store.hosted_tags("local/other") == []
 
 
+async def test_the_hosted_repositories_are_those_with_a_tag_listed_in_pages(
+    meta_store: HostedContent,
+) -> None:
+    assert await meta_store.hosted_repositories() == []
+    for repo in ("local/b", "local/a", "local/c"):
+        await meta_store.put_hosted_tag(repo, "1", MANIFEST)
+        await meta_store.put_hosted_tag(repo, "2", MANIFEST)
+    await meta_store.add_hosted("local/untagged", [LAYER])
+
+    assert await meta_store.hosted_repositories() == ["local/a", "local/b", "local/c"]
+    assert await meta_store.hosted_repositories(last="local/a", n=1) == ["local/b"]
+    assert await meta_store.hosted_repositories(last="local/c") == []
+    assert await meta_store.hosted_repositories(n=0) == []
+
+
 async def test_referrers_are_listed_per_repository_and_subject(meta_store: HostedContent) -> None:
     await meta_store.add_referrer("local/app", LAYER, "sha256:" + "b" * 64, '{"b": 1}')
     await meta_store.add_referrer("local/app", LAYER, "sha256:" + "a" * 64, '{"a": 1}')

@@ -1,7 +1,7 @@
 """The rest of the mirror on S3 storage, as on a data dir: repository links, eviction under
 `max_cache_size` by two replicas sharing the bucket and Redis, and the commands on the cache
-(`mirror ls`, `rm`, `gc`, `prefetch`) run as the real CLI against a real SeaweedFS. (Export
-and import, and gc's aborting of orphaned uploads: tests/test_s3_store.py.)"""
+(`mirror ls`, `rm`, `gc`, `prefetch`, `tag`) run as the real CLI against a real SeaweedFS.
+(Export and import, and gc's aborting of orphaned uploads: tests/test_s3_store.py.)"""
 
 from __future__ import annotations
 
@@ -210,3 +210,29 @@ async def test_prefetch_fills_the_bucket_and_any_replica_serves_it_without_the_u
     await pull_like_docker(mirror, "team/app", "1")
     assert answered(upstream, kind="blob") == 0
     assert answered(upstream, kind="manifest", method="GET") == 0
+
+
+async def test_tag_promotes_into_a_hosted_repository_on_the_bucket_and_a_replica_serves_it(
+    start_mirror: StartMirror, upstream: FakeRegistry, cluster: Cluster
+) -> None:
+    manifest = image(41)
+    upstream.push_image("team/app", "1", manifest)
+    hosted = {"MIRROR_UPSTREAM": upstream.url, "MIRROR_HOSTED": "local/*"}
+
+    pulled = await cluster.cli("tag", "team/app:1", "local/app:approved", **hosted)
+    retagged = await cluster.cli("tag", "local/app:approved", "local/app:prod", **hosted)
+
+    assert pulled.returncode == 0, pulled.stderr
+    assert "1 manifest, 2 blobs recorded (0 already held), 2 blobs fetched" in pulled.stdout
+    assert retagged.returncode == 0, retagged.stderr
+    assert "0 blobs fetched (0 B), 0 bytes re-uploaded" in retagged.stdout
+    assert cluster.in_bucket(manifest)
+    mirror = await start_mirror(upstream.url, hosted=["local/*"], **cluster.settings)
+    upstream.reset_counts()
+    for tag in ("approved", "prod"):
+        got = await mirror.get(f"/v2/local/app/manifests/{tag}")
+        assert got.headers["Docker-Content-Digest"] == manifest.digest
+    (layer,) = manifest.layers
+    blob = await mirror.get(f"/v2/local/app/blobs/{layer.digest}")
+    assert blob.status == 200 and await blob.read() == layer.data
+    assert upstream.requests == []

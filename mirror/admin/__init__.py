@@ -1,4 +1,4 @@
-"""Commands that work on a data dir directly (gc, ls, rm, prefetch, export, import), whether
+"""Commands that work on a data dir directly (gc, ls, rm, prefetch, tag, export, import), whether
 or not a server runs on it: they use the same store and metadata store, whose locks and
 write-then-rename make them safe alongside one.
 

@@ -1,9 +1,10 @@
 """`mirror ls` and `mirror rm`: what the cache holds, and taking one image out of it.
 
-`ls` lists cached repositories (from the tag records), and with a repository its tags with
-their digest, size and last access. `rm IMAGE` removes the image's manifests (an index and
-its per-platform manifests) and tag records; its blobs stay until `mirror gc` finds them
-unreferenced, since other images may share them.
+`ls` lists cached repositories (from the tag records) and hosted ones (from their tags,
+marked `hosted`), and with a repository its tags with their digest, size and last access.
+`rm IMAGE` removes the image's manifests (an index and its per-platform manifests) and tag
+records; its blobs stay until `mirror gc` finds them unreferenced, since other images may
+share them.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from mirror.wiring import DataDir, open_data_dir
 
 def add_parsers(commands: Any) -> list[argparse.ArgumentParser]:
     ls: argparse.ArgumentParser = commands.add_parser(
-        "ls", help="list cached repositories, or one repository's tags"
+        "ls", help="list cached and hosted repositories, or one repository's tags"
     )
-    ls.add_argument("repository", nargs="?", help="e.g. alpine or ghcr.io/org/app")
+    ls.add_argument("repository", nargs="?", help="e.g. alpine, ghcr.io/org/app or local/app")
     ls.add_argument("--json", action="store_true", help="one JSON document instead of a table")
     ls.set_defaults(run=run_ls)
     rm: argparse.ArgumentParser = commands.add_parser(
@@ -42,13 +43,14 @@ def add_parsers(commands: Any) -> list[argparse.ArgumentParser]:
 
 @dataclass(frozen=True)
 class TagRow:
-    repository: str  # qualified: docker.io/library/alpine
+    repository: str  # qualified: docker.io/library/alpine; a hosted one as named: local/app
     tag: str
     digest: str
     media_type: str
     size: int  # bytes cached for it: its manifests and the blobs they name
     complete: bool  # every manifest and blob it names is cached
     last_access: float | None
+    hosted: bool = False  # a tag of a hosted repository, not a cached one
 
 
 async def tag_rows(data: DataDir) -> list[TagRow]:
@@ -70,6 +72,23 @@ async def tag_rows(data: DataDir) -> list[TagRow]:
             complete,
             max(last) if last else None,
         )
+    for repository in await data.meta.hosted_repositories():
+        for tag in await data.meta.hosted_tags(repository):
+            tagged = await data.meta.get_hosted_tag(repository, tag)
+            if tagged is None:  # deleted since it was listed
+                continue
+            size, complete, digests = await _footprint(data.store, tagged.digest)
+            last = [accessed[d] for d in digests if d in accessed]
+            rows[(repository, tag)] = TagRow(
+                repository,
+                tag,
+                str(tagged.digest),
+                tagged.media_type,
+                size,
+                complete,
+                max(last) if last else None,
+                hosted=True,
+            )
     return sorted(rows.values(), key=lambda row: (row.repository, row.tag))
 
 
@@ -98,8 +117,10 @@ def run_ls(args: argparse.Namespace, config: Config) -> int:
         except RegistryError as exc:
             print(f"mirror: {args.repository}: {exc}", file=sys.stderr)
             return 2
-        repository = f"{wanted.host}/{wanted.name}"
-        rows = [row for row in rows if row.repository == repository]
+        cached = f"{wanted.host}/{wanted.name}"
+        rows = [
+            row for row in rows if row.repository == (args.repository if row.hosted else cached)
+        ]
     if args.json:
         print(json.dumps([row.__dict__ for row in rows], indent=2))
         return 0
@@ -112,7 +133,7 @@ def run_ls(args: argparse.Namespace, config: Config) -> int:
                     row.digest[:19],
                     human_size(row.size),
                     when(row.last_access),
-                    "" if row.complete else "(partly cached)",
+                    _note(row),
                 ]
                 for row in rows
             ],
@@ -122,18 +143,25 @@ def run_ls(args: argparse.Namespace, config: Config) -> int:
     for row in rows:
         repos[row.repository].append(row)
     _table(
-        ["REPOSITORY", "TAGS", "SIZE", "LAST PULLED"],
+        ["REPOSITORY", "TAGS", "SIZE", "LAST PULLED", ""],
         [
             [
                 repository,
                 str(len(tags)),
                 human_size(sum(t.size for t in tags)),
                 when(max((t.last_access or 0.0) for t in tags) or None),
+                "hosted" if tags[0].hosted else "",
             ]
             for repository, tags in sorted(repos.items())
         ],
     )
     return 0
+
+
+def _note(row: TagRow) -> str:
+    if row.hosted:
+        return "hosted"
+    return "" if row.complete else "(partly cached)"
 
 
 def run_rm(args: argparse.Namespace, config: Config) -> int:

@@ -119,11 +119,7 @@ class HostedRepositories:
     ) -> PushedManifest:
         """Validate and keep a pushed manifest, then point the tag at it (`reference` a
         tag) or check it against the digest (`reference` a digest)."""
-        if len(data) > self.max_manifest_size:
-            raise RegistryError(
-                errors.MANIFEST_TOO_LARGE,
-                f"manifests are limited to {self.max_manifest_size} bytes",
-            )
+        self._check_size(data)
         tag = None if is_digest(reference) else parse_tag(reference)
         media_type, document = _checked_manifest(content_type, data)
         if tag is None:
@@ -142,6 +138,28 @@ class HostedRepositories:
             await self._store.write_manifest(StoredManifest(data, media_type, digest))
         except StoreUnavailable as exc:
             raise RegistryError(errors.STORE_UNAVAILABLE, "the store is unavailable") from exc
+        return await self._record(repo, digest, media_type, data, document, tag)
+
+    async def adopt_manifest(
+        self, repo: HostedRepo, manifest: StoredManifest, tag: str | None
+    ) -> PushedManifest:
+        """Give `repo` a manifest the store already holds (a promotion by `mirror tag`),
+        and point `tag` at it: checked as a pushed one is, its bytes not written again."""
+        self._check_size(manifest.data)
+        media_type, document = _checked_manifest(manifest.media_type, manifest.data)
+        await self._check_references(repo, media_type, document)
+        return await self._record(repo, manifest.digest, media_type, manifest.data, document, tag)
+
+    async def _record(
+        self,
+        repo: HostedRepo,
+        digest: Digest,
+        media_type: str,
+        data: bytes,
+        document: dict[str, Any],
+        tag: str | None,
+    ) -> PushedManifest:
+        """Record a stored manifest as held by `repo`, its subject's referrer, its tag."""
         await self._guarded(self._meta.add_hosted(repo.name, [str(digest)]))
         subject = _subject(document)
         if subject is not None:
@@ -153,6 +171,13 @@ class HostedRepositories:
             tagged = HostedManifest(digest, media_type, len(data))
             await self._guarded(self._meta.put_hosted_tag(repo.name, tag, tagged))
         return PushedManifest(digest, subject)
+
+    def _check_size(self, data: bytes) -> None:
+        if len(data) > self.max_manifest_size:
+            raise RegistryError(
+                errors.MANIFEST_TOO_LARGE,
+                f"manifests are limited to {self.max_manifest_size} bytes",
+            )
 
     async def _check_references(
         self, repo: HostedRepo, media_type: str, document: dict[str, Any]

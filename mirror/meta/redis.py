@@ -27,6 +27,9 @@ deployments, can share one Redis. Below, `P` is that prefix:
     P hosted-digests                         set of digests any hosted repository holds
     P hosted-tag:<repo>                      hash: tag -> JSON HostedManifest
     P hosted-tags:<repo>                     sorted set of those tags (scores 0: paged by name)
+    P hosted-repos                           sorted set (scores 0) of the hosted repositories
+                                             that were given a tag; one whose hosted-tags
+                                             key is gone (its last tag deleted) is skipped
     P referrers:<repo>@<subject>             hash: referrer digest -> descriptor JSON
     P upload:<id>                            JSON Upload, with the session's TTL
 
@@ -557,6 +560,7 @@ class RedisMetaStore(CountedHealth):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hset(self._key("hosted-tag:", repo), tag, value)
                 pipe.zadd(self._key("hosted-tags:", repo), {tag: 0})
+                pipe.zadd(self._key("hosted-repos"), {repo: 0})
                 await pipe.execute()
 
     async def get_hosted_tag(self, repo: str, tag: str) -> HostedManifest | None:
@@ -580,6 +584,30 @@ class RedisMetaStore(CountedHealth):
                 self._key("hosted-tags:", repo), after, "+", start=0 if n else None, num=n
             )
         return [_text(tag) for tag in tags]
+
+    async def hosted_repositories(self, *, last: str = "", n: int | None = None) -> list[str]:
+        found: list[str] = []
+        while n is None or len(found) < n:
+            want = None if n is None else n - len(found)
+            after = f"({last}" if last else "-"
+            with self._errors("hosted_repositories"):
+                page = [
+                    _text(repo)
+                    for repo in await self._redis.zrangebylex(
+                        self._key("hosted-repos"), after, "+", start=0 if want else None, num=want
+                    )
+                ]
+                if not page:
+                    break
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for repo in page:
+                        pipe.exists(self._key("hosted-tags:", repo))
+                    tagged = await pipe.execute()
+            found += [repo for repo, exists in zip(page, tagged, strict=True) if exists]
+            if want is None:
+                break
+            last = page[-1]
+        return found
 
     async def add_referrer(self, repo: str, subject: str, referrer: str, descriptor: str) -> None:
         with self._errors("add_referrer"):

@@ -261,6 +261,9 @@ class ResilientMetaStore:
     async def hosted_tags(self, repo: str, *, last: str = "", n: int | None = None) -> list[str]:
         return await self._inner.hosted_tags(repo, last=last, n=n)
 
+    async def hosted_repositories(self, *, last: str = "", n: int | None = None) -> list[str]:
+        return await self._inner.hosted_repositories(last=last, n=n)
+
     async def add_referrer(self, repo: str, subject: str, referrer: str, descriptor: str) -> None:
         await self._inner.add_referrer(repo, subject, referrer, descriptor)
 

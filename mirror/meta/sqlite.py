@@ -527,6 +527,15 @@ class SqliteMetaStore(CountedHealth):
         )
         return [tag for (tag,) in rows]
 
+    async def hosted_repositories(self, *, last: str = "", n: int | None = None) -> list[str]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT DISTINCT repo FROM hosted_tags WHERE repo > ? ORDER BY repo LIMIT ?",
+                (last, -1 if n is None else n),
+            ).fetchall()
+        )
+        return [repo for (repo,) in rows]
+
     async def add_referrer(self, repo: str, subject: str, referrer: str, descriptor: str) -> None:
         row = (repo, subject, referrer, descriptor)
         await self._run(

@@ -284,6 +284,10 @@ class HostedContent(Protocol):
     async def hosted_tags(self, repo: str, *, last: str = "", n: int | None = None) -> list[str]:
         """`repo`'s tags: sorted, those after `last` only, at most `n`."""
 
+    async def hosted_repositories(self, *, last: str = "", n: int | None = None) -> list[str]:
+        """The hosted repositories with at least one tag (the catalog, `mirror ls`, the
+        status page): sorted, those after `last` only, at most `n`."""
+
     async def add_referrer(self, repo: str, subject: str, referrer: str, descriptor: str) -> None:
         """Record that manifest `referrer` of `repo` names `subject` as its subject;
         `descriptor` is its OCI descriptor as JSON, as the referrers API lists it."""
