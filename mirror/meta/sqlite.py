@@ -606,10 +606,12 @@ class SqliteMetaStore(CountedHealth):
 
     async def delete_hosted_tag(self, repo: str, tag: str) -> bool:
         return await self._run(
-            lambda c: c.execute(
-                "DELETE FROM hosted_tags WHERE repo = ? AND tag = ?", (repo, tag)
-            ).rowcount
-            == 1
+            lambda c: (
+                c.execute(
+                    "DELETE FROM hosted_tags WHERE repo = ? AND tag = ?", (repo, tag)
+                ).rowcount
+                == 1
+            )
         )
 
     async def add_referrer(self, repo: str, subject: str, referrer: str, descriptor: str) -> None:
