@@ -7,6 +7,11 @@ through a hosted name only once it was pushed, mounted or put there, and evictio
 every digest a hosted repository holds. Manifests are kept byte for byte; a pushed manifest
 must name only blobs and child manifests the repository already holds, so a hosted image is
 always whole. Putting a manifest the repository holds under another tag copies nothing.
+
+Deletes take content from one repository's records only; the bytes stay in the store
+until `mirror gc` finds nothing holds them (another repository, the cache) and they are
+past its grace period. What a client was just told a repository holds (a blob `HEAD`, a
+manifest's check) is stamped, so gc leaves it for the push that relies on it.
 """
 
 from __future__ import annotations
@@ -57,9 +62,16 @@ class HostedRepositories:
 
     # --- reads
 
-    async def blob(self, repo: HostedRepo, digest: Digest) -> StoredBlob:
-        """A blob `repo` holds; BLOB_UNKNOWN otherwise."""
-        if await self.holds(repo, digest) and (blob := await self._store.open_blob(digest)):
+    async def blob(self, repo: HostedRepo, digest: Digest, *, touch: bool = False) -> StoredBlob:
+        """A blob `repo` holds; BLOB_UNKNOWN otherwise. `touch` (a pushing client's
+        `HEAD`, which then skips the upload) stamps it, so gc keeps it for that push."""
+        if touch:
+            held = str(digest) in await self._guarded(
+                self._meta.touch_hosted(repo.name, [str(digest)])
+            )
+        else:
+            held = await self.holds(repo, digest)
+        if held and (blob := await self._store.open_blob(digest)):
             return blob
         raise RegistryError(errors.BLOB_UNKNOWN, detail={"digest": str(digest)})
 
@@ -93,7 +105,7 @@ class HostedRepositories:
     async def holds(self, repo: HostedRepo, digest: Digest) -> bool:
         return await self._guarded(self._meta.hosted_holds(repo.name, str(digest)))
 
-    # --- writes
+    # --- writes and deletes
 
     async def add_blob(self, repo: HostedRepo, digest: Digest) -> None:
         """Record that `repo` holds a blob just published under `digest`."""
@@ -179,6 +191,35 @@ class HostedRepositories:
                 f"manifests are limited to {self.max_manifest_size} bytes",
             )
 
+    async def delete_manifest(self, repo: HostedRepo, reference: str) -> None:
+        """Take a manifest from `repo` with every tag naming it (`reference` a digest), or
+        just one tag (`reference` a tag); MANIFEST_UNKNOWN when `repo` has neither."""
+        unknown = RegistryError(errors.MANIFEST_UNKNOWN, detail={"reference": reference[:200]})
+        if not is_digest(reference):
+            if not await self._guarded(
+                self._meta.delete_hosted_tag(repo.name, parse_tag(reference))
+            ):
+                raise unknown
+            return
+        digest = Digest.parse(reference)
+        if not await self._guarded(self._meta.remove_hosted(repo.name, [str(digest)])):
+            raise unknown
+        if (manifest := await self._store.read_manifest(digest)) is not None:
+            subject = _subject_of(manifest.data)
+            if subject is not None:
+                await self._guarded(
+                    self._meta.remove_referrer(repo.name, str(subject), str(digest))
+                )
+
+    async def delete_blob(self, repo: HostedRepo, digest: Digest) -> None:
+        """Take a blob from `repo` (the repository no longer serves it; its bytes wait for
+        gc); BLOB_UNKNOWN when `repo` does not hold it."""
+        unknown = RegistryError(errors.BLOB_UNKNOWN, detail={"digest": str(digest)})
+        if await self._blob_size(digest) is None:
+            raise unknown  # a manifest's digest, or nothing: blobs only here
+        if not await self._guarded(self._meta.remove_hosted(repo.name, [str(digest)])):
+            raise unknown
+
     async def _check_references(
         self, repo: HostedRepo, media_type: str, document: dict[str, Any]
     ) -> None:
@@ -191,11 +232,9 @@ class HostedRepositories:
             wanted = [d for d in named if not _foreign(d)]
         else:
             wanted = _list(document.get("manifests"))
-        missing = []
-        for descriptor in wanted:
-            digest = _descriptor_digest(descriptor)
-            if not await self.holds(repo, digest):
-                missing.append(str(digest))
+        named = [str(_descriptor_digest(descriptor)) for descriptor in wanted]
+        held = await self._guarded(self._meta.touch_hosted(repo.name, named))
+        missing = [digest for digest in named if digest not in held]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise RegistryError(
@@ -299,6 +338,14 @@ def _referrer_descriptor(
     if isinstance(annotations := document.get("annotations"), dict):
         descriptor["annotations"] = annotations
     return json.dumps(descriptor, sort_keys=True)
+
+
+def _subject_of(data: bytes) -> Digest | None:
+    """The subject a stored manifest names, if it names one that parses."""
+    try:
+        return _subject(parse_manifest(data))
+    except (ManifestError, RegistryError):
+        return None
 
 
 def _list(value: Any) -> list[Any]:

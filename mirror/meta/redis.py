@@ -23,13 +23,14 @@ deployments, can share one Redis. Below, `P` is that prefix:
                                              of the repositories with a link: paged with
                                              ZRANGEBYLEX
     P pulls                                  sorted set: qualified repository by pulls
-    P hosted:<repo>                          set of digests hosted `repo` holds
-    P hosted-digests                         set of digests any hosted repository holds
+    P hosted:<repo>                          sorted set of the digests hosted `repo` holds,
+                                             scored by when each was last added or touched
+                                             (unix seconds, Redis's clock)
     P hosted-tag:<repo>                      hash: tag -> JSON HostedManifest
     P hosted-tags:<repo>                     sorted set of those tags (scores 0: paged by name)
-    P hosted-repos                           sorted set (scores 0) of the hosted repositories
-                                             that were given a tag; one whose hosted-tags
-                                             key is gone (its last tag deleted) is skipped
+    P hosted-repos                           sorted set (scores 0: read in name order) of the
+                                             hosted repositories given content or a tag; the
+                                             catalog skips one whose hosted-tags key is gone
     P referrers:<repo>@<subject>             hash: referrer digest -> descriptor JSON
     P upload:<id>                            JSON Upload, with the session's TTL
 
@@ -148,6 +149,66 @@ end
 return found
 """
 
+# The stamp of hosted content: now by Redis's clock, in unix seconds.
+_NOW = """
+local now = redis.call('TIME')
+local stamp = tonumber(now[1]) + tonumber(now[2]) / 1000000
+"""
+
+# KEYS: the repository's content, the hosted repositories. ARGV: the repository, digests.
+_ADD_HOSTED = (
+    _NOW
+    + """
+for i = 2, #ARGV do
+    redis.call('ZADD', KEYS[1], stamp, ARGV[i])
+end
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return 0
+"""
+)
+
+# KEYS: the repository's content. ARGV: digests. Those held are stamped now and returned.
+_TOUCH_HOSTED = (
+    _NOW
+    + """
+local held = {}
+for i = 1, #ARGV do
+    if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+        redis.call('ZADD', KEYS[1], stamp, ARGV[i])
+        table.insert(held, ARGV[i])
+    end
+end
+return held
+"""
+)
+
+# KEYS: the repository's content, its tags' records, its tag names. ARGV: the stamp content
+# must be older than to go ("" for any), then digests. The tags naming a digest removed go
+# too; returns the digests removed.
+_REMOVE_HOSTED = """
+local before = tonumber(ARGV[1])
+local removed, gone = {}, {}
+for i = 2, #ARGV do
+    local stamp = redis.call('ZSCORE', KEYS[1], ARGV[i])
+    if stamp and (before == nil or tonumber(stamp) < before) then
+        redis.call('ZREM', KEYS[1], ARGV[i])
+        table.insert(removed, ARGV[i])
+        gone[ARGV[i]] = true
+    end
+end
+if #removed > 0 then
+    local tags = redis.call('HGETALL', KEYS[2])
+    for j = 1, #tags, 2 do
+        local ok, record = pcall(cjson.decode, tags[j + 1])
+        if ok and type(record) == 'table' and gone[record['digest']] then
+            redis.call('HDEL', KEYS[2], tags[j])
+            redis.call('ZREM', KEYS[3], tags[j])
+        end
+    end
+end
+return removed
+"""
+
 # A lease's epoch outlives the lease by this much: long past any stale holder's work.
 LEASE_EPOCH_KEEP = 86_400.0  # seconds
 
@@ -215,6 +276,9 @@ class RedisMetaStore(CountedHealth):
         self._release_lease = client.register_script(_RELEASE_LEASE)
         self._heartbeat = client.register_script(_HEARTBEAT)
         self._live_replicas = client.register_script(_LIVE_REPLICAS)
+        self._add_hosted = client.register_script(_ADD_HOSTED)
+        self._touch_hosted = client.register_script(_TOUCH_HOSTED)
+        self._remove_hosted = client.register_script(_REMOVE_HOSTED)
 
     @classmethod
     async def open(cls, url: str, key_prefix: str) -> RedisMetaStore:
@@ -533,20 +597,52 @@ class RedisMetaStore(CountedHealth):
         batch = list(digests)
         if not batch:
             return
+        keys = [self._key("hosted:", repo), self._key("hosted-repos")]
         with self._errors("add_hosted"):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.sadd(self._key("hosted:", repo), *batch)
-                pipe.sadd(self._key("hosted-digests"), *batch)
-                await pipe.execute()
+            await self._add_hosted(keys=keys, args=[repo, *batch])
+
+    async def touch_hosted(self, repo: str, digests: Iterable[str]) -> set[str]:
+        batch = list(digests)
+        if not batch:
+            return set()
+        with self._errors("touch_hosted"):
+            held = await self._touch_hosted(keys=[self._key("hosted:", repo)], args=batch)
+        return {_text(digest) for digest in held}
 
     async def hosted_holds(self, repo: str, digest: str) -> bool:
         with self._errors("hosted_holds"):
-            return bool(await self._redis.sismember(self._key("hosted:", repo), digest))
+            return await self._redis.zscore(self._key("hosted:", repo), digest) is not None
 
     async def hosted_digests(self) -> set[str]:
+        repos = await self.all_hosted_repositories()
         with self._errors("hosted_digests"):
-            members = await self._redis.smembers(self._key("hosted-digests"))
-        return {_text(member) for member in members}
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for repo in repos:
+                    pipe.zrange(self._key("hosted:", repo), 0, -1)
+                held = await pipe.execute()
+        return {_text(digest) for digests in held for digest in digests}
+
+    async def all_hosted_repositories(self) -> list[str]:
+        with self._errors("all_hosted_repositories"):
+            repos = await self._redis.zrange(self._key("hosted-repos"), 0, -1)
+        return [_text(repo) for repo in repos]
+
+    async def hosted_content(self, repo: str) -> dict[str, float]:
+        with self._errors("hosted_content"):
+            rows = await self._redis.zrange(self._key("hosted:", repo), 0, -1, withscores=True)
+        return {_text(row[0]): float(row[1]) for row in rows}
+
+    async def remove_hosted(
+        self, repo: str, digests: Iterable[str], *, added_before: float | None = None
+    ) -> set[str]:
+        batch = list(digests)
+        if not batch:
+            return set()
+        keys = [self._key(kind, repo) for kind in ("hosted:", "hosted-tag:", "hosted-tags:")]
+        before = "" if added_before is None else repr(added_before)
+        with self._errors("remove_hosted"):
+            removed = await self._remove_hosted(keys=keys, args=[before, *batch])
+        return {_text(digest) for digest in removed}
 
     async def put_hosted_tag(self, repo: str, tag: str, manifest: HostedManifest) -> None:
         value = json.dumps(
@@ -569,7 +665,10 @@ class RedisMetaStore(CountedHealth):
             raw = await self._redis.hget(name, tag)
         if raw is None:
             return None
-        with self._corrupt(f"{name} {tag}"):
+        return self._hosted_manifest(f"{name} {tag}", raw)
+
+    def _hosted_manifest(self, name: str, raw: Any) -> HostedManifest:
+        with self._corrupt(name):
             data = json.loads(raw)
             return HostedManifest(
                 Digest.parse(data["digest"]), str(data["media_type"]), int(data["size"])
@@ -609,6 +708,23 @@ class RedisMetaStore(CountedHealth):
             last = page[-1]
         return found
 
+    async def hosted_tagged(self, repo: str) -> dict[str, HostedManifest]:
+        name = self._key("hosted-tag:", repo)
+        with self._errors("hosted_tagged"):
+            found = await self._redis.hgetall(name)
+        return {
+            _text(tag): self._hosted_manifest(f"{name} {_text(tag)}", raw)
+            for tag, raw in found.items()
+        }
+
+    async def delete_hosted_tag(self, repo: str, tag: str) -> bool:
+        with self._errors("delete_hosted_tag"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(self._key("hosted-tag:", repo), tag)
+                pipe.zrem(self._key("hosted-tags:", repo), tag)
+                deleted, _ = await pipe.execute()
+        return bool(deleted)
+
     async def add_referrer(self, repo: str, subject: str, referrer: str, descriptor: str) -> None:
         with self._errors("add_referrer"):
             await self._redis.hset(
@@ -619,6 +735,10 @@ class RedisMetaStore(CountedHealth):
         with self._errors("referrers"):
             found = await self._redis.hgetall(self._key("referrers:", repo, "@", subject))
         return [_text(found[key]) for key in sorted(found, key=_text)]
+
+    async def remove_referrer(self, repo: str, subject: str, referrer: str) -> None:
+        with self._errors("remove_referrer"):
+            await self._redis.hdel(self._key("referrers:", repo, "@", subject), referrer)
 
     # --- upload sessions ------------------------------------------------------------------
 

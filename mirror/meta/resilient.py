@@ -246,11 +246,25 @@ class ResilientMetaStore:
     async def add_hosted(self, repo: str, digests: Iterable[str]) -> None:
         await self._inner.add_hosted(repo, digests)
 
+    async def touch_hosted(self, repo: str, digests: Iterable[str]) -> set[str]:
+        return await self._inner.touch_hosted(repo, digests)
+
     async def hosted_holds(self, repo: str, digest: str) -> bool:
         return await self._inner.hosted_holds(repo, digest)
 
     async def hosted_digests(self) -> set[str]:
         return await self._inner.hosted_digests()
+
+    async def all_hosted_repositories(self) -> list[str]:
+        return await self._inner.all_hosted_repositories()
+
+    async def hosted_content(self, repo: str) -> dict[str, float]:
+        return await self._inner.hosted_content(repo)
+
+    async def remove_hosted(
+        self, repo: str, digests: Iterable[str], *, added_before: float | None = None
+    ) -> set[str]:
+        return await self._inner.remove_hosted(repo, digests, added_before=added_before)
 
     async def put_hosted_tag(self, repo: str, tag: str, manifest: HostedManifest) -> None:
         await self._inner.put_hosted_tag(repo, tag, manifest)
@@ -264,11 +278,20 @@ class ResilientMetaStore:
     async def hosted_repositories(self, *, last: str = "", n: int | None = None) -> list[str]:
         return await self._inner.hosted_repositories(last=last, n=n)
 
+    async def hosted_tagged(self, repo: str) -> dict[str, HostedManifest]:
+        return await self._inner.hosted_tagged(repo)
+
+    async def delete_hosted_tag(self, repo: str, tag: str) -> bool:
+        return await self._inner.delete_hosted_tag(repo, tag)
+
     async def add_referrer(self, repo: str, subject: str, referrer: str, descriptor: str) -> None:
         await self._inner.add_referrer(repo, subject, referrer, descriptor)
 
     async def referrers(self, repo: str, subject: str) -> list[str]:
         return await self._inner.referrers(repo, subject)
+
+    async def remove_referrer(self, repo: str, subject: str, referrer: str) -> None:
+        await self._inner.remove_referrer(repo, subject, referrer)
 
     async def put_upload(self, upload: Upload, ttl: float) -> None:
         await self._inner.put_upload(upload, ttl)

@@ -6,7 +6,7 @@ every expiry is a unix time in a column: several processes sharing the data dir 
 host, not over NFS) see each other's tags and locks. Expiries are measured with the store's
 `clock` (unix time; tests pass their own).
 
-Schema (version 4, in `PRAGMA user_version`):
+Schema (version 5, in `PRAGMA user_version`):
     tags(upstream, repo, tag, accept) -> digest, media_type, size, confirmed_at
     locks(name) -> token, expires_at
     leases(name) -> holder, url, epoch, token, expires_at (a released lease keeps its row,
@@ -21,6 +21,8 @@ Schema (version 4, in `PRAGMA user_version`):
     hosted_content(repo, digest), indexed by digest too; hosted_tags(repo, tag) -> digest,
     media_type, size; referrers(repo, subject, referrer) -> descriptor (JSON);
     uploads(id) -> repo, size, expires_at (version 4)
+    hosted_content gains added_at, the unix time it was last added or touched (version 5;
+    content from before reads as added at 0, long ago)
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from mirror.reference import Digest
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT = 2.0  # seconds a statement waits for another process's write to finish
 
 _SCHEMA = (
@@ -119,7 +121,8 @@ _SCHEMA = (
     """,
     """
     CREATE TABLE IF NOT EXISTS hosted_content (
-        repo TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (repo, digest)
+        repo TEXT NOT NULL, digest TEXT NOT NULL, added_at REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (repo, digest)
     ) WITHOUT ROWID
     """,
     """
@@ -477,10 +480,35 @@ class SqliteMetaStore(CountedHealth):
     # --- hosted repositories --------------------------------------------------------------
 
     async def add_hosted(self, repo: str, digests: Iterable[str]) -> None:
-        rows = [(repo, digest) for digest in digests]
-        await self._run(
-            lambda c: c.executemany("INSERT OR IGNORE INTO hosted_content VALUES (?, ?)", rows)
-        )
+        batch = list(digests)
+
+        def add(c: sqlite3.Connection) -> None:
+            now = self._clock()
+            c.executemany(
+                "INSERT INTO hosted_content VALUES (?, ?, ?) ON CONFLICT (repo, digest)"
+                " DO UPDATE SET added_at = excluded.added_at",
+                [(repo, digest, now) for digest in batch],
+            )
+
+        await self._run(add)
+
+    async def touch_hosted(self, repo: str, digests: Iterable[str]) -> set[str]:
+        batch = list(digests)
+
+        def touch(c: sqlite3.Connection) -> set[str]:
+            now = self._clock()
+            held = set()
+            with _transaction(c):
+                for digest in batch:
+                    cursor = c.execute(
+                        "UPDATE hosted_content SET added_at = ? WHERE repo = ? AND digest = ?",
+                        (now, repo, digest),
+                    )
+                    if cursor.rowcount:
+                        held.add(digest)
+            return held
+
+        return await self._run(touch)
 
     async def hosted_holds(self, repo: str, digest: str) -> bool:
         row = await self._run(
@@ -496,6 +524,46 @@ class SqliteMetaStore(CountedHealth):
         )
         return {digest for (digest,) in rows}
 
+    async def all_hosted_repositories(self) -> list[str]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT repo FROM hosted_content UNION SELECT repo FROM hosted_tags ORDER BY repo"
+            ).fetchall()
+        )
+        return [repo for (repo,) in rows]
+
+    async def hosted_content(self, repo: str) -> dict[str, float]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT digest, added_at FROM hosted_content WHERE repo = ?", (repo,)
+            ).fetchall()
+        )
+        return dict(rows)
+
+    async def remove_hosted(
+        self, repo: str, digests: Iterable[str], *, added_before: float | None = None
+    ) -> set[str]:
+        batch = list(digests)
+        before = float("inf") if added_before is None else added_before
+
+        def remove(c: sqlite3.Connection) -> set[str]:
+            removed = set()
+            with _transaction(c):
+                for digest in batch:
+                    cursor = c.execute(
+                        "DELETE FROM hosted_content WHERE repo = ? AND digest = ? AND added_at < ?",
+                        (repo, digest, before),
+                    )
+                    if cursor.rowcount:
+                        removed.add(digest)
+                c.executemany(
+                    "DELETE FROM hosted_tags WHERE repo = ? AND digest = ?",
+                    [(repo, digest) for digest in removed],
+                )
+            return removed
+
+        return await self._run(remove)
+
     async def put_hosted_tag(self, repo: str, tag: str, manifest: HostedManifest) -> None:
         row = (repo, tag, str(manifest.digest), manifest.media_type, manifest.size)
         await self._run(
@@ -509,8 +577,9 @@ class SqliteMetaStore(CountedHealth):
                 (repo, tag),
             ).fetchone()
         )
-        if row is None:
-            return None
+        return None if row is None else self._hosted_manifest(repo, tag, row)
+
+    def _hosted_manifest(self, repo: str, tag: str, row: Iterable[Any]) -> HostedManifest:
         digest, media_type, size = row
         with self._counted():
             try:
@@ -536,6 +605,24 @@ class SqliteMetaStore(CountedHealth):
         )
         return [repo for (repo,) in rows]
 
+    async def hosted_tagged(self, repo: str) -> dict[str, HostedManifest]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT tag, digest, media_type, size FROM hosted_tags WHERE repo = ?", (repo,)
+            ).fetchall()
+        )
+        return {tag: self._hosted_manifest(repo, tag, rest) for tag, *rest in rows}
+
+    async def delete_hosted_tag(self, repo: str, tag: str) -> bool:
+        return await self._run(
+            lambda c: (
+                c.execute(
+                    "DELETE FROM hosted_tags WHERE repo = ? AND tag = ?", (repo, tag)
+                ).rowcount
+                == 1
+            )
+        )
+
     async def add_referrer(self, repo: str, subject: str, referrer: str, descriptor: str) -> None:
         row = (repo, subject, referrer, descriptor)
         await self._run(
@@ -550,6 +637,14 @@ class SqliteMetaStore(CountedHealth):
             ).fetchall()
         )
         return [descriptor for (descriptor,) in rows]
+
+    async def remove_referrer(self, repo: str, subject: str, referrer: str) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "DELETE FROM referrers WHERE repo = ? AND subject = ? AND referrer = ?",
+                (repo, subject, referrer),
+            )
+        )
 
     # --- upload sessions ------------------------------------------------------------------
 
@@ -597,11 +692,19 @@ def _connect(path: Path) -> sqlite3.Connection:
                 )
             for statement in _SCHEMA:
                 conn.execute(statement)
+            _add_column(conn, "hosted_content", "added_at REAL NOT NULL DEFAULT 0")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _add_column(conn: sqlite3.Connection, table: str, column: str) -> None:
+    """Add `column` (its definition) to a table created by an older version, once."""
+    name = column.split()[0]
+    if name not in {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
 @contextmanager

@@ -269,12 +269,31 @@ class HostedContent(Protocol):
     "nothing held". Content a hosted repository holds is never evicted."""
 
     async def add_hosted(self, repo: str, digests: Iterable[str]) -> None:
-        """Record that hosted `repo` holds these blobs and manifests (idempotent)."""
+        """Record that hosted `repo` holds these blobs and manifests (idempotent), stamped
+        now: gc leaves content added within its grace period alone (a push in progress)."""
+
+    async def touch_hosted(self, repo: str, digests: Iterable[str]) -> set[str]:
+        """Those of `digests` that `repo` holds, their stamps moved to now: a client that
+        was just told the repository holds them (a blob `HEAD`, a manifest's check) is about
+        to rely on it, so gc must not take them from under it."""
 
     async def hosted_holds(self, repo: str, digest: str) -> bool: ...
 
     async def hosted_digests(self) -> set[str]:
         """Every digest any hosted repository holds (what eviction must keep)."""
+
+    async def all_hosted_repositories(self) -> list[str]:
+        """Every hosted repository holding content or tags, sorted (for gc)."""
+
+    async def hosted_content(self, repo: str) -> dict[str, float]:
+        """What `repo` holds: each digest with the unix time it was last added or touched."""
+
+    async def remove_hosted(
+        self, repo: str, digests: Iterable[str], *, added_before: float | None = None
+    ) -> set[str]:
+        """Take these digests from `repo` (only those stamped before `added_before`, when
+        given, so content added or touched meanwhile stays), and every tag of `repo` naming
+        one of them, in one step; the digests removed."""
 
     async def put_hosted_tag(self, repo: str, tag: str, manifest: HostedManifest) -> None:
         """Point `tag` of `repo` at `manifest` (creating or moving it)."""
@@ -288,6 +307,12 @@ class HostedContent(Protocol):
         """The hosted repositories with at least one tag (the catalog, `mirror ls`, the
         status page): sorted, those after `last` only, at most `n`."""
 
+    async def hosted_tagged(self, repo: str) -> dict[str, HostedManifest]:
+        """Every tag of `repo` with the manifest it names (for deletes and gc)."""
+
+    async def delete_hosted_tag(self, repo: str, tag: str) -> bool:
+        """Remove one tag (the manifest stays); False when `repo` had no such tag."""
+
     async def add_referrer(self, repo: str, subject: str, referrer: str, descriptor: str) -> None:
         """Record that manifest `referrer` of `repo` names `subject` as its subject;
         `descriptor` is its OCI descriptor as JSON, as the referrers API lists it."""
@@ -295,6 +320,9 @@ class HostedContent(Protocol):
     async def referrers(self, repo: str, subject: str) -> list[str]:
         """The descriptors (JSON) of `repo`'s manifests whose subject is `subject`, sorted by
         referrer digest."""
+
+    async def remove_referrer(self, repo: str, subject: str, referrer: str) -> None:
+        """Forget that `referrer` of `repo` names `subject` (the referrer was deleted)."""
 
 
 @dataclass(frozen=True)

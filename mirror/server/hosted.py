@@ -1,6 +1,7 @@
 """The manifest, blob and tag-list endpoints of hosted repositories: reads from the store,
-and manifest `PUT`s. `RegistryRoutes` hands a request here once its repository resolved to
-a hosted one; uploads are `mirror.server.uploads`."""
+manifest `PUT`s and deletes (202, as the spec answers them). `RegistryRoutes` hands a
+request here once its repository resolved to a hosted one; uploads are
+`mirror.server.uploads`."""
 
 from __future__ import annotations
 
@@ -33,10 +34,6 @@ def push_refusal(patterns: tuple[str, ...]) -> RegistryError:
     )
 
 
-def not_deletable() -> RegistryError:
-    return RegistryError(errors.UNSUPPORTED, "deleting from hosted repositories is not supported")
-
-
 class HostedRoutes:
     """Handlers for a hosted repository's manifests, blobs and tags."""
 
@@ -47,18 +44,24 @@ class HostedRoutes:
         reference = request.match_info["reference"]
         if request.method == "PUT":
             return await self._put_manifest(request, repo, reference)
+        if request.method == "DELETE":
+            await self._hosted.delete_manifest(repo, reference)
+            return web.Response(status=202)
         if request.method not in READS:
-            raise not_deletable()
+            raise _unsupported(request.method)
         manifest = await self._hosted.manifest(repo, reference)
         return responses.manifest_response(
             request, manifest.digest, manifest.media_type, len(manifest.data), manifest.data
         )
 
     async def blob(self, request: web.Request, repo: HostedRepo) -> web.StreamResponse:
-        if request.method not in READS:
-            raise not_deletable()
         digest = Digest.parse(request.match_info["digest"])
-        blob = await self._hosted.blob(repo, digest)
+        if request.method == "DELETE":
+            await self._hosted.delete_blob(repo, digest)
+            return web.Response(status=202)
+        if request.method not in READS:
+            raise _unsupported(request.method)
+        blob = await self._hosted.blob(repo, digest, touch=request.method == "HEAD")
         return responses.cached_blob_response(request, digest, blob)
 
     async def tags(
@@ -104,6 +107,10 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
         if len(body) > limit:
             raise _too_large(limit)
     return bytes(body)
+
+
+def _unsupported(method: str) -> RegistryError:
+    return RegistryError(errors.UNSUPPORTED, f"{method} is not supported here")
 
 
 def _too_large(limit: int) -> RegistryError:

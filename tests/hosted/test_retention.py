@@ -1,6 +1,6 @@
-"""Hosted content is kept until deleted from its repository: `mirror gc` never removes a
-blob a hosted repository holds, even one no manifest names yet, and it removes the bytes of
-abandoned uploads."""
+"""Hosted content is kept until deleted from its repository or collected: eviction never
+removes it, and `mirror gc` removes the bytes of abandoned uploads but keeps a blob pushed
+within `gc_grace` that no manifest names yet (tests/hosted/test_gc.py: what gc removes)."""
 
 from __future__ import annotations
 
@@ -23,18 +23,18 @@ from tests.hosted.pushing import HOSTED, Blob, image, push, push_blob, start_upl
 KB = 1024
 
 
-async def test_gc_keeps_hosted_blobs_and_removes_abandoned_uploads(
+async def test_gc_keeps_a_just_pushed_blob_and_removes_abandoned_uploads(
     upstream: FakeRegistry, start_mirror: StartMirror, data_dir: Path, tmp_path: Path
 ) -> None:
     long_ago = time.time() - 7200
     # The mirror ran two hours ago: its upload sessions' records have expired since.
-    mirror = await start_mirror(
-        upstream.url, hosted=HOSTED, upload_ttl=600, clock=FakeClock(long_ago)
-    )
-    pushed = Blob(b"pushed, its manifest not yet")
-    await push_blob(mirror, "local/app", pushed)
+    clock = FakeClock(long_ago)
+    mirror = await start_mirror(upstream.url, hosted=HOSTED, upload_ttl=600, clock=clock)
     abandoned = await start_upload(mirror, "local/app")
     await mirror.patch(abandoned, data=b"half a layer")
+    clock.now = time.time()
+    pushed = Blob(b"pushed, its manifest not yet")
+    await push_blob(mirror, "local/app", pushed)
     await mirror.close()
     store = FilesystemStore(data_dir)
     stored = await store.open_blob(Digest.parse(pushed.digest))
