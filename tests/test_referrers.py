@@ -260,8 +260,7 @@ def tag_index(entries: list[Pushable]) -> Pushable:
         "schemaVersion": 2,
         "mediaType": mediatypes.OCI_INDEX,
         "manifests": [
-            {**entry.descriptor(), "annotations": {"listed": "by the client"}}
-            for entry in entries
+            {**entry.descriptor(), "annotations": {"listed": "by the client"}} for entry in entries
         ],
     }
     return Pushable(mediatypes.OCI_INDEX, json.dumps(document).encode())

@@ -68,14 +68,18 @@ class HostedRepositories:
 
     async def manifest(self, repo: HostedRepo, reference: str) -> StoredManifest:
         """The manifest a tag of `repo` names, or one it holds by digest; MANIFEST_UNKNOWN
-        otherwise (TAG_INVALID for a reference that is neither)."""
+        otherwise, a reference that is neither included (nothing is under it: the spec's
+        conformance suite expects 404 for `.INVALID_MANIFEST_NAME`)."""
         unknown = RegistryError(errors.MANIFEST_UNKNOWN, detail={"reference": reference[:200]})
         if is_digest(reference):
             digest = Digest.parse(reference)
             if not await self.holds(repo, digest):
                 raise unknown
         else:
-            tag = parse_tag(reference)
+            try:
+                tag = parse_tag(reference)
+            except RegistryError:
+                raise unknown from None
             tagged = await self._guarded(self._meta.get_hosted_tag(repo.name, tag))
             if tagged is None:
                 raise unknown
