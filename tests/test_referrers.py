@@ -19,6 +19,7 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 
 from mirror import mediatypes
+from mirror.meta import open_meta_store
 from testkit.clock import FakeClock
 from testkit.fakeupstream import FakeRegistry, Manifest, make_image, make_referrer
 from tests.conftest import Client, StartMirror
@@ -248,6 +249,73 @@ async def test_a_referrer_may_be_pushed_before_its_subject(mirror: Client) -> No
         await push_blob(mirror, REPO, blob)
     resp = await put_manifest(mirror, REPO, signature, signature.digest)
     assert resp.status == 201
+    assert digests(await listed(await referrers(mirror, REPO, subject.digest))) == [
+        signature.digest
+    ]
+
+
+def tag_index(entries: list[Pushable]) -> Pushable:
+    """The index a client keeps under a subject's referrers tag (`sha256-<hex>`)."""
+    document = {
+        "schemaVersion": 2,
+        "mediaType": mediatypes.OCI_INDEX,
+        "manifests": [
+            {**entry.descriptor(), "annotations": {"listed": "by the client"}} for entry in entries
+        ],
+    }
+    return Pushable(mediatypes.OCI_INDEX, json.dumps(document).encode())
+
+
+def referrers_tag(subject: Pushable) -> str:
+    return subject.digest.replace(":", "-")
+
+
+async def test_a_referrers_tag_written_as_notation_does_lists_each_referrer_once(
+    mirror: Client,
+) -> None:
+    """notation's default (`--force-referrers-tag`): push the signature, then the index
+    under the subject's referrers tag. The API lists it once, as its own manifest says."""
+    subject = image("notarized")
+    await push(mirror, REPO, subject, "1")
+    signature = artifact(subject, NOTATION, "sig")
+    await push(mirror, REPO, signature, signature.digest)
+
+    await push(mirror, REPO, tag_index([signature]), referrers_tag(subject))
+
+    assert await listed(await referrers(mirror, REPO, subject.digest)) == [
+        {
+            "mediaType": mediatypes.OCI_MANIFEST,
+            "digest": signature.digest,
+            "size": len(signature.data),
+            "artifactType": NOTATION,
+        }
+    ]
+    tagged = await mirror.get(f"/v2/{REPO}/manifests/{referrers_tag(subject)}")
+    assert tagged.status == 200  # the tag itself is served as any tag
+
+
+async def test_manifests_a_referrers_tag_lists_are_listed_even_without_their_record(
+    mirror: Client, data_dir: Path
+) -> None:
+    """Spec "Enabling the Referrers API": manifests listed in a referrers-tag index with a
+    valid `subject` MUST be listed, also ones held from before the API recorded them
+    (here: a repository given the signature in the metadata store alone). Listed entries
+    without a `subject` are not referrers and stay unlisted."""
+    subject = image("upgraded")
+    await push(mirror, REPO, subject, "1")
+    signature = artifact(subject, NOTATION, "old")
+    plain = image("no subject")
+    for held in (signature, plain):  # the bytes in the store, through another repository
+        await push(mirror, "local/elsewhere", held, held.digest)
+    meta = await open_meta_store(redis_url=None, key_prefix="mirror:", data_dir=data_dir)
+    try:
+        await meta.add_hosted(REPO, [signature.digest, plain.digest])
+    finally:
+        await meta.close()
+    assert await listed(await referrers(mirror, REPO, subject.digest)) == []
+
+    await push(mirror, REPO, tag_index([signature, plain]), referrers_tag(subject))
+
     assert digests(await listed(await referrers(mirror, REPO, subject.digest))) == [
         signature.digest
     ]

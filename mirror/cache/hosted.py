@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -38,6 +39,8 @@ T = TypeVar("T")
 
 _IMAGE_TYPES = frozenset({mediatypes.DOCKER_MANIFEST, mediatypes.OCI_MANIFEST})
 _INDEX_TYPES = frozenset({mediatypes.DOCKER_MANIFEST_LIST, mediatypes.OCI_INDEX})
+# A tag of the referrers tag schema (`<algorithm>-<encoded>`, as the spec cuts them).
+_FALLBACK_TAG = re.compile(r"[a-z0-9]{1,32}-[a-f0-9]{32,64}")
 
 
 @dataclass(frozen=True)
@@ -77,14 +80,18 @@ class HostedRepositories:
 
     async def manifest(self, repo: HostedRepo, reference: str) -> StoredManifest:
         """The manifest a tag of `repo` names, or one it holds by digest; MANIFEST_UNKNOWN
-        otherwise (TAG_INVALID for a reference that is neither)."""
+        otherwise, a reference that is neither included (nothing is under it: the spec's
+        conformance suite expects 404 for `.INVALID_MANIFEST_NAME`)."""
         unknown = RegistryError(errors.MANIFEST_UNKNOWN, detail={"reference": reference[:200]})
         if is_digest(reference):
             digest = Digest.parse(reference)
             if not await self.holds(repo, digest):
                 raise unknown
         else:
-            tag = parse_tag(reference)
+            try:
+                tag = parse_tag(reference)
+            except RegistryError:
+                raise unknown from None
             tagged = await self._guarded(self._meta.get_hosted_tag(repo.name, tag))
             if tagged is None:
                 raise unknown
@@ -182,7 +189,33 @@ class HostedRepositories:
         if tag is not None:
             tagged = HostedManifest(digest, media_type, len(data))
             await self._guarded(self._meta.put_hosted_tag(repo.name, tag, tagged))
+            if media_type in _INDEX_TYPES and _FALLBACK_TAG.fullmatch(tag):
+                await self._record_listed_referrers(repo, document)
         return PushedManifest(digest, subject)
+
+    async def _record_listed_referrers(self, repo: HostedRepo, document: dict[str, Any]) -> None:
+        """Record as referrers the manifests a referrers-tag index lists (clients that
+        write that tag, notation by default, expect them listed by the API too: the
+        spec's "Enabling the Referrers API"). Each is one `repo` holds (the index was
+        checked); those with a `subject` are recorded under it, from their own bytes, so
+        a manifest kept before its record was written is listed as well, and once only."""
+        for entry in _list(document.get("manifests")):
+            digest = _descriptor_digest(entry)
+            manifest = await self._store.read_manifest(digest)
+            if manifest is None:
+                continue
+            try:
+                listed = parse_manifest(manifest.data)
+                subject = _subject(listed)
+            except (ManifestError, RegistryError):
+                continue  # not a manifest with a valid subject: not a referrer
+            if subject is not None:
+                descriptor = _referrer_descriptor(
+                    listed, manifest.media_type, digest, len(manifest.data)
+                )
+                await self._guarded(
+                    self._meta.add_referrer(repo.name, str(subject), str(digest), descriptor)
+                )
 
     def _check_size(self, data: bytes) -> None:
         if len(data) > self.max_manifest_size:
@@ -283,6 +316,7 @@ def _checked_manifest(content_type: str, data: bytes) -> tuple[str, dict[str, An
         raise RegistryError(errors.MANIFEST_INVALID, "schemaVersion must be 2")
     for descriptor in _descriptors(media_type, document):
         _descriptor_digest(descriptor)
+    _subject(document)  # refused before anything is kept
     return media_type, document
 
 
