@@ -70,6 +70,7 @@ async def create_app(
         mirror.meta,
         cold_misses,
         HostedRoutes(mirror.hosted),
+        mirror.meta,
         redirects=mirror.redirects,
     ).register(app.router)
     ReferrersRoutes(mirror.referrers).register(app.router)

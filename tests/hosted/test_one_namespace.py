@@ -1,5 +1,5 @@
-"""Hosted repositories beside the cached ones wherever the mirror lists what it holds:
-`mirror ls` (the real command, on the data dir a server serves), marked as hosted."""
+"""Hosted repositories beside the cached ones wherever the mirror lists what it holds: the
+catalog, `mirror ls` (the real command, on the data dir a server serves), marked as hosted."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 from testkit.fakeupstream import FakeRegistry, Manifest
 from tests.clients import pull_like_docker
 from tests.conftest import Client, StartMirror
-from tests.hosted.pushing import HOSTED, image, push
+from tests.client_auth.helpers import basic, write_htpasswd
+from tests.hosted.pushing import HOSTED, PASSWORD, PUSHER, image, push
 from tests.runcli import run_cli
 
 
@@ -50,3 +51,50 @@ async def test_ls_lists_hosted_repositories_beside_cached_ones_marked_hosted(
     assert row["hosted"] is True and row["complete"] is True
     assert row["size"] == len(pushed.data) + sum(len(b.data) for b in pushed.blobs)
     assert (await ls(tmp_path, "local/app")).splitlines()[1].split()[-1] == "hosted"
+
+
+async def catalog(mirror: Client, query: str = "", **headers: str) -> tuple[list[str], str]:
+    resp = await mirror.get(f"/v2/_catalog{query}", headers=headers)
+    assert resp.status == 200
+    return (await resp.json())["repositories"], resp.headers.get("Link", "")
+
+
+async def test_the_catalog_lists_hosted_repositories_sorted_among_cached_ones(
+    mirror: Client, alpine: Manifest
+) -> None:
+    await pull_like_docker(mirror, "library/alpine", "3.19")
+    await push(mirror, "local/app", image("app"), "1.0")
+    await push(mirror, "registry.local/team/app", image("team"), "2")
+
+    everything = ["library/alpine", "local/app", "registry.local/team/app"]
+    assert await catalog(mirror) == (everything, "")
+    # Paged across cached and hosted names alike, each page's Link leading to the next.
+    assert await catalog(mirror, "?n=1") == (
+        ["library/alpine"],
+        '</v2/_catalog?n=1&last=library%2Falpine>; rel="next"',
+    )
+    assert await catalog(mirror, "?n=1&last=library/alpine") == (
+        ["local/app"],
+        '</v2/_catalog?n=1&last=local%2Fapp>; rel="next"',
+    )
+    assert await catalog(mirror, "?n=2&last=local/app") == (["registry.local/team/app"], "")
+    # Routed by `ns`, the names that registry's clients address.
+    assert (await catalog(mirror, "?ns=docker.io"))[0] == ["library/alpine", "local/app"]
+
+
+async def test_the_catalog_lists_only_the_hosted_repositories_the_user_may_pull(
+    upstream: FakeRegistry, start_mirror: StartMirror, alpine: Manifest, tmp_path: Path
+) -> None:
+    users = write_htpasswd(tmp_path / "users", {PUSHER: PASSWORD, "viewer": "viewer-password"})
+    rules = [
+        {"users": [PUSHER], "repositories": ["*"], "access": "push"},
+        {"users": ["viewer"], "repositories": ["library/*", "local/shared"]},
+    ]
+    mirror = await start_mirror(upstream.url, hosted=HOSTED, htpasswd=str(users), auth_rules=rules)
+    await pull_like_docker(mirror, "library/alpine", "3.19")
+    await push(mirror, "local/app", image("app"), "1.0")
+    await push(mirror, "local/shared", image("shared"), "1.0")
+
+    assert (await catalog(mirror))[0] == ["library/alpine", "local/app", "local/shared"]
+    viewer = basic("viewer", "viewer-password")
+    assert (await catalog(mirror, **viewer))[0] == ["library/alpine", "local/shared"]
