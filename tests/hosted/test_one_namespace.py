@@ -1,5 +1,6 @@
-"""Hosted repositories beside the cached ones wherever the mirror lists what it holds: the
-catalog, `mirror ls` (the real command, on the data dir a server serves), marked as hosted."""
+"""Hosted repositories beside the cached ones wherever the mirror lists or counts what it
+holds: the catalog, `mirror ls` (the real command, on the data dir a server serves), the
+metrics, marked as hosted."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tests.conftest import Client, StartMirror
 from tests.client_auth.helpers import basic, write_htpasswd
 from tests.hosted.pushing import HOSTED, PASSWORD, PUSHER, image, push
 from tests.runcli import run_cli
+from tests.scrape import delta, scrape
 
 
 @pytest.fixture
@@ -98,3 +100,18 @@ async def test_the_catalog_lists_only_the_hosted_repositories_the_user_may_pull(
     assert (await catalog(mirror))[0] == ["library/alpine", "local/app", "local/shared"]
     viewer = basic("viewer", "viewer-password")
     assert (await catalog(mirror, **viewer))[0] == ["library/alpine", "local/shared"]
+
+
+async def test_pushes_are_counted_by_kind(mirror: Client) -> None:
+    pushed = image("app")
+    before = await scrape(mirror)
+    await push(mirror, "local/app", pushed, "1.0")
+    layer = pushed.blobs[-1].digest
+    mounted = await mirror.post(f"/v2/local/copy/blobs/uploads/?mount={layer}&from=local/app")
+    assert mounted.status == 201
+    after = await scrape(mirror)
+
+    pushes = "mirror_hosted_pushes_total"
+    assert delta(after, before, pushes, kind="blob") == len(pushed.blobs)
+    assert delta(after, before, pushes, kind="mount") == 1
+    assert delta(after, before, pushes, kind="manifest") == 1
