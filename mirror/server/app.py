@@ -71,6 +71,7 @@ async def create_app(
         cold_misses,
         HostedRoutes(mirror.hosted),
         mirror.meta,
+        mirror.access,
         redirects=mirror.redirects,
     ).register(app.router)
     ReferrersRoutes(mirror.referrers).register(app.router)

@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from aiohttp import web
 
 from mirror import errors, mediatypes, observe
+from mirror.cache.access import AccessRecorder
 from mirror.cache.blobs import BlobBody, BlobCache
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.tags import TagLists
@@ -63,6 +64,7 @@ class RegistryRoutes:
         cold_misses: ColdMissLimit,
         hosted: HostedRoutes,
         hosted_content: HostedContent,
+        access: AccessRecorder,
         *,
         redirects: BlobRedirects | None = None,
     ) -> None:
@@ -74,6 +76,7 @@ class RegistryRoutes:
         self._cold_misses = cold_misses
         self._hosted = hosted
         self._hosted_content = hosted_content  # the hosted repositories the catalog lists
+        self._access = access  # counts pulls of hosted repositories (the cache counts its own)
         self._redirects = redirects  # blob GETs sent to the bucket (`s3_redirect`)
 
     def register(self, router: web.UrlDispatcher) -> None:
@@ -102,7 +105,10 @@ class RegistryRoutes:
             manifest_reference(request)  # a malformed reference: the client's 400 before the 405
         repo = self._resolve(request)
         if isinstance(repo, HostedRepo):
-            return await self._hosted.manifest(request, repo)
+            response = await self._hosted.manifest(request, repo)
+            if request.method in READ_METHODS and not is_digest(request.match_info["reference"]):
+                self._access.pulled(repo)  # a tag resolved, as a cached pull is counted
+            return response
         reference = manifest_reference(request)
         if isinstance(reference, Digest):
             manifest = await self._manifests.by_digest(repo, reference)
@@ -246,6 +252,7 @@ class RegistryRoutes:
         """The repository the request addresses: a hosted one as it is (its handler checks
         the method), else an upstream one, for reads only."""
         if isinstance(hosted := addressing.served_target(request), HostedRepo):
+            observe.routed(HOSTED)  # the access log's `upstream=hosted`
             return hosted
         self._check_read(request)
         repo = addressing.target(request)
