@@ -16,8 +16,8 @@ from mirror.cache.access import AccessRecorder
 from mirror.cache.blobs import BlobBody, BlobCache
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.tags import TagLists
-from mirror.errors import RegistryError
 from mirror.config import DOCKER_HUB_HOSTS
+from mirror.errors import RegistryError
 from mirror.meta.store import HostedContent, Links
 from mirror.reference import (
     Digest,

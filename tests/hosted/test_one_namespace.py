@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from testkit.fakeupstream import FakeRegistry, Manifest
+from tests.client_auth.helpers import basic, write_htpasswd
 from tests.clients import pull_like_docker
 from tests.conftest import Client, StartMirror
-from tests.client_auth.helpers import basic, write_htpasswd
 from tests.hosted.pushing import HOSTED, PASSWORD, PUSHER, image, push
 from tests.runcli import run_cli
 from tests.scrape import delta, scrape
