@@ -1,6 +1,6 @@
-"""Hosted repositories beside the cached ones wherever the mirror lists or counts what it
-holds: the catalog, `mirror ls` (the real command, on the data dir a server serves), the
-metrics, marked as hosted."""
+"""Hosted repositories beside the cached ones wherever the mirror lists, counts or carries
+what it holds: the catalog, `mirror ls` and `mirror export`/`import` (the real commands, on
+the data dir a server serves), the metrics, marked as hosted."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from testkit.fakeupstream import FakeRegistry, Manifest
 from tests.client_auth.helpers import basic, write_htpasswd
 from tests.clients import pull_like_docker
-from tests.conftest import Client, StartMirror
-from tests.hosted.pushing import HOSTED, PASSWORD, PUSHER, image, push
+from tests.conftest import Client, StartMirror, toml_value
+from tests.hosted.pushing import HOSTED, PASSWORD, PUSHER, Pushable, image, index, push
 from tests.runcli import run_cli
 from tests.scrape import delta, scrape
 
@@ -115,3 +115,83 @@ async def test_pushes_are_counted_by_kind(mirror: Client) -> None:
     assert delta(after, before, pushes, kind="blob") == len(pushed.blobs)
     assert delta(after, before, pushes, kind="mount") == 1
     assert delta(after, before, pushes, kind="manifest") == 1
+
+
+async def mirror_cli(workdir: Path, *args: str) -> str:
+    """A `mirror` command that must succeed, run in a thread (the fake upstream answers)."""
+    done = await asyncio.to_thread(run_cli, *args, cwd=workdir)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def served(mirror: Client, repo: str, tag: str, pushed: Pushable) -> None:
+    """`repo:tag` is `pushed`, every blob and child manifest of it too."""
+    resp = await mirror.get(f"/v2/{repo}/manifests/{tag}", headers={"Accept": pushed.media_type})
+    assert resp.status == 200, await resp.text()
+    assert await resp.read() == pushed.data
+    for blob in pushed.blobs:
+        resp = await mirror.get(f"/v2/{repo}/blobs/{blob.digest}")
+        assert (resp.status, await resp.read()) == (200, blob.data)
+
+
+async def test_hosted_images_travel_in_a_bundle_into_the_hosted_repositories_of_another_mirror(
+    mirror: Client, upstream: FakeRegistry, start_mirror: StartMirror, tmp_path: Path
+) -> None:
+    app = image("app")
+    await push(mirror, "local/app", app, "1.0")
+    children = [image("amd64"), image("arm64")]
+    for child in children:
+        await push(mirror, "registry.local/team/app", child, child.digest)
+    multi = index(children)
+    await push(mirror, "registry.local/team/app", multi, "2")
+    bundle = tmp_path / "hosted.tar"
+    config = str(tmp_path / "mirror.toml")
+    wrote = await mirror_cli(
+        tmp_path,
+        "export",
+        "local/app:1.0",
+        "registry.local/team/app:2",
+        "-o",
+        str(bundle),
+        "--config",
+        config,
+    )
+    assert wrote.startswith(f"wrote {bundle}: 2 images, 13 objects (4 manifests, 9 blobs)")
+
+    target = tmp_path / "other"
+    hosting = tmp_path / "other.toml"
+    hosting.write_text(f"data_dir = {toml_value(str(target))}\nhosted = {toml_value(HOSTED)}\n")
+    imported = await mirror_cli(tmp_path, "import", str(bundle), "--config", str(hosting))
+    assert "2 images, 13 objects" in imported and "2 hosted tags set" in imported
+    again = await mirror_cli(tmp_path, "import", str(bundle), "--config", str(hosting))
+    assert "nothing new" in again and "hosted tag" not in again
+
+    other = await start_mirror(upstream.url, hosted=HOSTED, data_dir=str(target))
+    await served(other, "local/app", "1.0", app)
+    await served(other, "registry.local/team/app", "2", multi)
+    for child in children:
+        await served(other, "registry.local/team/app", child.digest, child)
+    tags = await (await other.get("/v2/registry.local/team/app/tags/list")).json()
+    assert tags["tags"] == ["2"]
+    assert await catalog(other) == (["local/app", "registry.local/team/app"], "")
+    assert upstream.requests == [], "hosted: never fetched"
+
+
+async def test_hosted_images_import_as_cached_content_where_their_repository_is_not_hosted(
+    mirror: Client, start_mirror: StartMirror, tmp_path: Path
+) -> None:
+    app = image("app")
+    await push(mirror, "local/app", app, "1.0")
+    bundle = tmp_path / "hosted.tar"
+    config = str(tmp_path / "mirror.toml")
+    await mirror_cli(tmp_path, "export", "local/app:1.0", "-o", str(bundle), "--config", config)
+
+    elsewhere, target = tmp_path / "elsewhere", tmp_path / "cache-only"
+    elsewhere.mkdir()  # no mirror.toml: nothing hosted
+    imported = await mirror_cli(elsewhere, "import", str(bundle), "--data-dir", str(target))
+    assert "1 image" in imported and "hosted tag" not in imported
+    assert "3 tag records new" in imported  # the tag, for each common client's Accept
+
+    offline = await start_mirror("http://127.0.0.1:9", offline=True, data_dir=str(target))
+    await served(offline, "local/app", "1.0", app)
+    assert (await catalog(offline))[0] == ["local/app"]
