@@ -29,6 +29,7 @@ from mirror.observe import (
     ContentKind,
     Outcome,
     PoolName,
+    PushKind,
     Revalidation,
     UpstreamKind,
 )
@@ -180,6 +181,12 @@ S3_ORPHAN_UPLOADS_ABORTED = Counter(
     "Multipart uploads a crashed writer left pending in the bucket, aborted by this process "
     "(its janitor while serving, mirror gc, or a start).",
 )
+HOSTED_PUSHES = Counter(
+    "mirror_hosted_pushes_total",
+    "Pushes into hosted repositories, by kind: blob (an upload completed and verified), "
+    "mount (a blob given from another repository, nothing uploaded), manifest (a manifest put).",
+    ["kind"],
+)
 AUTH_FAILURES = Counter(
     "mirror_auth_failures_total",
     "Client requests refused by authentication (with htpasswd set), by reason: credentials "
@@ -282,6 +289,9 @@ class PrometheusSink:
 
     def orphan_upload_aborted(self) -> None:
         S3_ORPHAN_UPLOADS_ABORTED.inc()
+
+    def hosted_pushed(self, kind: PushKind) -> None:
+        HOSTED_PUSHES.labels(kind).inc()
 
 
 # How much the cache holds, by kind ("blob", "manifest"): (objects, bytes). Read from the

@@ -28,6 +28,7 @@ Revalidation = Literal["unchanged", "changed", "stale", "failed"]
 ContentKind = Literal["blob", "manifest"]
 PoolName = Literal["blob", "metadata"]
 ClusterRole = Literal["leader", "local_waiter", "remote_waiter"]
+PushKind = Literal["blob", "mount", "manifest"]
 
 # A request's outcome is the most telling of its lookups: a manifest pull whose tag was
 # fresh (hit) but whose manifest had to be fetched (miss) is a miss.
@@ -106,6 +107,8 @@ class Sink(Protocol):
 
     def orphan_upload_aborted(self) -> None: ...
 
+    def hosted_pushed(self, kind: PushKind) -> None: ...
+
 
 class DiscardSink:
     """Counts nothing: the sink until the server installs its own."""
@@ -176,6 +179,9 @@ class DiscardSink:
         pass
 
     def orphan_upload_aborted(self) -> None:
+        pass
+
+    def hosted_pushed(self, kind: PushKind) -> None:
         pass
 
 
@@ -344,3 +350,9 @@ def lease_taken_over() -> None:
 def orphan_upload_aborted() -> None:
     """A multipart upload left pending in the bucket (its writer crashed) was aborted."""
     _sink.orphan_upload_aborted()
+
+
+def hosted_pushed(kind: PushKind) -> None:
+    """A hosted repository took a push: a blob uploaded, a blob mounted from another
+    repository (nothing uploaded), or a manifest put."""
+    _sink.hosted_pushed(kind)

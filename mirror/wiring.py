@@ -60,6 +60,12 @@ class DataDir:
     store: ContentStore
     meta: MetaStore
 
+    def hosted(self) -> HostedRepositories:
+        """The hosted repositories, for a command that records content into them as a push
+        does (`mirror import`)."""
+        limit = self.config.hosting.max_manifest_size
+        return HostedRepositories(self.store, self.meta, self.meta, max_manifest_size=limit)
+
 
 @dataclass(frozen=True)
 class Mirror:

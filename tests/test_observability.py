@@ -403,7 +403,9 @@ async def test_api_status_reports_what_the_metrics_say(
     hub_before = next(u for u in before["upstreams"] if u["host"] == "docker.io")
     assert hub_row["errors"] - hub_before["errors"] == 1  # the 500; a 401 challenge is not one
     assert [u["host"] for u in status["upstreams"]][:2] == ["docker.io", "ghcr.io"]
-    assert status["top_repositories"] == [{"repository": "docker.io/library/alpine", "pulls": 2}]
+    assert status["top_repositories"] == [
+        {"repository": "docker.io/library/alpine", "pulls": 2, "hosted": False}
+    ]
     latest = status["recent_errors"][0]
     assert latest["upstream"] == "docker.io"
     assert latest["message"] == f"upstream {hub_url.removeprefix('http://')} answered HTTP 500"

@@ -23,6 +23,7 @@ from testkit.fakeupstream import FakeRegistry, Fault, Manifest, make_image, make
 from tests.chromium import Chromium, Page
 from tests.clients import pull_like_docker
 from tests.conftest import Client, StartMirror
+from tests.runcli import run_cli
 
 # Everything the page shows, as {"text", "value"} pairs: the value is the element's
 # `data-value` parsed as JSON (null where the element has none).
@@ -43,9 +44,12 @@ PAGE_STATE = """(() => {
       [...document.querySelectorAll("[id][data-value]")].map((el) => [el.id, shown(el)])),
     upstreams: rows("upstreams").map((row) => ({host: row.dataset.host, ...fields(row)})),
     top: rows("top-repositories").map(fields),
+    hosted: rows("hosted-repositories").map(fields),
     errors: rows("recent-errors").map(fields),
     emptyNotes: {
       top: !document.getElementById("top-repositories-empty").hidden,
+      hosted: !document.getElementById("hosted-repositories-empty").hidden,
+      moreHosted: !document.getElementById("hosted-repositories-more").hidden,
       errors: !document.getElementById("recent-errors-empty").hidden,
     },
   };
@@ -165,10 +169,23 @@ def assert_page_shows(page: dict[str, Any], status: dict[str, Any]) -> None:
     assert [(r["repository"]["value"], r["pulls"]["value"]) for r in page["top"]] == [
         (t["repository"], t["pulls"]) for t in status["top_repositories"]
     ]
+    assert [r.get("hosted") == shown(True, "hosted") for r in page["top"]] == [
+        t["hosted"] for t in status["top_repositories"]
+    ]
     assert [(r["repository"]["text"], r["pulls"]["text"]) for r in page["top"]] == [
         (t["repository"], count(t["pulls"])) for t in status["top_repositories"]
     ]
     assert page["emptyNotes"]["top"] == (not status["top_repositories"])
+
+    hosted = status["hosted"]
+    patterns = ", ".join(hosted["patterns"]) or "nothing"
+    assert ids["hosted-patterns"] == shown(hosted["patterns"], patterns)
+    assert page["hosted"] == [
+        {"repository": shown(name, name), "hosted": shown(True, "hosted")}
+        for name in hosted["repositories"]
+    ]
+    assert page["emptyNotes"]["hosted"] == (not hosted["repositories"])
+    assert page["emptyNotes"]["moreHosted"] == hosted["more"]
 
     assert page["errors"] == [
         {
@@ -202,6 +219,36 @@ async def test_the_page_renders_the_numbers_of_api_status_without_console_errors
     assert_page_shows(state, after)
     uptime = state["ids"]["uptime"]["value"]
     assert before["uptime_seconds"] <= uptime <= after["uptime_seconds"]
+    assert problems == []
+
+
+async def test_hosted_repositories_are_listed_and_their_pulls_marked_hosted(
+    upstream: FakeRegistry, start_mirror: StartMirror, alpine: Manifest, tmp_path: Path
+) -> None:
+    mirror = await start_mirror(upstream.url, hosted=["local/*"])
+    await pull_like_docker(mirror, "library/alpine", "3.19")
+    config = str(tmp_path / "mirror.toml")
+    promoted = await asyncio.to_thread(
+        run_cli, "tag", "alpine:3.19", "local/base:approved", "--config", config, cwd=tmp_path
+    )
+    assert promoted.returncode == 0, promoted.stderr
+    for _ in range(2):
+        await pull_like_docker(mirror, "local/base", "approved")
+
+    status = await api_status(mirror)
+    assert status["hosted"] == {
+        "patterns": ["local/*"],
+        "repositories": ["local/base"],
+        "more": False,
+    }
+    assert status["top_repositories"] == [
+        {"repository": "local/base", "pulls": 2, "hosted": True},
+        {"repository": "docker.io/library/alpine", "pulls": 1, "hosted": False},
+    ]
+    async with status_page(tmp_path, mirror) as page:
+        state = await page.evaluate(PAGE_STATE)
+        problems = page.problems()
+    assert_page_shows(state, status)
     assert problems == []
 
 

@@ -6,7 +6,8 @@ every few seconds (and at shutdown). Access records name repositories qualified
 (`ghcr.io/org/app`), unique across upstreams; a repository is only ever touched after the
 content was served to it, that is through a link (`mirror.cache.scope`), so no name a
 client merely typed gets in. The catalog is read from the links, not from here. Pulls (tag
-resolutions that worked) are counted per repository the same way, for the status page.
+resolutions that worked) are counted per repository the same way, for the status page,
+hosted ones among them (`hosted/local/app`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from mirror.meta.store import Access, AccessRecords
+from mirror.upstream.hosting import HostedRepo
 from mirror.upstream.routing import UpstreamRepo
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ class AccessRecorder:
             access.last_access = self._clock()
         access.repos.add(repo.qualified)
 
-    def pulled(self, repo: UpstreamRepo) -> None:
+    def pulled(self, repo: UpstreamRepo | HostedRepo) -> None:
         """Count a pull of the repository (a client resolving one of its tags)."""
         self._pulls[repo.qualified] += 1
 

@@ -24,7 +24,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from mirror import errors, mediatypes
+from mirror import errors, mediatypes, observe
 from mirror.errors import RegistryError
 from mirror.manifestjson import ManifestError, declared_type, parse_manifest
 from mirror.meta.store import HostedContent, HostedManifest, Link, Links, MetaStoreError
@@ -131,6 +131,7 @@ class HostedRepositories:
         if not held or await self._blob_size(digest) is None:
             return False
         await self.add_blob(repo, digest)
+        observe.hosted_pushed("mount")
         return True
 
     async def put_manifest(
@@ -157,7 +158,9 @@ class HostedRepositories:
             await self._store.write_manifest(StoredManifest(data, media_type, digest))
         except StoreUnavailable as exc:
             raise RegistryError(errors.STORE_UNAVAILABLE, "the store is unavailable") from exc
-        return await self._record(repo, digest, media_type, data, document, tag)
+        pushed = await self._record(repo, digest, media_type, data, document, tag)
+        observe.hosted_pushed("manifest")
+        return pushed
 
     async def adopt_manifest(
         self, repo: HostedRepo, manifest: StoredManifest, tag: str | None

@@ -23,7 +23,7 @@ import secrets
 import time
 from collections.abc import AsyncIterable, Callable
 
-from mirror import errors
+from mirror import errors, observe
 from mirror.errors import RegistryError
 from mirror.meta.store import MetaStoreError, Upload, Uploads
 from mirror.reference import Digest
@@ -126,6 +126,7 @@ class UploadSessions:
             await writer.abort()  # a no-op after the commit
         size = writer.written
         await self.cancel(upload)  # done: the record and the bytes go
+        observe.hosted_pushed("blob")
         return size
 
     async def cancel(self, upload: Upload) -> None:

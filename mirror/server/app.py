@@ -70,6 +70,8 @@ async def create_app(
         mirror.meta,
         cold_misses,
         HostedRoutes(mirror.hosted),
+        mirror.meta,
+        mirror.access,
         redirects=mirror.redirects,
     ).register(app.router)
     ReferrersRoutes(mirror.referrers).register(app.router)

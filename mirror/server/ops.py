@@ -88,6 +88,7 @@ class OpsRoutes:
         document = await status.build(
             samples,
             upstreams=self._router.upstreams,
+            hosted_patterns=self._router.hosting.patterns,
             meta=self._meta,
             replica=self._replica,
             started_at=self._started_at,

@@ -12,11 +12,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from aiohttp import web
 
 from mirror import errors, mediatypes, observe
+from mirror.cache.access import AccessRecorder
 from mirror.cache.blobs import BlobBody, BlobCache
 from mirror.cache.manifests import ManifestCache
 from mirror.cache.tags import TagLists
+from mirror.config import DOCKER_HUB_HOSTS
 from mirror.errors import RegistryError
-from mirror.meta.store import Links
+from mirror.meta.store import HostedContent, Links
 from mirror.reference import (
     Digest,
     is_digest,
@@ -31,7 +33,7 @@ from mirror.server.coldmisses import ColdMissLimit
 from mirror.server.hosted import HostedRoutes, push_refusal
 from mirror.server.responses import cached_blob_response
 from mirror.storage import BlobRedirects, StoredBlob
-from mirror.upstream.hosting import HostedRepo
+from mirror.upstream.hosting import HOSTED, HostedRepo
 from mirror.upstream.routing import Router, UpstreamRepo
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ class RegistryRoutes:
         meta: Links,
         cold_misses: ColdMissLimit,
         hosted: HostedRoutes,
+        hosted_content: HostedContent,
+        access: AccessRecorder,
         *,
         redirects: BlobRedirects | None = None,
     ) -> None:
@@ -71,6 +75,8 @@ class RegistryRoutes:
         self._meta = meta
         self._cold_misses = cold_misses
         self._hosted = hosted
+        self._hosted_content = hosted_content  # the hosted repositories the catalog lists
+        self._access = access  # counts pulls of hosted repositories (the cache counts its own)
         self._redirects = redirects  # blob GETs sent to the bucket (`s3_redirect`)
 
     def register(self, router: web.UrlDispatcher) -> None:
@@ -99,7 +105,10 @@ class RegistryRoutes:
             manifest_reference(request)  # a malformed reference: the client's 400 before the 405
         repo = self._resolve(request)
         if isinstance(repo, HostedRepo):
-            return await self._hosted.manifest(request, repo)
+            response = await self._hosted.manifest(request, repo)
+            if request.method in READ_METHODS and not is_digest(request.match_info["reference"]):
+                self._access.pulled(repo)  # a tag resolved, as a cached pull is counted
+            return response
         reference = manifest_reference(request)
         if isinstance(reference, Digest):
             manifest = await self._manifests.by_digest(repo, reference)
@@ -159,10 +168,11 @@ class RegistryRoutes:
 
     async def catalog(self, request: web.Request) -> web.Response:
         """The repositories this mirror holds content for (links, not the upstreams'
-        catalogs): with `ns`, that registry's; else all of them, named as they are pulled
-        through the mirror (`library/alpine` for docker.io, `ghcr.io/org/app` for the
-        others). One page (`n`, default `CATALOG_PAGE`, after `last`), read from the store
-        a page at a time per upstream, with a `Link` to the next."""
+        catalogs) and the hosted ones with a tag: with `ns`, that registry's; else all of
+        them, named as they are pulled through the mirror (`library/alpine` for docker.io,
+        `ghcr.io/org/app` for the others, `local/app` as hosted). One page (`n`, default
+        `CATALOG_PAGE`, after `last`), read from the store a page at a time per upstream
+        and for the hosted ones, with a `Link` to the next."""
         query = dict(pagination(request, _catalog_name))
         n = int(query.get("n", CATALOG_PAGE))
         last = query.get("last", "")
@@ -176,7 +186,8 @@ class RegistryRoutes:
         for upstream in upstreams:
             prefix = "" if ns is not None or upstream is self._router.default else upstream.host
             repos += await self._catalog_page(upstream.host, prefix, last, n + 1, visible)
-        repos.sort()
+        repos += await self._hosted_page(ns, last, n + 1, visible)
+        repos = sorted(set(repos))  # a hosted name may have been cached before it was hosted
         headers = {}
         if len(repos) > n > 0:
             more = urlencode({"n": n, "last": repos[n - 1]})
@@ -205,6 +216,27 @@ class RegistryRoutes:
             after = names[-1]
         return [f"{prefix}/{name}" if prefix else name for name in found[:wanted]]
 
+    async def _hosted_page(
+        self, ns: str | None, last: str, wanted: int, visible: Callable[[str, str], bool]
+    ) -> list[str]:
+        """Up to `wanted` of the hosted repositories the user may see, the first ones after
+        `last`, named as they are addressed: as hosted without `ns`; with `ns=docker.io`,
+        those with no host of their own; with another `ns`, those under that host, without it."""
+        host = None if ns is None or ns.lower() in DOCKER_HUB_HOSTS else ns.lower()
+        prefix = f"{host}/" if host is not None else ""
+        found: list[str] = []
+        after = prefix + last if prefix else last
+        while len(found) < wanted:
+            names = await self._hosted_content.hosted_repositories(last=after, n=wanted)
+            for name in names:
+                shown = _hosted_name(name, ns, prefix)
+                if shown is not None and visible(HOSTED, name):
+                    found.append(shown)
+            if len(names) < wanted or (prefix and not names[-1].startswith(prefix)):
+                break
+            after = names[-1]
+        return found[:wanted]
+
     # --- validation -----------------------------------------------------------------------
 
     def _check_read(self, request: web.Request) -> None:
@@ -220,6 +252,7 @@ class RegistryRoutes:
         """The repository the request addresses: a hosted one as it is (its handler checks
         the method), else an upstream one, for reads only."""
         if isinstance(hosted := addressing.served_target(request), HostedRepo):
+            observe.routed(HOSTED)  # the access log's `upstream=hosted`
             return hosted
         self._check_read(request)
         repo = addressing.target(request)
@@ -236,6 +269,17 @@ def _after(prefix: str, last: str) -> str | None:
     if last.startswith(prefix + "/"):
         return last[len(prefix) + 1 :]
     return "" if prefix + "/" > last else None
+
+
+def _hosted_name(name: str, ns: str | None, prefix: str) -> str | None:
+    """Hosted `name` as a catalog routed by `ns` shows it; None when it is not that
+    registry's."""
+    if ns is None:
+        return name
+    if prefix:
+        return name[len(prefix) :] if name.startswith(prefix) else None
+    first, sep, _ = name.partition("/")
+    return None if sep and looks_like_host(first) else name
 
 
 def _catalog_name(name: str) -> str:

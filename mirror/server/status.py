@@ -9,20 +9,23 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry
 
 from mirror import __version__, observe
-from mirror.meta.store import AccessRecords, RateLimits, Replica, Replicas
+from mirror.meta.store import AccessRecords, HostedContent, RateLimits, Replica, Replicas
 from mirror.ratelimit import RateLimit
 from mirror.upstream.client import UpstreamClient
+from mirror.upstream.hosting import HOSTED
 
 TOP_REPOSITORIES = 10
+# The page lists this many hosted repositories (by name), and says whether there are more.
+HOSTED_SHOWN = 50
 # With auth on, a user's top list is read from this many of the most pulled repositories.
 _TOP_CANDIDATES = 20 * TOP_REPOSITORIES
 # Upstream answers that count as errors on the status page: no answer, throttling, 5xx.
 _ERROR_STATUSES = frozenset({"error", "timeout", "429"})
 
 
-class StatusRecords(AccessRecords, RateLimits, Replicas, Protocol):
+class StatusRecords(AccessRecords, RateLimits, Replicas, HostedContent, Protocol):
     """What the page reads from the metadata store: the most-pulled repositories, the
-    upstreams' shared rate-limit records and the live replicas."""
+    upstreams' shared rate-limit records, the live replicas and the hosted repositories."""
 
 
 class Samples:
@@ -55,6 +58,7 @@ async def build(
     samples: Samples,
     *,
     upstreams: Iterable[UpstreamClient],
+    hosted_patterns: Iterable[str],
     meta: StatusRecords,
     replica: Replica,
     started_at: float,
@@ -64,7 +68,10 @@ async def build(
     """The `/api/status` document (its shape is what the status page reads). `visible`
     (host, repository) says which repositories the user may see: the ones the rules let
     them pull (None: all, as with auth off). `replica` is the process answering; the live
-    replicas are those whose heartbeat the metadata store holds (0 while it fails)."""
+    replicas are those whose heartbeat the metadata store holds (0 while it fails).
+    Hosted repositories are listed beside the upstreams, and marked `hosted` among the
+    most pulled (named as clients pull them, `local/app`, where cached ones carry their
+    registry host)."""
     hits = samples.total("mirror_cache_hits_total")
     misses = samples.total("mirror_cache_misses_total")
     lookups = hits + misses
@@ -77,7 +84,9 @@ async def build(
     upstreams = tuple(upstreams)
     # A passthrough upstream's repository names may be private to the clients pulling them.
     hidden = frozenset(upstream.host for upstream in upstreams if upstream.passthrough)
-    top = await _top(meta, _shown(visible, hidden))
+    shown = _shown(visible, hidden)
+    top = await _top(meta, shown)
+    hosted, more = await _hosted(meta, shown)
     return {
         "version": __version__,
         "started_at": started_at,
@@ -105,7 +114,8 @@ async def build(
             "total_bytes": blobs["bytes"] + manifests["bytes"],
         },
         "upstreams": [await _upstream(samples, upstream, meta) for upstream in upstreams],
-        "top_repositories": [{"repository": repo, "pulls": pulls} for repo, pulls in top],
+        "hosted": {"patterns": list(hosted_patterns), "repositories": hosted, "more": more},
+        "top_repositories": [_top_entry(repo, pulls) for repo, pulls in top],
         "recent_errors": [
             {"time": failure.time, "upstream": failure.upstream, "message": failure.message}
             for failure in observe.recent_failures()
@@ -121,6 +131,29 @@ async def _top(
     candidates = await meta.top_repositories(_TOP_CANDIDATES)
     shown = [(repo, n) for repo, n in candidates if visible(*_split(repo))]
     return shown[:TOP_REPOSITORIES]
+
+
+def _top_entry(qualified: str, pulls: int) -> dict[str, Any]:
+    host, name = _split(qualified)
+    if host == HOSTED:
+        return {"repository": name, "pulls": pulls, "hosted": True}
+    return {"repository": qualified, "pulls": pulls, "hosted": False}
+
+
+async def _hosted(
+    meta: HostedContent, visible: Callable[[str, str], bool] | None
+) -> tuple[list[str], bool]:
+    """The first `HOSTED_SHOWN` hosted repositories the user may see, and whether there
+    are more."""
+    found: list[str] = []
+    last = ""
+    while len(found) <= HOSTED_SHOWN:
+        names = await meta.hosted_repositories(last=last, n=HOSTED_SHOWN + 1)
+        found += [name for name in names if visible is None or visible(HOSTED, name)]
+        if len(names) <= HOSTED_SHOWN:
+            break
+        last = names[-1]
+    return found[:HOSTED_SHOWN], len(found) > HOSTED_SHOWN
 
 
 def _shown(

@@ -58,7 +58,7 @@ class Hosting:
         addressed = _addressed(name, ns)
         if addressed is None or not self.claims(name, ns):
             return None
-        return HostedRepo(_valid(addressed))
+        return HostedRepo(parse_hosted_name(addressed))
 
 
 def _addressed(name: str, ns: str | None) -> str | None:
@@ -75,7 +75,9 @@ def _addressed(name: str, ns: str | None) -> str | None:
     return name
 
 
-def _valid(name: str) -> str:
+def parse_hosted_name(name: str) -> str:
+    """A hosted repository's name, `local/app` or `registry.local/team/app`, checked
+    against the grammar (NAME_INVALID when it breaks it)."""
     first, sep, rest = name.partition("/")
     if sep and looks_like_host(first):
         if not is_registry_host(first):

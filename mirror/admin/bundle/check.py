@@ -25,12 +25,13 @@ from mirror.manifestjson import ManifestError, declared_type, parse_manifest
 from mirror.meta.store import TagKey, TagRecord
 from mirror.reference import Digest, is_registry_host, parse_name, parse_tag
 from mirror.storage import StoredManifest
+from mirror.upstream.hosting import HOSTED, parse_hosted_name
 
 
 @dataclass(frozen=True)
 class BundleImage:
     reference: str
-    upstream: str
+    upstream: str  # HOSTED for an image of a hosted repository
     repository: str
     tag: str | None
     digest: Digest
@@ -42,6 +43,7 @@ class Bundle:
 
     staged: dict[Digest, Staged] = field(default_factory=dict)
     images: list[BundleImage] = field(default_factory=list)
+    hosted: list[BundleImage] = field(default_factory=list)  # images of hosted repositories
     records: list[tuple[TagKey, TagRecord]] = field(default_factory=list)
     manifests: dict[Digest, StoredManifest] = field(default_factory=dict)  # children first
     blobs: list[Digest] = field(default_factory=list)
@@ -74,6 +76,12 @@ def check(staged: dict[Digest, Staged], metadata: dict[str, bytes]) -> Bundle:
         if (image.digest, INDEX_JSON) not in roots:
             raise BundleError(TAGS_JSON, f"image {image.reference} is not in index.json")
         bundle.images.append(image)
+    hosted = _field(tags, "hosted", list, TAGS_JSON) if "hosted" in tags else []
+    for item in hosted:  # bundles from before hosting have none
+        image = _hosted_image(item)
+        if (image.digest, INDEX_JSON) not in roots:
+            raise BundleError(TAGS_JSON, f"image {image.reference} is not in index.json")
+        bundle.hosted.append(image)
     for item in _field(tags, "tags", list, TAGS_JSON):
         key, record = _record(item)
         media_types.setdefault(record.digest, record.media_type)
@@ -240,6 +248,21 @@ def _image(item: Any) -> BundleImage:
         )
     except (RegistryError, BundleError) as exc:
         raise BundleError(TAGS_JSON, f"image {str(item)[:200]}: {exc}") from None
+
+
+def _hosted_image(item: Any) -> BundleImage:
+    if not isinstance(item, dict):
+        raise BundleError(TAGS_JSON, "a hosted image is not a JSON object")
+    try:
+        repository = parse_hosted_name(_str(item, "repository"))
+        tag = item.get("tag")
+        if tag is not None:
+            parse_tag(_str(item, "tag"))
+        return BundleImage(
+            _str(item, "reference"), HOSTED, repository, tag, _digest(item.get("digest"), "")
+        )
+    except (RegistryError, BundleError) as exc:
+        raise BundleError(TAGS_JSON, f"hosted image {str(item)[:200]}: {exc}") from None
 
 
 def _record(item: Any) -> tuple[TagKey, TagRecord]:

@@ -133,6 +133,9 @@ async def _import_into(
         return 1
     try:
         report = await _commit(config, store, bundle, dry_run=args.dry_run)
+    except RegistryError as exc:  # a hosted repository refused an image, as a push would be
+        print(f"mirror: import of {source} failed: {exc}", file=sys.stderr)
+        return 1
     except (OSError, MetaStoreError) as exc:
         print(
             f"mirror: import of {source} failed: {exc}; the content that was verified may be "

@@ -2,7 +2,12 @@
 children first, so whatever a server sees is complete), then its tag records and links
 (each image's repository holds what its manifests name; the catalog is read from links).
 `_commit_content` is the one place import publishes content: a blob by committing its
-verified writer, a manifest from its bytes with `write_manifest`."""
+verified writer, a manifest from its bytes with `write_manifest`.
+
+An image of a hosted repository is recorded into it as a push would record it (what it
+holds, its tag) when this mirror hosts that repository too; otherwise it is imported as
+cached content of the repository its name addresses (`local/app` is `docker.io/local/app`),
+linked and tagged as a pull would have left it."""
 
 from __future__ import annotations
 
@@ -11,13 +16,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from mirror import mediatypes
-from mirror.admin.bundle.check import Bundle
+from mirror.admin.bundle.check import Bundle, BundleImage
 from mirror.admin.bundle.layout import KNOWN_TYPES
 from mirror.admin.bundle.progress import count
 from mirror.cache.graph import ManifestWalk
 from mirror.meta.store import Link, TagKey, TagRecord
+from mirror.reference import Digest, parse_image
 from mirror.storage import ContentStore
 from mirror.units import human_size
+from mirror.upstream.hosting import HostedRepo, Hosting
 from mirror.wiring import DataDir
 
 # Tag records are kept per Accept class (the same tag names an index for one client and a
@@ -41,6 +48,7 @@ class ImportReport:
     new_bytes: int = 0
     records_new: int = 0
     records_updated: int = 0
+    hosted_tags: int = 0  # hosted tags set (new, or moved to the bundle's manifest)
     unreferenced: int = 0
     kept: list[str] = field(default_factory=list)  # records the mirror had newer
     unserved: set[str] = field(default_factory=set)  # upstream hosts it does not serve
@@ -53,6 +61,8 @@ class ImportReport:
             else "nothing new"
         )
         records = f"{count(self.records_new, 'tag record')} new, {self.records_updated} updated"
+        if self.hosted_tags:
+            records += f"; {count(self.hosted_tags, 'hosted tag')} set"
         extra = f"; {self.unreferenced} entries nothing names skipped" if self.unreferenced else ""
         return (
             f"{verb} {source}: {count(self.images, 'image')}, {count(self.objects, 'object')} "
@@ -65,14 +75,20 @@ async def import_bundle(data: DataDir, bundle: Bundle, *, dry_run: bool = False)
     Content the store has is skipped; a tag record the mirror holds newer than the bundle's
     stays."""
     report = ImportReport(
-        images=len(bundle.images),
+        images=len(bundle.images) + len(bundle.hosted),
         objects=len(bundle.staged),
         bytes=bundle.size,
         unreferenced=bundle.unreferenced,
     )
+    hosting = Hosting(data.config.hosting.hosted)
+    hosted = [(repo, i) for i in bundle.hosted if (repo := hosting.match(i.repository, None))]
+    cached = [_as_cached(i) for i in bundle.hosted if not hosting.claims(i.repository, None)]
+    images = [*bundle.images, *cached]
+    records = [*bundle.records, *_cached_records(bundle, cached)]
     await _commit_content(data.store, bundle, report, dry_run=dry_run)
-    await _commit_records(data, bundle, report, dry_run=dry_run)
-    await _commit_links(data, bundle, report, dry_run=dry_run)
+    await _commit_hosted(data, bundle, hosted, report, dry_run=dry_run)
+    await _commit_records(data, records, report, dry_run=dry_run)
+    await _commit_links(data, bundle, images, records, report, dry_run=dry_run)
     return report
 
 
@@ -97,12 +113,73 @@ async def _commit_content(
             await store.write_manifest(manifest)
 
 
-async def _commit_records(
-    data: DataDir, bundle: Bundle, report: ImportReport, *, dry_run: bool
+async def _commit_hosted(
+    data: DataDir,
+    bundle: Bundle,
+    images: list[tuple[HostedRepo, BundleImage]],
+    report: ImportReport,
+    *,
+    dry_run: bool,
 ) -> None:
-    """Write the bundle's tag records, except where the mirror's own record is newer."""
+    """Record each hosted image into its repository, blobs and then manifests children
+    first, as a push does (a referrer's subject noted, a manifest refused that names what
+    the repository lacks or exceeds `max_manifest_size`), then point its tag at it."""
+    hosted = data.hosted()
+    for repo, image in images:
+        walk = _walk(bundle, [image.digest])
+        tagged = await data.meta.get_hosted_tag(repo.name, image.tag) if image.tag else None
+        if image.tag is not None and (tagged is None or tagged.digest != image.digest):
+            report.hosted_tags += 1
+        if dry_run:
+            continue
+        for blob in walk.blobs:
+            if blob not in bundle.manifests:
+                await hosted.add_blob(repo, blob)
+        for digest in walk.finished:
+            tag = image.tag if digest == image.digest else None
+            await hosted.adopt_manifest(repo, bundle.manifests[digest], tag)
+
+
+def _as_cached(image: BundleImage) -> BundleImage:
+    """A hosted image as the cached image its name addresses on a mirror that does not
+    host its repository."""
+    ref = parse_image(image.repository)
+    return BundleImage(image.reference, ref.host, ref.name, image.tag, image.digest)
+
+
+def _cached_records(
+    bundle: Bundle, images: list[BundleImage]
+) -> Iterator[tuple[TagKey, TagRecord]]:
+    """The tag record a pull would have left for each tagged image, in the widest Accept
+    class (`_records_to_write` adds the clients' own)."""
     now = time.time()
-    for key, record in _records_to_write(bundle):
+    widest = mediatypes.accept_class(KNOWN_TYPES)
+    for image in images:
+        if image.tag is not None:
+            manifest = bundle.manifests[image.digest]
+            record = TagRecord(image.digest, manifest.media_type, len(manifest.data), now)
+            yield TagKey(image.upstream, image.repository, image.tag, widest), record
+
+
+def _walk(bundle: Bundle, roots: list[Digest]) -> ManifestWalk:
+    """The bundle's manifests walked from `roots`."""
+    walk = ManifestWalk(roots)
+    for edge in walk:
+        if (manifest := bundle.manifests.get(edge.digest)) is not None:
+            walk.visit(edge, manifest.data)
+    return walk
+
+
+async def _commit_records(
+    data: DataDir,
+    records: list[tuple[TagKey, TagRecord]],
+    report: ImportReport,
+    *,
+    dry_run: bool,
+) -> None:
+    """Write the tag records, except where the mirror's own record is newer."""
+    now = time.time()
+    for key, record in _records_to_write(records):
         # A record from a clock ahead of this one would stay fresh too long.
         record = _with_time(record, min(record.confirmed_at, now))
         existing = await data.meta.get_tag(key)
@@ -123,31 +200,36 @@ async def _commit_records(
 
 
 async def _commit_links(
-    data: DataDir, bundle: Bundle, report: ImportReport, *, dry_run: bool
+    data: DataDir,
+    bundle: Bundle,
+    images: list[BundleImage],
+    records: list[tuple[TagKey, TagRecord]],
+    report: ImportReport,
+    *,
+    dry_run: bool,
 ) -> None:
     """Link each image's (and tag record's) repository to its manifest and everything the
     bundle's manifests name from it, so the mirror serves them to that repository only."""
-    roots = {(image.upstream, image.repository, image.digest) for image in bundle.images}
-    roots |= {(key.upstream, key.repo, record.digest) for key, record in bundle.records}
+    roots = {(image.upstream, image.repository, image.digest) for image in images}
+    roots |= {(key.upstream, key.repo, record.digest) for key, record in records}
     links: set[Link] = set()
     for upstream, repo, root in sorted(roots, key=str):
         if data.config.registries.upstream(upstream) is None:
             report.unserved.add(upstream)
-        walk = ManifestWalk([root])
-        for edge in walk:
-            if (manifest := bundle.manifests.get(edge.digest)) is not None:
-                walk.visit(edge, manifest.data)
+        walk = _walk(bundle, [root])
         links |= {Link(upstream, repo, str(digest)) for digest in walk.reached}
     if not dry_run:
         await data.meta.add_links(sorted(links))
 
 
-def _records_to_write(bundle: Bundle) -> Iterator[tuple[TagKey, TagRecord]]:
-    """The bundle's tag records, and for each tag one for each common client Accept class
-    the bundle has none for: the record of its widest class, where that admits its type."""
-    yield from bundle.records
+def _records_to_write(
+    records: list[tuple[TagKey, TagRecord]],
+) -> Iterator[tuple[TagKey, TagRecord]]:
+    """The tag records, and for each tag one for each common client Accept class they have
+    none for: the record of its widest class, where that admits its type."""
+    yield from records
     by_tag: dict[tuple[str, str, str], list[tuple[TagKey, TagRecord]]] = {}
-    for key, record in bundle.records:
+    for key, record in records:
         by_tag.setdefault((key.upstream, key.repo, key.tag), []).append((key, record))
     for (upstream, repo, tag), records in by_tag.items():
         classes = {key.accept for key, _ in records}

@@ -1,5 +1,6 @@
 """Export: what to write for the images asked for (every manifest and blob, found in the
-store, and their tag records), and writing it as a bundle."""
+store, and their tag records, or for an image of a hosted repository its hosted tag), and
+writing it as a bundle."""
 
 from __future__ import annotations
 
@@ -32,13 +33,14 @@ from mirror.meta.store import Link, TagKey, TagRecord
 from mirror.platforms import selector
 from mirror.reference import Digest, ImageRef
 from mirror.storage import ContentStore, StoredBlob, StoredManifest
+from mirror.upstream.hosting import HOSTED, HostedRepo, Hosting
 from mirror.wiring import DataDir
 
 
 @dataclass(frozen=True)
 class ExportedImage:
-    reference: str  # docker.io/library/alpine:3.19, or ...@sha256:...
-    upstream: str
+    reference: str  # docker.io/library/alpine:3.19, or ...@sha256:...; local/app:1 hosted
+    upstream: str  # HOSTED for an image of a hosted repository
     repository: str
     tag: str | None
     digest: Digest
@@ -67,12 +69,17 @@ async def plan_export(
     ExportError listing everything that is not cached, and every image named by digest
     that is not linked to its repository: what the mirror would not serve as that
     repository it does not export as that repository either (a tag's record is the
-    upstream's answer for its repository, and what a manifest names is held with it)."""
+    upstream's answer for its repository, and what a manifest names is held with it).
+    An image of a hosted repository is exported whole (`platforms` does not apply: every
+    manifest a hosted index names is held with it), from its hosted tag."""
     plan = ExportPlan()
     problems: list[str] = []
     all_tags = await data.meta.list_tags()
+    hosting = Hosting(data.config.hosting.hosted)
     for image in dict.fromkeys(images):
-        if image.digest is not None:
+        if (hosted := hosting.match(image.name, image.host)) is not None:
+            await _plan_hosted(data, plan, hosted, image, problems)
+        elif image.digest is not None:
             link = Link(image.host, image.name, str(image.digest))
             if await data.meta.has_link(link):
                 await _plan_digest(data.store, plan, image, platforms, problems)
@@ -108,6 +115,28 @@ async def _plan_digest(
         return
     await _plan_graph(store, plan, root.digest, reference, platforms, problems)
     _add_image(plan, image, reference, root, tag=None)
+
+
+async def _plan_hosted(
+    data: DataDir, plan: ExportPlan, repo: HostedRepo, image: ImageRef, problems: list[str]
+) -> None:
+    if image.digest is not None:
+        reference, digest = f"{repo.name}@{image.digest}", image.digest
+        if not await data.meta.hosted_holds(repo.name, str(digest)):
+            problems.append(f"{reference} is not in hosted repository {repo.name}")
+            return
+    else:
+        assert image.tag is not None
+        reference = f"{repo.name}:{image.tag}"
+        tagged = await data.meta.get_hosted_tag(repo.name, image.tag)
+        if tagged is None:
+            problems.append(f"{reference} is no tag of hosted repository {repo.name}")
+            return
+        digest = tagged.digest
+    await _plan_graph(data.store, plan, digest, reference, (), problems)
+    if (root := plan.manifests.get(digest)) is not None:
+        hosted = ImageRef(HOSTED, repo.name, image.tag, image.digest)
+        _add_image(plan, hosted, reference, root, tag=image.tag)
 
 
 async def _plan_tag(
@@ -215,6 +244,19 @@ def _tags_document(plan: ExportPlan) -> bytes:
                 "digest": str(image.digest),
             }
             for image in plan.images
+            if image.upstream != HOSTED
+        ],
+        # Apart from the cached images: an importer that knows nothing of hosting still
+        # imports their content (index.json names them), as nothing's tag.
+        "hosted": [
+            {
+                "reference": image.reference,
+                "repository": image.repository,
+                "tag": image.tag,
+                "digest": str(image.digest),
+            }
+            for image in plan.images
+            if image.upstream == HOSTED
         ],
         "tags": [
             {

@@ -185,11 +185,34 @@
     byId("upstreams").replaceChildren(...rows);
   }
 
+  // A repository's name cell: the name, and a "hosted" badge for one pushed here.
+  function repositoryCell(name, hosted) {
+    const cell = element("td", { class: "name" });
+    cell.append(field("span", "repository", name, name));
+    if (hosted) {
+      cell.append(field("span", "hosted", true, "hosted", "badge"));
+    }
+    return cell;
+  }
+
+  function renderHosted(hosted) {
+    const patterns = hosted.patterns.length > 0 ? hosted.patterns.join(", ") : "nothing";
+    showId("hosted-patterns", hosted.patterns, patterns);
+    const rows = hosted.repositories.map(function (name) {
+      const row = element("tr", { "data-repository": name });
+      row.append(repositoryCell(name, true));
+      return row;
+    });
+    byId("hosted-repositories").replaceChildren(...rows);
+    byId("hosted-repositories-empty").hidden = rows.length > 0;
+    byId("hosted-repositories-more").hidden = !hosted.more;
+  }
+
   function renderTopRepositories(top) {
     const rows = top.map(function (entry) {
       const row = element("tr", { "data-repository": entry.repository });
       row.append(
-        field("td", "repository", entry.repository, entry.repository, "name"),
+        repositoryCell(entry.repository, entry.hosted),
         field("td", "pulls", entry.pulls, formatCount(entry.pulls), "num")
       );
       return row;
@@ -217,6 +240,7 @@
   function render(status) {
     renderSummary(status);
     renderUpstreams(status.upstreams);
+    renderHosted(status.hosted);
     renderTopRepositories(status.top_repositories);
     renderRecentErrors(status.recent_errors);
   }
