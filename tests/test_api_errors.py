@@ -65,7 +65,7 @@ BAD_REQUESTS = [
     # ...and "[..]" passed for an IPv6 registry host.
     ("/v2/[..]/library/alpine/manifests/latest", 400, "NAME_INVALID"),
     ("/v2/_catalog?last=Bad", 400, "NAME_INVALID"),
-    ("/v2/library/alpine/referrers/" + SHA, 404, "NOT_FOUND"),
+    ("/v2/library/alpine/referrers/sha256:abc", 400, "DIGEST_INVALID"),
     ("/etc/passwd", 404, "NOT_FOUND"),
 ]
 
