@@ -262,7 +262,6 @@ async def test_a_leader_that_lost_its_lease_is_relayed_no_more(
     await following.wait_streaming(within=10)
 
     await expire_lease(redis_url, tmp_path, blob.digest)
-    quarter.release()  # the stale leader goes on downloading
     path = peers.relay_path(Digest.parse(blob.digest))
 
     async def relay_refused() -> bool:
@@ -271,7 +270,10 @@ async def test_a_leader_that_lost_its_lease_is_relayed_no_more(
             return resp.status == 404
 
     await wait_until(relay_refused, within=10, message="the stale leader still relays")
-    assert await following.body == blob.data and await leading.body == blob.data
+    # Still stalled (its upstream held), it cannot have published: the follower takes over.
+    assert await following.body == blob.data
+    quarter.release()  # the stale leader goes on downloading, for its own client
+    assert await leading.body == blob.data
 
     assert counted("mirror_cluster_lease_takeovers_total") - takeovers == 1
     fetched = upstream.filter_requests(server="cdn", method="GET")
