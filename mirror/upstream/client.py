@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -266,10 +266,7 @@ class UpstreamClient:
         cache while fresh, else asked for (and served stale if that fails)."""
         path = f"/v2/{repo}/tags/list"
         fetch = partial(self._fetch_tags, path, repo, query, credential)
-        if self._lists is None:
-            return await fetch()
-        key = self._lists.key(self.host, self.url + path, query, credential)
-        return await self._lists.get(key, self.url + path, fetch)
+        return await self._kept(path, query, credential, fetch)
 
     async def _fetch_tags(
         self,
@@ -301,6 +298,17 @@ class UpstreamClient:
         API (it answered 400, 404, 405 or 406)."""
         path = f"/v2/{repo}/referrers/{subject}"
         fetch = partial(self._fetch_referrers, path, repo, query, credential)
+        return await self._kept(path, query, credential, fetch)
+
+    async def _kept(
+        self,
+        path: str,
+        query: Sequence[tuple[str, str]],
+        credential: ClientCredential | None,
+        fetch: Callable[[], Awaitable[ListAnswer]],
+    ) -> ListAnswer:
+        """A small mutable list (a tag list page, a referrers index) through the list cache,
+        keyed by upstream, URL, query and whose credential asked; `fetch` asks the upstream."""
         if self._lists is None:
             return await fetch()
         key = self._lists.key(self.host, self.url + path, query, credential)
