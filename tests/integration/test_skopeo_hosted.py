@@ -48,7 +48,11 @@ def test_an_image_copied_into_a_hosted_repository_copies_back_out_identical(
 
     check_dir_copy(tmp_path / "out", small.digest)
     uploads = mirror_requests(mirror.stderr, "/v2/local/small/blobs/uploads")
-    assert uploads and all(r.status in (201, 202) for r in uploads)
+    # skopeo may first try mounts its blob-info cache (shared by every containers/image
+    # client here) suggests; each one the mirror answers 202 it cancels with a DELETE (204).
+    assert uploads and all(
+        r.status in (201, 202) or (r.method, r.status) == ("DELETE", 204) for r in uploads
+    ), uploads
 
 
 def test_a_multiarch_index_copies_in_and_out_with_every_platform(
