@@ -80,8 +80,11 @@ from mirror.meta.store import (
 )
 from mirror.reference import Digest
 
-CONNECT_TIMEOUT = 1.0  # seconds
-COMMAND_TIMEOUT = 1.0  # seconds for one reply
+CONNECT_TIMEOUT = 1.0  # seconds: a Redis that is down refuses or times out at once
+# Seconds for one reply. Longer than the connect: a reply is late when this process's own
+# event loop is busy (a loaded 2-core replica saw 1 s passed), and a false "unavailable"
+# costs the fallback window (links unknown, upstream HEADs) for nothing. go-redis's default.
+COMMAND_TIMEOUT = 3.0
 
 # Delete the lock only if it still holds our token: a holder whose lock expired must not
 # release the next holder's.
