@@ -40,7 +40,7 @@ from bench.cli import OURS_DEFAULT_ENV
 from bench.cluster_harness import ClusterHarness, Group, registry_version, weed_version
 from bench.harness import MANIFEST_ACCEPT, PUSH_PASSWORD, PUSH_USER, BenchImage, fetch
 from bench.load import CurlResult, curl_parallel
-from bench.rows import MB, Row, by_side
+from bench.rows import MB, Row, by_side, fetches_row
 from bench.session import settled_blob_gets
 from testkit.upstream import RealUpstream
 
@@ -159,18 +159,12 @@ def cold(run: Run, *, affinity: bool) -> None:
             )
             _log(f"    {name:>9} cold, {mode}: {wall:.2f} s, upstream fetches {fetches}")
     label = f"200 MiB, {run.clients} clients at once, {mode}"
-    fetch_row = Row.of(
+    fetch_row = fetches_row(
         f"cluster.cold.{'affinity' if affinity else 'round_robin'}.fetches",
         "cluster cold blob",
-        f"{label}: upstream fetches (max over runs)",
-        "GETs",
-        "lower",
-        by_side(runs, lambda r: float(r["upstream_blob_gets"])),
+        label,
+        runs,
     )
-    fetch_row.ours = max(fetch_row.runs["ours"])
-    fetch_row.theirs = max(fetch_row.runs["theirs"])
-    fetch_row.target = "ours = 1"
-    fetch_row.passed = all(r["upstream_blob_gets"] == 1 for r in runs["ours"])
     wall_row = Row.of(
         f"cluster.cold.{'affinity' if affinity else 'round_robin'}.wall",
         "cluster cold blob",

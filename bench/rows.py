@@ -108,3 +108,23 @@ class Row:
             "note": self.note or None,
             "runs": self.runs or None,
         }
+
+
+def fetches_row(
+    key: str, group: str, label: str, runs: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> Row:
+    """Upstream blob GETs of a cold concurrent pull: the worst run counts, not the median,
+    and ours passes only if every run fetched the blob once."""
+    row = Row.of(
+        key,
+        group,
+        f"{label}: upstream fetches (max over runs)",
+        "GETs",
+        "lower",
+        by_side(runs, lambda r: float(r["upstream_blob_gets"])),
+    )
+    row.ours = max(row.runs["ours"])
+    row.theirs = max(row.runs["theirs"])
+    row.target = "ours = 1"
+    row.passed = all(r["upstream_blob_gets"] == 1 for r in runs["ours"])
+    return row

@@ -8,7 +8,7 @@ from typing import Any
 
 from bench.harness import BenchImage, ProcessTree, Side
 from bench.load import CurlResult, curl, curl_parallel
-from bench.rows import MB, Row, by_side, median
+from bench.rows import MB, Row, by_side, fetches_row, median
 from bench.session import Bench
 
 UPSTREAM_SAMPLES = 5  # direct upstream GETs per repetition of the cold figure
@@ -158,19 +158,7 @@ def cold_concurrent(bench: Bench) -> None:
 
 def _concurrent_rows(runs: dict[str, list[dict[str, Any]]], clients: int) -> list[Row]:
     label = f"200 MiB, {clients} clients at once"
-    fetch_row = Row.of(
-        "cold_concurrent.fetches",
-        "cold blob, concurrent",
-        f"{label}: upstream fetches (max over runs)",
-        "GETs",
-        "lower",
-        by_side(runs, lambda r: float(r["upstream_blob_gets"])),
-    )
-    # The worst run counts here, not the median.
-    fetch_row.ours = max(fetch_row.runs["ours"])
-    fetch_row.theirs = max(fetch_row.runs["theirs"])
-    fetch_row.target = "ours = 1"
-    fetch_row.passed = all(r["upstream_blob_gets"] == 1 for r in runs["ours"])
+    fetch_row = fetches_row("cold_concurrent.fetches", "cold blob, concurrent", label, runs)
     wall_row = Row.of(
         "cold_concurrent.wall",
         "cold blob, concurrent",
