@@ -1,4 +1,4 @@
-"""`python -m bench`: start everything, warm both mirrors, take the figures, report.
+"""`python -m bench`: start everything, warm every side, take the figures, report.
 
     python -m bench                       # the full run (a few minutes)
     python -m bench --quick               # one repetition, short runs: a smoke test
@@ -34,7 +34,10 @@ from bench.harness import Harness
 from bench.rows import Row
 from bench.session import Bench, Options
 
-# The load comes from one address: the per-client cold-miss limit would refuse most of it.
+# Ours runs with its defaults (workers included) but for these: tags fresh for an hour (as
+# long as nginx keeps anything it cached, so a warm figure is a cache's for both), warnings
+# only (nginx and distribution run without an access log), and no per-client cold-miss
+# limit (the load comes from one address, and the limit would refuse most of it).
 OURS_DEFAULT_ENV = {
     "MIRROR_TAG_TTL": "3600",
     "MIRROR_LOG_LEVEL": "warning",
@@ -49,8 +52,9 @@ class TimeLimitExceeded(Exception):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark the mirror against the Go distribution registry in proxy mode, "
-        "both in front of the same real upstream (distribution with token auth).",
+        description="Benchmark the mirror against the Go distribution registry in proxy mode "
+        "and nginx with proxy_cache, all in front of the same real upstream (distribution "
+        "with token auth).",
     )
     parser.add_argument(
         "--quick",
@@ -166,7 +170,14 @@ def _cleanup(workdir: Path, keep: bool, failed: bool) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
         return
     # Keep the logs for a post-mortem, not the hundreds of MB of blobs.
-    for pattern in ("upstream/storage", "theirs/storage-*", "*/data-*", "layouts"):
+    for pattern in (
+        "upstream/storage",
+        "distribution/storage-*",
+        "nginx/cache-*",
+        "*/data-*",
+        "s3/data",
+        "layouts",
+    ):
         for path in workdir.glob(pattern):
             shutil.rmtree(path, ignore_errors=True)
     print(f"bench: logs kept in {workdir}")
@@ -199,13 +210,13 @@ def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Optio
 
 
 def _require_tools(parser: argparse.ArgumentParser) -> None:
-    for tool in ("wrk", "curl", "skopeo", "docker-registry"):
+    for tool in ("wrk", "curl", "skopeo", "docker-registry", "nginx"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} is not installed (scripts/bench installs it)")
 
 
 def _take(bench: Bench, figures: Sequence[Figure]) -> dict[str, str]:
-    """Start the processes, warm both mirrors, take every figure; the tracebacks of the
+    """Start the processes, warm every side, take every figure; the tracebacks of the
     figures that failed, by name (a failed figure does not stop the run)."""
     harness = bench.harness
     image_keys = sorted({key for figure in figures for key in figure.images})
@@ -213,12 +224,13 @@ def _take(bench: Bench, figures: Sequence[Figure]) -> dict[str, str]:
     _log(f"bench: starting the token server and upstream, seeding {', '.join(image_keys)}")
     harness.start(image_keys)
     _log(
-        f"bench: seeded in {harness.seed_seconds:.1f} s; ours {harness.sides[0].url} "
-        f"theirs {harness.sides[1].url} upstream {bench.up.url}"
+        f"bench: seeded in {harness.seed_seconds:.1f} s; "
+        + " ".join(f"{side.label} {side.url}" for side in harness.sides)
+        + f" upstream {bench.up.url}"
     )
     warm_keys = tuple(sorted({k for figure in figures if figure.warm for k in figure.images}))
     if warm_keys:
-        _log(f"bench: warming both mirrors with {', '.join(warm_keys)}")
+        _log(f"bench: warming every side with {', '.join(warm_keys)}")
         bench.warm(warm_keys)
     errors: dict[str, str] = {}
     for figure in figures:
@@ -230,7 +242,7 @@ def _take(bench: Bench, figures: Sequence[Figure]) -> dict[str, str]:
         except Exception as exc:
             errors[figure.name] = "".join(traceback.format_exception(exc))
             bench.warn(f"figure {figure.name} failed: {exc}")
-            # A mirror that died takes the later figures with it unless restarted.
+            # A side that died takes the later figures with it unless restarted.
             for side in harness.sides:
                 if not side.running:
                     side.restart_fresh()
@@ -242,7 +254,7 @@ def _take(bench: Bench, figures: Sequence[Figure]) -> dict[str, str]:
 @dataclass
 class _Outcome:
     errors: dict[str, str] = field(default_factory=dict)  # figure name -> traceback
-    sides: dict[str, Any] = field(default_factory=dict)  # how each mirror was run
+    sides: dict[str, Any] = field(default_factory=dict)  # how each side was run
     status: int | None = None  # the exit status when the run was cut short
 
 
@@ -266,8 +278,8 @@ def _run(bench: Bench, figures: Sequence[Figure], args: argparse.Namespace) -> _
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         harness = bench.harness
-        if harness.ours is not None and harness.theirs is not None:
-            outcome.sides = {"ours": harness.ours.describe(), "theirs": harness.theirs.describe()}
+        if harness.nginx is not None:  # all sides started
+            outcome.sides = {side.label: side.describe() for side in harness.sides}
         harness.close()
         _cleanup(bench.workdir, args.keep_workdir, failed)
     return outcome

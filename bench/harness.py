@@ -3,10 +3,11 @@
 - the upstream: `testkit.upstream.RealUpstream` (distribution 2.8 with token auth
   through our `TokenServer`), seeded with generated images (`seed`);
 - ours: `mirror serve` (`OursMirror`, `testkit.mirrorserver.MirrorServer`);
-- theirs: `docker-registry serve` configured as a pull-through cache of the same upstream
-  (`TheirsProxy`).
+- distribution: `docker-registry serve` configured as a pull-through cache of the same
+  upstream (`TheirsProxy`);
+- nginx: `proxy_cache` in front of the same upstream (`bench.nginx_cache.NginxCache`).
 
-Both mirrors can be restarted with an empty cache (`restart_fresh`) on the same port.
+Each side can be restarted with an empty cache (`restart_fresh`) on the same port.
 `ProcessTree` reads the peak RSS and the CPU time of a process and its descendants from
 /proc.
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from bench.nginx_cache import NginxCache
 from testkit.layout import Layout, RandomContent, random_bytes
 from testkit.mirrorserver import MirrorServer, ServerProcess, http_request
 from testkit.skopeo import skopeo
@@ -144,13 +146,13 @@ def seed(upstream: RealUpstream, root: Path, keys: Sequence[str]) -> dict[str, B
         return {k: f.result() for k, f in futures.items()}
 
 
-# --- the two mirrors -----------------------------------------------------------------------
+# --- the sides -----------------------------------------------------------------------
 
 
 class Side(Protocol):
-    """What the figures need of either mirror."""
+    """What the figures need of each server compared."""
 
-    label: str  # "ours" / "theirs"
+    label: str  # "ours" / "distribution" / "nginx"
 
     @property
     def url(self) -> str: ...
@@ -221,8 +223,8 @@ class TheirsProxy(ServerProcess):
     (anonymous pull through the upstream's token auth), filesystem storage, the in-memory
     blob descriptor cache of Debian's default config, warnings only and no access log."""
 
-    name = "theirs"
-    label = "theirs"
+    name = "distribution"
+    label = "distribution"
 
     def __init__(self, workdir: Path, upstream_url: str) -> None:
         if shutil.which(REGISTRY_BINARY) is None:
@@ -278,8 +280,8 @@ class TheirsProxy(ServerProcess):
 
 
 class Harness:
-    """Token server, upstream and both mirrors, started in that order and stopped (all of
-    them, whatever happened) by `close`."""
+    """Token server, upstream, ours, distribution and nginx, started in that order and
+    stopped (all of them, whatever happened) by `close`."""
 
     def __init__(
         self, workdir: Path, *, ours_env: Mapping[str, str], ours_args: Sequence[str]
@@ -290,7 +292,8 @@ class Harness:
         self.token = TokenServer(workdir / "token", users={PUSH_USER: PUSH_PASSWORD})
         self.upstream: RealUpstream | None = None
         self.ours: OursMirror | None = None
-        self.theirs: TheirsProxy | None = None
+        self.distribution: TheirsProxy | None = None
+        self.nginx: NginxCache | None = None
         self.extra: list[ServerProcess] = []
         self.images: dict[str, BenchImage] = {}
         self.seed_seconds = 0.0
@@ -303,29 +306,51 @@ class Harness:
         self.images = seed(self.upstream, self.workdir / "layouts", image_keys)
         self.seed_seconds = time.monotonic() - started
         self.ours = self.start_ours("ours")
-        self.theirs = TheirsProxy(self.workdir / "theirs", self.upstream.url)
-        self.theirs.start()
+        self.distribution = TheirsProxy(self.workdir / "distribution", self.upstream.url)
+        self.distribution.start()
+        self.nginx = NginxCache(self.workdir / "nginx", self.upstream.host, self.pull_token)
+        self.nginx.start()
 
-    def start_ours(self, subdir: str, env: Mapping[str, str] | None = None) -> OursMirror:
-        """Another `mirror serve` in front of the upstream (stopped by `close`)."""
+    def pull_token(self) -> str:
+        """An anonymous token to pull every seeded repository (what nginx sends upstream)."""
+        return self.token.token(*(f"repository:{i.repo}:pull" for i in self.images.values()))
+
+    def start_ours(
+        self,
+        subdir: str,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+        *,
+        label: str = "ours",
+    ) -> OursMirror:
+        """Another `mirror serve` in front of the upstream, with `env` and `args` on top of
+        ours' (stopped by `close`)."""
         assert self.upstream is not None
         mirror = OursMirror(
             self.workdir / subdir,
             self.upstream.url,
             env=self.ours_env | dict(env or {}),
-            args=self.ours_args,
+            args=[*self.ours_args, *args],
         )
+        mirror.label = label
         self.extra.append(mirror)
         mirror.start()
         return mirror
 
     @property
-    def sides(self) -> tuple[Side, Side]:
-        assert self.ours is not None and self.theirs is not None
-        return self.ours, self.theirs
+    def sides(self) -> tuple[Side, ...]:
+        """Ours and its peers, in the order of the first repetition."""
+        assert self.ours is not None and self.distribution is not None and self.nginx is not None
+        return self.ours, self.distribution, self.nginx
 
     def close(self) -> None:
-        servers: list[ServerProcess | None] = [*self.extra, self.theirs, self.upstream, self.token]
+        servers: list[ServerProcess | None] = [
+            *self.extra,
+            self.distribution,
+            self.nginx,
+            self.upstream,
+            self.token,
+        ]
         for server in servers:
             if server is not None and server.running:
                 try:

@@ -1,6 +1,7 @@
 """What a run leaves behind: the table (printed), `bench/results/<UTC stamp>.json` with every
-run's numbers and the facts of the machine, and `<stamp>.png`, a bar chart of ours against
-theirs per figure; both also copied to `latest.json` / `latest.png`."""
+run's numbers and the facts of the machine, `<stamp>.md` (the table in Markdown, with the
+run's date, machine and command, for the README) and `<stamp>.png`, a bar chart of ours
+against its peers per figure; each also copied to `latest.*`."""
 
 from __future__ import annotations
 
@@ -8,17 +9,23 @@ import importlib
 import json
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.figures.peak_rss import RSS_TARGET_MB
-from bench.rows import Row
+from bench.rows import OURS, Row
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-OURS_COLOR = "#1f77b4"
-THEIRS_COLOR = "#ff7f0e"
-UPSTREAM_COLOR = "#9e9e9e"
+COLORS = {
+    OURS: "#1f77b4",
+    "distribution": "#ff7f0e",
+    "theirs": "#ff7f0e",  # the cluster benchmark's name for distribution
+    "nginx": "#2ca02c",
+    "upstream": "#9e9e9e",
+    "ours-file": "#aec7e8",
+}
+OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
 def fmt(value: float | None) -> str:
@@ -32,44 +39,71 @@ def fmt(value: float | None) -> str:
     return f"{value:.2f}"
 
 
-def _spread(row: Row) -> str:
-    """`±a% / ±b%`: half the range of each side's runs around its median."""
-    ours, theirs = row.spread("ours"), row.spread("theirs")
-    if ours is None and theirs is None:
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}x"
+
+
+def sides(rows: Sequence[Row]) -> list[str]:
+    """Ours, then every peer in the order the rows first name it."""
+    found = [OURS]
+    for row in rows:
+        found += [side for side in row.values if side not in found]
+    return found
+
+
+def _spread(row: Row, columns: Sequence[str]) -> str:
+    """`±a/±b/...%`: half the range of each side's runs around its median, in column
+    order (— where a side has a single run or none)."""
+    spreads = [row.spread(side) for side in columns]
+    if all(s is None for s in spreads):
         return ""
-    return " / ".join("—" if s is None else f"±{s * 100:.0f}%" for s in (ours, theirs))
+    return "/".join("—" if s is None else f"±{s * 100:.0f}" for s in spreads) + "%"
+
+
+def _target(row: Row) -> str:
+    text = "; ".join(t.text for t in row.targets)
+    return text + (f" ({row.note})" if row.note else "")
+
+
+def _result(row: Row) -> str:
+    """PASS, FAIL, or FAIL naming the targets missed when there were several."""
+    if row.passed is None:
+        return ""
+    if row.passed:
+        return "PASS"
+    missed = [t.text for t in row.targets if not t.passed]
+    return "FAIL" if len(row.targets) == 1 else f"FAIL: {'; '.join(missed)}"
 
 
 def table(rows: Sequence[Row]) -> str:
+    """The plain-text table: each side's median, ours / each peer, the spread of the runs,
+    the targets and whether they held."""
+    columns = sides(rows)
+    peers = columns[1:]
     header = (
         "figure",
         "unit",
-        "ours",
-        "theirs",
-        "ours/theirs",
-        "better",
-        "spread o/t",
+        *columns,
+        *(f"ours/{peer}" for peer in peers),
+        "spread " + "/".join(columns),
         "target",
         "result",
     )
     lines: list[tuple[str, ...]] = [header]
     for row in rows:
-        ratio = row.ratio
         lines.append(
             (
                 f"{row.figure}: {row.label}",
                 row.unit,
-                fmt(row.ours),
-                fmt(row.theirs),
-                "—" if ratio is None else f"{ratio:.2f}x",
-                "higher" if row.better == "higher" else "lower",
-                _spread(row),
-                row.target + (f" ({row.note})" if row.note else ""),
-                "" if row.passed is None else ("PASS" if row.passed else "FAIL"),
+                *(fmt(row.values.get(side)) for side in columns),
+                *(_ratio(row.ratio(peer)) for peer in peers),
+                _spread(row, columns),
+                _target(row),
+                _result(row),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    right = {2, 3, 4}
+    right = set(range(2, 2 + len(columns) + len(peers)))
     out = []
     for n, line in enumerate(lines):
         cells = [
@@ -82,27 +116,68 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(out)
 
 
+def markdown(record: Mapping[str, Any], rows: Sequence[Row]) -> str:
+    """The table in Markdown with the run's date, machine and command above it and the
+    count of targets met below, for the README's Performance section."""
+    columns = sides(rows)
+    peers = columns[1:]
+    meta = record.get("meta", {})
+    machine = meta.get("machine", {})
+    gib = math.floor((machine.get("memory_bytes") or 0) / 2**30)
+    commit = str(machine.get("git_commit", ""))[:10]
+    dirty = " + uncommitted changes" if machine.get("mirror_dirty") else ""
+    passed, judged = targets_summary(rows)
+    head = [
+        f"Run of {meta.get('started_utc', '?')} ({meta.get('elapsed_s', '?')} s), "
+        f"commit `{commit}`{dirty}: `{meta.get('command', '')}`  ",
+        f"{machine.get('cores')} cores ({machine.get('cpu_model')}), {gib} GiB, "
+        f"{machine.get('os')}, load average at the end "
+        f"{' '.join(machine.get('loadavg_at_end') or [])}; {machine.get('distribution')}, "
+        f"nginx with proxy_cache, Python {machine.get('python')}",
+        "",
+        "| figure | unit | "
+        + " | ".join(columns)
+        + " | "
+        + " | ".join(f"ours / {peer}" for peer in peers)
+        + " | target | result |",
+        "|---|---|" + "---:|" * (len(columns) + len(peers)) + "---|---|",
+    ]
+    body = []
+    for row in rows:
+        result = _result(row)
+        body.append(
+            f"| {row.figure}: {row.label} | {row.unit} | "
+            + " | ".join(fmt(row.values.get(side)) for side in columns)
+            + " | "
+            + " | ".join(_ratio(row.ratio(peer)) for peer in peers)
+            + f" | {_target(row)} | {f'**{result}**' if result.startswith('FAIL') else result} |"
+        )
+    return "\n".join([*head, *body, "", f"Targets met: {passed} of {judged}."]) + "\n"
+
+
 def targets_summary(rows: Sequence[Row]) -> tuple[int, int]:
     judged = [row for row in rows if row.passed is not None]
     return sum(1 for row in judged if row.passed), len(judged)
 
 
 def write(record: dict[str, Any], rows: Sequence[Row], stamp: str, results_dir: Path) -> list[Path]:
-    """Write `<stamp>.json` and `<stamp>.png` (if matplotlib is there) and their `latest`
-    copies; the paths written."""
+    """Write `<stamp>.json`, `<stamp>.md` and `<stamp>.png` (if matplotlib is there) and
+    their `latest` copies; the paths written."""
     results_dir.mkdir(parents=True, exist_ok=True)
     json_path = results_dir / f"{stamp}.json"
     json_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    shutil.copyfile(json_path, results_dir / "latest.json")
-    written = [json_path]
+    md_path = results_dir / f"{stamp}.md"
+    md_path.write_text(markdown(record, rows))
+    written = [json_path, md_path]
     png_path = results_dir / f"{stamp}.png"
     try:
         chart(record, rows, png_path)
     except ImportError as exc:
         print(f"bench: no chart ({exc}); install the `bench` extra: pip install -e '.[bench]'")
     else:
-        shutil.copyfile(png_path, results_dir / "latest.png")
         written.append(png_path)
+    for path in written:
+        shutil.copyfile(path, results_dir / f"latest{path.suffix}")
     return written
 
 
@@ -120,8 +195,10 @@ def _pyplot() -> Any:
 def _short(row: Row) -> str:
     """A bar-group label from a row key."""
     parts = row.key.split(".")
-    if parts[0] == "blob":
+    if parts[0] in ("blob", "s3") and len(parts) == 3:
         return f"{parts[1].removesuffix('m')} MiB\n{parts[2].replace('c', 'c=')}"
+    if row.key == "s3.first_read":
+        return "first read\n(from bucket)"
     if parts[0] == "manifest":
         return f"by {parts[1]}\n{parts[2].replace('c', 'c=')}"
     if parts[0] == "revalidate":
@@ -130,86 +207,93 @@ def _short(row: Row) -> str:
         )
     if parts[0] == "rss":
         return row.label.replace(", ", "\n")
-    if row.key == "cold.total":
+    if row.key in ("cold.total", "cold.fetches", "cold.ttfb"):
         return "1 client"
-    if row.key == "cold_concurrent.wall":
-        return row.label.split(":")[0].removeprefix("200 MiB, ").replace(" at once", "\nat once")
+    if parts[0] == "cold_concurrent":
+        clients = row.label.split(":")[0].removeprefix("200 MiB, ").replace(" at once", "")
+        return f"{clients}\nat once" + ("\n(max)" if parts[1] == "fetches" else "")
     return row.label
 
 
-def _whiskers(
-    values: Sequence[float], samples: Sequence[Sequence[float]]
-) -> tuple[list[float], list[float]]:
-    """Distances from each value (a median) down to the lowest and up to the highest of its
-    samples; none for a single sample."""
-    low = [y - min(s) if len(s) > 1 else 0.0 for y, s in zip(values, samples, strict=True)]
-    high = [max(s) - y if len(s) > 1 else 0.0 for y, s in zip(values, samples, strict=True)]
-    return low, high
+def _color(side: str, order: Sequence[str]) -> str:
+    return COLORS.get(side) or OTHER_COLORS[order.index(side) % len(OTHER_COLORS)]
 
 
-def _label_bars(
-    ax: Any,
-    bars: Any,
-    values: Sequence[float],
-    above: Sequence[float],
-    *,
-    fontsize: float,
-    lift: float = 1,
-) -> None:
-    """Each bar's value on top of it (and of its upper whisker), `lift` points higher."""
-    for bar, y, whisker in zip(bars, values, above, strict=True):
-        ax.annotate(
-            fmt(y),
-            (bar.get_x() + bar.get_width() / 2, y + whisker),
-            ha="center",
-            va="bottom",
-            fontsize=fontsize,
-            xytext=(0, lift),
-            textcoords="offset points",
-        )
+class _Group:
+    """One group of bars: a label, each side's value and the runs behind it."""
+
+    def __init__(
+        self,
+        label: str,
+        values: Mapping[str, float | None],
+        runs: Mapping[str, Sequence[float]] | None = None,
+    ) -> None:
+        self.label = label
+        self.values = dict(values)
+        self.runs = dict(runs or {})
+
+    @classmethod
+    def of(cls, row: Row) -> _Group:
+        return cls(_short(row), row.values, row.runs)
+
+    def whisker(self, side: str) -> tuple[float, float]:
+        """Distances from the side's value (a median) down to the lowest and up to the
+        highest of its runs; none for a single run."""
+        value, runs = self.values.get(side) or 0.0, self.runs.get(side, [])
+        if len(runs) < 2:
+            return 0.0, 0.0
+        return value - min(runs), max(runs) - value
 
 
 def _bars(
     ax: Any,
     title: str,
-    rows: Sequence[Row],
+    groups: Sequence[_Group],
     *,
-    extra: Sequence[tuple[str, float | None, float | None]] = (),
     hline: tuple[float, str] | None = None,
     log: bool | None = None,
 ) -> None:
-    """Grouped bars, ours and theirs side by side, each with its value (the median) on top
-    and whiskers from the lowest to the highest run; `extra` groups (label, ours, theirs)
-    after the rows'."""
-    groups = [(_short(row), row.ours, row.theirs) for row in rows] + list(extra)
-    # min..max of the runs behind each median, as whiskers
-    runs = [row.runs for row in rows] + [{} for _ in extra]
+    """Grouped bars, one per side (ours first), each with its value (the median) on top
+    and whiskers from the lowest to the highest run."""
     if not groups:
         ax.set_visible(False)
         return
-    width = 0.38
-    values = [v for _, o, t in groups for v in (o, t) if v is not None and v > 0]
+    order = [OURS] + [s for g in groups for s in g.values if s != OURS]
+    order = list(dict.fromkeys(order))
+    width = 0.8 / len(order)
+    values = [v for g in groups for v in g.values.values() if v is not None and v > 0]
     if log is None:
         log = bool(values) and max(values) / max(min(values), 1e-9) > 50
-    series = ((-width / 2, 1, "ours", OURS_COLOR), (width / 2, 2, "theirs", THEIRS_COLOR))
-    for offset, index, name, color in series:
-        xs = [i + offset for i in range(len(groups))]
-        ys = [(g[1] if index == 1 else g[2]) or 0.0 for g in groups]
-        low, high = _whiskers(ys, [by_side.get(name, []) for by_side in runs])
+    for n, side in enumerate(order):
+        offset = (n - (len(order) - 1) / 2) * width
+        present = [(i, g) for i, g in enumerate(groups) if g.values.get(side) is not None]
+        if not present:
+            continue
+        ys = [g.values[side] or 0.0 for _, g in present]
+        low, high = zip(*(g.whisker(side) for _, g in present), strict=True)
         bars = ax.bar(
-            xs,
+            [i + offset for i, _ in present],
             ys,
             width,
-            label=name,
-            color=color,
+            label=side,
+            color=_color(side, order),
             yerr=[low, high] if any(low) or any(high) else None,
-            capsize=3,
+            capsize=2,
             ecolor="#333333",
         )
-        _label_bars(ax, bars, ys, high, fontsize=7)
+        for bar, y, above in zip(bars, ys, high, strict=True):
+            ax.annotate(
+                fmt(y),
+                (bar.get_x() + bar.get_width() / 2, y + above),
+                ha="center",
+                va="bottom",
+                fontsize=6,
+                xytext=(0, 1),
+                textcoords="offset points",
+            )
     if hline is not None:
         ax.axhline(hline[0], color="red", linestyle="--", linewidth=1, label=hline[1])
-    ax.set_xticks(range(len(groups)), [g[0] for g in groups], fontsize=8)
+    ax.set_xticks(range(len(groups)), [g.label for g in groups], fontsize=8)
     ax.set_title(title, fontsize=10)
     if log:
         ax.set_yscale("log")
@@ -217,68 +301,49 @@ def _bars(
     ax.legend(fontsize=7)
 
 
-def _cold_ttfb(ax: Any, ttfb: Row, cold_raw: dict[str, Any]) -> None:
-    """Ours, theirs and the upstream's own time to first byte, with the target line."""
-    up_ttfb = float(cold_raw["upstream_direct_median"]["ttfb_ms"])
-    values = [ttfb.ours or 0.0, ttfb.theirs or 0.0, up_ttfb]
-    low, high = _whiskers(
-        values,
-        [
-            ttfb.runs.get("ours", []),
-            ttfb.runs.get("theirs", []),
-            [r["ttfb_s"] * 1000 for r in cold_raw["upstream_direct"]],
-        ],
-    )
-    bars = ax.bar(
-        ["ours", "theirs", "upstream\ndirect"],
-        values,
-        color=[OURS_COLOR, THEIRS_COLOR, UPSTREAM_COLOR],
-        yerr=[low, high],
-        capsize=3,
-        ecolor="#333333",
-    )
-    _label_bars(ax, bars, values, high, fontsize=8, lift=0)
-    ax.axhline(
-        up_ttfb + 10, color="red", linestyle="--", linewidth=1, label="target: upstream + 10 ms"
-    )
-    ax.set_title("Cold 200 MiB blob, 1 client: time to first byte, ms (lower)", fontsize=10)
-    ax.legend(fontsize=7)
-    ax.margins(y=0.15)
-
-
-def _fetch_groups(
-    cold_rows: Sequence[Row], concurrent_rows: Sequence[Row], rss_raw: dict[str, Any] | None
-) -> list[tuple[str, float | None, float | None]]:
-    """Upstream GETs of the cold blob, one group per cold figure (label, ours, theirs)."""
-    fetch_rows = [r for r in cold_rows if r.key == "cold.fetches"] + [
-        r for r in concurrent_rows if r.key.endswith(".fetches")
+def _rows(by_prefix: Mapping[str, Sequence[Row]], prefix: str, *keys: str) -> list[_Group]:
+    """Groups of the rows under `prefix` whose key ends in one of `keys` (all if none)."""
+    return [
+        _Group.of(row)
+        for row in by_prefix.get(prefix, [])
+        if not keys or any(row.key.endswith(key) for key in keys)
     ]
-    groups: list[tuple[str, float | None, float | None]] = []
-    for row in fetch_rows:
-        row_label = row.label.split(":")[0].removeprefix("200 MiB, ").replace(" at once", "")
-        groups.append(
-            (row_label + ("\n(max)" if row.key.startswith("cold_") else ""), row.ours, row.theirs)
-        )
-    if rss_raw:
-        cold = rss_raw["cold"]
-        groups.append(
-            (
-                f"{cold['ours']['clients']} clients\n(RSS run)",
-                float(cold["ours"]["upstream_blob_gets"]),
-                float(cold["theirs"]["upstream_blob_gets"]),
-            )
-        )
-    return groups
+
+
+def _cold_panels(axes: Sequence[Any], by_prefix: dict[str, list[Row]], raw: dict[str, Any]) -> None:
+    """Cold blob: time to first byte, total time, upstream GETs of the blob."""
+    ttfb = _rows(by_prefix, "cold", ".ttfb")
+    upstream = ttfb[0].values.get("upstream") if ttfb else None
+    _bars(
+        axes[0],
+        "Cold 200 MiB blob, 1 client: time to first byte, ms (lower)",
+        ttfb,
+        hline=None if upstream is None else (upstream + 10, "target: upstream + 10 ms"),
+        log=False,
+    )
+    _bars(
+        axes[1],
+        "Cold 200 MiB blob: total time, s (lower is better)",
+        _rows(by_prefix, "cold", ".total") + _rows(by_prefix, "cold_concurrent", ".wall"),
+        log=False,
+    )
+    fetches = _rows(by_prefix, "cold", ".fetches") + _rows(by_prefix, "cold_concurrent", ".fetches")
+    if raw.get("rss"):
+        cold = raw["rss"]["cold"]
+        clients = cold[OURS]["clients"]
+        gets = {side: float(run["upstream_blob_gets"]) for side, run in cold.items()}
+        fetches.append(_Group(f"{clients} clients\n(RSS run)", gets))
+    _bars(axes[2], "Cold 200 MiB blob: upstream GETs of it (lower is better)", fetches, log=False)
 
 
 def _summary_text(record: dict[str, Any], rows: Sequence[Row]) -> str:
-    """The targets met, each judged row, and the facts of the run, wrapped at 95 columns."""
+    """The targets met, each judged row, and the facts of the run, wrapped at 190 columns."""
     lines = []
     for row in rows:
         if row.passed is None:
             continue
         mark = "PASS" if row.passed else "FAIL"
-        lines.append(f"{mark}  {row.figure}: {row.label} — {row.target}")
+        lines.append(f"{mark}  {row.figure}: {row.label} — {_target(row)}")
     passed, judged = targets_summary(rows)
     meta = record.get("meta", {})
     machine = meta.get("machine", {})
@@ -288,91 +353,75 @@ def _summary_text(record: dict[str, Any], rows: Sequence[Row]) -> str:
         *lines,
         "",
         f"{meta.get('started_utc', '')}  commit {str(machine.get('git_commit', ''))[:10]}"
-        + (" + uncommitted changes" if machine.get("mirror_dirty") else ""),
+        + (" + uncommitted changes" if machine.get("mirror_dirty") else "")
+        + f"  {meta.get('command', '')}",
         f"{machine.get('cores')} cores, {machine.get('cpu_model')}, "
         f"{math.floor((machine.get('memory_bytes') or 0) / 2**30)} GiB, "
-        f"kernel {machine.get('kernel')}",
+        f"kernel {machine.get('kernel')}, load average at the end "
+        f"{' '.join(machine.get('loadavg_at_end') or [])}",
         f"Python {machine.get('python')}, aiohttp {machine.get('aiohttp')}; "
-        f"{machine.get('distribution')}",
-        f"ours env: {meta.get('ours', {}).get('env')}",
+        f"{machine.get('distribution')}; ours env: {meta.get(OURS, {}).get('env')}",
     ]
     wrapped = []
     for line in text:
-        while len(line) > 95:
-            wrapped.append(line[:95])
-            line = "    " + line[95:]
+        while len(line) > 190:
+            wrapped.append(line[:190])
+            line = "    " + line[190:]
         wrapped.append(line)
     return "\n".join(wrapped)
 
 
-def _cold_panels(axes: Sequence[Any], by_prefix: dict[str, list[Row]], raw: dict[str, Any]) -> None:
-    """Cold blob: time to first byte, total time, upstream GETs of the blob."""
-    cold_rows = by_prefix.get("cold", [])
-    concurrent_rows = by_prefix.get("cold_concurrent", [])
-    ttfb = [r for r in cold_rows if r.key == "cold.ttfb"]
-    if ttfb and raw.get("cold"):
-        _cold_ttfb(axes[0], ttfb[0], raw["cold"])
-    else:
-        axes[0].set_visible(False)
-    _bars(
-        axes[1],
-        "Cold 200 MiB blob: total time, s (lower is better)",
-        [r for r in cold_rows if r.key == "cold.total"]
-        + [r for r in concurrent_rows if r.key.endswith(".wall")],
-        log=False,
-    )
-    _bars(
-        axes[2],
-        "Cold 200 MiB blob: upstream GETs of it (lower is better)",
-        [],
-        extra=_fetch_groups(cold_rows, concurrent_rows, raw.get("rss")),
-        log=False,
-    )
-
-
 def chart(record: dict[str, Any], rows: Sequence[Row], path: Path) -> None:
-    """Nine panels: warm blobs, manifests (requests/s, p99), cold time to first byte, cold
-    total time, cold upstream GETs, revalidation, peak RSS, and the targets as text."""
+    """Nine panels of bars (warm blobs, from S3 too; manifests: requests/s and p99; cold:
+    time to first byte, total time, upstream GETs; revalidation; peak RSS), and the targets
+    as text below."""
     plt = _pyplot()
     by_prefix: dict[str, list[Row]] = {}
     for row in rows:
         by_prefix.setdefault(row.key.split(".")[0], []).append(row)
-    fig, axes = plt.subplots(3, 3, figsize=(17, 13))
-    flat = list(axes.flat)
+    fig = plt.figure(figsize=(18, 18))
+    grid = fig.add_gridspec(4, 3, height_ratios=(1, 1, 1, 0.8))
+    axes = [fig.add_subplot(grid[r, c]) for r in range(3) for c in range(3)]
 
-    _bars(flat[0], "Warm blob throughput, MB/s (higher is better)", by_prefix.get("blob", []))
-    manifest = by_prefix.get("manifest", [])
+    _bars(axes[0], "Warm blob throughput, MB/s (higher is better)", _rows(by_prefix, "blob"))
     _bars(
-        flat[1],
+        axes[1],
+        "Warm blob, ours on S3 (hot cache) vs on file, MB/s (higher)",
+        _rows(by_prefix, "s3"),
+        log=False,
+    )
+    _bars(
+        axes[2],
         "Warm manifest GET, requests/s (higher is better)",
-        [r for r in manifest if r.key.endswith(".rps")],
+        _rows(by_prefix, "manifest", ".rps"),
     )
     _bars(
-        flat[2],
+        axes[3],
         "Warm manifest GET, p99 latency ms (lower is better)",
-        [r for r in manifest if r.key.endswith(".p99")],
+        _rows(by_prefix, "manifest", ".p99"),
     )
-    _cold_panels(flat[3:6], by_prefix, record.get("raw", {}))
+    _cold_panels(axes[4:7], by_prefix, record.get("raw", {}))
     _bars(
-        flat[6],
+        axes[7],
         "Pulls of a tag past its freshness: upstream requests (lower)",
-        [r for r in by_prefix.get("revalidate", []) if r.unit == "requests"],
+        [_Group.of(r) for r in by_prefix.get("revalidate", []) if r.unit == "requests"],
         log=False,
     )
     _bars(
-        flat[7],
-        "Peak RSS of the mirror, MB (lower is better)",
-        by_prefix.get("rss", []),
-        hline=(RSS_TARGET_MB, f"target {RSS_TARGET_MB:g} MB"),
+        axes[8],
+        "Peak RSS, MB (lower is better)",
+        _rows(by_prefix, "rss"),
+        hline=(RSS_TARGET_MB, f"target for ours {RSS_TARGET_MB:g} MB"),
         log=False,
     )
-    flat[8].axis("off")
-    flat[8].text(
+    text = fig.add_subplot(grid[3, :])
+    text.axis("off")
+    text.text(
         0, 1, _summary_text(record, rows), va="top", ha="left", fontsize=7.5, family="monospace"
     )
-
     fig.suptitle(
-        "mirror (ours) vs distribution pull-through proxy (theirs), same upstream, same machine",
+        "mirror (ours) vs distribution's pull-through proxy and nginx proxy_cache, "
+        "same upstream, same machine",
         fontsize=13,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.97))

@@ -2,20 +2,22 @@
 rows and raw numbers taken so far, the order of the sides per repetition, the upstream's
 request counts, and warming a mirror until it answers from its cache.
 
-Every figure is taken for both mirrors in the same run; repetitions alternate which one goes
-first (ours, theirs; theirs, ours; ...), and each figure's table rows use the median over the
-repetitions. Every run's numbers are kept in `raw` for the JSON.
+Every figure is taken for ours and its peers in the same run; repetitions rotate which one
+goes first (ours, distribution, nginx; distribution, nginx, ours; ...), and each figure's
+table rows use the median over the repetitions. Every run's numbers are kept in `raw` for
+the JSON.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.harness import MANIFEST_ACCEPT, BenchImage, Harness, Side, fetch
+from bench.nginx_cache import NginxCache
 from bench.rows import Row
 from testkit.upstream import BLOB_PATH, MANIFEST_PATH, RealUpstream
 
@@ -43,7 +45,7 @@ class Bench:
     rows: list[Row] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
-    # peak RSS (MB) of each mirror in the warm 32-client 200 MiB runs
+    # peak RSS (MB) of each side in the warm 32-client 200 MiB runs
     warm_rss: dict[str, list[float]] = field(default_factory=dict)
 
     @property
@@ -54,9 +56,12 @@ class Bench:
     def image(self, key: str) -> BenchImage:
         return self.harness.images[key]
 
-    def order(self, rep: int) -> tuple[Side, Side]:
-        ours, theirs = self.harness.sides
-        return (ours, theirs) if rep % 2 == 0 else (theirs, ours)
+    def order(self, rep: int, sides: Sequence[Side] | None = None) -> list[Side]:
+        """`sides` (all of the harness's by default) rotated by `rep`: in as many
+        repetitions as there are sides, each goes first once."""
+        chosen = list(self.harness.sides if sides is None else sides)
+        shift = rep % len(chosen)
+        return chosen[shift:] + chosen[:shift]
 
     def warn(self, text: str) -> None:
         self.warnings.append(text)
@@ -101,7 +106,7 @@ class Bench:
     # --- warming ------------------------------------------------------------------------
 
     def warm(self, keys: tuple[str, ...]) -> None:
-        """Pull every image of `keys` through both mirrors until each answers every manifest
+        """Pull every image of `keys` through every side until each answers every manifest
         and blob from its cache (the upstream sees no blob GET), checking the bytes."""
         for side in self.harness.sides:
             for key in keys:
@@ -131,9 +136,15 @@ class Bench:
                 raise RuntimeError(f"{side.label} does not serve {image.key} from its cache")
             time.sleep(0.5)
 
+    def require_cached(self, side: Side, path: str, headers: Mapping[str, str]) -> None:
+        """Before a warm figure: if `side` is nginx, fail unless it answers `path` from its
+        cache (it says so in a header; the others are checked by the upstream's count)."""
+        if isinstance(side, NginxCache):
+            side.require_hit(path, headers)
+
     def prime_auth(self, side: Side, image: BenchImage) -> None:
-        """Before a cold blob run, the same for both mirrors: one manifest GET by digest,
-        so upstream challenge and token are in place (and the manifest cached)."""
+        """Before a cold blob run, the same for every side: one manifest GET by digest, so
+        upstream challenge and token are in place (and the manifest cached)."""
         status, *_ = fetch(
             side.url + image.manifest_path(image.manifest_digest), {"Accept": MANIFEST_ACCEPT}
         )

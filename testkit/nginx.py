@@ -8,6 +8,9 @@ listen port swapped for local ones, nothing else changed.
 
 from __future__ import annotations
 
+import grp
+import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -52,9 +55,13 @@ def cluster_site(servers: Sequence[str], *, listen: str = "{listen}", affinity: 
 
 def main_conf(workdir: Path, site: Path) -> str:
     """An nginx.conf that runs in the foreground with everything under `workdir`: a worker
-    per core (as the official image), errors to a file, no access log, `site` as its only
-    server."""
+    per core (as the official image) running as the user who started it (as root, nginx
+    would run them as `nobody`, who may not enter a private temp dir), errors to a file, no
+    access log, `site` as its only server."""
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    group = grp.getgrgid(os.getegid()).gr_name
     return f"""daemon off;
+user {user} {group};
 worker_processes auto;
 pid {workdir}/nginx.pid;
 error_log {workdir}/error.log warn;

@@ -33,17 +33,10 @@ def rss(bench: Bench) -> None:
         ("rss.cold", f"{clients} clients, cold 200 MiB", cold_mb),
         ("rss.warm", f"{clients} clients, warm 200 MiB", warm_mb),
     ):
-        row = Row(
-            key,
-            "peak RSS",
-            label,
-            "MB",
-            "lower",
-            values.get("ours"),
-            values.get("theirs"),
-            target=f"ours ≤ {RSS_TARGET_MB:g} MB",
+        row = Row(key, "peak RSS", label, "MB", "lower", dict(values))
+        row.require(
+            f"ours ≤ {RSS_TARGET_MB:g} MB", row.ours is not None and row.ours <= RSS_TARGET_MB
         )
-        row.passed = row.ours is not None and row.ours <= RSS_TARGET_MB
         if processes > 1:
             row.note = f"ours: VmHWM summed over its {processes} processes"
         bench.rows.append(row)
@@ -58,12 +51,12 @@ def rss(bench: Bench) -> None:
 
 
 def _cold_peaks(bench: Bench, image: BenchImage, clients: int) -> dict[str, dict[str, Any]]:
-    """Each mirror restarted empty, `clients` cold transfers at once: the runs, by side."""
+    """Each side restarted empty, `clients` cold transfers at once: the runs, by side."""
     cold: dict[str, dict[str, Any]] = {}
     for side in bench.order(0):
         cold[side.label] = run = cold_parallel(bench, side, image, clients)
         bench.log(
-            f"    {side.label:>6} {clients} cold clients: peak RSS {run['peak_rss_MB']:.0f} MB "
+            f"    {side.label:>12} {clients} cold clients: peak RSS {run['peak_rss_MB']:.0f} MB "
             f"({run['server_processes']} process(es)), {run['wall_s']:.2f} s, "
             f"upstream fetches {run['upstream_blob_gets']}"
         )
@@ -71,7 +64,7 @@ def _cold_peaks(bench: Bench, image: BenchImage, clients: int) -> dict[str, dict
 
 
 def _warm_peaks(bench: Bench, image: BenchImage, clients: int) -> None:
-    """When the blob figure did not run: one warm `clients`-client wrk run per mirror, its
+    """When the blob figure did not run: one warm `clients`-client wrk run per side, its
     peak RSS into `bench.warm_rss`."""
     load = WrkLoad(image.blob_path, connections=clients, threads=2, headers={}, timeout=60)
     for side in bench.order(0):

@@ -3,17 +3,20 @@
 While a wrk run lasts, the CPU time of every process involved is sampled (the mirror under
 test, the upstream registry, the token server, and wrk itself), so the record shows which
 side was the bottleneck on this 2-core machine, and the upstream's access log is read to
-check that warm figures really were answered from the cache.
+check that warm figures really were answered from the cache: nginx, which says so in a
+header, is asked before the runs of a load, and a run of it that sent anything upstream fails
+the figure.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bench.harness import ProcessTree, Side, machine_cpu_seconds
 from bench.load import WrkResult, lua_script, run_wrk
+from bench.nginx_cache import NginxCache
 from bench.rows import MB
 from bench.session import Bench
 
@@ -124,21 +127,37 @@ def wrk_run(
 
 
 def run_load(
-    bench: Bench, load: WrkLoad, observe: Callable[[Side, WrkResult], None]
+    bench: Bench,
+    load: WrkLoad,
+    observe: Callable[[Side, WrkResult], None],
+    sides: Sequence[Side] | None = None,
 ) -> dict[str, list[WrkResult]]:
-    """`load` against both mirrors: an unrecorded warm-up run each (`options.warmup` s, if
-    any), then `options.repeat` recorded runs each, alternating which goes first; every
-    recorded run is passed to `observe` as it is taken. The runs, by side."""
-    runs: dict[str, list[WrkResult]] = {"ours": [], "theirs": []}
+    """`load` against each of `sides` (all by default): an unrecorded warm-up run each
+    (`options.warmup` s, if any), then `options.repeat` recorded runs each, rotating which
+    goes first; every recorded run is passed to `observe` as it is taken. The runs, by
+    side."""
+    chosen = list(bench.harness.sides if sides is None else sides)
+    for side in chosen:
+        bench.require_cached(side, load.path, load.headers)
+    runs: dict[str, list[WrkResult]] = {side.label: [] for side in chosen}
     if bench.options.warmup:
-        for side in bench.harness.sides:
+        for side in chosen:
             wrk_run(bench, side, load, duration=bench.options.warmup, record=False)
     for rep in range(bench.options.repeat):
-        for side in bench.order(rep):
+        for side in bench.order(rep, chosen):
             result = wrk_run(bench, side, load)
+            _from_cache_only(side, result)
             runs[side.label].append(result)
             observe(side, result)
     return runs
+
+
+def _from_cache_only(side: Side, result: WrkResult) -> None:
+    """A warm run of nginx must not have asked the upstream for anything: its figure would
+    not be a cache's."""
+    asked = {kind: count for kind, count in result.extra["upstream_requests"].items() if count}
+    if isinstance(side, NginxCache) and asked:
+        raise RuntimeError(f"nginx asked the upstream during a warm run: {asked}")
 
 
 def runs_json(runs: Mapping[str, list[WrkResult]]) -> dict[str, list[dict[str, Any]]]:
@@ -150,7 +169,7 @@ def describe(result: WrkResult, what: str) -> str:
     """A log line: the server, `what` it achieved, and where the CPU went."""
     cpu = result.extra["cpu_pct"]
     return (
-        f"    {result.extra['server']:>6} {what}  "
+        f"    {result.extra['server']:>12} {what}  "
         f"cpu% server {cpu['server']:.0f} client {cpu['client']:.0f} "
         f"upstream {cpu['upstream']:.0f} token {cpu['token']:.0f} "
         f"other {cpu['other']:.0f} irq {cpu['interrupts']:.0f}"
