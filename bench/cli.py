@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         help="smoke test: 1 repetition, 2 s wrk runs, no warm-up runs",
     )
     parser.add_argument(
-        "--duration", type=int, metavar="S", help="seconds per wrk run (default 6; quick 2)"
+        "--duration", type=int, metavar="S", help="seconds per wrk run (default 5; quick 2)"
     )
     parser.add_argument(
         "--repeat",
@@ -197,7 +197,7 @@ def _replot(path: Path) -> int:
 
 def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Options:
     options = Options(
-        duration=args.duration or (2 if args.quick else 6),
+        duration=args.duration or (2 if args.quick else 5),
         repeat=args.repeat or (1 if args.quick else 3),
         cold_repeat=args.repeat or (1 if args.quick else 5),
         warmup=0 if args.quick else 1,

@@ -70,6 +70,7 @@ def facts() -> dict[str, Any]:
         "aiohttp": _version("aiohttp"),
         "uvloop": _version("uvloop"),
         "distribution": _run("docker-registry", "--version"),
+        "nginx": _run("nginx", "-v"),  # on stderr, which _run falls back to
         "wrk": _run("wrk", "-v").splitlines()[0] if _run("wrk", "-v") else None,
         "curl": _run("curl", "--version").splitlines()[0],
         "skopeo": _run("skopeo", "--version"),

@@ -23,7 +23,7 @@ COLORS = {
     "theirs": "#ff7f0e",  # the cluster benchmark's name for distribution
     "nginx": "#2ca02c",
     "upstream": "#9e9e9e",
-    "ours-file": "#aec7e8",
+    "ours on file": "#aec7e8",
 }
 OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#17becf")
 
@@ -39,10 +39,6 @@ def fmt(value: float | None) -> str:
     return f"{value:.2f}"
 
 
-def _ratio(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}x"
-
-
 def sides(rows: Sequence[Row]) -> list[str]:
     """Ours, then every peer in the order the rows first name it."""
     found = [OURS]
@@ -51,59 +47,65 @@ def sides(rows: Sequence[Row]) -> list[str]:
     return found
 
 
+def _cells(row: Row, columns: Sequence[str]) -> list[str]:
+    """Ours' median, then each peer's with ours / it in brackets (empty where the row does
+    not have that peer)."""
+    cells = [fmt(row.ours)]
+    for peer in columns[1:]:
+        if peer not in row.values:
+            cells.append("")
+            continue
+        ratio = row.ratio(peer)
+        cells.append(fmt(row.values[peer]) + ("" if ratio is None else f" ({ratio:.2f}x)"))
+    return cells
+
+
 def _spread(row: Row, columns: Sequence[str]) -> str:
-    """`±a/±b/...%`: half the range of each side's runs around its median, in column
-    order (— where a side has a single run or none)."""
-    spreads = [row.spread(side) for side in columns]
+    """`±a%/±b%/...`: half the range of each side's runs around its median, for the sides
+    of the row in column order (— for a side with a single run); empty for single runs."""
+    spreads = [row.spread(side) for side in columns if side in row.values]
     if all(s is None for s in spreads):
         return ""
-    return "/".join("—" if s is None else f"±{s * 100:.0f}" for s in spreads) + "%"
+    return "/".join("—" if s is None else f"±{s * 100:.0f}%" for s in spreads)
 
 
 def _target(row: Row) -> str:
-    text = "; ".join(t.text for t in row.targets)
+    """The targets, those missed marked when there are several; the row's note after."""
+    several = len(row.targets) > 1
+    marked = [t.text + (" (missed)" if several and not t.passed else "") for t in row.targets]
+    text = "; ".join(marked)
     return text + (f" ({row.note})" if row.note else "")
 
 
 def _result(row: Row) -> str:
-    """PASS, FAIL, or FAIL naming the targets missed when there were several."""
-    if row.passed is None:
-        return ""
-    if row.passed:
-        return "PASS"
-    missed = [t.text for t in row.targets if not t.passed]
-    return "FAIL" if len(row.targets) == 1 else f"FAIL: {'; '.join(missed)}"
+    return "" if row.passed is None else "PASS" if row.passed else "FAIL"
+
+
+LEGEND = (
+    "Medians of the runs; each peer's with ours / peer in brackets. Spread: half the range "
+    "of each side's runs around its median (ours first)."
+)
 
 
 def table(rows: Sequence[Row]) -> str:
     """The plain-text table: each side's median, ours / each peer, the spread of the runs,
     the targets and whether they held."""
     columns = sides(rows)
-    peers = columns[1:]
-    header = (
-        "figure",
-        "unit",
-        *columns,
-        *(f"ours/{peer}" for peer in peers),
-        "spread " + "/".join(columns),
-        "target",
-        "result",
-    )
+    header = ("figure", "unit", *columns, "spread", "target", "result")
     lines: list[tuple[str, ...]] = [header]
     for row in rows:
         lines.append(
             (
                 f"{row.figure}: {row.label}",
                 row.unit,
-                *(fmt(row.values.get(side)) for side in columns),
-                *(_ratio(row.ratio(peer)) for peer in peers),
+                *_cells(row, columns),
                 _spread(row, columns),
                 _target(row),
                 _result(row),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    right = set(range(2, 2 + len(columns) + len(peers)))
+    right = set(range(2, 2 + len(columns)))
     out = []
     for n, line in enumerate(lines):
         cells = [
@@ -113,14 +115,13 @@ def table(rows: Sequence[Row]) -> str:
         out.append("  ".join(cells).rstrip())
         if n == 0:
             out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return "\n".join([*out, LEGEND])
 
 
 def markdown(record: Mapping[str, Any], rows: Sequence[Row]) -> str:
     """The table in Markdown with the run's date, machine and command above it and the
     count of targets met below, for the README's Performance section."""
     columns = sides(rows)
-    peers = columns[1:]
     meta = record.get("meta", {})
     machine = meta.get("machine", {})
     gib = math.floor((machine.get("memory_bytes") or 0) / 2**30)
@@ -132,27 +133,22 @@ def markdown(record: Mapping[str, Any], rows: Sequence[Row]) -> str:
         f"commit `{commit}`{dirty}: `{meta.get('command', '')}`  ",
         f"{machine.get('cores')} cores ({machine.get('cpu_model')}), {gib} GiB, "
         f"{machine.get('os')}, load average at the end "
-        f"{' '.join(machine.get('loadavg_at_end') or [])}; {machine.get('distribution')}, "
-        f"nginx with proxy_cache, Python {machine.get('python')}",
+        f"{' '.join(machine.get('loadavg_at_end') or [])}; {machine.get('distribution')}; "
+        f"{machine.get('nginx')}; Python {machine.get('python')}",
         "",
-        "| figure | unit | "
-        + " | ".join(columns)
-        + " | "
-        + " | ".join(f"ours / {peer}" for peer in peers)
-        + " | target | result |",
-        "|---|---|" + "---:|" * (len(columns) + len(peers)) + "---|---|",
+        "| figure | unit | " + " | ".join(columns) + " | target | result |",
+        "|---|---|" + "---:|" * len(columns) + "---|---|",
     ]
     body = []
     for row in rows:
         result = _result(row)
         body.append(
             f"| {row.figure}: {row.label} | {row.unit} | "
-            + " | ".join(fmt(row.values.get(side)) for side in columns)
-            + " | "
-            + " | ".join(_ratio(row.ratio(peer)) for peer in peers)
-            + f" | {_target(row)} | {f'**{result}**' if result.startswith('FAIL') else result} |"
+            + " | ".join(_cells(row, columns))
+            + f" | {_target(row)} | {'**FAIL**' if result == 'FAIL' else result} |"
         )
-    return "\n".join([*head, *body, "", f"Targets met: {passed} of {judged}."]) + "\n"
+    tail = ["", LEGEND, f"Targets met: {passed} of {judged}."]
+    return "\n".join([*head, *body, *tail]) + "\n"
 
 
 def targets_summary(rows: Sequence[Row]) -> tuple[int, int]:

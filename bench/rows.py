@@ -163,7 +163,7 @@ def fetches_row(
     row = Row(
         key,
         group,
-        f"{label}: upstream fetches (max over runs)",
+        f"{label}: upstream fetches (worst run)",
         "GETs",
         "lower",
         {side: max(values) for side, values in gets.items()},

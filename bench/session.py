@@ -26,7 +26,7 @@ WARM_TIMEOUT = 90.0  # until a mirror answers a blob from its cache
 
 @dataclass
 class Options:
-    duration: int = 6  # seconds per wrk run
+    duration: int = 5  # seconds per wrk run
     repeat: int = 3
     cold_repeat: int = 5  # single-client cold runs per mirror (time to first byte is noisy)
     warmup: int = 1  # seconds of unrecorded wrk load per cell and mirror (0: none)

@@ -193,10 +193,10 @@ def _upstream_parallel(bench: Bench, image: BenchImage, clients: int) -> dict[st
 
 def _concurrent_rows(runs: dict[str, list[dict[str, Any]]], clients: int) -> list[Row]:
     label = f"200 MiB, {clients} clients at once"
-    fetch_row = fetches_row("cold_concurrent.fetches", "cold blob, concurrent", label, runs)
+    fetch_row = fetches_row("cold_concurrent.fetches", "cold blob", label, runs)
     wall_row = Row.of(
         "cold_concurrent.wall",
-        "cold blob, concurrent",
+        "cold blob",
         f"{label}: time until all done",
         "s",
         "lower",

@@ -26,7 +26,7 @@ from testkit.seaweed import SeaweedFS
 IMAGE = "200m"
 BUCKET = "bench"
 ON_S3 = "ours-s3"  # the label of the mirror on S3 while it runs
-ON_FILE = "ours-file"  # the peer in the rows: ours on the filesystem store
+ON_FILE = "ours on file"  # the peer in the rows: ours on the filesystem store
 FILE_SHARE = 0.95  # of the filesystem store's throughput ours on S3 must reach
 
 
@@ -74,8 +74,8 @@ def _first_read(bench: Bench, on_s3: OursMirror, image: BenchImage) -> dict[str,
     )
     row = Row(
         "s3.first_read",
-        "warm blob, S3 storage",
-        f"{IMAGE[:-1]} MiB, 1 client: first read from the bucket (empty data dir)",
+        "warm blob from S3",
+        f"{IMAGE[:-1]} MiB, 1 client, first read (empty data dir)",
         "MB/s",
         "higher",
         {OURS: round(rate, 1)},
@@ -91,7 +91,7 @@ def _cell(
     ours = bench.harness.ours
     assert ours is not None
     bench.warm_image(ours, image)
-    label = f"{IMAGE[:-1]} MiB blob, {connections} client{'s' * (connections > 1)}"
+    label = f"{IMAGE[:-1]} MiB, {connections} client{'s' * (connections > 1)}"
     bench.log(f"  warm blob from S3 (hot cache): {label}")
 
     def observe(side: Side, result: WrkResult) -> None:
@@ -104,8 +104,8 @@ def _cell(
     runs = run_load(bench, load, observe, sides=(on_s3, ours))
     row = Row.of(
         f"s3.{IMAGE}.c{connections}",
-        "warm blob, S3 storage",
-        f"{label}: ours on S3 from its hot cache",
+        "warm blob from S3",
+        f"{label}, hot cache",
         "MB/s",
         "higher",
         by_side({OURS: runs[ON_S3], ON_FILE: runs[OURS]}, mb_per_s),
