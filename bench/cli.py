@@ -235,6 +235,7 @@ def _take(bench: Bench, figures: Sequence[Figure]) -> dict[str, str]:
     errors: dict[str, str] = {}
     for figure in figures:
         _log(f"== {figure.name}")
+        started = time.monotonic()
         try:
             figure.take(bench)
         except (KeyboardInterrupt, TimeLimitExceeded):
@@ -248,6 +249,8 @@ def _take(bench: Bench, figures: Sequence[Figure]) -> dict[str, str]:
                     side.restart_fresh()
                     if warm_keys:
                         bench.warm(warm_keys)
+        bench.figure_seconds[figure.name] = round(time.monotonic() - started, 1)
+        _log(f"   ({figure.name}: {bench.figure_seconds[figure.name]:.0f} s)")
     return errors
 
 
@@ -302,6 +305,7 @@ def _record(
             "started_utc": started.isoformat(timespec="seconds"),
             "finished_utc": finished.isoformat(timespec="seconds"),
             "elapsed_s": round(time.monotonic() - clock, 1),
+            "figure_seconds": bench.figure_seconds,
             "command": _command(argv),
             "figures": _names(figures),
             "options": bench.options.__dict__,

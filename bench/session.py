@@ -22,6 +22,8 @@ from bench.rows import Row
 from testkit.upstream import BLOB_PATH, MANIFEST_PATH, RealUpstream
 
 WARM_TIMEOUT = 90.0  # until a mirror answers a blob from its cache
+QUIET_SECONDS = 0.3  # the upstream logged nothing for this long: nothing is in flight
+QUIET_TIMEOUT = 10.0
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Bench:
     warnings: list[str] = field(default_factory=list)
     # peak RSS (MB) of each side in the warm 32-client 200 MiB runs
     warm_rss: dict[str, list[float]] = field(default_factory=dict)
+    figure_seconds: dict[str, float] = field(default_factory=dict)  # how long each took
 
     @property
     def up(self) -> RealUpstream:
@@ -99,6 +102,23 @@ class Bench:
         return sum(
             1 for line in text.splitlines() if '"GET /token' in line or '"POST /token' in line
         )
+
+    def wait_upstream_quiet(self) -> None:
+        """Until the upstream has logged no request for `QUIET_SECONDS` (bounded): what a
+        side still had in flight when its wrk run ended (distribution goes on asking the
+        upstream for the tag 64 clients asked it for) is then answered before the next run,
+        not counted in it, nor taking its CPU."""
+        log = self.up.stdout_path
+        size, changed = log.stat().st_size, time.monotonic()
+        deadline = changed + QUIET_TIMEOUT
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = log.stat().st_size
+            if now != size:
+                size, changed = now, time.monotonic()
+            elif time.monotonic() - changed >= QUIET_SECONDS:
+                return
+        self.warn(f"the upstream was still being asked after {QUIET_TIMEOUT:g} s")
 
     def settled_blob_gets(self, digest: str, within: float = 15.0) -> int:
         return settled_blob_gets(self.up, digest, within)

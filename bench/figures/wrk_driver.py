@@ -90,6 +90,7 @@ def wrk_run(
         "upstream": ProcessTree(bench.up.pid),
         "token": ProcessTree(bench.harness.token.pid),
     }
+    bench.wait_upstream_quiet()
     if record:
         bench.up.reset_counts()
     tokens_before = bench.token_requests() if record else 0
