@@ -2,7 +2,7 @@
 
     python -m bench                       # the full run (a few minutes)
     python -m bench --quick               # one repetition, short runs: a smoke test
-    python -m bench --only manifest --only blob --duration 4
+    python -m bench --only manifest --only blob --duration 8
     python -m bench --ours-env MIRROR_WORKERS=2 --ours-arg --offline
 
 Everything listens on 127.0.0.1 and lives in a temporary directory; every process is stopped
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         help="smoke test: 1 repetition, 2 s wrk runs, no warm-up runs",
     )
     parser.add_argument(
-        "--duration", type=int, metavar="S", help="seconds per wrk run (default 5; quick 2)"
+        "--duration", type=int, metavar="S", help="seconds per wrk run (default 4; quick 2)"
     )
     parser.add_argument(
         "--repeat",
@@ -197,7 +197,7 @@ def _replot(path: Path) -> int:
 
 def _options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Options:
     options = Options(
-        duration=args.duration or (2 if args.quick else 5),
+        duration=args.duration or (2 if args.quick else 4),
         repeat=args.repeat or (1 if args.quick else 3),
         cold_repeat=args.repeat or (1 if args.quick else 5),
         warmup=0 if args.quick else 1,

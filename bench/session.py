@@ -28,7 +28,7 @@ QUIET_TIMEOUT = 10.0
 
 @dataclass
 class Options:
-    duration: int = 5  # seconds per wrk run
+    duration: int = 4  # seconds per wrk run
     repeat: int = 3
     cold_repeat: int = 5  # single-client cold runs per mirror (time to first byte is noisy)
     warmup: int = 1  # seconds of unrecorded wrk load per cell and mirror (0: none)
