@@ -209,16 +209,26 @@ class ServerProcess:
             raise RuntimeError(f"the {self.name} has not been started")
         if self._proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(sig)
+                if sig == signal.SIGKILL:
+                    self._kill_group()
+                else:
+                    self._proc.send_signal(sig)
             try:
                 self._proc.wait(within)
             except subprocess.TimeoutExpired:
                 self.killed = True
                 with contextlib.suppress(ProcessLookupError):
-                    self._proc.kill()
+                    self._kill_group()
                 self._proc.wait(STOP_TIMEOUT)
         self.returncode = self._proc.returncode
         return self.returncode
+
+    def _kill_group(self) -> None:
+        """SIGKILL the server and every process of its session (nginx's workers and cache
+        managers would outlive their master otherwise; the mirror's own workers die with
+        their supervisor anyway)."""
+        assert self._proc is not None
+        os.killpg(self._proc.pid, signal.SIGKILL)
 
     def wait_until(self, condition: Callable[[], bool], within: float, what: str) -> None:
         """Poll `condition` (bounded); fail naming `what` with this server's stderr."""
