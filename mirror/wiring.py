@@ -168,11 +168,13 @@ async def build(
     *,
     clock: Callable[[], float] = time.time,
     remove_temp_files: bool = False,
+    replica: Replica | None = None,
 ) -> Mirror:
     """The pull-through parts for a server or a one-shot pull. Async because the upstream
     sessions and the metadata store must be opened in the event loop that uses them.
     `clock` (unix time) is what freshness and access times are measured with; tests pass
-    their own.
+    their own. `replica` is the one this process belongs to (a worker, its supervisor's),
+    else `this_replica(config)`.
 
     Raises MetaStoreError when a configured Redis cannot be reached."""
     store = open_store(config)
@@ -191,7 +193,7 @@ async def build(
     access = AccessRecorder(meta, clock=clock)
     abandon_budget = AbandonBudget(config.limits.abandoned_downloads, config.limits.abandoned_bytes)
     scope = RepositoryScope(meta, offline=config.freshness.offline)
-    replica = this_replica(config)
+    replica = this_replica(config) if replica is None else replica
     cluster = _cluster(config, store, meta, replica)
     blobs = BlobCache(
         store,
@@ -233,8 +235,9 @@ async def build(
 
 
 def this_replica(config: Config) -> Replica:
-    """This process as the cluster knows it: named by its advertise_url (so the workers of
-    one replica are one replica), else by host name and a random suffix."""
+    """This process as the cluster knows it: named by its advertise_url, else by host name
+    and a random suffix. The workers of one `mirror serve` are one replica: their supervisor
+    calls this once for all of them."""
     url = config.cluster.advertise_url
     if url is not None:
         return Replica(urlsplit(url).netloc, url)

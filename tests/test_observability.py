@@ -213,7 +213,7 @@ async def test_requests_count_under_their_routes_documented_labels(
 async def test_workers_report_their_sum_whichever_answers_the_scrape(
     upstream: FakeRegistry, alpine: Manifest, data_dir: Path, tmp_path: Path
 ) -> None:
-    proc = MirrorProcess(upstream.url, data_dir, cwd=tmp_path, extra_args=["--workers", "2"])
+    proc = MirrorProcess(upstream.url, data_dir, cwd=tmp_path, workers="2")
     # A new connection per request, so the kernel spreads them over both workers.
     connector = aiohttp.TCPConnector(force_close=True)
     async with proc, aiohttp.ClientSession(connector=connector) as http:

@@ -43,17 +43,21 @@ async def create_app(
     *,
     clock: Callable[[], float] = time.time,
     remove_temp_files: bool = True,
+    replica: Replica | None = None,
 ) -> web.Application:
     """An application serving `config`: the parts `mirror.wiring` builds, the routes in
     front of them and the background work beside them. Async because the upstream sessions
     and the metadata store must be opened inside the event loop that will use them. `clock`
     (unix time) is what freshness is measured with; tests pass their own. A worker of
-    several does not remove temp files: its siblings may be writing them.
+    several does not remove temp files (its siblings may be writing them), and is given
+    the replica it serves as (its supervisor's, shared by its siblings).
 
     Raises MetaStoreError when a configured Redis cannot be reached.
     """
     observe.install(metrics.PrometheusSink())  # what the layers below report is exported
-    mirror = await wiring.build(config, clock=clock, remove_temp_files=remove_temp_files)
+    mirror = await wiring.build(
+        config, clock=clock, remove_temp_files=remove_temp_files, replica=replica
+    )
     router = mirror.router
     app = web.Application(
         middlewares=[observe_requests, registry_errors, addressing.resolve_repositories(router)]
