@@ -234,6 +234,12 @@ async def test_workers_report_their_sum_whichever_answers_the_scrape(
             delta(samples, {}, "mirror_http_requests_total", route="manifest") == 6
             for samples in scrapes
         )
+        # The cache's size is the data dir's, counted by the worker that stored the manifest
+        # and read by every worker alike.
+        sizes = {
+            delta(samples, {}, "mirror_cache_size_bytes", kind="manifest") for samples in scrapes
+        }
+        assert sizes == {len(alpine.data)}
         assert await proc.stop() == 0, proc.stderr
 
 

@@ -17,7 +17,7 @@ from mirror.cache.pinning import pinned_digests
 from mirror.cache.prefetch.schedule import schedule as schedule_prefetch
 from mirror.config import Config
 from mirror.config.cluster import read_cluster_secret
-from mirror.meta.store import Replica, Replicas
+from mirror.meta.store import Locks, MetaStoreError, Replica, Replicas
 from mirror.reference import Digest
 from mirror.server import addressing, auth
 from mirror.server.auth import passthrough
@@ -33,8 +33,9 @@ from mirror.storage import ContentStore
 
 log = logging.getLogger(__name__)
 
-# How often the cache's size is measured from disk (between, commits are counted as they
-# happen; a measurement also picks up what other processes added or removed).
+# How often the cache's size is measured from disk, by one process of a replica (between,
+# every process on the data dir counts its commits and removals in the store's shared
+# count; a measurement also picks up what changed otherwise).
 MEASURE_INTERVAL_SECONDS = 300.0
 
 
@@ -123,7 +124,7 @@ class _Background:
     async def start(self, _: web.Application) -> None:
         mirror, config = self._mirror, self._mirror.config
         mirror.access.start()
-        self._spawn(_measure_cache(mirror.store), "measure-cache")
+        self._spawn(_measure_cache(mirror.store, mirror.meta, mirror.replica), "measure-cache")
         self._spawn(mirror.lists.run_forever(), "prune-tag-lists")
         self._spawn(
             _heartbeat(mirror.meta, mirror.replica, config.cluster.cluster_lease), "heartbeat"
@@ -179,12 +180,14 @@ async def _heartbeat(replicas: Replicas, replica: Replica, lease: float) -> None
         await asyncio.sleep(lease / 3)
 
 
-async def _measure_cache(store: ContentStore) -> None:
+async def _measure_cache(store: ContentStore, locks: Locks, replica: Replica) -> None:
+    """Measure the store now and every MEASURE_INTERVAL_SECONDS: one of the replica's
+    workers per interval (a lock it lets expire), since they share the count."""
     while True:
         try:
-            usage = await asyncio.to_thread(store.measure)
-        except OSError as exc:
+            if await locks.try_lock(f"measure:{replica.id}", MEASURE_INTERVAL_SECONDS):
+                usage = await asyncio.to_thread(store.measure)
+                log.debug("cache holds %s", usage)
+        except (OSError, MetaStoreError) as exc:
             log.warning("measuring the cache failed: %s", exc)
-        else:
-            log.debug("cache holds %s", usage)
         await asyncio.sleep(MEASURE_INTERVAL_SECONDS)
