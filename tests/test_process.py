@@ -332,13 +332,14 @@ async def test_memory_stays_bounded_while_streaming_a_large_cold_blob_to_several
 async def test_unreachable_redis_at_start_is_a_clear_error_naming_it(
     workdir: Path, workers: str
 ) -> None:
-    """Whether the mirror serves in its own process or in workers (which the supervisor
-    does not restart when they cannot start: they would fail the same way)."""
+    """Whether the mirror serves in its own process or in workers (their supervisor opens
+    the metadata store before it starts them, and says so once)."""
     port = free_port()
     url = f"redis://:hunter2@127.0.0.1:{port}/0"
     args = ["--listen", "127.0.0.1:0", "--redis-url", url, "--workers", workers]
     result = await run_mirror("serve", *args, cwd=workdir)
     assert result.returncode == 1
     assert f"127.0.0.1:{port}" in result.stderr
+    assert result.stderr.count("cannot start") == 1
     assert "hunter2" not in result.stderr
     assert "Traceback" not in result.stderr

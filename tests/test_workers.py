@@ -191,15 +191,17 @@ async def _backdate_tag_records(backend: Backend, days: int) -> None:
         await store.close()
 
 
-async def test_the_workers_serve_as_one_replica(
+async def test_the_workers_serve_as_one_replica_and_do_its_housekeeping_once(
     upstream: FakeRegistry, data_dir: Path, workdir: Path
 ) -> None:
-    """Every worker answers the status API as the same replica, and the live replicas
-    (their heartbeats in the metadata store) count it once."""
+    """Every worker answers the status API as the same replica, the live replicas (their
+    heartbeats in the metadata store) count it once, and one of them measures the cache
+    and prunes the kept lists at start."""
     blob = random_layer(MB, seed=22)
     upstream.push_blob("library/workers", blob)
     held = upstream.hold_body(len(blob.data) // 2, path_contains=blob.digest)
-    proc = MirrorProcess(upstream.url, data_dir, cwd=workdir, workers="2")
+    env = {"MIRROR_LOG_LEVEL": "debug"}
+    proc = MirrorProcess(upstream.url, data_dir, cwd=workdir, env=env, workers="2")
     async with proc, one_connection_each() as http:
         # Both workers are serving: each holds a client of the held blob.
         clients = await spread_over_workers(
@@ -213,6 +215,8 @@ async def test_the_workers_serve_as_one_replica(
         assert len(set(answers)) == 1 and answers[0][1] == 1, answers
         held.release()
         await asyncio.gather(*clients)
+        assert proc.stderr.count("mirror.server.app: cache holds") == 1, proc.stderr
+        assert proc.stderr.count("Deleting all expired responses") == 1, proc.stderr
 
 
 # --- the supervisor -------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -17,7 +17,7 @@ from mirror.cache.pinning import pinned_digests
 from mirror.cache.prefetch.schedule import schedule as schedule_prefetch
 from mirror.config import Config
 from mirror.config.cluster import read_cluster_secret
-from mirror.meta.store import Locks, MetaStoreError, Replica, Replicas
+from mirror.meta.store import Locks, Replica, Replicas
 from mirror.reference import Digest
 from mirror.server import addressing, auth
 from mirror.server.auth import passthrough
@@ -30,6 +30,7 @@ from mirror.server.relay import RelayRoutes
 from mirror.server.routes import RegistryRoutes
 from mirror.server.uploads import UploadRoutes
 from mirror.storage import ContentStore
+from mirror.upstream.lists import PRUNE_INTERVAL_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,21 @@ class _Background:
     async def start(self, _: web.Application) -> None:
         mirror, config = self._mirror, self._mirror.config
         mirror.access.start()
-        self._spawn(_measure_cache(mirror.store, mirror.meta, mirror.replica), "measure-cache")
-        self._spawn(mirror.lists.run_forever(), "prune-tag-lists")
+        # The workers share the store's count and the kept lists: one measures the store
+        # (per replica: each replica counts a bucket in its own data dir), one prunes.
+        self._spawn(
+            _each_interval(
+                lambda: _measure_cache(mirror.store),
+                mirror.meta,
+                f"measure:{mirror.replica.id}",
+                MEASURE_INTERVAL_SECONDS,
+            ),
+            "measure-cache",
+        )
+        self._spawn(
+            _each_interval(mirror.lists.prune, mirror.meta, "prune-lists", PRUNE_INTERVAL_SECONDS),
+            "prune-tag-lists",
+        )
         self._spawn(
             _heartbeat(mirror.meta, mirror.replica, config.cluster.cluster_lease), "heartbeat"
         )
@@ -180,14 +194,22 @@ async def _heartbeat(replicas: Replicas, replica: Replica, lease: float) -> None
         await asyncio.sleep(lease / 3)
 
 
-async def _measure_cache(store: ContentStore, locks: Locks, replica: Replica) -> None:
-    """Measure the store now and every MEASURE_INTERVAL_SECONDS: one of the replica's
-    workers per interval (a lock it lets expire), since they share the count."""
+async def _each_interval(
+    work: Callable[[], Awaitable[None]], locks: Locks, lock: str, interval: float
+) -> None:
+    """`work()` now and every `interval` seconds, done by one of the processes sharing the
+    metadata store per interval: the one that takes `lock`, which it lets expire. (While
+    the store fails, every process takes a lock of its own, and does the work.)"""
     while True:
-        try:
-            if await locks.try_lock(f"measure:{replica.id}", MEASURE_INTERVAL_SECONDS):
-                usage = await asyncio.to_thread(store.measure)
-                log.debug("cache holds %s", usage)
-        except (OSError, MetaStoreError) as exc:
-            log.warning("measuring the cache failed: %s", exc)
-        await asyncio.sleep(MEASURE_INTERVAL_SECONDS)
+        if await locks.try_lock(lock, interval) is not None:
+            await work()
+        await asyncio.sleep(interval)
+
+
+async def _measure_cache(store: ContentStore) -> None:
+    try:
+        usage = await asyncio.to_thread(store.measure)
+    except OSError as exc:
+        log.warning("measuring the cache failed: %s", exc)
+    else:
+        log.debug("cache holds %s", usage)

@@ -51,10 +51,11 @@ def serve(cfg: Config) -> int:
     if count == 1:
         log.info("serving in this process (workers = %s)", _setting(cfg.serving.workers))
         return _run(cfg, listeners, server_tls)
-    # Temp files are cleaned once, here: a worker starting later must not remove the
-    # downloads its siblings are writing.
-    if removed := wiring.open_store(cfg).remove_temp_files():
-        log.info("removed %d temp files left by an earlier run", removed)
+    try:
+        _prepare_data_dir(cfg)
+    except MetaStoreError as exc:
+        print(f"mirror: cannot start: {exc}", file=sys.stderr)
+        return 1
     replica = wiring.this_replica(cfg)  # the workers serve as one replica
     # Workers write their metric values to files here, and any worker's /metrics sums them.
     metrics_dir = tempfile.mkdtemp(prefix="mirror-metrics-")
@@ -83,6 +84,22 @@ def serve(cfg: Config) -> int:
         )
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _prepare_data_dir(cfg: Config) -> None:
+    """What the workers share, made ready once before they start: temp files an earlier run
+    left removed (a worker starting later must not remove the downloads its siblings are
+    writing), and the metadata store opened (SQLite's schema created, which workers creating
+    it at once could fail on; an unreachable Redis said once, here). Raises MetaStoreError."""
+
+    async def prepare() -> None:
+        async with wiring.open_data_dir(cfg) as data:
+            if removed := await asyncio.to_thread(data.store.remove_temp_files):
+                logging.getLogger("mirror").info(
+                    "removed %d temp files left by an earlier run", removed
+                )
+
+    asyncio.run(prepare())
 
 
 def _setting(workers: Workers) -> str:
@@ -119,7 +136,7 @@ def _run(
         loop.run_until_complete(_serve_app(cfg, listeners, server_tls, worker))
     except MetaStoreError as exc:
         print(f"mirror: cannot start: {exc}", file=sys.stderr)
-        return 1 if worker is None else workers.CANNOT_START
+        return 1
     except _ListenError as exc:
         print(f"mirror: {exc}", file=sys.stderr)
         return 1

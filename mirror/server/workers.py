@@ -25,10 +25,6 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1  # prctl(2)
 # A worker that dies within this many seconds of its start is not restarted in a loop.
 _RESTART_BACKOFF_SECONDS = 1.0
-# The exit status of a worker that could not start (its metadata store unreachable, say):
-# starting another would fail the same way, so the supervisor stops them all, as a mirror
-# of one process exits when it cannot start (gunicorn's WORKER_BOOT_ERROR).
-CANNOT_START = 3
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -47,9 +43,8 @@ def supervise(
     on_reload: Callable[[], object] | None = None,
 ) -> int:
     """Fork `count` workers running `run_worker()`, restart any that dies, and on SIGTERM
-    or SIGINT stop them all (each shuts down gracefully) and return 0; when one exits with
-    CANNOT_START, stop them all and return 1. `on_exit(pid)` is called for every worker
-    that ends (its live metrics must stop counting).
+    or SIGINT stop them all (each shuts down gracefully) and return 0. `on_exit(pid)` is
+    called for every worker that ends (its live metrics must stop counting).
 
     With `on_reload`, SIGHUP calls it and is relayed to every worker. A worker starts with
     SIGHUP blocked, so one that arrives while it is starting waits rather than being lost;
@@ -107,9 +102,6 @@ class _Supervisor:
             os._exit(code)
 
     def stop(self, signum: int, frame: FrameType | None) -> None:
-        self._stop_all()
-
-    def _stop_all(self) -> None:
         self._stopping = True
         for pid in self._workers:
             with contextlib.suppress(ProcessLookupError):
@@ -124,9 +116,8 @@ class _Supervisor:
 
     def wait(self) -> int:
         """Reap workers until none is left, starting a new one for each that dies while
-        not stopping; 1 if any died so, or could not start."""
+        not stopping; 1 if any died so."""
         failures = 0
-        gave_up = False
         while self._workers:
             pid, status = os.wait()
             if self._on_exit is not None:
@@ -135,18 +126,13 @@ class _Supervisor:
             if started is None or self._stopping:
                 continue
             code = os.waitstatus_to_exitcode(status)
-            if code == CANNOT_START:
-                log.error("worker %d could not start; stopping", pid)
-                gave_up = True
-                self._stop_all()
-                continue
             log.error("worker %d exited with %d; starting a new one", pid, code)
             failures += 1
             if time.monotonic() - started < _RESTART_BACKOFF_SECONDS:
                 time.sleep(_RESTART_BACKOFF_SECONDS)
             if not self._stopping:
                 self.spawn()
-        return 1 if gave_up or (failures and not self._stopping) else 0
+        return 0 if not failures or self._stopping else 1
 
 
 def _die_with(supervisor: int) -> None:
