@@ -5,8 +5,9 @@ building their own parts:
 
 - the server (`server.app.create_app`): the metadata store wrapped so that losing it never
   fails a request; leftover temp files removed when no sibling worker may be writing them;
-- a command on the data dir (`mirror gc`, `ls`, `rm`, `export`, `import`): the content store
-  and the bare metadata store, which fail loudly instead of answering "nothing known";
+- a command on the data dir (`mirror gc`, `ls`, `rm`, `export`, `import`, and the supervisor
+  of workers preparing it for them): the content store and the bare metadata store, which
+  fail loudly instead of answering "nothing known";
 - a one-shot pull (`mirror prefetch`, `mirror tag`): the server's caches without the HTTP
   side, asking the upstream about every tag however recently it was confirmed.
 
