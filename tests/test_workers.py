@@ -1,8 +1,8 @@
 """Workers: `mirror serve` runs one worker process per CPU it may use by default (`workers =
 "auto"`), all on one port, and they behave as one mirror. However the kernel spreads the
 clients over them, a cold blob is downloaded once and a stale tag revalidated once (with the
-embedded SQLite store and with Redis); they are one replica; and none outlives its
-supervisor."""
+embedded SQLite store and with Redis); they are one replica and do its housekeeping once;
+and none outlives its supervisor."""
 
 from __future__ import annotations
 
