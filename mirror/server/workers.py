@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import gc
 import logging
 import os
 import signal
@@ -55,10 +54,6 @@ def supervise(
     signal.signal(signal.SIGINT, supervisor.stop)
     if on_reload is not None:
         signal.signal(signal.SIGHUP, supervisor.reload)
-    # The workers inherit the supervisor's memory (the modules it imported) and share it
-    # until they write to it; frozen, those objects are never visited by a worker's garbage
-    # collector, which would copy each page it touched.
-    gc.freeze()
     for _ in range(count):
         supervisor.spawn()
     return supervisor.wait()
