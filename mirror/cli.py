@@ -149,7 +149,9 @@ def _parser() -> argparse.ArgumentParser:
         "--tag-ttl", metavar="SECONDS", help="how long a tag is served without asking upstream"
     )
     serve.add_argument(
-        "--workers", metavar="N", help="worker processes sharing the port (default 1)"
+        "--workers",
+        metavar="N|auto",
+        help="worker processes sharing the port (default auto: one per usable CPU)",
     )
     serve.add_argument(
         "--offline",

@@ -5,8 +5,9 @@ building their own parts:
 
 - the server (`server.app.create_app`): the metadata store wrapped so that losing it never
   fails a request; leftover temp files removed when no sibling worker may be writing them;
-- a command on the data dir (`mirror gc`, `ls`, `rm`, `export`, `import`): the content store
-  and the bare metadata store, which fail loudly instead of answering "nothing known";
+- a command on the data dir (`mirror gc`, `ls`, `rm`, `export`, `import`, and the supervisor
+  of workers preparing it for them): the content store and the bare metadata store, which
+  fail loudly instead of answering "nothing known";
 - a one-shot pull (`mirror prefetch`, `mirror tag`): the server's caches without the HTTP
   side, asking the upstream about every tag however recently it was confirmed.
 
@@ -168,11 +169,13 @@ async def build(
     *,
     clock: Callable[[], float] = time.time,
     remove_temp_files: bool = False,
+    replica: Replica | None = None,
 ) -> Mirror:
     """The pull-through parts for a server or a one-shot pull. Async because the upstream
     sessions and the metadata store must be opened in the event loop that uses them.
     `clock` (unix time) is what freshness and access times are measured with; tests pass
-    their own.
+    their own. `replica` is the one this process belongs to (a worker, its supervisor's),
+    else `this_replica(config)`.
 
     Raises MetaStoreError when a configured Redis cannot be reached."""
     store = open_store(config)
@@ -191,7 +194,7 @@ async def build(
     access = AccessRecorder(meta, clock=clock)
     abandon_budget = AbandonBudget(config.limits.abandoned_downloads, config.limits.abandoned_bytes)
     scope = RepositoryScope(meta, offline=config.freshness.offline)
-    replica = this_replica(config)
+    replica = this_replica(config) if replica is None else replica
     cluster = _cluster(config, store, meta, replica)
     blobs = BlobCache(
         store,
@@ -233,8 +236,9 @@ async def build(
 
 
 def this_replica(config: Config) -> Replica:
-    """This process as the cluster knows it: named by its advertise_url (so the workers of
-    one replica are one replica), else by host name and a random suffix."""
+    """This process as the cluster knows it: named by its advertise_url, else by host name
+    and a random suffix. The workers of one `mirror serve` are one replica: their supervisor
+    calls this once for all of them."""
     url = config.cluster.advertise_url
     if url is not None:
         return Replica(urlsplit(url).netloc, url)

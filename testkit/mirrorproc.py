@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -88,6 +88,10 @@ class MirrorProcess:
     Runs in `cwd` (a temp dir, so the repository's mirror.toml is never picked up). Its
     stderr, where the mirror logs, is collected continuously in `stderr`. Use it as an
     async context manager: the process is always gone after the block, killed if need be.
+    It serves in one process unless told `workers` (`--workers`; None: the config decides,
+    by default one worker per CPU it may use, so pin it to `cpus` to choose how many): a
+    signal, a pause or a kill then reaches the process that serves, which is what most tests
+    of a process are about.
     """
 
     def __init__(
@@ -98,12 +102,16 @@ class MirrorProcess:
         cwd: Path,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        workers: str | None = "1",
+        cpus: Collection[int] | None = None,
     ) -> None:
         self.upstream_url = upstream_url
         self.data_dir = data_dir
         self.cwd = cwd
         self.extra_args = tuple(extra_args)
         self.env = mirror_env(env)
+        self.workers = workers
+        self.cpus = cpus  # the CPUs it may run on (as `taskset` pins it); None: any
         self.port = 0
         self.returncode: int | None = None
         self.killed = False  # stop() had to SIGKILL it
@@ -175,6 +183,7 @@ class MirrorProcess:
             self.upstream_url,
             "--data-dir",
             str(self.data_dir),
+            *([] if self.workers is None else ["--workers", self.workers]),
             *self.extra_args,
         ]
 
@@ -189,9 +198,15 @@ class MirrorProcess:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=None if self.cpus is None else self._pin,
         )
         assert self._proc.stderr is not None
         self._reader = asyncio.create_task(self._collect(self._proc.stderr))
+
+    def _pin(self) -> None:
+        """In the child, before it runs the mirror: its affinity."""
+        assert self.cpus is not None
+        os.sched_setaffinity(0, self.cpus)
 
     async def _collect(self, stream: asyncio.StreamReader) -> None:
         # Draining the pipe continuously also keeps a chatty child from blocking on it.

@@ -150,7 +150,7 @@ async def test_kill_9_of_the_downloading_worker_cuts_every_follower_and_the_pull
     downloading worker is killed, the others' clients are cut too (never served a partial
     file as a whole blob), the supervisor starts a new worker, and the pull works."""
     upstream.add_fault(Fault("slow", server="cdn", chunk_delay=CHUNK_DELAY))
-    proc = MirrorProcess(upstream.url, data_dir, cwd=workdir, extra_args=["--workers", "2"])
+    proc = MirrorProcess(upstream.url, data_dir, cwd=workdir, workers="2")
     async with proc:
         url = blob_url(proc.url, "library/large", large)
         records, tasks = await start_transfers(http, url, 12, WAIT)

@@ -519,3 +519,19 @@ async def test_a_gate_holds_a_body_mid_way_until_released(
         assert sha256_digest(await resp.read()) == layer.digest
     with pytest.raises(AssertionError, match="no answer reached the gate"):
         await hub.hold_body(0, path_contains=layer.digest).wait_reached(within=0.05)
+
+
+async def test_a_gate_holds_an_answer_without_a_body_before_its_headers(
+    hub: FakeRegistry, session: aiohttp.ClientSession, auth: dict[str, str]
+) -> None:
+    """A HEAD has no body to stop in: the gate holds the whole answer (a revalidation in
+    flight, for as long as the test needs)."""
+    url = f"{hub.url}/v2/library/big/manifests/latest"
+    gate = hub.hold_body(0, server="registry", path_contains="/manifests/")
+    head = asyncio.ensure_future(session.head(url, headers=auth))
+    await gate.wait_reached(within=5)
+    assert gate.held == 1 and not head.done()
+    gate.release()
+    async with await head as resp:
+        assert resp.status == 200
+        assert resp.headers["Docker-Content-Digest"] == BIG.digest

@@ -213,7 +213,7 @@ async def test_requests_count_under_their_routes_documented_labels(
 async def test_workers_report_their_sum_whichever_answers_the_scrape(
     upstream: FakeRegistry, alpine: Manifest, data_dir: Path, tmp_path: Path
 ) -> None:
-    proc = MirrorProcess(upstream.url, data_dir, cwd=tmp_path, extra_args=["--workers", "2"])
+    proc = MirrorProcess(upstream.url, data_dir, cwd=tmp_path, workers="2")
     # A new connection per request, so the kernel spreads them over both workers.
     connector = aiohttp.TCPConnector(force_close=True)
     async with proc, aiohttp.ClientSession(connector=connector) as http:
@@ -234,6 +234,12 @@ async def test_workers_report_their_sum_whichever_answers_the_scrape(
             delta(samples, {}, "mirror_http_requests_total", route="manifest") == 6
             for samples in scrapes
         )
+        # The cache's size is the data dir's, counted by the worker that stored the manifest
+        # and read by every worker alike.
+        sizes = {
+            delta(samples, {}, "mirror_cache_size_bytes", kind="manifest") for samples in scrapes
+        }
+        assert sizes == {len(alpine.data)}
         assert await proc.stop() == 0, proc.stderr
 
 

@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from mirror.server.serve import SHUTDOWN_TIMEOUT
 from mirror.storage.filesystem import TEMP_GRACE_SECONDS
 from testkit.fakeupstream import Blob, FakeRegistry, Fault, Manifest, random_layer
 from testkit.mirrorproc import MirrorProcess, free_port, run_mirror
-from testkit.waiting import wait_until
 from tests.clients import cached_blobs, get_blob, get_manifest, pull
 from tests.conftest import answered, files_under
 
@@ -330,80 +328,18 @@ async def test_memory_stays_bounded_while_streaming_a_large_cold_blob_to_several
     assert growth < 64 * MB, f"peak RSS grew by {growth / MB:.0f} MB for a 200 MB blob"
 
 
-async def test_unreachable_redis_at_start_is_a_clear_error_naming_it(workdir: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_unreachable_redis_at_start_is_a_clear_error_naming_it(
+    workdir: Path, workers: str
+) -> None:
+    """Whether the mirror serves in its own process or in workers (their supervisor opens
+    the metadata store before it starts them, and says so once)."""
     port = free_port()
     url = f"redis://:hunter2@127.0.0.1:{port}/0"
-    result = await run_mirror("serve", "--listen", "127.0.0.1:0", "--redis-url", url, cwd=workdir)
+    args = ["--listen", "127.0.0.1:0", "--redis-url", url, "--workers", workers]
+    result = await run_mirror("serve", *args, cwd=workdir)
     assert result.returncode == 1
     assert f"127.0.0.1:{port}" in result.stderr
+    assert result.stderr.count("cannot start") == 1
     assert "hunter2" not in result.stderr
     assert "Traceback" not in result.stderr
-
-
-async def test_several_workers_share_the_port_and_still_download_a_blob_once(
-    http: aiohttp.ClientSession, upstream: FakeRegistry, data_dir: Path, workdir: Path
-) -> None:
-    blob = random_layer(8 * MB, seed=21)
-    upstream.push_blob("library/workers", blob)
-    upstream.add_fault(Fault("slow", server="cdn", chunk_delay=0.005))
-    proc = MirrorProcess(upstream.url, data_dir, cwd=workdir, extra_args=["--workers", "2"])
-    async with proc:
-        bodies = await asyncio.gather(
-            *(get_blob(http, proc.url, "library/workers", blob.digest) for _ in range(12))
-        )
-        assert all(body == blob.data for body in bodies)
-        assert answered(upstream, kind="blob", method="GET") == 1
-        assert "started 2 workers" in proc.stderr
-        assert await proc.stop() == 0, proc.stderr
-        assert not proc.killed
-    assert files_under(data_dir / "tmp") == set()
-
-
-async def test_the_command_line_does_not_load_metrics_before_choosing_how(tmp_path: Path) -> None:
-    """`serve --workers N` switches prometheus-client to multiprocess mode before importing
-    it; a module that imports it earlier (through `mirror.cli`) would silently lose every
-    worker's metrics."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "import sys, mirror.cli; print('prometheus_client' in sys.modules)",
-        cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await proc.communicate()
-    assert out.decode().strip() == "False"
-
-
-async def test_workers_end_when_their_supervisor_is_killed(
-    upstream: FakeRegistry, data_dir: Path, workdir: Path
-) -> None:
-    """A SIGKILLed supervisor cannot stop its workers; the kernel does, so none keeps the
-    port or writes into a data dir that a new mirror will clean."""
-    proc = MirrorProcess(upstream.url, data_dir, cwd=workdir, extra_args=["--workers", "2"])
-    async with proc:
-        # The mirror answers once one worker does; the other may still be starting.
-        children = await wait_until(
-            lambda: found if len(found := _children(proc.pid)) == 2 else None,
-            within=10,
-            message="the supervisor runs two workers",
-        )
-        os.kill(proc.pid, signal.SIGKILL)
-        await wait_until(
-            lambda: not any(_alive(pid) for pid in children),
-            within=10,
-            message="workers outlived their supervisor",
-            interval=0.05,
-        )
-
-
-def _children(pid: int) -> list[int]:
-    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie waiting for its (dead) parent's reaper."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"

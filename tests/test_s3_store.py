@@ -184,6 +184,28 @@ async def test_a_replica_without_the_blob_at_hand_reads_ranges_from_the_bucket(
         await other.close()
 
 
+async def test_the_processes_of_a_host_keep_its_hot_cache_under_the_limit_together(
+    seaweed: SeaweedFS, tmp_path: Path
+) -> None:
+    """Two workers on one data dir each admit blobs into the hot cache they share: each
+    evicts its own oldest until the two together hold at most `local_cache_size`, give or
+    take each one's newest blob (a download's followers may still read it)."""
+    size = 100_000
+    first, second = (s3_store(tmp_path, local_cache_size=3 * size) for _ in range(2))
+    hot = tmp_path / "data" / "s3" / "blobs"
+    try:
+        for seed in range(4):
+            await put(first, random_layer(size, seed=100 + seed).data)
+            await put(second, random_layer(size, seed=200 + seed).data)
+            held = sum(path.stat().st_size for path in hot.rglob("*") if path.is_file())
+            assert held <= 3 * size + size, f"{held} bytes after round {seed}"
+        newest = [digest_of(random_layer(size, seed=s).data) for s in (103, 203)]
+        assert all((hot / "sha256" / d.hex[:2] / d.hex).is_file() for d in newest)
+    finally:
+        await first.close()
+        await second.close()
+
+
 async def test_a_blob_removed_from_the_bucket_since_it_was_found_reads_as_a_removed_file(
     store: S3Store, tmp_path: Path
 ) -> None:

@@ -341,6 +341,28 @@ async def test_objects_are_listed_removed_and_measured_by_kind(store: ContentSto
     assert measured["manifest"].objects == 0
 
 
+async def test_the_processes_sharing_a_store_count_what_it_holds_together(
+    backend: Backend,
+) -> None:
+    """What one process commits or removes, the others count too (a server's workers see
+    one size, and evict by it); a measure in any of them sets the count for all."""
+    first, second = backend.open(), backend.open()
+    other = b"another blob"
+    await put(first, DATA)
+    await put(second, other)
+    await put(second, other)  # already held: not counted twice
+    manifest = StoredManifest(b"{}", "application/json", digest_of(b"{}"))
+    await second.write_manifest(manifest)
+    for store in (first, second, backend.open()):
+        usage = store.usage
+        assert (usage["blob"].objects, usage["blob"].bytes) == (2, len(DATA) + len(other))
+        assert (usage["manifest"].objects, usage["manifest"].bytes) == (1, 2)
+    assert second.remove("blob", DIGEST) == len(DATA)
+    assert (first.usage["blob"].objects, first.usage["blob"].bytes) == (1, len(other))
+    first.measure()
+    assert (second.usage["blob"].objects, second.usage["blob"].bytes) == (1, len(other))
+
+
 def test_the_store_has_room_and_takes_writes(store: ContentStore) -> None:
     assert store.free_bytes() > 0
     store.check_writable()

@@ -41,9 +41,12 @@ class HttpsMirrorProcess(MirrorProcess):
         *,
         cwd: Path,
         extra_args: Sequence[str] = (),
+        workers: str = "1",
     ) -> None:
         tls_args = ["--tls-cert", str(ca.cert_file), "--tls-key", str(ca.key_file)]
-        super().__init__(upstream_url, data_dir, cwd=cwd, extra_args=[*tls_args, *extra_args])
+        super().__init__(
+            upstream_url, data_dir, cwd=cwd, extra_args=[*tls_args, *extra_args], workers=workers
+        )
         self.ca = ca
 
     @property
@@ -347,9 +350,9 @@ async def test_sighup_with_a_broken_pair_keeps_serving_the_current_certificate(
 async def test_workers_serve_https_and_each_reloads_on_sighup(
     upstream: FakeRegistry, data_dir: Path, workdir: Path, ca: PrivateCA, other_ca: PrivateCA
 ) -> None:
-    args = ["--workers", "2"]
-    async with HttpsMirrorProcess(upstream.url, data_dir, ca, cwd=workdir, extra_args=args) as proc:
-        assert "started 2 workers" in proc.stderr
+    https = HttpsMirrorProcess(upstream.url, data_dir, ca, cwd=workdir, workers="2")
+    async with https as proc:
+        assert "serving in 2 worker processes (workers = 2)" in proc.stderr
         assert [await get_v2(proc.url, ca) for _ in range(6)] == [200] * 6
 
         replace_pair(ca, other_ca)

@@ -154,13 +154,6 @@ def parse_positive_count(value: Any) -> int:
     return count
 
 
-def parse_workers(value: Any) -> int:
-    count = parse_count(value)
-    if not 1 <= count <= 64:
-        raise ValueError("expected 1 to 64 worker processes")
-    return count
-
-
 def parse_prefix(value: Any) -> str:
     if not isinstance(value, str) or not value or any(c.isspace() for c in value):
         raise ValueError("expected a non-empty string without spaces")

@@ -20,7 +20,10 @@ def render(loaded: LoadedConfig) -> str:
             lines += [*([""] if lines else []), f"# {section}"]
         value = getattr(getattr(loaded.config, item.section), item.key)
         text = '"********"' if item.setting.secret and value else toml_value(value)
-        lines.append(f"{item.key} = {text}  # {loaded.sources[item.key]}")
+        explain = item.setting.explain
+        note = explain(value) if explain is not None else None
+        where = loaded.sources[item.key] + (f"; {note}" if note else "")
+        lines.append(f"{item.key} = {text}  # {where}")
     for upstream in loaded.config.registries.upstreams:
         lines += ["", f"[[upstream]]  # {upstream.source}", *_upstream_lines(upstream)]
     return "\n".join(lines) + "\n"

@@ -48,27 +48,33 @@ from mirror.config.parsers import (
     parse_seconds,
     parse_size,
     parse_storage,
-    parse_workers,
 )
 from mirror.config.upstreams import UpstreamSettings
+from mirror.config.workers import Workers, explain_workers, parse_workers
 
 
 @dataclass(frozen=True)
 class Setting:
-    """How one key is read: its parser, its default (raw, as a file would give it), and
-    whether `check-config` masks it."""
+    """How one key is read: its parser, its default (raw, as a file would give it), whether
+    `check-config` masks it, and what it adds about a value that means more than it says
+    (`explain`: a note, or None)."""
 
     parse: Callable[[Any], Any]
     default: Any
     secret: bool = False
+    explain: Callable[[Any], str | None] | None = None
 
 
 def setting(
-    parse: Callable[[Any], Any], default: Any, *, secret: bool = False
+    parse: Callable[[Any], Any],
+    default: Any,
+    *,
+    secret: bool = False,
+    explain: Callable[[Any], str | None] | None = None,
 ) -> Mapping[str, Setting]:
     """The field metadata that makes a section field the setting of the same name:
     `key: T = field(metadata=setting(parser, default))`."""
-    return {"setting": Setting(parse, default, secret)}
+    return {"setting": Setting(parse, default, secret, explain)}
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,7 @@ class ServingSettings:
     worker processes serve them. The server checks that the certificate files are usable."""
 
     listen: Listen = field(metadata=setting(parse_listen, "0.0.0.0:5000"))
-    workers: int = field(metadata=setting(parse_workers, 1))
+    workers: Workers = field(metadata=setting(parse_workers, "auto", explain=explain_workers))
     tls_cert: Path | None = field(metadata=setting(parse_optional_path, ""))
     tls_key: Path | None = field(metadata=setting(parse_optional_path, ""))
     tls_listen: Listen | None = field(metadata=setting(parse_optional_listen, ""))

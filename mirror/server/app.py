@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -17,7 +17,7 @@ from mirror.cache.pinning import pinned_digests
 from mirror.cache.prefetch.schedule import schedule as schedule_prefetch
 from mirror.config import Config
 from mirror.config.cluster import read_cluster_secret
-from mirror.meta.store import Replica, Replicas
+from mirror.meta.store import Locks, Replica, Replicas
 from mirror.reference import Digest
 from mirror.server import addressing, auth
 from mirror.server.auth import passthrough
@@ -30,11 +30,13 @@ from mirror.server.relay import RelayRoutes
 from mirror.server.routes import RegistryRoutes
 from mirror.server.uploads import UploadRoutes
 from mirror.storage import ContentStore
+from mirror.upstream.lists import PRUNE_INTERVAL_SECONDS
 
 log = logging.getLogger(__name__)
 
-# How often the cache's size is measured from disk (between, commits are counted as they
-# happen; a measurement also picks up what other processes added or removed).
+# How often the cache's size is measured from disk, by one process of a replica (between,
+# every process on the data dir counts its commits and removals in the store's shared
+# count; a measurement also picks up what changed otherwise).
 MEASURE_INTERVAL_SECONDS = 300.0
 
 
@@ -43,17 +45,21 @@ async def create_app(
     *,
     clock: Callable[[], float] = time.time,
     remove_temp_files: bool = True,
+    replica: Replica | None = None,
 ) -> web.Application:
     """An application serving `config`: the parts `mirror.wiring` builds, the routes in
     front of them and the background work beside them. Async because the upstream sessions
     and the metadata store must be opened inside the event loop that will use them. `clock`
     (unix time) is what freshness is measured with; tests pass their own. A worker of
-    several does not remove temp files: its siblings may be writing them.
+    several does not remove temp files (its siblings may be writing them), and is given
+    the replica it serves as (its supervisor's, shared by its siblings).
 
     Raises MetaStoreError when a configured Redis cannot be reached.
     """
     observe.install(metrics.PrometheusSink())  # what the layers below report is exported
-    mirror = await wiring.build(config, clock=clock, remove_temp_files=remove_temp_files)
+    mirror = await wiring.build(
+        config, clock=clock, remove_temp_files=remove_temp_files, replica=replica
+    )
     router = mirror.router
     app = web.Application(
         middlewares=[observe_requests, registry_errors, addressing.resolve_repositories(router)]
@@ -119,8 +125,21 @@ class _Background:
     async def start(self, _: web.Application) -> None:
         mirror, config = self._mirror, self._mirror.config
         mirror.access.start()
-        self._spawn(_measure_cache(mirror.store), "measure-cache")
-        self._spawn(mirror.lists.run_forever(), "prune-tag-lists")
+        # The workers share the store's count and the kept lists: one measures the store
+        # (per replica: each replica counts a bucket in its own data dir), one prunes.
+        self._spawn(
+            _each_interval(
+                lambda: _measure_cache(mirror.store),
+                mirror.meta,
+                f"measure:{mirror.replica.id}",
+                MEASURE_INTERVAL_SECONDS,
+            ),
+            "measure-cache",
+        )
+        self._spawn(
+            _each_interval(mirror.lists.prune, mirror.meta, "prune-lists", PRUNE_INTERVAL_SECONDS),
+            "prune-tag-lists",
+        )
         self._spawn(
             _heartbeat(mirror.meta, mirror.replica, config.cluster.cluster_lease), "heartbeat"
         )
@@ -175,12 +194,22 @@ async def _heartbeat(replicas: Replicas, replica: Replica, lease: float) -> None
         await asyncio.sleep(lease / 3)
 
 
-async def _measure_cache(store: ContentStore) -> None:
+async def _each_interval(
+    work: Callable[[], Awaitable[None]], locks: Locks, lock: str, interval: float
+) -> None:
+    """`work()` now and every `interval` seconds, done by one of the processes sharing the
+    metadata store per interval: the one that takes `lock`, which it lets expire. (While
+    the store fails, every process takes a lock of its own, and does the work.)"""
     while True:
-        try:
-            usage = await asyncio.to_thread(store.measure)
-        except OSError as exc:
-            log.warning("measuring the cache failed: %s", exc)
-        else:
-            log.debug("cache holds %s", usage)
-        await asyncio.sleep(MEASURE_INTERVAL_SECONDS)
+        if await locks.try_lock(lock, interval) is not None:
+            await work()
+        await asyncio.sleep(interval)
+
+
+async def _measure_cache(store: ContentStore) -> None:
+    try:
+        usage = await asyncio.to_thread(store.measure)
+    except OSError as exc:
+        log.warning("measuring the cache failed: %s", exc)
+    else:
+        log.debug("cache holds %s", usage)

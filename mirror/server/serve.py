@@ -17,12 +17,14 @@ import socket
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from aiohttp import web
 
 from mirror import logs, wiring
 from mirror.config import Config
-from mirror.meta import MetaStoreError
+from mirror.config.workers import AUTO, Workers, worker_count
+from mirror.meta import MetaStoreError, Replica
 from mirror.server import tls, workers
 
 # Seconds open requests get to finish on SIGTERM/Ctrl-C (downloads are aborted at once).
@@ -44,12 +46,17 @@ def serve(cfg: Config) -> int:
             print(f"mirror: cannot serve TLS: {exc}", file=sys.stderr)
             return 2
     listeners = tls.listeners(cfg)
-    if cfg.serving.workers == 1:
+    count = worker_count(cfg.serving.workers)
+    log = logging.getLogger("mirror")
+    if count == 1:
+        log.info("serving in this process (workers = %s)", _setting(cfg.serving.workers))
         return _run(cfg, listeners, server_tls)
-    # Temp files are cleaned once, here: a worker starting later must not remove the
-    # downloads its siblings are writing.
-    if removed := wiring.open_store(cfg).remove_temp_files():
-        logging.getLogger("mirror").info("removed %d temp files left by an earlier run", removed)
+    try:
+        _prepare_data_dir(cfg)
+    except MetaStoreError as exc:
+        print(f"mirror: cannot start: {exc}", file=sys.stderr)
+        return 1
+    replica = wiring.this_replica(cfg)  # the workers serve as one replica
     # Workers write their metric values to files here, and any worker's /metrics sums them.
     metrics_dir = tempfile.mkdtemp(prefix="mirror-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -63,10 +70,14 @@ def serve(cfg: Config) -> int:
             except OSError as exc:
                 print(f"mirror: cannot listen on {listener.address}: {exc}", file=sys.stderr)
                 return 1
-            logging.getLogger("mirror").info("listening on %s", listener)
+            log.info("listening on %s", listener)
+        log.info(
+            "serving in %d worker processes (workers = %s)", count, _setting(cfg.serving.workers)
+        )
+        worker = _Worker(socks, replica)
         return workers.supervise(
-            cfg.serving.workers,
-            lambda: _run(cfg, listeners, server_tls, socks),
+            count,
+            lambda: _run(cfg, listeners, server_tls, worker),
             on_exit=multiprocess.mark_process_dead,
             # The supervisor's own copy is what workers it starts later begin with.
             on_reload=None if server_tls is None else lambda: server_tls.reload(announce=False),
@@ -75,24 +86,54 @@ def serve(cfg: Config) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+def _prepare_data_dir(cfg: Config) -> None:
+    """What the workers share, made ready once before they start: temp files an earlier run
+    left removed (a worker starting later must not remove the downloads its siblings are
+    writing), and the metadata store opened (SQLite's schema created, which workers creating
+    it at once could fail on; an unreachable Redis said once, here). Raises MetaStoreError."""
+
+    async def prepare() -> None:
+        async with wiring.open_data_dir(cfg) as data:
+            if removed := await asyncio.to_thread(data.store.remove_temp_files):
+                logging.getLogger("mirror").info(
+                    "removed %d temp files left by an earlier run", removed
+                )
+
+    asyncio.run(prepare())
+
+
+def _setting(workers: Workers) -> str:
+    """The `workers` setting as the startup line shows it: `auto` says what it counted."""
+    return f"{workers}: one per CPU this process may use" if workers == AUTO else str(workers)
+
+
 class _ListenError(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class _Worker:
+    """What a worker of several has from its supervisor: the listening sockets (one per
+    listener) and the replica it serves as."""
+
+    socks: Sequence[socket.socket]
+    replica: Replica
 
 
 def _run(
     cfg: Config,
     listeners: Sequence[tls.Listener],
     server_tls: tls.ServerTLS | None,
-    socks: Sequence[socket.socket] | None = None,
+    worker: _Worker | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT: on the inherited `socks` if given (a worker; one per
-    listener), else on the listeners' addresses. SIGHUP reloads the TLS certificate."""
+    """Serve until SIGTERM/SIGINT: a `worker` on the sockets it inherited, else on the
+    listeners' addresses. SIGHUP reloads the TLS certificate."""
     # Not asyncio.run(): that waits for every executor thread at the end, and a thread busy
     # on the disk must not hold shutdown past SHUTDOWN_TIMEOUT.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(_serve_app(cfg, listeners, server_tls, socks))
+        loop.run_until_complete(_serve_app(cfg, listeners, server_tls, worker))
     except MetaStoreError as exc:
         print(f"mirror: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -116,7 +157,7 @@ async def _serve_app(
     cfg: Config,
     listeners: Sequence[tls.Listener],
     server_tls: tls.ServerTLS | None,
-    socks: Sequence[socket.socket] | None,
+    worker: _Worker | None,
 ) -> None:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
@@ -128,7 +169,10 @@ async def _serve_app(
 
     from mirror.server.app import create_app  # imports prometheus-client: see the note above
 
-    app = await create_app(cfg, remove_temp_files=socks is None)
+    if worker is None:
+        app = await create_app(cfg)
+    else:
+        app = await create_app(cfg, remove_temp_files=False, replica=worker.replica)
     runner = web.AppRunner(
         app,
         # aiohttp waits this long twice (for handlers, then again after cancelling them),
@@ -141,8 +185,8 @@ async def _serve_app(
         for index, listener in enumerate(listeners):
             context = server_tls.context if listener.https and server_tls is not None else None
             site: web.BaseSite
-            if socks is not None:
-                site = web.SockSite(runner, socks[index], ssl_context=context)
+            if worker is not None:
+                site = web.SockSite(runner, worker.socks[index], ssl_context=context)
             else:
                 address = listener.address
                 site = web.TCPSite(runner, address.host, address.port, ssl_context=context)
@@ -150,7 +194,7 @@ async def _serve_app(
                 await site.start()
             except OSError as exc:
                 raise _ListenError(f"cannot listen on {listener.address}: {exc}") from None
-            if socks is None:  # a worker's supervisor said it
+            if worker is None:  # a worker's supervisor said it
                 logging.getLogger("mirror").info("listening on %s", listener)
         await stopping.wait()
     finally:

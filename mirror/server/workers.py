@@ -56,7 +56,6 @@ def supervise(
         signal.signal(signal.SIGHUP, supervisor.reload)
     for _ in range(count):
         supervisor.spawn()
-    log.info("started %d workers", count)
     return supervisor.wait()
 
 

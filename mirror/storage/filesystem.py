@@ -13,6 +13,7 @@ the layout:
     tmp/                                               in-progress writes
     tmp/<algorithm>-<hex>.{lock,download,size}         a claimed download (filespool)
     uploads/<id>                                       a push's bytes so far (fileuploads)
+    usage                                              what it holds, counted (usage)
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from mirror.storage.protocol import (
     Usage,
 )
 from mirror.storage.recent import RecentManifests
+from mirror.storage.usage import SharedUsage
 
 # Memory for recently read manifests (a typical one is a few KB).
 READ_CHUNK_BYTES = 1024 * 1024
@@ -91,12 +93,16 @@ class FilesystemStore:
         self._recent = RecentManifests()
         self._uploads = FileUploadSpool(root)
         # What the store holds: measured by `measure()` (a walk of the tree, at start and
-        # now and then), kept current in between by counting what this process commits.
-        self.usage: dict[ContentKind, Usage] = {"blob": Usage(), "manifest": Usage()}
+        # now and then), kept current in between by every process counting its commits.
+        self._usage = SharedUsage(root / "usage")
 
     @property
     def location(self) -> str:
         return str(self._root)
+
+    @property
+    def usage(self) -> dict[ContentKind, Usage]:
+        return self._usage.read()
 
     @property
     def tmp_dir(self) -> Path:
@@ -105,9 +111,7 @@ class FilesystemStore:
 
     def _count(self, kind: ContentKind, size: int) -> None:
         """Note a newly committed object in `usage`."""
-        usage = self.usage[kind]
-        usage.objects += 1
-        usage.bytes += size
+        self._usage.add(kind, 1, size)
 
     def _count_blob(self, size: int, is_new: bool) -> None:
         if is_new:
@@ -250,9 +254,7 @@ class FilesystemStore:
         if kind == "manifest":
             path.with_name(path.name + ".type").unlink(missing_ok=True)
             self._recent.forget(digest)
-        usage = self.usage[kind]
-        usage.objects = max(0, usage.objects - 1)
-        usage.bytes = max(0, usage.bytes - size)
+        self._usage.add(kind, -1, -size)
         return size
 
     def measure(self) -> dict[ContentKind, Usage]:
@@ -270,7 +272,7 @@ class FilesystemStore:
                         continue  # removed while walking
                     usage.objects += 1
             measured[kind] = usage
-        self.usage = measured
+        self._usage.set(measured)
         return measured
 
     def free_bytes(self) -> int:

@@ -31,7 +31,12 @@ READ_CHUNK_BYTES = 1024 * 1024
 
 class HotCache:
     """The blobs of `local` (a filesystem store in the data dir), least recently used first,
-    kept under `limit` bytes (the newest always stays: a download's followers read it)."""
+    kept under `limit` bytes (the newest always stays: a download's followers read it).
+
+    The processes of a host (a server's workers) share the directory and its byte count
+    (`local.usage`), and each evicts, oldest first, the blobs it knows of: those there when
+    it started and those it admitted since. Together they stay under `limit`, give or take
+    each one's newest blob."""
 
     def __init__(self, local: FilesystemStore, limit: int) -> None:
         self.local = local
@@ -39,7 +44,7 @@ class HotCache:
         self._lock = threading.Lock()
         found = sorted(local.objects("blob"), key=lambda o: o.mtime)
         self._entries: OrderedDict[Digest, int] = OrderedDict((o.digest, o.size) for o in found)
-        self._bytes = sum(self._entries.values())
+        local.measure()
         self._evict()
 
     def blob(self, digest: Digest) -> FileBlob | None:
@@ -53,25 +58,24 @@ class HotCache:
         return blob
 
     def admit(self, digest: Digest, size: int) -> None:
-        """Count a blob just committed into `local`, and make room under the limit."""
+        """Note a blob just committed into `local` (which counted it), and make room under
+        the limit."""
         with self._lock:
-            self._bytes -= self._entries.pop(digest, 0)
+            self._entries.pop(digest, None)
             self._entries[digest] = size
-            self._bytes += size
         self._evict()
 
     def drop(self, digest: Digest) -> None:
         with self._lock:
-            self._bytes -= self._entries.pop(digest, 0)
+            self._entries.pop(digest, None)
         self.local.remove("blob", digest)
 
     def _evict(self) -> None:
-        while True:
+        while self.local.usage["blob"].bytes > self._limit:
             with self._lock:
-                if self._bytes <= self._limit or len(self._entries) <= 1:
+                if len(self._entries) <= 1:
                     return
-                digest, size = self._entries.popitem(last=False)
-                self._bytes -= size
+                digest, _ = self._entries.popitem(last=False)
             self.local.remove("blob", digest)
 
 

@@ -5,6 +5,10 @@ and the part-size arithmetic of multipart uploads.
 Credentials are never passed here: both clients take them from the standard AWS chain
 (`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, profiles, instance and pod roles), and
 signing is botocore's.
+
+botocore's clients are imported when one is made, not with this module: they weigh about
+10 MB in every process, which a mirror on the filesystem (each of its workers) would carry
+for nothing.
 """
 
 from __future__ import annotations
@@ -16,10 +20,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
-
-import botocore.config
-import botocore.session
-from aiobotocore.session import get_session
 
 MIB = 1024 * 1024
 MIN_PART_SIZE = 8 * MIB  # above S3's 5 MiB floor (every part but the last)
@@ -87,6 +87,8 @@ class S3Location:
         return f"s3://{self.bucket}/{self.prefix}"
 
     def _client_args(self) -> dict[str, Any]:
+        import botocore.config  # when a client is made (see above)
+
         config = botocore.config.Config(
             s3={"addressing_style": "path" if self.path_style else "auto"},
             signature_version="s3v4",  # presigned URLs too (botocore would sign them V2)
@@ -105,6 +107,8 @@ class S3Location:
 
     def blocking_client(self) -> Any:
         """A botocore client for the store's blocking calls (housekeeping, in threads)."""
+        import botocore.session  # when a client is made (see above)
+
         return botocore.session.get_session().create_client("s3", **self._client_args())
 
 
@@ -121,6 +125,8 @@ class AsyncClient:
     async def get(self) -> Any:
         async with self._lock:
             if self._client is None:
+                from aiobotocore.session import get_session  # when a client is made (see above)
+
                 session = get_session()
                 self._context = session.create_client("s3", **self._location._client_args())
                 self._client = await self._context.__aenter__()

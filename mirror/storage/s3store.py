@@ -13,7 +13,9 @@ Nothing becomes visible unless its digest was verified (see `mirror.storage.s3wr
 so an object under a digest key always holds those bytes. A download is coordinated per host
 as on the filesystem (a flock on the spool in `<data_dir>/s3/tmp/`): its holder writes the
 spool, and its commit uploads the verified spool and then moves it into the hot cache
-(`<data_dir>/s3/blobs/`), where the followers on this host see it committed.
+(`<data_dir>/s3/blobs/`), where the followers on this host see it committed. What the
+bucket holds is counted in `<data_dir>/s3/bucket-usage` by the processes of this host
+(`mirror.storage.usage`), measured by listing the bucket.
 Across replicas a download is coordinated above the store (`mirror.cache.cluster`): a
 replica relaying another's download writes a `relayed` spool, whose commit finds the object
 published by the leader (a HEAD) and only then uploads it itself. Should two replicas both
@@ -74,6 +76,7 @@ from mirror.storage.s3writer import (
     outage_as_unavailable,
     sha256_checksum,
 )
+from mirror.storage.usage import SharedUsage
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +100,15 @@ class S3Store:
         self._uploader = Uploader(self._client.get, location.bucket)
         self._recent = RecentManifests()
         self._upload_spool = S3UploadSpool(location, self._client.get, self._blocking)
-        self.usage: dict[ContentKind, Usage] = {"blob": Usage(), "manifest": Usage()}
+        self._usage = SharedUsage(data_dir / LOCAL_DIR / "bucket-usage")
 
     @property
     def location(self) -> str:
         return self._where.describe()
+
+    @property
+    def usage(self) -> dict[ContentKind, Usage]:
+        return self._usage.read()
 
     @property
     def uploads(self) -> S3UploadSpool:
@@ -141,8 +148,7 @@ class S3Store:
 
     def _count(self, kind: ContentKind, size: int, is_new: bool) -> None:
         if is_new:
-            self.usage[kind].objects += 1
-            self.usage[kind].bytes += size
+            self._usage.add(kind, 1, size)
 
     # --- blobs ----------------------------------------------------------------------------
 
@@ -320,9 +326,7 @@ class S3Store:
             return 0
         self._blocking.delete_object(Bucket=self._where.bucket, Key=key)
         size = int(head["ContentLength"])
-        usage = self.usage[kind]
-        usage.objects = max(0, usage.objects - 1)
-        usage.bytes = max(0, usage.bytes - size)
+        self._usage.add(kind, -1, -size)
         return size
 
     def measure(self) -> dict[ContentKind, Usage]:
@@ -333,7 +337,7 @@ class S3Store:
                 usage.objects += 1
                 usage.bytes += item.size
             measured[kind] = usage
-        self.usage = measured
+        self._usage.set(measured)
         return measured
 
     def free_bytes(self) -> int:

@@ -23,7 +23,6 @@ request's (they carry tokens).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -160,12 +159,6 @@ class ListCache:
             return _answer(kept, stale=str(exc))
         await self._write(key, url, answer)
         return answer
-
-    async def run_forever(self, interval: float = PRUNE_INTERVAL_SECONDS) -> None:
-        """Prune every `interval` seconds, for the server's lifetime."""
-        while True:
-            await self.prune()
-            await asyncio.sleep(interval)
 
     async def prune(self) -> None:
         """Remove the answers past their keeping (the backends never expire them)."""

@@ -170,11 +170,14 @@ async def send(
     gate: BodyGate | None = None,
 ) -> web.StreamResponse:
     """Stream the reply in 64 KiB chunks so faults can act mid-body, stopping at the
-    `gate` (if any) until it is released."""
+    `gate` (if any) until it is released; an answer without a body stops before its
+    headers."""
     response = web.StreamResponse(status=reply.status, headers=reply.headers)
     body = memoryview(reply.body)
     response.content_length = len(body)
     try:
+        if gate is not None and (request.method == "HEAD" or not body):
+            await gate.hold()
         await response.prepare(request)
         record.status = reply.status
         if request.method == "HEAD" or not body:

@@ -295,7 +295,7 @@ class FakeRegistry:
     ) -> BodyGate:
         """Hold the body of the next `times` matching answers after `at` bytes until the
         returned gate is released (see `gates`); the CDN by default, where blob bytes come
-        from."""
+        from. An answer without a body (a HEAD's) is held before its headers."""
         gate = BodyGate(at, server, path_contains, times)
         self._gates.add(gate)
         return gate
@@ -365,6 +365,6 @@ class FakeRegistry:
                 record.fault = "+".join(applied)
                 if body_fault.kind == "replace":
                     reply.body = body_fault.body
-            if allowed:
-                gate = self._gates.take(server, request)
+        if allowed:
+            gate = self._gates.take(server, request)
         return await faults.send(request, record, reply, body_fault, chunk_delay, gate)
