@@ -81,6 +81,8 @@ def _unsatisfiable(size: int) -> RegistryError:
 def header_safe(text: str, limit: int) -> str:
     """`text` fit for a header or status line: printable ASCII only (no CR/LF, no quotes or
     backslashes that would end a quoted-string), at most `limit` characters."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return text[:limit]  # the common case, without a pass over each character
     return "".join(c if " " <= c <= "~" and c not in '"\\' else " " for c in text)[:limit]
 
 
