@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from contextlib import aclosing
 from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from mirror import errors, mediatypes, observe
 from mirror.errors import RegistryError
@@ -147,10 +149,21 @@ def abort(request: web.Request) -> None:
         request.transport.abort()
 
 
+# Manifests whose headers are kept ready: the same few are served over and over.
+MANIFEST_HEADERS_KEPT = 1024
+
+
+@functools.lru_cache(maxsize=MANIFEST_HEADERS_KEPT)
+def _manifest_headers(digest: Digest, media_type: str) -> CIMultiDictProxy[str]:
+    """A manifest's content headers, built once per digest and type (each response copies
+    them: its own headers are added on top)."""
+    return CIMultiDictProxy(CIMultiDict(content_headers(digest, media_type)))
+
+
 def manifest_response(
     request: web.Request, digest: Digest, media_type: str, size: int, data: bytes | None
 ) -> web.StreamResponse:
-    headers = content_headers(digest, media_type)
+    headers = _manifest_headers(digest, media_type)
     if etag_matches(request, digest):
         return web.Response(status=304, headers=headers)
     if data is None or request.method == "HEAD":
