@@ -15,6 +15,7 @@ from aiohttp.typedefs import Handler
 
 from mirror import errors, metrics, observe
 from mirror.errors import RegistryError
+from mirror.server.prerendered import PrerenderedResponse
 from mirror.server.responses import header_safe
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,9 @@ def _log_access(
     seconds: float,
 ) -> None:
     body_bytes = record.body_bytes
-    if not body_bytes and isinstance(response, web.Response) and request.method != "HEAD":
+    if isinstance(response, PrerenderedResponse):
+        body_bytes = response.body_size
+    elif not body_bytes and isinstance(response, web.Response) and request.method != "HEAD":
         body_bytes = response.content_length or 0
     fields = {
         "remote": request.remote or "-",

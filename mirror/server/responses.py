@@ -15,6 +15,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from mirror import errors, mediatypes, observe
 from mirror.errors import RegistryError
 from mirror.reference import Digest
+from mirror.server import prerendered
+from mirror.server.prerendered import PrerenderedResponse
 from mirror.storage import StoredBlob
 
 # ASCII digits only: `\d` would match any script's digits.
@@ -160,12 +162,22 @@ def _manifest_headers(digest: Digest, media_type: str) -> CIMultiDictProxy[str]:
     return CIMultiDictProxy(CIMultiDict(content_headers(digest, media_type)))
 
 
+@functools.lru_cache(maxsize=MANIFEST_HEADERS_KEPT)
+def _rendered_manifest_headers(digest: Digest, media_type: str, content_length: int) -> bytes:
+    headers = {**content_headers(digest, media_type), "Content-Length": str(content_length)}
+    return prerendered.render(headers.items())
+
+
 def manifest_response(
     request: web.Request, digest: Digest, media_type: str, size: int, data: bytes | None
 ) -> web.StreamResponse:
     headers = _manifest_headers(digest, media_type)
     if etag_matches(request, digest):
         return web.Response(status=304, headers=headers)
+    body = None if request.method == "HEAD" else data
+    if prerendered.usable(request):
+        length = size if body is None else len(body)
+        return PrerenderedResponse(_rendered_manifest_headers(digest, media_type, length), body)
     if data is None or request.method == "HEAD":
         response = web.StreamResponse(headers=headers)
         response.content_length = size
