@@ -145,21 +145,31 @@ def _log_access(
         "request_id": record.request_id,
         "user_agent": header_safe(request.headers.get("User-Agent", "-"), 200),
     }
-    access_log.info(
+    # Made and handled directly: `Logger.info` would also look up the calling frame and
+    # its file name, which no access line prints, once per request.
+    line = access_log.makeRecord(
+        access_log.name,
+        logging.INFO,
+        __file__,
+        0,
         '%s "%s %s" %d%s %dB %.1fms cache=%s upstream=%s user=%s id=%s',
-        fields["remote"],
-        fields["method"],
-        header_safe(str(fields["path"]), _PATH_LOGGED),
-        status,
-        " (aborted)" if record.aborted else "",
-        body_bytes,
-        fields["duration_ms"],
-        fields["cache"],
-        fields["upstream"],
-        fields["user"],
-        record.request_id,
+        (
+            fields["remote"],
+            fields["method"],
+            header_safe(str(fields["path"]), _PATH_LOGGED),
+            status,
+            " (aborted)" if record.aborted else "",
+            body_bytes,
+            fields["duration_ms"],
+            fields["cache"],
+            fields["upstream"],
+            fields["user"],
+            record.request_id,
+        ),
+        None,
         extra={"access": fields},
     )
+    access_log.handle(line)
 
 
 async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:
