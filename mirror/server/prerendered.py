@@ -96,10 +96,12 @@ class PrerenderedResponse(web.StreamResponse):
 
 
 def _lines(pairs: Iterable[tuple[str, str]]) -> bytes:
-    pairs = tuple(pairs)
-    if _FORBIDDEN.search("".join(name + value for name, value in pairs)) is not None:
+    lines = [f"{name}: {value}" for name, value in pairs]
+    # Printable lines (the usual case) hold no control character; a tab, which is not
+    # printable but allowed, makes it look closer.
+    if not all(map(str.isprintable, lines)) and any(map(_FORBIDDEN.search, lines)):
         raise ValueError("a control character in a response header")
-    return "".join(f"{name}: {value}\r\n" for name, value in pairs).encode("utf-8")
+    return "".join(f"{line}\r\n" for line in lines).encode("utf-8")
 
 
 @lru_cache(maxsize=1)
