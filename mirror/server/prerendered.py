@@ -43,13 +43,17 @@ def render(headers: Iterable[tuple[str, str]]) -> bytes:
 
 class PrerenderedResponse(web.StreamResponse):
     """A `200` of header lines from `render` and a body (None for a HEAD: the headers
-    only). Handlers may add headers as to any response, before it is prepared."""
+    only). Handlers may add headers as to any response, before it is prepared. As with
+    aiohttp's own responses, `prepare` settles the headers and `write_eof` sends it all
+    (so a client gone by then is a quiet disconnect, as for any other answer)."""
 
     def __init__(self, rendered: bytes, body: bytes | None) -> None:
         super().__init__()
         self._rendered = rendered
         self._payload = body
+        self._head: bytes | None = None  # everything up to the body, once prepared
         self._writer: AbstractStreamWriter | None = None
+        self._sent = False
 
     @property
     def body_size(self) -> int:
@@ -66,7 +70,8 @@ class PrerenderedResponse(web.StreamResponse):
         return super().keep_alive is not False
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
-        """Send the whole answer (once: aiohttp prepares again after the handler)."""
+        """Run the hooks and render the per-request headers (once: aiohttp prepares again
+        after the handler)."""
         if self._writer is not None:
             return self._writer
         # The applications' hooks, as aiohttp runs them for its own responses (a bare
@@ -75,7 +80,7 @@ class PrerenderedResponse(web.StreamResponse):
             for app in request.match_info.apps:
                 await app.on_response_prepare.send(request, self)
         closing = b"" if self.keep_alive else b"Connection: close\r\n"
-        head = b"".join(
+        self._head = b"".join(
             (
                 _STATUS_LINE,
                 self._rendered,
@@ -83,16 +88,19 @@ class PrerenderedResponse(web.StreamResponse):
                 _date_line(),
                 _SERVER,
                 closing,
+                b"\r\n",
             )
         )
-        writer = request.writer
-        self._writer = writer
-        await writer.write(head + b"\r\n" + self._payload if self._payload else head + b"\r\n")
-        await writer.write_eof()
-        return writer
+        self._writer = request.writer
+        return self._writer
 
     async def write_eof(self, data: bytes = b"") -> None:
-        """Sent already by `prepare`."""
+        """Send the answer, in one write."""
+        if self._sent or self._writer is None or self._head is None:
+            return
+        self._sent = True
+        await self._writer.write(self._head + self._payload if self._payload else self._head)
+        await self._writer.write_eof()
 
 
 def _lines(pairs: Iterable[tuple[str, str]]) -> bytes:
