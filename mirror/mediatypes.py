@@ -9,6 +9,7 @@ admits. Tag lookups are keyed by that class and the upstream is asked with exact
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -65,6 +66,12 @@ def accepted_types(accept_headers: Iterable[str]) -> frozenset[str]:
     excludes a type. Types the mirror does not know are ignored: they cannot change which
     manifest a registry picks.
     """
+    return _accepted(tuple(accept_headers))
+
+
+# Clients send the same few Accept headers on every manifest request: each is parsed once.
+@functools.lru_cache(maxsize=256)
+def _accepted(accept_headers: tuple[str, ...]) -> frozenset[str]:
     admitted: set[str] = set()
     seen_any = False
     for header in accept_headers:
@@ -98,6 +105,7 @@ def _q_is_zero(params: str) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=256)
 def accept_class(types: frozenset[str]) -> str:
     """A stable key for a set of accepted types (the tag cache is keyed by it)."""
     return ",".join(sorted(types))

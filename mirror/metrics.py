@@ -15,6 +15,7 @@ and the server installs `PrometheusSink`, which counts their reports here.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator, Mapping
 
@@ -209,16 +210,40 @@ CLUSTER_LEASE_TAKEOVERS = Counter(
 )
 
 
+# The series a request or a cache lookup counts into, looked up once per label set: on a
+# cache hit, prometheus-client's `labels()` (a lock, a tuple, a dict) costs more than the
+# count itself. Bounded, as a client's unknown methods could grow it (`labels()` keeps
+# every series anyway).
+_SERIES_KEPT = 1024
+
+
+@functools.lru_cache(maxsize=_SERIES_KEPT)
+def _request_series(route: str, method: str, status: str) -> tuple[Counter, Histogram]:
+    return HTTP_REQUESTS.labels(route, method, status), HTTP_DURATION.labels(route, method)
+
+
+def request_answered(route: str, method: str, status: str, seconds: float) -> None:
+    """One request answered (`status`: its code, or "aborted"), `seconds` after it came."""
+    requests, duration = _request_series(route, method, status)
+    requests.inc()
+    duration.observe(seconds)
+
+
+@functools.lru_cache(maxsize=_SERIES_KEPT)
+def _lookup_series(kind: CacheKind, outcome: Outcome) -> tuple[Counter, ...]:
+    if outcome == "hit":
+        return (CACHE_HITS.labels(kind),)
+    if outcome == "coalesced":
+        return CACHE_MISSES.labels(kind), CACHE_COALESCED.labels(kind)
+    return (CACHE_MISSES.labels(kind),)
+
+
 class PrometheusSink:
     """The `mirror.observe.Sink` that counts into the metrics above."""
 
     def cache_lookup(self, kind: CacheKind, outcome: Outcome) -> None:
-        if outcome == "hit":
-            CACHE_HITS.labels(kind).inc()
-        else:
-            CACHE_MISSES.labels(kind).inc()
-            if outcome == "coalesced":
-                CACHE_COALESCED.labels(kind).inc()
+        for series in _lookup_series(kind, outcome):
+            series.inc()
 
     def served_bytes(self, count: int, *, from_cache: bool) -> None:
         SERVED_BYTES.labels("cache" if from_cache else "upstream").inc(count)

@@ -28,7 +28,7 @@ from mirror import errors, mediatypes, observe
 from mirror.cache.access import AccessRecorder
 from mirror.cache.graph import held_with
 from mirror.cache.scope import RepositoryScope
-from mirror.config import Config
+from mirror.config import Config, Freshness
 from mirror.errors import RegistryError
 from mirror.manifestjson import declared_type, parse_manifest
 from mirror.meta.store import Locks, RateLimits, TagKey, TagRecord, TagRecords
@@ -94,6 +94,7 @@ class ManifestCache:
         self._record_reads: SingleFlight[TagKey, TagRecord | None] = SingleFlight()
         # Recently read tag records: (record, time.monotonic() until which it may be used).
         self._hot: dict[TagKey, tuple[TagRecord, float]] = {}
+        self._freshness_rules: dict[tuple[str, str, str], Freshness] = {}
         self._reported_ratelimit: dict[str, RateLimit] = {}  # by upstream host
         # A HEAD's Docker-Content-Digest cannot be checked against bytes, so a tag record
         # made from one is a claim until its manifest is fetched: if the upstream then has
@@ -122,8 +123,12 @@ class ManifestCache:
         and verified if the store lacks it. Stored once whichever upstream it came from, but
         served from the store only to a repository that holds it (`RepositoryScope.check`:
         404 otherwise)."""
-        manifest = await self._stored(digest)
-        if manifest is None:
+        manifest = self._held_in_memory(repo, digest)  # the common hit, without an await
+        if manifest is None and (manifest := await self._stored(digest)) is not None:
+            await self._scope.check(repo, digest, "manifest")
+        if manifest is not None:
+            observe.cache_lookup("manifest", "hit")
+        else:
             if self._config.freshness.offline:
                 raise RegistryError(
                     errors.MANIFEST_UNKNOWN, "manifest not in the cache, and the mirror is offline"
@@ -132,9 +137,6 @@ class ManifestCache:
             joined = self._fetches.in_flight(key)
             observe.cache_lookup("manifest", "coalesced" if joined else "miss")
             manifest = await self._fetches.run(key, lambda: self._fetch_by_digest(repo, digest))
-        else:
-            await self._scope.check(repo, digest, "manifest")
-            observe.cache_lookup("manifest", "hit")
         self._access.touch(str(digest), repo)
         return manifest
 
@@ -156,12 +158,59 @@ class ManifestCache:
         tag immutable), still once however many ask and still answering stale when the
         upstream fails: what a prefetch wants. `count_pull=False` leaves it out of the
         pull counts, which are about clients."""
-        resolved = await self._resolve(
+        hit = None if revalidate else self._fresh_in_memory(repo, tag, accept, with_bytes)
+        resolved = hit or await self._resolve(
             repo, tag, accept, with_bytes=with_bytes, revalidate=revalidate
         )
         if count_pull:
             self._access.pulled(repo)  # counted only when it worked
         return resolved
+
+    def _fresh_in_memory(
+        self, repo: UpstreamRepo, tag: str, accept: frozenset[str], with_bytes: bool
+    ) -> Resolved | None:
+        """A fresh tag's answer when everything it takes is in this process's memory: the
+        record (read within `tag_cache_seconds`), the repository's link and the manifest's
+        bytes. What `_resolve` answers from the same memory, counted the same, without its
+        awaits (a hot tag is most of a mirror's manifest traffic); None sends the request
+        the long way."""
+        key = TagKey(repo.upstream.host, repo.name, tag, mediatypes.accept_class(accept))
+        hot = self._hot.get(key)
+        if hot is None or hot[1] <= time.monotonic():
+            return None
+        record = hot[0]
+        freshness = self._freshness(key)
+        if not freshness.immutable and self._clock() - record.confirmed_at >= freshness.ttl:
+            return None
+        if not self._scope.remembers(repo, record.digest):
+            return None
+        if not with_bytes:
+            observe.cache_lookup("tag", "hit")
+            return Resolved(record.digest, record.media_type, record.size, None)
+        manifest = self._store.recent_manifest(record.digest)
+        if manifest is None:
+            return None
+        observe.cache_lookup("tag", "hit")
+        observe.cache_lookup("manifest", "hit")
+        self._access.touch(str(record.digest), repo)
+        return Resolved(record.digest, manifest.media_type, record.size, manifest)
+
+    def _held_in_memory(self, repo: UpstreamRepo, digest: Digest) -> StoredManifest | None:
+        """`by_digest`'s hit when manifest and link are both in memory (no await)."""
+        if not self._scope.remembers(repo, digest):
+            return None
+        return self._store.recent_manifest(digest)
+
+    def _freshness(self, key: TagKey) -> Freshness:
+        """The tag's freshness rule (rules are patterns: matched once per tag)."""
+        rule_key = (key.upstream, key.repo, key.tag)
+        freshness = self._freshness_rules.get(rule_key)
+        if freshness is None:
+            if len(self._freshness_rules) >= HOT_TAGS:
+                self._freshness_rules.clear()  # crude but bounded
+            freshness = self._config.tag_freshness(key.upstream, key.repo, key.tag)
+            self._freshness_rules[rule_key] = freshness
+        return freshness
 
     async def _resolve(
         self,
@@ -176,7 +225,7 @@ class ManifestCache:
         key = TagKey(upstream.host, repo.name, tag, mediatypes.accept_class(accept))
         record = await self._get_record(key, from_memory=not revalidate)
         if record is not None:
-            freshness = self._config.tag_freshness(upstream.host, repo.name, tag)
+            freshness = self._freshness(key)
             fresh = not revalidate and self._clock() - record.confirmed_at < freshness.ttl
             if freshness.immutable or fresh:
                 observe.cache_lookup("tag", "hit")

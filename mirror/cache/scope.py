@@ -67,6 +67,11 @@ class RepositoryScope:
             return True
         return False
 
+    def remembers(self, repo: UpstreamRepo, digest: Digest) -> bool:
+        """Whether this process knows from lately that `repo` holds `digest` (no I/O):
+        `linked` would say so without asking the store."""
+        return self._recall(link_of(repo, digest)) is True
+
     async def link(self, repo: UpstreamRepo, digests: Iterable[Digest]) -> None:
         """Record that `repo` holds `digests` (the upstream served or confirmed them for
         it, or a manifest cached for it names them)."""

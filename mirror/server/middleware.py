@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
-import secrets
 import time
 from http import HTTPStatus
 
@@ -15,6 +15,7 @@ from aiohttp.typedefs import Handler
 
 from mirror import errors, metrics, observe
 from mirror.errors import RegistryError
+from mirror.server.prerendered import PrerenderedResponse
 from mirror.server.responses import header_safe
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,9 @@ async def observe_requests(request: web.Request, handler: Handler) -> web.Stream
         # A body cut off on purpose (its download failed) is no success, whatever its
         # status line said: it counts as "aborted".
         label = "aborted" if record.aborted else str(status)
-        metrics.HTTP_REQUESTS.labels(record.route, request.method, label).inc()
-        metrics.HTTP_DURATION.labels(record.route, request.method).observe(seconds)
-        _log_access(request, response, record, status, seconds)
+        metrics.request_answered(record.route, request.method, label, seconds)
+        if access_log.isEnabledFor(logging.INFO):  # its fields cost more than a cache hit
+            _log_access(request, response, record, status, seconds)
 
 
 def route_label(route: web.AbstractRoute) -> str:
@@ -109,8 +110,13 @@ def route_label(route: web.AbstractRoute) -> str:
 
 
 def _request_id(request: web.Request) -> str:
-    given = request.headers.get(REQUEST_ID_HEADER, "")
-    return given if _REQUEST_ID_RE.fullmatch(given) else secrets.token_hex(8)
+    """The client's id if tame, else a new one: no secret (it is sent back and logged), only
+    unique enough to find a request in the log, so the seeded generator rather than a
+    system call per request (`secrets`)."""
+    given = request.headers.get(REQUEST_ID_HEADER)
+    if given is not None and _REQUEST_ID_RE.fullmatch(given):
+        return given
+    return f"{random.getrandbits(64):016x}"
 
 
 def _log_access(
@@ -121,7 +127,9 @@ def _log_access(
     seconds: float,
 ) -> None:
     body_bytes = record.body_bytes
-    if not body_bytes and isinstance(response, web.Response) and request.method != "HEAD":
+    if isinstance(response, PrerenderedResponse):
+        body_bytes = response.body_size
+    elif not body_bytes and isinstance(response, web.Response) and request.method != "HEAD":
         body_bytes = response.content_length or 0
     fields = {
         "remote": request.remote or "-",
@@ -137,21 +145,31 @@ def _log_access(
         "request_id": record.request_id,
         "user_agent": header_safe(request.headers.get("User-Agent", "-"), 200),
     }
-    access_log.info(
+    # Made and handled directly: `Logger.info` would also look up the calling frame and
+    # its file name, which no access line prints, once per request.
+    line = access_log.makeRecord(
+        access_log.name,
+        logging.INFO,
+        __file__,
+        0,
         '%s "%s %s" %d%s %dB %.1fms cache=%s upstream=%s user=%s id=%s',
-        fields["remote"],
-        fields["method"],
-        header_safe(str(fields["path"]), _PATH_LOGGED),
-        status,
-        " (aborted)" if record.aborted else "",
-        body_bytes,
-        fields["duration_ms"],
-        fields["cache"],
-        fields["upstream"],
-        fields["user"],
-        record.request_id,
+        (
+            fields["remote"],
+            fields["method"],
+            header_safe(str(fields["path"]), _PATH_LOGGED),
+            status,
+            " (aborted)" if record.aborted else "",
+            body_bytes,
+            fields["duration_ms"],
+            fields["cache"],
+            fields["upstream"],
+            fields["user"],
+            record.request_id,
+        ),
+        None,
         extra={"access": fields},
     )
+    access_log.handle(line)
 
 
 async def add_response_headers(request: web.Request, response: web.StreamResponse) -> None:

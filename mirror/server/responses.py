@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from contextlib import aclosing
 from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from mirror import errors, mediatypes, observe
 from mirror.errors import RegistryError
 from mirror.reference import Digest
+from mirror.server import prerendered
+from mirror.server.prerendered import PrerenderedResponse
 from mirror.storage import StoredBlob
 
 # ASCII digits only: `\d` would match any script's digits.
@@ -81,6 +85,8 @@ def _unsatisfiable(size: int) -> RegistryError:
 def header_safe(text: str, limit: int) -> str:
     """`text` fit for a header or status line: printable ASCII only (no CR/LF, no quotes or
     backslashes that would end a quoted-string), at most `limit` characters."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return text[:limit]  # the common case, without a pass over each character
     return "".join(c if " " <= c <= "~" and c not in '"\\' else " " for c in text)[:limit]
 
 
@@ -145,12 +151,33 @@ def abort(request: web.Request) -> None:
         request.transport.abort()
 
 
+# Manifests whose headers are kept ready: the same few are served over and over.
+MANIFEST_HEADERS_KEPT = 1024
+
+
+@functools.lru_cache(maxsize=MANIFEST_HEADERS_KEPT)
+def _manifest_headers(digest: Digest, media_type: str) -> CIMultiDictProxy[str]:
+    """A manifest's content headers, built once per digest and type (each response copies
+    them: its own headers are added on top)."""
+    return CIMultiDictProxy(CIMultiDict(content_headers(digest, media_type)))
+
+
+@functools.lru_cache(maxsize=MANIFEST_HEADERS_KEPT)
+def _rendered_manifest_headers(digest: Digest, media_type: str, content_length: int) -> bytes:
+    headers = {**content_headers(digest, media_type), "Content-Length": str(content_length)}
+    return prerendered.render(headers.items())
+
+
 def manifest_response(
     request: web.Request, digest: Digest, media_type: str, size: int, data: bytes | None
 ) -> web.StreamResponse:
-    headers = content_headers(digest, media_type)
+    headers = _manifest_headers(digest, media_type)
     if etag_matches(request, digest):
         return web.Response(status=304, headers=headers)
+    body = None if request.method == "HEAD" else data
+    if prerendered.usable(request):
+        length = size if body is None else len(body)
+        return PrerenderedResponse(_rendered_manifest_headers(digest, media_type, length), body)
     if data is None or request.method == "HEAD":
         response = web.StreamResponse(headers=headers)
         response.content_length = size

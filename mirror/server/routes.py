@@ -4,6 +4,7 @@ caches, or, for a hosted repository, to `mirror.server.hosted` (which also takes
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from contextlib import aclosing, nullcontext
@@ -303,7 +304,7 @@ def manifest_reference(request: web.Request) -> Digest | str:
     """
     reference = request.match_info["reference"]
     try:
-        return Digest.parse(reference) if is_digest(reference) else parse_tag(reference)
+        return _parse_reference(reference)
     except RegistryError as exc:
         if request.method not in READ_METHODS:
             raise
@@ -312,6 +313,13 @@ def manifest_reference(request: web.Request) -> Digest | str:
             f"manifest unknown: the reference is neither a tag nor a digest ({exc.message})",
             detail={"reference": reference[:200]},
         ) from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_reference(reference: str) -> Digest | str:
+    """Parsed once per reference (clients ask for the same few over and over; a refusal
+    is raised anew each time)."""
+    return Digest.parse(reference) if is_digest(reference) else parse_tag(reference)
 
 
 def _redirectable(request: web.Request, digest: Digest, blob: StoredBlob) -> bool:

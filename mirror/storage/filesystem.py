@@ -176,6 +176,9 @@ class FilesystemStore:
     async def has_manifest(self, digest: Digest) -> bool:
         return self._manifest_path(digest).is_file()
 
+    def recent_manifest(self, digest: Digest) -> StoredManifest | None:
+        return self._recent.get(digest)
+
     async def read_manifest(self, digest: Digest) -> StoredManifest | None:
         """The manifest, from memory when it was read recently (they are immutable, and the
         same few are read over and over), else from disk (two small files: read in place,

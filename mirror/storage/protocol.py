@@ -240,6 +240,10 @@ class ContentStore(Protocol):
 
     async def read_manifest(self, digest: Digest) -> StoredManifest | None: ...
 
+    def recent_manifest(self, digest: Digest) -> StoredManifest | None:
+        """The manifest if this process holds it in memory (read lately): no I/O, so a
+        cache hit needs no await. None says nothing about the store (`read_manifest`)."""
+
     async def write_manifest(self, manifest: StoredManifest) -> None:
         """Store manifest bytes with their media type; IntegrityError unless the bytes
         hash to `manifest.digest`. A manifest already stored keeps its first type (one

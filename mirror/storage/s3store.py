@@ -248,6 +248,9 @@ class S3Store:
         to be served, and is asked about again and again."""
         return await self.read_manifest(digest) is not None
 
+    def recent_manifest(self, digest: Digest) -> StoredManifest | None:
+        return self._recent.get(digest)
+
     async def read_manifest(self, digest: Digest) -> StoredManifest | None:
         """From memory when read recently, else from the bucket (its bytes checked)."""
         if (manifest := self._recent.get(digest)) is not None:

@@ -28,6 +28,8 @@ from mirror.upstream.options import ClientOptions
 
 # How much of an unknown host a refusal quotes back.
 _QUOTE_LIMIT = 100
+# Names resolved and remembered at most (every request with a `{name}` resolves its own).
+_RESOLVED_KEPT = 10_000
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Router:
             for name in names:
                 self._by_name.setdefault(name, upstream)
         self.default = self._by_name.get(DOCKER_HUB)
+        self._resolved: dict[tuple[str, str | None], UpstreamRepo | HostedRepo] = {}
 
     @classmethod
     def from_config(cls, config: Config, lists: ListCache) -> Router:
@@ -85,9 +88,16 @@ class Router:
 
     def resolve(self, name: str, ns: str | None) -> UpstreamRepo | HostedRepo:
         """What a request path's `name` (and `ns`) addresses: a hosted repository when a
-        `hosted` pattern matches it, else an upstream one (see `repository`)."""
+        `hosted` pattern matches it, else an upstream one (see `repository`). Remembered
+        per name, as it depends on the configuration alone (refusals are raised anew)."""
+        if (known := self._resolved.get((name, ns))) is not None:
+            return known
         hosted = self.hosting.match(name, ns)
-        return hosted if hosted is not None else self.repository(name, ns)
+        target = hosted if hosted is not None else self.repository(name, ns)
+        if len(self._resolved) >= _RESOLVED_KEPT:
+            self._resolved.clear()  # crude but bounded
+        self._resolved[name, ns] = target
+        return target
 
     def repository(self, name: str, ns: str | None) -> UpstreamRepo:
         """The upstream repository a request path's `name` (and `ns`) addresses.

@@ -59,11 +59,14 @@ def setup(
     clock: Callable[[], float] = time.time,
 ) -> ClientAuth | None:
     """Switch client authentication on for `app` if `htpasswd` is set; without it, refuse
-    the anonymous clients every push and delete. The middleware goes innermost: after the
-    error middleware that renders its refusals as the spec's JSON, and after the one that
-    resolves the request's repository (see `mirror.server.addressing`)."""
+    the anonymous clients every push and delete (of a hosted repository: nothing else
+    takes them, so without `hosted` patterns there is nothing to guard, and no middleware
+    to pass through). The middleware goes innermost: after the error middleware that
+    renders its refusals as the spec's JSON, and after the one that resolves the request's
+    repository (see `mirror.server.addressing`)."""
     if config.auth.htpasswd is None:
-        app.middlewares.append(anonymous_reads_only)
+        if router.hosting.patterns:
+            app.middlewares.append(anonymous_reads_only)
         return None
     auth = ClientAuth(config, router, clock=clock)
     auth.register(app)
