@@ -202,9 +202,10 @@ class Fuzzed:
                 assert len(parts) == 2, path
                 name = parts[1]
                 assert name.startswith("ready.") or any(h in name for h in hexes), path
-            else:  # the metadata store's files, and the kept tag lists' (upstream.lists)
+            else:  # the metadata store's files, the kept tag lists' (upstream.lists) and the
+                # count of what the store holds, shared by its processes (storage.usage)
                 assert len(parts) == 1, path
-                assert parts[0].startswith(("meta.", SQLITE_FILE)), path
+                assert parts[0] == "usage" or parts[0].startswith(("meta.", SQLITE_FILE)), path
 
     def _check_upstream_requests(self) -> None:
         """The upstream was only ever asked about valid names, tags and digests."""
@@ -219,7 +220,9 @@ class Fuzzed:
                 continue
             if recorded.path == "/v2/":
                 continue
-            match = re.fullmatch(r"/v2/(.+)/(manifests|blobs|tags)/([^/]+)", recorded.path)
+            match = re.fullmatch(
+                r"/v2/(.+)/(manifests|blobs|tags|referrers)/([^/]+)", recorded.path
+            )
             assert match, recorded.path
             name, kind, ref = match.groups()
             assert SPEC_NAME.fullmatch(name) and len(name) <= 255, recorded.path
@@ -230,6 +233,9 @@ class Fuzzed:
                     assert SPEC_TAG.fullmatch(recorded.query["last"]), recorded.raw_query
                 if "n" in recorded.query:
                     assert 0 <= int(recorded.query["n"]) <= MAX_TAGS_PAGE, recorded.raw_query
+            elif kind == "referrers":  # a subject's referrers: by digest only
+                assert SPEC_DIGEST.fullmatch(ref), recorded.path
+                assert set(recorded.query) <= {"artifactType"}, recorded.raw_query
             else:
                 assert SPEC_TAG.fullmatch(ref) or SPEC_DIGEST.fullmatch(ref), recorded.path
 
