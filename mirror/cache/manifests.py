@@ -111,6 +111,13 @@ class ManifestCache:
             log.debug("manifest %s not looked up: %s", digest, exc)
             return None
 
+    async def _stored_for(self, repo: UpstreamRepo, digest: Digest) -> StoredManifest | None:
+        """The stored manifest if `repo` is linked to it: what another process fetching it
+        for `repo` leaves (it links before it stores). Stored for another repository only,
+        it is not `repo`'s to serve without asking its upstream."""
+        manifest = await self._stored(digest)
+        return manifest if manifest is not None and await self._scope.linked(repo, digest) else None
+
     async def _holds(self, digest: Digest) -> bool:
         try:
             return await self._store.has_manifest(digest)
@@ -402,16 +409,15 @@ class ManifestCache:
         takes the lock and fetches, the others wait for it to appear in the store."""
         lock = f"manifest:{repo.upstream.host}/{repo.name}@{digest}"
         token = await self._meta.try_lock(lock, ttl=self._config.registries.request_timeout * 2)
-        if token is None:
-
-            async def stored() -> StoredManifest | None:
-                return await self._stored(digest)
-
-            if (manifest := await self._poll(stored)) is not None:
-                return manifest
+        if token is None and (manifest := await self._poll(lambda: self._stored_for(repo, digest))):
+            return manifest
         # Ask for every type: a digest names exactly one manifest, whatever the client accepts.
         accept = mediatypes.accept_header(frozenset(mediatypes.MANIFEST_TYPES))
         try:
+            # The process that held the lock may have stored it and let go between the
+            # caller's look and this lock: look again before asking the upstream.
+            if token is not None and (manifest := await self._stored_for(repo, digest)):
+                return manifest
             try:
                 fetched = await repo.upstream.get_manifest(
                     repo.name,
