@@ -7,6 +7,12 @@ removed or replaced under it (by a process that took it for a crash's leftover):
 commit renames the path only while it is the very file written (same device, inode, size
 and change time as the descriptor had when the writer let it go: a freed inode number can
 be reused at once), and fsyncs the directory after the rename so the commit survives a power cut.
+
+Writes append and hash on a thread (os.write and hashlib release the GIL on large buffers),
+so the event loop serves clients meanwhile: one thread per process, which the writers take
+in turns. One is as many as the loop leaves a core for, and it meets a full disk one write at
+a time: a write that fails empties its file before the next write runs, so one download
+hitting a full disk does not make the others fail with it.
 """
 
 from __future__ import annotations
@@ -17,10 +23,14 @@ import fcntl
 import hashlib
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mirror.reference import Digest
 from mirror.storage.protocol import IntegrityError
+
+# Started at the first write (a forked worker starts its own).
+_WRITES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-writes")
 
 
 class FileBlobWriter:
@@ -54,6 +64,10 @@ class FileBlobWriter:
             raise
         self._verified = False
         self._done = False  # committed or aborted
+        # The write running on its thread; one whose caller was cancelled runs on, and is
+        # waited for before the descriptor closes (its number could be reused at once).
+        self._busy: asyncio.Future[None] | None = None
+        self._broken = False  # a write failed: its file was emptied
 
     @property
     def path(self) -> Path:
@@ -61,18 +75,40 @@ class FileBlobWriter:
         return self._path
 
     async def write(self, chunk: bytes) -> None:
+        """Append and hash `chunk` on the writes' thread; the bytes are in the file once it
+        returns. After an OSError the writer is good for `abort` only."""
         assert self._fd is not None and not self._verified, "write after verify or abort"
+        assert not self._broken, "write after a failed write"
+        assert self._busy is None or self._busy.done(), "writes overlap"
+        loop = asyncio.get_running_loop()
+        self._busy = busy = loop.run_in_executor(_WRITES, self._append, self._fd, chunk)
+        await asyncio.shield(busy)
+
+    def _append(self, fd: int, chunk: bytes) -> None:
         view = memoryview(chunk)
-        while view:
-            done = os.write(self._fd, view)
-            view = view[done:]
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            # Its bytes are lost: their room goes back now, before another write needs it.
+            self._broken = True
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            raise
         self._hash.update(chunk)
         self.written += len(chunk)
+
+    async def _settled(self) -> None:
+        """Wait for a write left running by a cancelled caller (its outcome no longer counts)."""
+        if self._busy is not None and not self._busy.done():
+            await asyncio.wait({self._busy})
 
     async def verify(self, expected_size: int | None = None) -> None:
         if self._verified:
             return
         assert self._fd is not None, "verify after abort"
+        assert self._busy is None or self._busy.done(), "verify while a write runs"
+        assert not self._broken, "verify after a failed write"
         actual = self._hash.hexdigest()
         if expected_size is not None and self.written != expected_size:
             await self.abort()
@@ -114,6 +150,7 @@ class FileBlobWriter:
         if self._done:
             return  # committed: the temp path is no longer ours (a new download may use it)
         self._done = True
+        await self._settled()
         ours = self._is_ours()
         if self._shared and ours:
             with contextlib.suppress(OSError):
