@@ -7,8 +7,8 @@ the host leads; the spool is watched). Either way every client streams the spool
 and committed, so a client can never complete a transfer of bad bytes: on failure every
 reader is aborted instead. `mirror.cache.downloads` keeps this process's downloads.
 
-A leader reads its source ahead of its writes (`ReadAhead`: the writer hashes and writes on
-a thread while the next bytes arrive), and keeps its latest writes in memory: a reader
+A leader writes its source's bytes as they arrive (`Spooling`: the writer hashes and writes
+on a thread while the next bytes arrive), and keeps its latest writes in memory: a reader
 keeping up with the download takes them from there, one reading older bytes reads the spool.
 """
 
@@ -23,8 +23,8 @@ from contextlib import aclosing
 from enum import Enum
 
 from mirror import errors, observe
-from mirror.cache.readahead import ReadAhead
 from mirror.cache.sources import SourceLost, Sources
+from mirror.cache.spooling import Spooling
 from mirror.errors import RegistryError
 from mirror.reference import Digest
 from mirror.storage import BlobWriter, ContentStore, IntegrityError, Spool, SpoolReader
@@ -34,10 +34,11 @@ from mirror.upstream.routing import UpstreamRepo
 log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 1024 * 1024
-# The bytes read ahead of the writes, at most (past this the source waits).
-READ_AHEAD_BYTES = 4 * 1024 * 1024
+# The bytes arrived and not yet written, at most (past this the source waits). Small enough
+# that the buffers in flight stay few and are reused (each fresh page is a page fault).
+UNWRITTEN_BYTES = 1024 * 1024
 # How many of the latest bytes written are kept in memory, for the readers keeping up.
-RECENT_BYTES = 4 * 1024 * 1024
+RECENT_BYTES = 2 * 1024 * 1024
 # Errors of a full disk (or of a quota): the mirror cannot store, but can still serve.
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -316,22 +317,16 @@ class Download:
         if skip < 0:
             raise IntegrityError(f"a source of {self.digest} skipped bytes {self.written}+")
         chunks = _skipped(stream.chunks, skip) if skip else stream.chunks
-        ahead = ReadAhead(chunks, limit=READ_AHEAD_BYTES)
-        try:
-            while (data := await ahead.take()) is not None:
-                await writer.write(data)
-                self._wrote(data)
-        finally:
-            await ahead.close()
+        await Spooling(writer, self._wrote, limit=UNWRITTEN_BYTES).copy(chunks)
 
     def _wrote(self, data: bytes) -> None:
-        """`data` is in the spool: readers may have it, from memory while it is recent."""
-        assert self._writer is not None
-        self._recent.append((self._writer.written - len(data), data))
+        """`data` is in the spool, after the bytes written so far: readers may have it, from
+        memory while it is recent."""
+        self._recent.append((self.written, data))
         self._recent_bytes += len(data)
         while self._recent_bytes - len(self._recent[0][1]) >= RECENT_BYTES:
             self._recent_bytes -= len(self._recent.popleft()[1])
-        self._progressed(self._writer.written)
+        self._progressed(self.written + len(data))
 
     def _failure(self, repo: UpstreamRepo, exc: Exception) -> RegistryError:
         """What the readers of a failed download are told."""

@@ -216,12 +216,16 @@ class S3BlobWriter:
         self.digest = local.digest
         self.written = 0
         self._committed = False
+        # Feeds one chunk at a time: writes may overlap, and their local writes end in the
+        # order they were made (one thread does them), which is the order they queue here.
+        self._feeding = asyncio.Lock()
 
     async def write(self, chunk: bytes) -> None:
         await self._local.write(chunk)
         self.written = self._local.written
         if self._feed is not None:
-            await self._feed(chunk)
+            async with self._feeding:
+                await self._feed(chunk)
 
     async def verify(self, expected_size: int | None = None) -> None:
         """Local only: a verified writer holds no upload open (an import verifies a whole

@@ -47,10 +47,10 @@ log = logging.getLogger(__name__)
 # distribution refuses manifests over 4 MiB; so does the mirror, to bound memory.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_TAGS_BYTES = 16 * 1024 * 1024
-# How much of a blob body is buffered before the connection waits for it to be consumed:
-# large, so the upstream keeps sending while the download writes (aiohttp's 64 KiB would
-# stop the connection after every read from the socket).
-BLOB_READ_BUFFER = 1024 * 1024
+# How much of a blob body is buffered before the connection waits for it to be consumed
+# (twice this, in aiohttp): room for what arrives while the download hands a write over
+# (aiohttp's 64 KiB would stop the connection after every read from the socket).
+BLOB_READ_BUFFER = 256 * 1024
 # A referrers index is read as a manifest is: one page of it at most this big.
 MAX_REFERRERS_BYTES = MAX_MANIFEST_BYTES
 # What an upstream without the referrers API answers (ggcr and oras-go read these so):
