@@ -14,9 +14,10 @@ in turns, in the order their writes were made (a writer may make its next write 
 last one is done: the thread then goes on to it without waiting for the event loop). One
 thread is as many as the loop leaves a core for, and it meets a full disk one write at a
 time: a write that fails empties its file before the next write runs, so one download
-hitting a full disk does not make the others fail with it. The disk writes the bytes back
-as they come (`sync_file_range`, where there is one), so the fsync of the verified file
-waits for its last few MiB only.
+hitting a full disk does not make the others fail with it. A small write with none under
+way is done on the event loop: handing it over would cost more than doing it. The disk
+writes the bytes back as they come (`sync_file_range`, where there is one), so the fsync of
+the verified file waits for its last few MiB only.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from mirror.storage.protocol import IntegrityError
 
 # Started at the first write (a forked worker starts its own).
 _WRITES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-writes")
+# Writes below this size, with none under way, are done on the event loop.
+INLINE_BYTES = 256 * 1024
 # Bytes written between two starts of their writeback.
 WRITEBACK_BYTES = 8 * 1024 * 1024
 _SYNC_FILE_RANGE_WRITE = 2  # start writing back, wait for nothing
@@ -98,10 +101,13 @@ class FileBlobWriter:
         return self._path
 
     async def write(self, chunk: bytes) -> None:
-        """Append and hash `chunk` on the writes' thread, after the writes made before;
-        the bytes are in the file once it returns. After an OSError the writer is good for
-        `abort` only."""
+        """Append and hash `chunk` after the writes made before it (on the writes' thread,
+        unless it is small and none is under way); the bytes are in the file once it
+        returns. After an OSError the writer is good for `abort` only."""
         assert self._fd is not None and not self._verified, "write after verify or abort"
+        if len(chunk) < INLINE_BYTES and (self._last is None or self._last.done()):
+            self._append(self._fd, chunk)
+            return
         loop = asyncio.get_running_loop()
         self._last = done = loop.run_in_executor(_WRITES, self._append, self._fd, chunk)
         await asyncio.shield(done)
