@@ -35,13 +35,28 @@ from pathlib import Path
 from mirror.reference import Digest
 from mirror.storage.protocol import IntegrityError
 
-# Started at the first write (a forked worker starts its own).
-_WRITES = ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-writes")
 # Writes below this size, with none under way, are done on the event loop.
 INLINE_BYTES = 256 * 1024
 # Bytes written between two starts of their writeback.
 WRITEBACK_BYTES = 8 * 1024 * 1024
 _SYNC_FILE_RANGE_WRITE = 2  # start writing back, wait for nothing
+
+
+def _writes_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-writes")
+
+
+# The writes' thread, started at the first write.
+_WRITES = _writes_thread()
+
+
+def _after_fork() -> None:
+    """A forked process (a worker) has none of its parent's threads: it starts its own."""
+    global _WRITES
+    _WRITES = _writes_thread()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _writeback_starter() -> Callable[[int, int, int, int], int] | None:
@@ -128,6 +143,7 @@ class FileBlobWriter:
         self._hash.update(chunk)
         self.written += len(chunk)
         if _start_writeback is not None and self.written - self._written_back >= WRITEBACK_BYTES:
+            # Best effort: where it fails, the fsync writes these bytes back instead.
             _start_writeback(
                 fd, self._written_back, self.written - self._written_back, _SYNC_FILE_RANGE_WRITE
             )
