@@ -1,10 +1,13 @@
 """The filesystem writer publishes only the file it wrote: a temp file removed or replaced
-under it (by a process that took it for a leftover) is never renamed into place; and every
-commit fsyncs the directory it renamed into."""
+under it (by a process that took it for a leftover) is never renamed into place; every
+commit fsyncs the directory it renamed into; and a worker forked from a process that wrote
+writes on a thread of its own."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -64,3 +67,25 @@ async def test_commits_fsync_the_directory_they_rename_into(
     await store.write_manifest(StoredManifest(manifest, "application/json", digest))
     parent = tmp_path / "manifests" / "sha256" / digest.hex[:2]
     assert synced[1:] == [parent, parent], "the type file, then the bytes"
+
+
+async def write_large_blob(root: Path) -> None:
+    """A blob written in pieces large enough to go to the writes' thread."""
+    data = b"x" * (2 * filewriter.INLINE_BYTES)
+    store = FilesystemStore(root)
+    writer = store.blob_writer(Digest("sha256", hashlib.sha256(data).hexdigest()))
+    for half in (data[: filewriter.INLINE_BYTES], data[filewriter.INLINE_BYTES :]):
+        await writer.write(half)
+    await writer.commit(len(data))
+
+
+def test_a_process_forked_after_writing_writes_on_a_thread_of_its_own(tmp_path: Path) -> None:
+    asyncio.run(write_large_blob(tmp_path / "parent"))  # the parent's thread has started
+    child = multiprocessing.get_context("fork").Process(
+        target=lambda: asyncio.run(write_large_blob(tmp_path / "child"))
+    )
+    child.start()
+    child.join(timeout=30)
+    if child.exitcode is None:
+        child.kill()
+    assert child.exitcode == 0, "the child's writes never ran: it waited for its parent's thread"

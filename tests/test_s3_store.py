@@ -385,16 +385,27 @@ async def test_an_export_from_one_bucket_imports_into_another_and_is_served_offl
 # --- a download's upload, part by part -----------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("overlapping", "piece_size"),
+    [(False, MIB), (True, MIN_PART_SIZE * 3 // 2)],
+    ids=["one by one", "overlapping, more than a part each"],
+)
 async def test_a_download_sends_its_parts_while_it_runs_and_completes_once_verified(
-    store: S3Store, seaweed: SeaweedFS, tmp_path: Path
+    store: S3Store, seaweed: SeaweedFS, tmp_path: Path, overlapping: bool, piece_size: int
 ) -> None:
-    data = random_layer(2 * MIN_PART_SIZE + 100, seed=10).data
+    """Whether each write waits for the last one or not, the parts go in order: the upload
+    completes only when what it sent hashes to the digest."""
+    data = random_layer(4 * MIN_PART_SIZE + 100, seed=10).data
     digest = digest_of(data)
     spool = store.spool(digest)
     assert spool.claim()
     writer = spool.writer(len(data))
-    for start in range(0, len(data), MIB):
-        await writer.write(data[start : start + MIB])
+    pieces = [data[start : start + piece_size] for start in range(0, len(data), piece_size)]
+    if overlapping:
+        await asyncio.gather(*(writer.write(piece) for piece in pieces))
+    else:
+        for piece in pieces:
+            await writer.write(piece)
     assert len(pending_uploads(seaweed, tmp_path)) == 1, "parts went before the end"
     assert blob_head(seaweed, tmp_path, digest) is None, "nothing visible before the commit"
     await writer.commit(len(data))

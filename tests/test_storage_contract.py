@@ -128,6 +128,20 @@ async def test_a_blob_is_visible_once_its_writer_commits_matching_bytes(
         assert fh.read() == DATA
 
 
+async def test_writes_made_before_the_last_one_returned_land_in_the_order_made(
+    store: ContentStore,
+) -> None:
+    writer = store.blob_writer(DIGEST)
+    pieces = [DATA[start : start + 7000] for start in range(0, len(DATA), 7000)]
+    await asyncio.gather(*(writer.write(piece) for piece in pieces))
+    assert writer.written == len(DATA)
+    await writer.commit(len(DATA))
+    blob = await store.open_blob(DIGEST)
+    assert blob is not None
+    with blob.open() as fh:
+        assert fh.read() == DATA
+
+
 @pytest.mark.parametrize(
     ("written", "expected_size"),
     [(DATA[:-1] + b"!", len(DATA)), (DATA[:-1], len(DATA)), (DATA, len(DATA) + 1)],

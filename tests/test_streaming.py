@@ -10,10 +10,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from mirror.cache.download import RECENT_BYTES
 from testkit.fakeupstream import Blob, FakeRegistry, Fault, random_layer
 from testkit.waiting import wait_until
 from tests.clients import cached_blobs
 from tests.conftest import Client, StartMirror, answered, files_under
+from tests.transfers import Transfer, Transfers
 
 MB = 1024 * 1024
 
@@ -139,6 +141,51 @@ async def test_range_on_a_blob_still_downloading_is_served_from_the_growing_file
         assert await part.read() == blob.data[MB:]
         assert head + await first.read() == blob.data
     assert answered(upstream, kind="blob", method="GET") == 1
+
+
+async def have(records: list[Transfer], count: int) -> None:
+    """Wait until every one of `records` has received `count` bytes."""
+    await wait_until(
+        lambda: all(r.received == count for r in records),
+        within=10,
+        message=lambda: f"every client has {count} bytes: {records}",
+    )
+
+
+@pytest.mark.parametrize("fault", [None, "corrupt"])
+async def test_clients_keeping_up_and_late_get_the_last_byte_only_of_verified_bytes(
+    mirror: Client, upstream: FakeRegistry, data_dir: Path, fault: str | None
+) -> None:
+    """Clients at the edge of the download (served what was just written, from memory)
+    and one joining late (behind what is kept in memory: served the spool file) stream the
+    blob as it arrives; the last bytes come in one piece, and the last byte reaches them
+    once the blob verified, never when it did not."""
+    blob = random_layer(3 * RECENT_BYTES, seed=14)
+    upstream.push_blob("library/edge", blob)
+    if fault is not None:
+        upstream.add_fault(Fault("corrupt", server="cdn"))
+    tail = upstream.hold_body(blob.size - 64 * 1024, path_contains=blob.digest)
+    url = str(mirror.make_url(f"/v2/library/edge/blobs/{blob.digest}"))
+    transfers = Transfers(mirror.session)
+    try:
+        keeping_up = transfers.start(url, 2)
+        await have(keeping_up, tail.at)
+        late = transfers.start(url)
+        await have(late, tail.at)
+        tail.release()
+        records = await transfers.finish(within=10)
+    finally:
+        await transfers.close()
+
+    assert answered(upstream, kind="blob", method="GET") == 1
+    if fault is None:
+        assert [r for r in records if not r.got(blob)] == []
+        assert len(cached_blobs(data_dir)) == 1
+    else:
+        assert [r for r in records if r.complete] == [], "no body completes with bad bytes"
+        assert all(r.received < blob.size for r in records)
+        assert cached_blobs(data_dir) == set()
+        assert files_under(data_dir / "tmp") == set()
 
 
 async def test_processes_sharing_a_data_dir_download_a_blob_once_and_stream_it_together(

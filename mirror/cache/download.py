@@ -6,6 +6,10 @@ the host leads; the spool is watched). Either way every client streams the spool
 `Reader`, and the last byte of any response is held back until the download is verified
 and committed, so a client can never complete a transfer of bad bytes: on failure every
 reader is aborted instead. `mirror.cache.downloads` keeps this process's downloads.
+
+A leader writes its source's bytes as they arrive (`Spooling`: the writer hashes and writes
+on a thread while the next bytes arrive), and keeps its latest writes in memory: a reader
+keeping up with the download takes them from there, one reading older bytes reads the spool.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from enum import Enum
 
 from mirror import errors, observe
 from mirror.cache.sources import SourceLost, Sources
+from mirror.cache.spooling import Spooling
 from mirror.errors import RegistryError
 from mirror.reference import Digest
 from mirror.storage import BlobWriter, ContentStore, IntegrityError, Spool, SpoolReader
@@ -28,6 +34,11 @@ from mirror.upstream.routing import UpstreamRepo
 log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = 1024 * 1024
+# The bytes arrived and not yet written, at most (past this the source waits). Small enough
+# that the buffers in flight stay few and are reused (each fresh page is a page fault).
+UNWRITTEN_BYTES = 1024 * 1024
+# How many of the latest bytes written are kept in memory, for the readers keeping up.
+RECENT_BYTES = 2 * 1024 * 1024
 # Errors of a full disk (or of a quota): the mirror cannot store, but can still serve.
 _DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -80,6 +91,9 @@ class Download:
         self.cancelled = False  # abandoned beyond the budget: its task is being cancelled
         self._spool = spool
         self._writer: BlobWriter | None = None  # the spool's, once a source answered (leading)
+        # The latest writes (offset, bytes), oldest first: in the spool, and at hand.
+        self._recent: deque[tuple[int, bytes]] = deque()
+        self._recent_bytes = 0
         self._changed = asyncio.Event()
         # Told when the download may have become abandoned (no reader; or its size became
         # known while it had none).
@@ -154,18 +168,35 @@ class Download:
                     # Hold back the response's last byte until the blob is verified.
                     limit = min(limit, stop if committed else stop - 1)
                 if pos < limit:
-                    data = reader.read(pos, min(limit - pos, READ_CHUNK_BYTES))
-                    if not data:
+                    data = self._at_hand(pos, limit)
+                    if data is None:
+                        data = reader.read(pos, min(limit - pos, READ_CHUNK_BYTES))
+                    if data:
+                        pos += len(data)
+                        yield data
+                        continue
+                    if committed:
                         raise RegistryError(errors.INTERNAL, "blob file shorter than expected")
-                    pos += len(data)
-                    yield data
-                    continue
-                if committed:
+                    # Emptied under the reader: the download is failing, which its state
+                    # says once its holder reports why.
+                elif committed:
                     return
                 await changed.wait()
         finally:
             observe.waiter_left()
             reader.close()
+
+    def _at_hand(self, pos: int, limit: int) -> bytes | None:
+        """Bytes from `pos` (up to `limit`) of a recent write, if one holds them: a whole
+        write when it fits, as the readers keeping up want them (no copy)."""
+        for offset, data in reversed(self._recent):
+            if offset <= pos:
+                if pos >= offset + len(data):
+                    return None
+                if pos == offset and offset + len(data) <= limit:
+                    return data
+                return data[pos - offset : limit - offset]
+        return None
 
     def _open(self) -> SpoolReader:
         assert self.state is not State.STARTING, "read before wait_started"
@@ -201,6 +232,7 @@ class Download:
     def _failed(self, error: RegistryError) -> None:
         self.state = State.FAILED
         self.error = error
+        self._recent.clear()
         self._notify()
 
     # --- producer side: following another process's download -----------------------------
@@ -278,19 +310,23 @@ class Download:
 
     async def _copy(self, stream: BlobStream, writer: BlobWriter) -> None:
         """Append the stream's bytes past those already written (a source that sent the
-        blob from an earlier offset has its first bytes skipped)."""
+        blob from an earlier offset has its first bytes skipped). A source that fails
+        raises once every byte it sent is written (the next one goes on from there); a
+        write that fails raises at once."""
         skip = self.written - stream.start
         if skip < 0:
             raise IntegrityError(f"a source of {self.digest} skipped bytes {self.written}+")
-        async for chunk in stream.chunks:
-            if skip:
-                dropped = min(skip, len(chunk))
-                chunk = chunk[dropped:]
-                skip -= dropped
-                if not chunk:
-                    continue
-            await writer.write(chunk)
-            self._progressed(writer.written)
+        chunks = _skipped(stream.chunks, skip) if skip else stream.chunks
+        await Spooling(writer, self._wrote, limit=UNWRITTEN_BYTES).copy(chunks)
+
+    def _wrote(self, data: bytes) -> None:
+        """`data` is in the spool, after the bytes written so far: readers may have it, from
+        memory while it is recent."""
+        self._recent.append((self.written, data))
+        self._recent_bytes += len(data)
+        while self._recent_bytes - len(self._recent[0][1]) >= RECENT_BYTES:
+            self._recent_bytes -= len(self._recent.popleft()[1])
+        self._progressed(self.written + len(data))
 
     def _failure(self, repo: UpstreamRepo, exc: Exception) -> RegistryError:
         """What the readers of a failed download are told."""
@@ -318,6 +354,18 @@ class Download:
             return RegistryError(code, f"the mirror could not store this blob: {exc.strerror}")
         log.exception("download of %s failed unexpectedly", self.digest, exc_info=exc)
         return RegistryError(errors.INTERNAL, f"download failed: {type(exc).__name__}")
+
+
+async def _skipped(chunks: AsyncIterator[bytes], skip: int) -> AsyncIterator[bytes]:
+    """The chunks without their first `skip` bytes."""
+    async for chunk in chunks:
+        if skip:
+            dropped = min(skip, len(chunk))
+            chunk = chunk[dropped:]
+            skip -= dropped
+            if not chunk:
+                continue
+        yield chunk
 
 
 def _check_room(digest: Digest, size: int | None, store: ContentStore) -> None:

@@ -7,20 +7,70 @@ removed or replaced under it (by a process that took it for a crash's leftover):
 commit renames the path only while it is the very file written (same device, inode, size
 and change time as the descriptor had when the writer let it go: a freed inode number can
 be reused at once), and fsyncs the directory after the rename so the commit survives a power cut.
+
+Writes append and hash on a thread (os.write and hashlib release the GIL on large buffers),
+so the event loop serves clients meanwhile: one thread per process, which the writers take
+in turns, in the order their writes were made (a writer may make its next write before the
+last one is done: the thread then goes on to it without waiting for the event loop). One
+thread is as many as the loop leaves a core for, and it meets a full disk one write at a
+time: a write that fails empties its file before the next write runs, so one download
+hitting a full disk does not make the others fail with it. A small write with none under
+way is done on the event loop: handing it over would cost more than doing it. The disk
+writes the bytes back as they come (`sync_file_range`, where there is one), so the fsync of
+the verified file waits for its last few MiB only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mirror.reference import Digest
 from mirror.storage.protocol import IntegrityError
+
+# Writes below this size, with none under way, are done on the event loop.
+INLINE_BYTES = 256 * 1024
+# Bytes written between two starts of their writeback.
+WRITEBACK_BYTES = 8 * 1024 * 1024
+_SYNC_FILE_RANGE_WRITE = 2  # start writing back, wait for nothing
+
+
+def _writes_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="blob-writes")
+
+
+# The writes' thread, started at the first write.
+_WRITES = _writes_thread()
+
+
+def _after_fork() -> None:
+    """A forked process (a worker) has none of its parent's threads: it starts its own."""
+    global _WRITES
+    _WRITES = _writes_thread()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _writeback_starter() -> Callable[[int, int, int, int], int] | None:
+    """Linux's sync_file_range (not in `os`), or None where the C library has none."""
+    start = getattr(ctypes.CDLL(None, use_errno=True), "sync_file_range", None)
+    if start is None:
+        return None
+    start.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    start.restype = ctypes.c_int
+    starter: Callable[[int, int, int, int], int] = start
+    return starter
+
+
+_start_writeback = _writeback_starter()
 
 
 class FileBlobWriter:
@@ -54,6 +104,11 @@ class FileBlobWriter:
             raise
         self._verified = False
         self._done = False  # committed or aborted
+        # The last write handed to the thread; one whose caller was cancelled runs on, and
+        # is waited for before the descriptor closes (its number could be reused at once).
+        self._last: asyncio.Future[None] | None = None
+        self._broken = False  # a write failed: its file was emptied
+        self._written_back = 0  # bytes whose writeback was started
 
     @property
     def path(self) -> Path:
@@ -61,18 +116,50 @@ class FileBlobWriter:
         return self._path
 
     async def write(self, chunk: bytes) -> None:
+        """Append and hash `chunk` after the writes made before it (on the writes' thread,
+        unless it is small and none is under way); the bytes are in the file once it
+        returns. After an OSError the writer is good for `abort` only."""
         assert self._fd is not None and not self._verified, "write after verify or abort"
+        if len(chunk) < INLINE_BYTES and (self._last is None or self._last.done()):
+            self._append(self._fd, chunk)
+            return
+        loop = asyncio.get_running_loop()
+        self._last = done = loop.run_in_executor(_WRITES, self._append, self._fd, chunk)
+        await asyncio.shield(done)
+
+    def _append(self, fd: int, chunk: bytes) -> None:
+        if self._broken:
+            raise OSError(f"an earlier write to {self._path.name} failed")
         view = memoryview(chunk)
-        while view:
-            done = os.write(self._fd, view)
-            view = view[done:]
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            # Its bytes are lost: their room goes back now, before another write needs it.
+            self._broken = True
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            raise
         self._hash.update(chunk)
         self.written += len(chunk)
+        if _start_writeback is not None and self.written - self._written_back >= WRITEBACK_BYTES:
+            # Best effort: where it fails, the fsync writes these bytes back instead.
+            _start_writeback(
+                fd, self._written_back, self.written - self._written_back, _SYNC_FILE_RANGE_WRITE
+            )
+            self._written_back = self.written
+
+    async def _settled(self) -> None:
+        """Wait for the writes left running by cancelled callers (they no longer count)."""
+        if self._last is not None and not self._last.done():
+            await asyncio.wait({self._last})
 
     async def verify(self, expected_size: int | None = None) -> None:
         if self._verified:
             return
         assert self._fd is not None, "verify after abort"
+        assert self._last is None or self._last.done(), "verify while a write runs"
+        assert not self._broken, "verify after a failed write"
         actual = self._hash.hexdigest()
         if expected_size is not None and self.written != expected_size:
             await self.abort()
@@ -114,6 +201,7 @@ class FileBlobWriter:
         if self._done:
             return  # committed: the temp path is no longer ours (a new download may use it)
         self._done = True
+        await self._settled()
         ours = self._is_ours()
         if self._shared and ours:
             with contextlib.suppress(OSError):

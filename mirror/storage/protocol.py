@@ -96,7 +96,9 @@ class BlobWriter(Protocol):
     digest: Digest
     written: int
 
-    async def write(self, chunk: bytes) -> None: ...
+    async def write(self, chunk: bytes) -> None:
+        """Append `chunk`; the bytes are readable (`SpoolReader`) once it returns. A write
+        may start before the last one returned: they land in the order they were made."""
 
     async def verify(self, expected_size: int | None = None) -> None:
         """Check size and digest and make the bytes durable without publishing them;

@@ -58,7 +58,8 @@ class StreamingUpload:
             return
         self._buffer += chunk
         while len(self._buffer) >= self._part_size and self.failed is None:
-            part = bytes(self._buffer[: self._part_size])
+            with memoryview(self._buffer) as view:
+                part = bytes(view[: self._part_size])
             del self._buffer[: self._part_size]
             await self._settle()
             if self.failed is None:
@@ -92,7 +93,7 @@ class StreamingUpload:
             PartNumber=number,
             Body=part,
         )
-        self._hash.update(part)
+        await asyncio.to_thread(self._hash.update, part)  # off the event loop
         self._sent += len(part)
         self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
 

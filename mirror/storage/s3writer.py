@@ -69,7 +69,12 @@ def outage_as_unavailable(where: str) -> Iterator[None]:
 
 
 def sha256_checksum(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+    return _checksum(hashlib.sha256(data))
+
+
+def _checksum(hasher: Any) -> str:
+    """The `ChecksumSHA256` of what `hasher` (a SHA-256) has hashed."""
+    return base64.b64encode(hasher.digest()).decode()
 
 
 class Uploader:
@@ -92,13 +97,14 @@ class Uploader:
 
     async def _put(self, client: Any, fh: BinaryIO, key: str, digest: Digest, size: int) -> bool:
         data = await asyncio.to_thread(fh.read, size + 1)
-        _check(hashlib.sha256(data), len(data), digest, size)
+        hasher = await asyncio.to_thread(hashlib.sha256, data)  # off the event loop
+        _check(hasher, len(data), digest, size)
         try:
             await client.put_object(
                 Bucket=self._bucket,
                 Key=key,
                 Body=data,
-                ChecksumSHA256=sha256_checksum(data),
+                ChecksumSHA256=_checksum(hasher),
                 ContentType=BLOB_CONTENT_TYPE,
                 IfNoneMatch="*",
             )
@@ -152,7 +158,7 @@ class Uploader:
         parts: list[dict[str, Any]] = []
         sent = 0
         while data := await asyncio.to_thread(fh.read, chunk):
-            hasher.update(data)
+            await asyncio.to_thread(hasher.update, data)
             sent += len(data)
             number = len(parts) + 1
             answer = await client.upload_part(
@@ -210,12 +216,16 @@ class S3BlobWriter:
         self.digest = local.digest
         self.written = 0
         self._committed = False
+        # Feeds one chunk at a time: writes may overlap, and their local writes end in the
+        # order they were made (one thread does them), which is the order they queue here.
+        self._feeding = asyncio.Lock()
 
     async def write(self, chunk: bytes) -> None:
         await self._local.write(chunk)
         self.written = self._local.written
         if self._feed is not None:
-            await self._feed(chunk)
+            async with self._feeding:
+                await self._feed(chunk)
 
     async def verify(self, expected_size: int | None = None) -> None:
         """Local only: a verified writer holds no upload open (an import verifies a whole

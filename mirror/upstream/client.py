@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 # distribution refuses manifests over 4 MiB; so does the mirror, to bound memory.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 MAX_TAGS_BYTES = 16 * 1024 * 1024
+# How much of a blob body is buffered before the connection waits for it to be consumed
+# (twice this, in aiohttp): room for what arrives while the download hands a write over
+# (aiohttp's 64 KiB would stop the connection after every read from the socket).
+BLOB_READ_BUFFER = 256 * 1024
 # A referrers index is read as a manifest is: one page of it at most this big.
 MAX_REFERRERS_BYTES = MAX_MANIFEST_BYTES
 # What an upstream without the referrers API answers (ggcr and oras-go read these so):
@@ -115,7 +119,9 @@ class UpstreamClient:
         self.ratelimit: RateLimit | None = None
         self._resolver = GuardedResolver(parts.hostname or "", options.resolver)
         self._metadata = self._pool("metadata", settings, options, options.metadata_connections)
-        self._blobs = self._pool("blob", settings, options, options.blob_connections)
+        self._blobs = self._pool(
+            "blob", settings, options, options.blob_connections, read_bufsize=BLOB_READ_BUFFER
+        )
         self._negative = NegativeCache(options.negative_ttl, clock=options.clock)
         self._lists = lists
         self.breaker = CircuitBreaker(self.host, self.name, options.breaker, clock=options.clock)
@@ -130,7 +136,13 @@ class UpstreamClient:
         self._foreign = ForeignAuth(self._metadata.session, upstream=self.host)
 
     def _pool(
-        self, name: PoolName, settings: UpstreamSettings, options: ClientOptions, size: int
+        self,
+        name: PoolName,
+        settings: UpstreamSettings,
+        options: ClientOptions,
+        size: int,
+        *,
+        read_bufsize: int = 2**16,  # aiohttp's default
     ) -> Pool:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=options.connect_timeout, sock_read=options.read_timeout
@@ -148,6 +160,7 @@ class UpstreamClient:
             wait=options.pool_timeout,
             connector=connector,
             timeout=timeout,
+            read_bufsize=read_bufsize,
         )
 
     async def close(self) -> None:

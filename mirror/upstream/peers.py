@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 import aiohttp
 
 from mirror.reference import Digest
-from mirror.upstream.client import BlobStream, content_range
+from mirror.upstream.client import BLOB_READ_BUFFER, BlobStream, content_range
 
 RELAY_PREFIX = "/_mirror/cluster/blobs/"
 TIME_HEADER = "X-Mirror-Cluster-Time"
@@ -70,7 +70,9 @@ class Peers:
         self._secret = secret
         self._clock = clock
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=stall)
-        self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+        self._session = aiohttp.ClientSession(
+            timeout=timeout, auto_decompress=False, read_bufsize=BLOB_READ_BUFFER
+        )
 
     async def close(self) -> None:
         await self._session.close()

@@ -62,7 +62,10 @@ class Pool:
         wait: float,
         connector: aiohttp.TCPConnector,
         timeout: aiohttp.ClientTimeout,
+        read_bufsize: int,
     ) -> None:
+        """`read_bufsize`: how much of a response body is buffered before the connection
+        stops being read (twice that, in aiohttp) until the body is consumed."""
         self.name = name
         self.size = size
         self._upstream = upstream  # the metrics label (the registry host)
@@ -75,6 +78,7 @@ class Pool:
             connector=connector,
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
             trace_configs=[_connect_trace()],
+            read_bufsize=read_bufsize,
         )
 
     @asynccontextmanager
