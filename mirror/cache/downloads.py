@@ -24,7 +24,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from mirror import observe
+from mirror import heap, observe
 from mirror.cache.cluster import Cluster
 from mirror.cache.download import Download
 from mirror.cache.sources import Sources, UpstreamOnly
@@ -150,6 +150,8 @@ class Downloads:
         if self._running.get(download.digest) is download:
             del self._running[download.digest]
             del self._task_of[download.digest]
+        if not self._running:
+            heap.give_back()  # what the downloads' buffers took (`mirror.heap`)
 
     async def close(self) -> None:
         """Abort every download (shutdown): readers are cut off, spools emptied."""

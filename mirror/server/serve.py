@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from mirror import logs, wiring
+from mirror import heap, logs, wiring
 from mirror.config import Config
 from mirror.config.workers import AUTO, Workers, worker_count
 from mirror.meta import MetaStoreError, Replica
-from mirror.server import allocator, tls, workers
+from mirror.server import tls, workers
 
 # Seconds open requests get to finish on SIGTERM/Ctrl-C (downloads are aborted at once).
 SHUTDOWN_TIMEOUT = 5.0
@@ -35,7 +35,7 @@ def serve(cfg: Config) -> int:
     """`mirror serve`: until SIGTERM/SIGINT, in this process or in `workers` processes; the
     exit status."""
     logs.configure(cfg.logging.log_level, cfg.logging.log_format)
-    allocator.keep_heap()
+    heap.keep()
     server_tls = None
     if cfg.serving.tls_cert is not None and cfg.serving.tls_key is not None:
         # A SIGHUP (reload) waits until the server handles it: it must not end the process,
