@@ -176,7 +176,13 @@ class SqliteMetaStore(CountedHealth):
     def _locked(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
             try:
-                return operation(self._conn)
+                result = operation(self._conn)
+                if isinstance(result, sqlite3.Cursor):
+                    # Closed here, under the lock: a cursor freed later, on the event loop's
+                    # thread, resets its statement there, racing the thread that holds the
+                    # connection by then ("bad parameter or other API misuse", cpython#118172).
+                    result.close()
+                return result
             except sqlite3.Error as exc:
                 raise MetaStoreError(f"SQLite {self._path}: {exc}") from exc
 
